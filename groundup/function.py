@@ -1,0 +1,81 @@
+"""The Function base class: one differentiable op = a forward and a backward over raw arrays.
+
+A Function's ``forward`` takes the raw ``xp`` arrays of its Tensor inputs (plus keyword
+options) and returns one raw array; ``backward`` takes the gradient of the output and returns
+one gradient per input, each exactly that input's shape (the engine checks it). This is the
+design of micrograd and tinygrad: the engine in ``tensor.py`` only walks the graph.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from groundup.backend import array_module, device_of
+
+if TYPE_CHECKING:
+    from groundup.tensor import Tensor
+
+
+def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``grad`` down to ``shape``: the adjoint of broadcasting ``shape`` up to ``grad.shape``."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1
+    )
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+class Function:
+    """Base class of every differentiable op. Subclasses define ``forward`` and ``backward``."""
+
+    __slots__ = ("parents", "needs_input_grad", "saved", "_versions")
+
+    def forward(self, *arrays: Any, **options: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward (abstract)")
+
+    def backward(self, grad: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.backward (abstract)")
+
+    def save_for_backward(self, *arrays: Any) -> None:
+        """Keep arrays the backward needs; released after the backward pass runs."""
+        self.saved = arrays
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **options: Any) -> Tensor:
+        """Run ``forward`` on the inputs' arrays and, in grad mode, record the node."""
+        from groundup.tensor import Tensor, is_grad_enabled
+
+        if len(inputs) > 1:
+            first = type(inputs[0].data)
+            for t in inputs[1:]:
+                if type(t.data) is not first and device_of(t.data) != device_of(inputs[0].data):
+                    devices = ", ".join(device_of(x.data) for x in inputs)
+                    raise RuntimeError(f"{cls.__name__}: all inputs must be on one device, got ({devices})")
+        ctx = cls.__new__(cls)
+        ctx.saved = ()
+        track = is_grad_enabled() and any(t.requires_grad for t in inputs)
+        if track:
+            ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
+        else:
+            ctx.needs_input_grad = (False,) * len(inputs)
+        out = ctx.forward(*[t.data for t in inputs], **options)
+        if type(out) is not np.ndarray:
+            out = array_module(out).asarray(out)
+        if not track or out.dtype.kind != "f":  # integer and boolean results carry no gradient
+            return Tensor._make(out, False, None)
+        ctx.parents = inputs
+        # Remember the version of every input whose array was saved, to catch in-place edits.
+        saved_ids = {id(a) for a in ctx.saved}
+        versions = [(t, t._version) for t in inputs if id(t.data) in saved_ids]
+        result = Tensor._make(out, True, ctx)
+        if id(out) in saved_ids:  # the output itself is saved (exp, tanh, softmax): watch it too
+            versions.append((weakref.proxy(result), 0))
+        ctx._versions = versions
+        return result

@@ -1,0 +1,209 @@
+"""``groundup.functional`` (import as ``F``): torch.nn.functional's signatures and semantics.
+
+Fused ops (softmax, cross-entropy, layer norm, GELU, linear, embedding, conv, pooling,
+attention) dispatch to Functions with hand-derived backward in ``groundup.ops``; the rest
+(dropout, mse_loss, relu...) are composites whose gradient comes from the primitives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from groundup import backend, random
+from groundup.creation import one_hot
+from groundup.ops import attention, conv, fused
+from groundup.ops.methods import log_softmax, softmax
+from groundup.tensor import Tensor
+
+__all__ = [
+    "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
+    "layer_norm", "gelu", "relu", "tanh", "sigmoid", "linear", "embedding", "dropout", "conv2d",
+    "max_pool2d", "avg_pool2d", "scaled_dot_product_attention", "one_hot", "rms_norm", "silu", "pad",
+]
+
+
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy of logits ``input`` (N, C) or (N, C, d...) against class indices or
+    class probabilities ``target``."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    t = _raw(target)
+    if t.dtype.kind == "f" and t.dtype != input.dtype:
+        t = t.astype(input.dtype)
+    return fused.CrossEntropy.apply(input, target=t, weight=_raw(weight), ignore_index=ignore_index,
+                                    reduction=reduction, label_smoothing=label_smoothing)
+
+
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
+             reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of log-probabilities ``input`` (N, C)."""
+    return fused.NLLLoss.apply(input, target=_raw(target), weight=_raw(weight), ignore_index=ignore_index,
+                               reduction=reduction)
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean squared error."""
+    if isinstance(target, Tensor) and target.shape != input.shape:
+        raise ValueError(f"mse_loss: input {input.shape} and target {target.shape} differ in shape")
+    sq = (input - target) ** 2
+    if reduction == "mean":
+        return sq.mean()
+    if reduction == "sum":
+        return sq.sum()
+    if reduction == "none":
+        return sq
+    raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                     reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of logits, numerically stable for any magnitude."""
+    t = _raw(target)
+    if tuple(t.shape) != input.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(t.shape)} and input "
+                         f"{input.shape} differ in shape")
+    return fused.BCEWithLogits.apply(input, target=t.astype(input.dtype, copy=False), weight=_raw(weight),
+                                     pos_weight=_raw(pos_weight), reduction=reduction)
+
+
+def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` dims, then scale and shift."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if input.shape[-len(shape):] != shape:
+        raise RuntimeError(f"layer_norm: normalized_shape {shape} does not match the input's trailing "
+                           f"dims {input.shape}")
+    params = [p for p in (weight, bias) if p is not None]
+    return fused.LayerNorm.apply(input, *params, n=len(shape), eps=eps, has_weight=weight is not None)
+
+
+def rms_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the trailing dims (composite)."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    dims = tuple(range(-len(shape), 0))
+    eps = eps if eps is not None else float(backend.np.finfo(input.dtype).eps)
+    out = input * ((input * input).mean(dim=dims, keepdim=True) + eps).rsqrt()
+    return out * weight if weight is not None else out
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """Gaussian error linear unit; ``approximate='tanh'`` is GPT-2's form."""
+    return fused.GELU.apply(input, approximate=approximate)
+
+
+def relu(input: Tensor) -> Tensor:
+    return input.relu()
+
+
+def tanh(input: Tensor) -> Tensor:
+    return input.tanh()
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    return input.sigmoid()
+
+
+def silu(input: Tensor) -> Tensor:
+    return input * input.sigmoid()
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = input @ weight.T + bias; weight is (out_features, in_features)."""
+    if bias is None:
+        return fused.Linear.apply(input, weight)
+    return fused.Linear.apply(input, weight, bias)
+
+
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` (V, C) picked by the integer ``input`` (*) -> (*, C)."""
+    idx = _raw(input)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += weight.shape[0]
+    return fused.Embedding.apply(weight, idx=idx, padding_idx=padding_idx)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (inverted dropout)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    keep = random.generator().random(input.shape) >= p
+    mask = backend.to_device((keep / (1.0 - p)).astype(input.dtype), input.device)
+    return input * Tensor._make(mask, False, None)
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation, as torch): (N, C, H, W) * (O, C, kh, kw) -> (N, O, Ho, Wo)."""
+    if groups != 1:
+        raise ValueError(f"conv2d: groups={groups} is not supported (only groups=1)")
+    if isinstance(padding, str):
+        if padding != "valid":
+            raise ValueError(f"conv2d: padding={padding!r} is not supported; give a number or 'valid'")
+        padding = 0
+    args = (input, weight) if bias is None else (input, weight, bias)
+    return conv.Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
+
+
+def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:
+    """Max over sliding windows (N, C, H, W) -> (N, C, Ho, Wo)."""
+    return conv.MaxPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
+                                dilation=dilation)
+
+
+def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    """Mean over sliding windows (zero padding counts toward the mean)."""
+    return conv.AvgPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding)
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None) -> Tensor:
+    """softmax(q @ k^T * scale + mask) @ v with torch's mask semantics.
+
+    Args:
+        query: (..., L, E); key: (..., S, E); value: (..., S, Ev).
+        attn_mask: boolean (True = may attend) or float (added to the scores), broadcastable
+            to (..., L, S).
+        is_causal: block attention to later positions (top-left aligned as in torch).
+    Returns:
+        (..., L, Ev)
+    """
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+    return attention.ScaledDotProductAttention.apply(
+        query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale,
+        dropout_p=dropout_p, rng=random.generator() if dropout_p > 0 else None)
+
+
+def pad(input: Tensor, pad: tuple[int, ...], value: float = 0.0) -> Tensor:
+    """Constant padding; ``pad`` lists (left, right) pairs starting from the last dim, as torch."""
+    from groundup.creation import cat, full
+
+    out = input
+    for i in range(len(pad) // 2):
+        dim = out.ndim - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        parts = []
+        if left:
+            shape = list(out.shape)
+            shape[dim] = left
+            parts.append(full(shape, value, dtype=out.dtype, device=out.device))
+        parts.append(out)
+        if right:
+            shape = list(out.shape)
+            shape[dim] = right
+            parts.append(full(shape, value, dtype=out.dtype, device=out.device))
+        out = cat(parts, dim=dim) if len(parts) > 1 else out
+    return out

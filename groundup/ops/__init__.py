@@ -1,0 +1,1 @@
+"""Primitive differentiable ops (Functions with hand-written backward) and fused kernels."""

@@ -1,0 +1,150 @@
+"""2-D convolution (im2col + one GEMM) and max / average pooling over sliding windows.
+
+Windows are strided views of the padded input (no copies until the GEMM), laid out as
+(N, C, kh, kw, Ho, Wo). Backward scatters each kernel offset's gradient back with one strided
+slice per offset (col2im). Reference: cs231n's im2col notes; Chellapilla et al. 2006.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from groundup.backend import array_module
+from groundup.function import Function
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int, op: str) -> int:
+    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    if out <= 0:
+        raise RuntimeError(f"{op}: input size {size} (padding {p}) is too small for kernel {k} "
+                           f"with dilation {d}")
+    return out
+
+
+def _windows(xp_padded: Any, kh: int, kw: int, ho: int, wo: int, stride, dilation) -> Any:
+    """Strided view (N, C, kh, kw, Ho, Wo) of every window of the padded input."""
+    xp = array_module(xp_padded)
+    n, c = xp_padded.shape[:2]
+    sn, sc, sh, sw = xp_padded.strides
+    return xp.lib.stride_tricks.as_strided(
+        xp_padded, shape=(n, c, kh, kw, ho, wo),
+        strides=(sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]))
+
+
+def _pad(x: Any, padding: tuple[int, int], value: float = 0.0) -> Any:
+    xp = array_module(x)
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return xp.ascontiguousarray(x)
+    return xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def _scatter_windows(gwin: Any, padded_shape, padding, stride, dilation, ho: int, wo: int) -> Any:
+    """Adjoint of ``_windows``: sum window gradients (N, C, kh, kw, Ho, Wo) into the input."""
+    xp = array_module(gwin)
+    n, c, kh, kw = gwin.shape[:4]
+    grad = xp.zeros(padded_shape, dtype=gwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            hi, wj = i * dilation[0], j * dilation[1]
+            grad[:, :, hi:hi + stride[0] * ho:stride[0], wj:wj + stride[1] * wo:stride[1]] += gwin[:, :, i, j]
+    ph, pw = padding
+    return grad[:, :, ph:padded_shape[2] - ph, pw:padded_shape[3] - pw]
+
+
+class Conv2d(Function):
+    """out = conv2d(x, weight) + bias; x (N, C, H, W), weight (O, C, kh, kw) -> (N, O, Ho, Wo)."""
+
+    def forward(self, x, weight, *bias, stride=1, padding=0, dilation=1):
+        if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+            raise RuntimeError(f"conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not "
+                               f"match (expected (N, C, H, W) and (O, C, kh, kw))")
+        stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+        n, c, h, w = x.shape
+        o, _, kh, kw = weight.shape
+        ho = _out_size(h, kh, stride[0], padding[0], dilation[0], "conv2d")
+        wo = _out_size(w, kw, stride[1], padding[1], dilation[1], "conv2d")
+        padded = _pad(x, padding)
+        win = _windows(padded, kh, kw, ho, wo, stride, dilation)             # (N, C, kh, kw, Ho, Wo)
+        cols = win.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c * kh * kw)  # (N*Ho*Wo, C*kh*kw)
+        w2 = weight.reshape(o, -1)                                           # (O, C*kh*kw)
+        out = cols @ w2.T                                                    # (N*Ho*Wo, O)
+        if bias:
+            out += bias[0]
+        self.save_for_backward(cols, w2)
+        self.meta = (x.shape, weight.shape, padded.shape, stride, padding, dilation, ho, wo)
+        return out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)              # (N, O, Ho, Wo)
+
+    def backward(self, gz):
+        cols, w2 = self.saved
+        x_shape, w_shape, padded_shape, stride, padding, dilation, ho, wo = self.meta
+        n, c = x_shape[:2]
+        o, _, kh, kw = w_shape
+        g2 = gz.transpose(0, 2, 3, 1).reshape(-1, o)                         # (N*Ho*Wo, O)
+        gx = gw = gb = None
+        if self.needs_input_grad[0]:
+            gcols = (g2 @ w2).reshape(n, ho, wo, c, kh, kw)                  # (N, Ho, Wo, C, kh, kw)
+            gwin = gcols.transpose(0, 3, 4, 5, 1, 2)                         # (N, C, kh, kw, Ho, Wo)
+            gx = _scatter_windows(gwin, padded_shape, padding, stride, dilation, ho, wo)
+        if self.needs_input_grad[1]:
+            gw = (g2.T @ cols).reshape(w_shape)                              # (O, C, kh, kw)
+        if len(self.needs_input_grad) == 3:
+            gb = g2.sum(axis=0) if self.needs_input_grad[2] else None
+            return gx, gw, gb
+        return gx, gw
+
+
+class MaxPool2d(Function):
+    """Max over each window; the gradient goes to the first maximum of the window."""
+
+    def forward(self, x, kernel_size=2, stride=None, padding=0, dilation=1):
+        xp = array_module(x)
+        kh, kw = _pair(kernel_size)
+        stride = _pair(stride if stride is not None else kernel_size)
+        padding, dilation = _pair(padding), _pair(dilation)
+        if padding[0] > kh // 2 or padding[1] > kw // 2:
+            raise RuntimeError(f"max_pool2d: padding {padding} must be at most half the kernel {(kh, kw)}")
+        n, c, h, w = x.shape
+        ho = _out_size(h, kh, stride[0], padding[0], dilation[0], "max_pool2d")
+        wo = _out_size(w, kw, stride[1], padding[1], dilation[1], "max_pool2d")
+        padded = _pad(x, padding, value=-xp.inf)
+        win = _windows(padded, kh, kw, ho, wo, stride, dilation).reshape(n, c, kh * kw, ho, wo)
+        self.arg = win.argmax(axis=2)                                        # (N, C, Ho, Wo)
+        self.meta = (padded.shape, (kh, kw), stride, padding, dilation, ho, wo)
+        return xp.take_along_axis(win, self.arg[:, :, None], axis=2)[:, :, 0]
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        padded_shape, (kh, kw), stride, padding, dilation, ho, wo = self.meta
+        n, c = gz.shape[:2]
+        gwin = xp.zeros((n, c, kh * kw, ho, wo), dtype=gz.dtype)
+        xp.put_along_axis(gwin, self.arg[:, :, None], gz[:, :, None], axis=2)
+        gwin = gwin.reshape(n, c, kh, kw, ho, wo)
+        return _scatter_windows(gwin, padded_shape, padding, stride, dilation, ho, wo)
+
+
+class AvgPool2d(Function):
+    """Mean over each window (zero padding counted, as torch's default count_include_pad)."""
+
+    def forward(self, x, kernel_size=2, stride=None, padding=0):
+        kh, kw = _pair(kernel_size)
+        stride, padding = _pair(stride if stride is not None else kernel_size), _pair(padding)
+        n, c, h, w = x.shape
+        ho = _out_size(h, kh, stride[0], padding[0], 1, "avg_pool2d")
+        wo = _out_size(w, kw, stride[1], padding[1], 1, "avg_pool2d")
+        padded = _pad(x, padding)
+        win = _windows(padded, kh, kw, ho, wo, stride, (1, 1))
+        self.meta = (padded.shape, (kh, kw), stride, padding, ho, wo)
+        return win.mean(axis=(2, 3)).astype(x.dtype, copy=False)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        padded_shape, (kh, kw), stride, padding, ho, wo = self.meta
+        n, c = gz.shape[:2]
+        share = (gz / (kh * kw))[:, :, None, None]                           # (N, C, 1, 1, Ho, Wo)
+        gwin = xp.broadcast_to(share, (n, c, kh, kw, ho, wo))
+        return _scatter_windows(gwin, padded_shape, padding, stride, (1, 1), ho, wo)

@@ -1,0 +1,163 @@
+"""Movement Functions: reshape, permute, expand, repeat, cat, indexing, gather, tril/triu, device.
+
+These move or select elements without arithmetic; each backward routes the gradient back to
+where the element came from (indexing scatter-adds, so repeated indices accumulate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from groundup.backend import array_module, to_device
+from groundup.function import Function, unbroadcast
+
+
+class Reshape(Function):
+    def forward(self, x, shape: tuple[int, ...] = ()):
+        self.in_shape = x.shape
+        try:
+            return x.reshape(shape)
+        except ValueError:
+            raise RuntimeError(f"reshape: shape {tuple(shape)} is invalid for an input of shape "
+                               f"{tuple(x.shape)} ({x.size} elements)") from None
+
+    def backward(self, gz):
+        return gz.reshape(self.in_shape)
+
+
+class Permute(Function):
+    def forward(self, x, dims: tuple[int, ...] = ()):
+        if sorted(d % max(x.ndim, 1) for d in dims) != list(range(x.ndim)):
+            raise RuntimeError(f"permute: dims {tuple(dims)} is not a permutation of the "
+                               f"{x.ndim} dimensions of shape {tuple(x.shape)}")
+        self.dims = tuple(d % x.ndim for d in dims)
+        return x.transpose(self.dims)
+
+    def backward(self, gz):
+        inverse = [0] * len(self.dims)
+        for i, d in enumerate(self.dims):
+            inverse[d] = i
+        return gz.transpose(inverse)
+
+
+class Expand(Function):
+    def forward(self, x, shape: tuple[int, ...] = ()):
+        xp = array_module(x)
+        self.in_shape = x.shape
+        lead = len(shape) - x.ndim
+        if lead < 0:
+            raise RuntimeError(f"expand: target shape {tuple(shape)} has fewer dims than {tuple(x.shape)}")
+        target = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
+        for i, n in enumerate(x.shape):
+            if n != 1 and n != target[lead + i]:
+                raise RuntimeError(f"expand: cannot expand shape {tuple(x.shape)} to {tuple(shape)}")
+        return xp.broadcast_to(x, target)
+
+    def backward(self, gz):
+        return unbroadcast(gz, self.in_shape)
+
+
+class Repeat(Function):
+    """torch's ``repeat``: tile the tensor ``repeats`` times along each dimension."""
+
+    def forward(self, x, repeats: tuple[int, ...] = ()):
+        xp = array_module(x)
+        if len(repeats) < x.ndim:
+            raise RuntimeError(f"repeat: {len(repeats)} repeats for a tensor with {x.ndim} dims")
+        self.in_shape = (1,) * (len(repeats) - x.ndim) + tuple(x.shape)
+        self.orig_shape, self.repeats = x.shape, tuple(repeats)
+        return xp.tile(x.reshape(self.in_shape), self.repeats)
+
+    def backward(self, gz):
+        split = []
+        for r, n in zip(self.repeats, self.in_shape):
+            split += [r, n]
+        g = gz.reshape(split).sum(axis=tuple(range(0, len(split), 2)))
+        return g.reshape(self.orig_shape)
+
+
+class Cat(Function):
+    def forward(self, *xs, dim: int = 0):
+        xp = array_module(*xs)
+        ref = xs[0]
+        d = dim % ref.ndim if ref.ndim else 0
+        for x in xs[1:]:
+            if x.ndim != ref.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, ref.shape)) if i != d):
+                shapes = ", ".join(str(tuple(t.shape)) for t in xs)
+                raise RuntimeError(f"cat: shapes must match except in dim {dim}, got {shapes}")
+        self.dim, self.sizes = d, [x.shape[d] for x in xs]
+        return xp.concatenate(xs, axis=d)
+
+    def backward(self, gz):
+        grads, start = [], 0
+        for size in self.sizes:
+            index = [slice(None)] * gz.ndim
+            index[self.dim] = slice(start, start + size)
+            grads.append(gz[tuple(index)])
+            start += size
+        return tuple(grads)
+
+
+def _is_basic(index: Any) -> bool:
+    """True when ``index`` uses only ints, slices, None and Ellipsis (no repeats possible)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
+
+
+class GetItem(Function):
+    """x[index] for ints, slices, None, Ellipsis, integer arrays and boolean masks."""
+
+    def forward(self, x, index: Any = None):
+        self.index, self.in_shape, self.dtype = index, x.shape, x.dtype
+        try:
+            return x[index]
+        except IndexError as e:
+            raise IndexError(f"index {index!r} is invalid for a tensor of shape {tuple(x.shape)}: {e}") from None
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        grad = xp.zeros(self.in_shape, dtype=gz.dtype)
+        if _is_basic(self.index):
+            grad[self.index] = gz
+        else:
+            xp.add.at(grad, self.index, gz)  # repeated indices accumulate
+        return grad
+
+
+class Gather(Function):
+    """out[i][j] = x[i][index[i][j]] along ``dim`` (torch.gather)."""
+
+    def forward(self, x, index: Any = None, dim: int = 0):
+        xp = array_module(x)
+        self.index, self.dim, self.in_shape = index, dim % x.ndim, x.shape
+        return xp.take_along_axis(x, index, axis=self.dim)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        grad = xp.zeros(self.in_shape, dtype=gz.dtype)
+        idx = [xp.indices(self.index.shape, sparse=True)[i] for i in range(gz.ndim)]
+        idx[self.dim] = self.index
+        xp.add.at(grad, tuple(idx), gz)
+        return grad
+
+
+class Triangle(Function):
+    """tril / triu: keep the lower (or upper) triangle of the last two dims."""
+
+    def forward(self, x, diagonal: int = 0, upper: bool = False):
+        xp = array_module(x)
+        self.diagonal, self.upper = diagonal, upper
+        return xp.triu(x, diagonal) if upper else xp.tril(x, diagonal)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        return xp.triu(gz, self.diagonal) if self.upper else xp.tril(gz, self.diagonal)
+
+
+class ToDevice(Function):
+    def forward(self, x, device: str = "cpu"):
+        self.src = "cuda" if type(x).__module__.startswith("cupy") else "cpu"
+        return to_device(x, device)
+
+    def backward(self, gz):
+        return to_device(gz, self.src)

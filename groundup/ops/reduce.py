@@ -1,0 +1,133 @@
+"""Reductions over dimensions: sum, mean, max/min, var, logsumexp.
+
+``dim`` is None (all dimensions), an int or a tuple of ints; ``keepdim`` keeps the reduced
+dimensions as size 1, as in torch. Backward re-expands the gradient over the reduced dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from groundup.backend import array_module
+from groundup.function import Function
+
+
+def normalize_dims(dim: Any, ndim: int, op: str = "reduce") -> tuple[int, ...]:
+    """``dim`` as a sorted tuple of non-negative axes; None means every axis."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    out = []
+    for d in dims:
+        if not -max(ndim, 1) <= d < max(ndim, 1):
+            raise IndexError(f"{op}: dim {d} is out of range for a tensor with {ndim} dimensions")
+        out.append(d % max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+def _expand_back(g: Any, in_shape: tuple[int, ...], axes: tuple[int, ...], keepdim: bool) -> Any:
+    """Reshape a reduced gradient so that it broadcasts against the input."""
+    if not keepdim:
+        shape = list(in_shape)
+        for a in axes:
+            shape[a] = 1
+        g = g.reshape(shape) if in_shape else g
+    return g
+
+
+class Sum(Function):
+    def forward(self, x, dim: Any = None, keepdim: bool = False):
+        self.axes = normalize_dims(dim, x.ndim, "sum")
+        self.keepdim, self.in_shape = keepdim, x.shape
+        return x.sum(axis=self.axes, keepdims=keepdim) if x.ndim else x.copy()
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
+        return xp.broadcast_to(g, self.in_shape).copy() if g.shape != self.in_shape else g
+
+
+class Mean(Function):
+    def forward(self, x, dim: Any = None, keepdim: bool = False):
+        self.axes = normalize_dims(dim, x.ndim, "mean")
+        self.keepdim, self.in_shape = keepdim, x.shape
+        self.count = 1
+        for a in self.axes:
+            self.count *= x.shape[a] if x.ndim else 1
+        return x.mean(axis=self.axes, keepdims=keepdim) if x.ndim else x.copy()
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        g = _expand_back(gz, self.in_shape, self.axes, self.keepdim) / self.count
+        return xp.broadcast_to(g, self.in_shape).astype(gz.dtype)
+
+
+class MaxMin(Function):
+    """max or min over ``dim``. NOTE: over all dims, ties share the gradient equally (as torch's
+    ``max()``); over one dim, the gradient goes to the index that ``argmax`` reports."""
+
+    def forward(self, x, dim: Any = None, keepdim: bool = False, mode: str = "max"):
+        xp = array_module(x)
+        if x.size == 0:
+            raise RuntimeError(f"{mode}(): cannot reduce an empty tensor of shape {tuple(x.shape)}")
+        self.axes = normalize_dims(dim, x.ndim, mode)
+        self.keepdim, self.in_shape, self.dim, self.mode = keepdim, x.shape, dim, mode
+        reduce = xp.max if mode == "max" else xp.min
+        out = reduce(x, axis=self.axes, keepdims=True) if x.ndim else x.copy()
+        if dim is None or isinstance(dim, (tuple, list)):
+            self.save_for_backward(x, out)
+        else:
+            arg = xp.argmax if mode == "max" else xp.argmin
+            self.index = xp.expand_dims(arg(x, axis=self.axes[0]), self.axes[0])
+            self.save_for_backward()
+        return out if keepdim else out.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
+        if self.dim is None or isinstance(self.dim, (tuple, list)):
+            x, out = self.saved
+            hits = x == out
+            count = hits.sum(axis=self.axes, keepdims=True)
+            return xp.where(hits, g / count, 0).astype(gz.dtype)
+        grad = xp.zeros(self.in_shape, dtype=gz.dtype)
+        xp.put_along_axis(grad, self.index, g, axis=self.axes[0])
+        return grad
+
+
+class Var(Function):
+    """Variance with Bessel's ``correction`` (torch's default 1)."""
+
+    def forward(self, x, dim: Any = None, keepdim: bool = False, correction: float = 1):
+        self.axes = normalize_dims(dim, x.ndim, "var")
+        count = 1
+        for a in self.axes:
+            count *= x.shape[a]
+        self.denom = max(count - correction, 0)
+        centered = x - x.mean(axis=self.axes, keepdims=True)
+        self.save_for_backward(centered)
+        self.keepdim, self.in_shape = keepdim, x.shape
+        return (centered * centered).sum(axis=self.axes, keepdims=keepdim) / self.denom
+
+    def backward(self, gz):
+        (centered,) = self.saved
+        g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
+        return (g * centered * (2.0 / self.denom)).astype(gz.dtype)
+
+
+class LogSumExp(Function):
+    def forward(self, x, dim: Any = None, keepdim: bool = False):
+        xp = array_module(x)
+        self.axes = normalize_dims(dim, x.ndim, "logsumexp")
+        self.keepdim, self.in_shape = keepdim, x.shape
+        shift = xp.max(x, axis=self.axes, keepdims=True)
+        shift = xp.where(xp.isfinite(shift), shift, 0)
+        e = xp.exp(x - shift)
+        total = e.sum(axis=self.axes, keepdims=True)
+        out = xp.log(total) + shift
+        self.save_for_backward(e / total)
+        return out if keepdim else out.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
+
+    def backward(self, gz):
+        (softmax,) = self.saved
+        return _expand_back(gz, self.in_shape, self.axes, self.keepdim) * softmax

@@ -1,0 +1,489 @@
+"""Tensor: an n-dimensional array with reverse-mode automatic differentiation.
+
+A ``Tensor`` wraps one NumPy (or CuPy) array. Ops on tensors record a graph of ``Function``
+nodes; ``backward()`` walks it in reverse topological order, iteratively, calling each node's
+hand-written backward and summing gradients where a tensor is used more than once.
+
+Names and semantics follow PyTorch (``dim``, ``keepdim``, ``requires_grad``, ``.grad``), so
+``x.sum(dim=1, keepdim=True)`` means the same thing here as in ``torch``.
+
+References: micrograd (github.com/karpathy/micrograd), tinygrad, the PyTorch autograd docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from groundup import backend
+from groundup.backend import array_module, as_dtype, device_of, normalize_device, to_device, to_numpy
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside ``no_grad()``."""
+    return getattr(_state, "grad_enabled", True)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.prev = is_grad_enabled()
+        _state.grad_enabled = self.enabled
+
+    def __exit__(self, *exc: object) -> None:
+        _state.grad_enabled = self.prev
+
+
+def no_grad() -> _GradMode:
+    """Context manager / decorator: ops inside record no graph (like ``torch.no_grad``)."""
+    return _GradMode(False)
+
+
+def enable_grad() -> _GradMode:
+    """Context manager / decorator: re-enable graph recording inside a ``no_grad`` block."""
+    return _GradMode(True)
+
+
+def _infer_dtype(data: Any) -> np.dtype:
+    """torch's rule: Python floats -> float32, ints -> int64, bools -> bool."""
+    arr = np.asarray(data)
+    if arr.dtype == np.bool_:
+        return backend.bool_
+    if np.issubdtype(arr.dtype, np.integer):
+        return backend.int64
+    if np.issubdtype(arr.dtype, np.floating):
+        return backend.float32
+    raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
+
+
+class Tensor:
+    """An array with an optional gradient. See ``groundup.tensor`` (the function) to make one."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "_retain_grad", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
+
+    def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False, device: Any = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if type(data).__module__.startswith("cupy"):
+            array = data if dtype is None else data.astype(as_dtype(dtype), copy=False)
+        elif isinstance(data, np.ndarray):
+            array = data if dtype is None else data.astype(as_dtype(dtype), copy=False)
+        else:
+            if type(data).__module__ == "torch":
+                data = data.detach().cpu().numpy()
+            target = as_dtype(dtype) if dtype is not None else _infer_dtype(data)
+            array = np.asarray(data, dtype=target)
+        if device is not None:
+            array = to_device(array, device)
+        self.data = array
+        self.grad: Tensor | None = None
+        self._ctx = None
+        self._version = 0
+        self._retain_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _make(cls, data: Any, requires_grad: bool, ctx: Any) -> Tensor:
+        """Fast internal constructor (no dtype inference or checks)."""
+        t = object.__new__(cls)
+        t.data, t.grad, t.requires_grad, t._ctx, t._version, t._retain_grad = (
+            data, None, requires_grad, ctx, 0, False)
+        return t
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def device(self) -> str:
+        return device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def T(self) -> Tensor:
+        """Reverse all dimensions (``x.permute(*reversed(range(x.ndim)))``)."""
+        return self.permute(*reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        """Transpose the last two dimensions."""
+        return self.transpose(-2, -1)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        body = np.array2string(to_numpy(self.data), separator=", ", precision=4, threshold=50)
+        extras = []
+        if self.dtype != backend.float32 and self.dtype != backend.int64:
+            extras.append(f"dtype={self.dtype}")
+        if self.device != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self._ctx is not None:
+            extras.append(f"grad_fn=<{type(self._ctx).__name__}Backward>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return f"tensor({body}{''.join(', ' + e for e in extras)})"
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"bool() of a tensor with {self.data.size} elements is ambiguous")
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub" or self.data.size != 1:
+            raise TypeError("only integer tensors of one element can be used as an index")
+        return int(self.item())
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = to_numpy(self.data)
+        return arr if dtype is None else arr.astype(dtype)
+
+    # ----------------------------------------------------------------- conversion
+    def numpy(self) -> np.ndarray:
+        """The values as a NumPy array (shares memory on the CPU). Refuses a tensor in a graph."""
+        if self.requires_grad and is_grad_enabled():
+            raise RuntimeError("numpy(): call .detach() first on a tensor that requires grad")
+        return to_numpy(self.data)
+
+    def item(self) -> Any:
+        if self.data.size != 1:
+            raise ValueError(f"item(): tensor has {self.data.size} elements, expected exactly 1")
+        return to_numpy(self.data).reshape(()).item()
+
+    def tolist(self) -> Any:
+        return to_numpy(self.data).tolist()
+
+    def detach(self) -> Tensor:
+        """The same values, cut from the graph (shares memory, like torch)."""
+        return Tensor._make(self.data, False, None)
+
+    def clone(self) -> Tensor:
+        from groundup.ops import elementwise
+
+        return elementwise.Clone.apply(self)
+
+    def to(self, device_or_dtype: Any = None, dtype: Any = None) -> Tensor:
+        """``x.to("cuda")``, ``x.to("cpu")``, ``x.to(gu.float64)`` or ``x.to("cuda", gu.float64)``."""
+        out = self
+        if device_or_dtype is not None:
+            try:
+                device = normalize_device(device_or_dtype)
+            except ValueError:
+                dtype, device = device_or_dtype, None
+            if device is not None and device != self.device:
+                from groundup.ops import movement
+
+                out = movement.ToDevice.apply(out, device=device)
+        if dtype is not None and as_dtype(dtype) != out.dtype:
+            out = out.type(dtype)
+        return out
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    def type(self, dtype: Any) -> Tensor:
+        from groundup.ops import elementwise
+
+        dtype = as_dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        return elementwise.Cast.apply(self, dtype=dtype)
+
+    def float(self) -> Tensor:
+        return self.type(backend.float32)
+
+    def double(self) -> Tensor:
+        return self.type(backend.float64)
+
+    def long(self) -> Tensor:
+        return self.type(backend.int64)
+
+    def int(self) -> Tensor:
+        return self.type(backend.int32)
+
+    def bool(self) -> Tensor:
+        return self.type(backend.bool_)
+
+    def half(self) -> Tensor:
+        return self.type(backend.float16)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.kind == "f"
+
+    # ----------------------------------------------------------------- autograd
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if requires_grad and self.dtype.kind != "f":
+            raise RuntimeError(f"only floating point tensors can require gradients, got dtype {self.dtype}")
+        if not requires_grad and self._ctx is not None:
+            raise RuntimeError("requires_grad_(False) on a non-leaf tensor; use .detach()")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after ``backward()`` (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self._retain_grad = True
+
+    def zero_grad_(self) -> None:
+        self.grad = None
+
+    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        Args:
+            gradient: dL/d(self), required unless ``self`` has exactly one element.
+            retain_graph: keep the saved arrays so that ``backward`` can run again.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): tensor does not require grad and has no grad_fn")
+        xp = array_module(self.data)
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): grad can be implicitly created only for scalar outputs; "
+                                   f"this tensor has shape {self.shape}, so pass gradient=")
+            seed = xp.ones_like(self.data)
+        else:
+            seed = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=self.dtype)
+            if tuple(seed.shape) != self.shape:
+                raise RuntimeError(f"backward(): gradient has shape {tuple(seed.shape)}, "
+                                   f"expected the tensor's shape {self.shape}")
+        if self._ctx is None:
+            self._accumulate(seed)
+            return
+        grads: dict[int, Any] = {id(self): seed}
+        for node in _topological_order(self):
+            grad = grads.pop(id(node), None)
+            if grad is None:
+                continue
+            if node._retain_grad:
+                node._accumulate(grad)
+            ctx = node._ctx
+            if ctx.saved is None:
+                raise RuntimeError("backward() through the graph a second time: the saved arrays were "
+                                   "freed; call backward(retain_graph=True) the first time")
+            for tensor, version in ctx._versions:
+                if tensor._version != version:
+                    raise RuntimeError(
+                        f"{type(ctx).__name__}: a tensor saved for backward (shape {tensor.shape}) was "
+                        f"modified in place after it was used (version {tensor._version}, saved at "
+                        f"{version}); gradients would be wrong")
+            in_grads = ctx.backward(grad)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            if not retain_graph:
+                ctx.saved = None
+            for parent, g in zip(ctx.parents, in_grads):
+                if g is None or not parent.requires_grad:
+                    continue
+                if tuple(g.shape) != parent.data.shape:
+                    raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
+                                       f"{tuple(g.shape)} for an input of shape {parent.shape}")
+                if parent._ctx is None:
+                    parent._accumulate(g)
+                else:
+                    key = id(parent)
+                    prev = grads.get(key)
+                    grads[key] = g if prev is None else prev + g
+
+    def _accumulate(self, g: Any) -> None:
+        if g.dtype != self.data.dtype:
+            g = g.astype(self.data.dtype)
+        if self.grad is None:
+            self.grad = Tensor._make(g.copy(), False, None)
+        else:
+            self.grad.data = self.grad.data + g
+
+    def _bump_version(self) -> None:
+        if self.requires_grad and self._ctx is None and is_grad_enabled():
+            raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
+                               "wrap it in gu.no_grad() or use .data")
+        self._version += 1
+
+    # ----------------------------------------------------------------- in-place ops
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._bump_version()
+        self.data[_raw_index(index)] = value.data if isinstance(value, Tensor) else value
+
+    def copy_(self, src: Any) -> Tensor:
+        self._bump_version()
+        src = src.data if isinstance(src, Tensor) else src
+        self.data[...] = src
+        return self
+
+    def fill_(self, value: float) -> Tensor:
+        self._bump_version()
+        self.data.fill(value)
+        return self
+
+    def zero_(self) -> Tensor:
+        return self.fill_(0)
+
+    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
+        self._bump_version()
+        other = other.data if isinstance(other, Tensor) else other
+        self.data += other * alpha if alpha != 1.0 else other
+        return self
+
+    def sub_(self, other: Any) -> Tensor:
+        return self.add_(other, alpha=-1.0)
+
+    def mul_(self, other: Any) -> Tensor:
+        self._bump_version()
+        self.data *= other.data if isinstance(other, Tensor) else other
+        return self
+
+    def div_(self, other: Any) -> Tensor:
+        self._bump_version()
+        self.data /= other.data if isinstance(other, Tensor) else other
+        return self
+
+    def clamp_(self, min: float | None = None, max: float | None = None) -> Tensor:
+        self._bump_version()
+        array_module(self.data).clip(self.data, min, max, out=self.data)
+        return self
+
+    def masked_fill_(self, mask: Any, value: float) -> Tensor:
+        self._bump_version()
+        mask = mask.data if isinstance(mask, Tensor) else mask
+        self.data[...] = array_module(self.data).where(mask, value, self.data)
+        return self
+
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
+        from groundup import random
+
+        self._bump_version()
+        self.data[...] = random.normal_array(self.shape, mean, std, self.dtype, self.device)
+        return self
+
+    def uniform_(self, low: float = 0.0, high: float = 1.0) -> Tensor:
+        from groundup import random
+
+        self._bump_version()
+        self.data[...] = random.uniform_array(self.shape, low, high, self.dtype, self.device)
+        return self
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Non-leaf tensors reachable from ``root``, outputs before inputs (iterative DFS)."""
+    order: list[Tensor] = []
+    visited: set[int] = {id(root)}
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        for parent in node._ctx.parents:
+            if parent._ctx is not None and parent.requires_grad and id(parent) not in visited:
+                visited.add(id(parent))
+                stack.append((parent, False))
+    order.reverse()
+    return order
+
+
+def _raw_index(index: Any) -> Any:
+    """Replace Tensors inside an index by their arrays."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
+
+
+def _register(name: str, fn: Any) -> None:
+    setattr(Tensor, name, fn)
+
+
+def _attach_methods() -> None:
+    """Bind the op functions from ``groundup.ops`` as Tensor methods (torch's names)."""
+    from groundup.ops import methods
+
+    for name, fn in methods.TENSOR_METHODS.items():
+        _register(name, fn)
+
+
+def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, device: Any = None) -> Tensor:
+    """Make a tensor from data (a number, nested lists, a NumPy/CuPy array or a Tensor).
+
+    Python floats become float32 and ints int64 (torch's defaults); a NumPy array keeps its dtype.
+
+    >>> tensor([1.0, 2.0]).dtype
+    dtype('float32')
+    """
+    if isinstance(data, Tensor):
+        data = data.data.copy()
+    elif isinstance(data, np.ndarray) or type(data).__module__.startswith("cupy"):
+        data = data.copy()
+    elif isinstance(data, (list, tuple)) and data and any(isinstance(d, Tensor) for d in _flat(data)):
+        data = [d.tolist() if isinstance(d, Tensor) else d for d in data]
+    return Tensor(data, dtype=dtype, requires_grad=requires_grad, device=device)
+
+
+def _flat(data: Sequence[Any]) -> Iterator[Any]:
+    for d in data:
+        if isinstance(d, (list, tuple)):
+            yield from _flat(d)
+        else:
+            yield d
+
+
+@functools.cache
+def _attached() -> bool:
+    _attach_methods()
+    return True
