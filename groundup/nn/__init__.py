@@ -1,0 +1,17 @@
+"""``groundup.nn``: Module, Parameter, containers and layers with torch.nn's names.
+
+Layers live in small files (layers, norm, conv, recurrent, attention, transformer, positional);
+everything public is re-exported here, as ``torch.nn`` does.
+"""
+
+from groundup.nn import init, utils
+from groundup.nn.attention import *  # noqa: F403
+from groundup.nn.conv import *  # noqa: F403
+from groundup.nn.layers import *  # noqa: F403
+from groundup.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
+from groundup.nn.norm import *  # noqa: F403
+from groundup.nn.positional import *  # noqa: F403
+from groundup.nn.recurrent import *  # noqa: F403
+from groundup.nn.transformer import *  # noqa: F403
+
+__all__ = ["Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]

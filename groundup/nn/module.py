@@ -1,0 +1,378 @@
+"""Module, Parameter and containers, with torch.nn's names and behaviour.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it, in definition order, so
+``named_parameters()`` yields paths such as ``blocks.0.attn.in_proj_weight``: one name for the
+checkpoint key, the hook prefix and the explorer label. ``state_dict()`` maps those names to
+NumPy arrays, so a torch module's ``{k: v.numpy()}`` loads here unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from groundup.backend import normalize_device, to_device, to_numpy
+from groundup.tensor import Tensor, no_grad
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as a learnable parameter (requires_grad by default)."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Any, requires_grad: bool = True):
+        if isinstance(data, Tensor):
+            data = data.data
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of every layer and model. Subclasses define ``forward``."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "training", True)
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        if "_parameters" not in d:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning {name!r}")
+        params, buffers, modules = d["_parameters"], d["_buffers"], d["_modules"]
+        if isinstance(value, Parameter):
+            buffers.pop(name, None), modules.pop(name, None), d.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None), buffers.pop(name, None), d.pop(name, None)
+            modules[name] = value
+        elif name in params or name in modules:
+            if value is not None:
+                kind = "parameter" if name in params else "submodule"
+                raise TypeError(f"cannot assign {type(value).__name__} to {kind} {name!r} "
+                                f"(expected a {'Parameter' if kind == 'parameter' else 'Module'} or None)")
+            (params if name in params else modules)[name] = None
+        elif name in buffers:
+            buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        for table in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(table)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name: str) -> None:
+        for table in (self._parameters, self._buffers, self._modules):
+            if name in table:
+                del table[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """A non-learnable tensor saved in ``state_dict`` (e.g. BatchNorm's running mean)."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = tensor
+        if not persistent:
+            self._non_persistent.add(name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        self._parameters[name] = param
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        self._modules[name] = module
+
+    # ------------------------------------------------------------ calling
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no forward() (abstract)")
+
+    # ------------------------------------------------------------ traversal
+    def named_modules(self, prefix: str = "", memo: set[int] | None = None) -> Iterator[tuple[str, Module]]:
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, child in self._modules.items():
+            if child is not None:
+                yield name, child
+
+    def children(self) -> Iterator[Module]:
+        for _, child in self.named_children():
+            yield child
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+        seen: set[int] = set()
+        modules = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for mod_prefix, module in modules:
+            for name, p in module._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), p
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        for mod_prefix, module in self.named_modules(prefix):
+            for name, b in module._buffers.items():
+                if b is not None:
+                    yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
+
+    def buffers(self) -> Iterator[Tensor]:
+        for _, b in self.named_buffers():
+            yield b
+
+    def num_parameters(self) -> int:
+        """Total number of learnable scalars."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Parameter and persistent buffer names -> NumPy arrays (copies, on the CPU).
+
+        Tied parameters appear under every name that refers to them, as in torch.
+        """
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for mod_prefix, module in self.named_modules(memo=set()):
+            for name, p in module._parameters.items():
+                if p is not None:
+                    out[f"{mod_prefix}.{name}" if mod_prefix else name] = to_numpy(p.data).copy()
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent:
+                    out[f"{mod_prefix}.{name}" if mod_prefix else name] = to_numpy(b.data).copy()
+        return out
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for mod_prefix, module in self.named_modules(memo=set()):
+            for table in (module._parameters, module._buffers):
+                for name, t in table.items():
+                    if t is not None and not (table is module._buffers and name in module._non_persistent):
+                        out[f"{mod_prefix}.{name}" if mod_prefix else name] = t
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy arrays (NumPy arrays, Tensors or torch tensors) into this module's parameters.
+
+        Checks everything before changing anything: missing keys, unexpected keys and shape
+        mismatches are reported by name (with ``strict=False`` only shape mismatches raise).
+
+        Returns:
+            (missing_keys, unexpected_keys)
+        """
+        own = self._state_tensors()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        arrays: dict[str, np.ndarray] = {}
+        mismatched = []
+        for key, value in state_dict.items():
+            if key not in own:
+                continue
+            if isinstance(value, Tensor):
+                value = to_numpy(value.data)
+            elif type(value).__module__ == "torch":
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            if tuple(value.shape) != own[key].shape:
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {own[key].shape}")
+            arrays[key] = value
+        problems = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("shape mismatch: " + "; ".join(mismatched))
+        if problems:
+            raise RuntimeError(f"load_state_dict for {type(self).__name__}: " + " | ".join(problems))
+        with no_grad():
+            for key, value in arrays.items():
+                target = own[key]
+                target.data = to_device(value.astype(target.dtype, copy=True), target.device)
+        return missing, unexpected
+
+    # ------------------------------------------------------------ modes, devices, grads
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.data[...] = 0
+
+    def to(self, device: Any = None, dtype: Any = None) -> Module:
+        """Move (in place) every parameter and buffer to ``device`` and/or cast floats to ``dtype``."""
+        from groundup.backend import as_dtype
+
+        dev = normalize_device(device) if device is not None else None
+        for t in list(self.parameters()) + list(self.buffers()):
+            data = t.data
+            if dev is not None:
+                data = to_device(data, dev)
+            if dtype is not None and data.dtype.kind == "f":
+                data = data.astype(as_dtype(dtype))
+            t.data = data
+            if t.grad is not None:
+                t.grad = None
+        return self
+
+    def float(self) -> Module:
+        return self.to(dtype="float32")
+
+    def double(self) -> Module:
+        return self.to(dtype="float64")
+
+    def apply(self, fn: Callable[[Module], None]) -> Module:
+        """Call ``fn`` on every submodule (children first) and on self, like torch."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    # ------------------------------------------------------------ repr
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, child in self._modules.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"({name}): {body}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied in order; ``Sequential(a, b)(x) == b(a(x))``."""
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), m)
+
+    def forward(self, x: Any) -> Any:
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def append(self, module: Module) -> Sequential:
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules registered as ``0``, ``1``, ... (no forward of its own)."""
+
+    def __init__(self, modules: Iterable[Module] | None = None):
+        super().__init__()
+        for m in modules or []:
+            self.append(m)
+
+    def append(self, module: Module) -> ModuleList:
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules: Iterable[Module]) -> ModuleList:
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __getitem__(self, i: int | slice) -> Any:
+        items = list(self._modules.values())
+        if isinstance(i, slice):
+            return ModuleList(items[i])
+        return items[i]
+
+    def __setitem__(self, i: int, module: Module) -> None:
+        self.add_module(str(i % len(self)), module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+class ModuleDict(Module):
+    """A dict of modules registered under their keys."""
+
+    def __init__(self, modules: Mapping[str, Module] | None = None):
+        super().__init__()
+        for k, m in (modules or {}).items():
+            self.add_module(k, m)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        self.add_module(key, module)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._modules
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def keys(self) -> Iterable[str]:
+        return self._modules.keys()
+
+    def values(self) -> Iterable[Module]:
+        return self._modules.values()
+
+    def items(self) -> Iterable[tuple[str, Module]]:
+        return self._modules.items()
