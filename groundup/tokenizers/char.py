@@ -1,0 +1,102 @@
+"""Character-level tokenizer: one token per distinct character of a corpus, ids in sorted order.
+
+The vocabulary is `sorted(set(text))`, as in nanoGPT's shakespeare_char/prepare.py and makemore,
+so Tiny Shakespeare gives 65 tokens with "\\n" = 0 and " " = 1.
+
+Reference: https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["CharTokenizer", "UnknownTokenError"]
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class UnknownTokenError(KeyError):
+    """A character (when encoding) or an id (when decoding) that is not in the vocabulary."""
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class CharTokenizer:
+    """Maps each character of a fixed alphabet to an integer id and back.
+
+    Args:
+        text: the corpus (or just its alphabet); every distinct character becomes a token.
+
+    Example:
+        >>> tok = CharTokenizer("hello world")
+        >>> tok.encode("hello")
+        [3, 2, 4, 4, 5]
+        >>> tok.decode([3, 2, 4, 4, 5])
+        'hello'
+    """
+
+    def __init__(self, text: str):
+        self.chars: list[str] = sorted(set(text))
+        self.stoi: dict[str, int] = {char: i for i, char in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters."""
+        return len(self.chars)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> list of ids, one per character.
+
+        Raises:
+            UnknownTokenError (a KeyError): naming the first character not in the vocabulary and where it is.
+        """
+        try:
+            return [self.stoi[char] for char in text]
+        except KeyError:
+            position, char = next((i, c) for i, c in enumerate(text) if c not in self.stoi)
+            raise UnknownTokenError(
+                f"character {char!r} (U+{ord(char):04X}) at position {position} is not in the vocabulary "
+                f"of {self.vocab_size} characters"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """List of ids -> text.
+
+        Raises:
+            UnknownTokenError (a KeyError): naming the first id outside 0..vocab_size-1.
+        """
+        chars = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise UnknownTokenError(f"token id {i} is out of range: ids are 0..{self.vocab_size - 1}")
+            chars.append(self.chars[i])
+        return "".join(chars)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `tokenizer.json` ({"type": "char", "chars": [...]}) into `directory` (created if missing)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"type": "char", "chars": self.chars}
+        (directory / TOKENIZER_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> CharTokenizer:
+        """Read a tokenizer written by `save`."""
+        path = Path(directory) / TOKENIZER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory}")
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if payload.get("type") != "char" or not isinstance(payload.get("chars"), list):
+            raise ValueError(f"{path} is not a character tokenizer file (want type 'char', a 'chars' list)")
+        chars = payload["chars"]
+        if any(not isinstance(c, str) or len(c) != 1 for c in chars) or chars != sorted(set(chars)):
+            raise ValueError(f"{path}: 'chars' must be sorted, distinct, single characters")
+        return cls("".join(chars))
