@@ -323,9 +323,12 @@ class Tensor:
             in_grads = ctx.backward(grad)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
-            if not retain_graph:
-                ctx.saved = None
-            for parent, g in zip(ctx.parents, in_grads):
+            parents = ctx.parents
+            if not retain_graph:  # release everything the node kept for its backward
+                ctx.saved, ctx.parents, ctx._versions = None, (), ()
+                if hasattr(ctx, "__dict__"):
+                    ctx.__dict__.clear()
+            for parent, g in zip(parents, in_grads):
                 if g is None or not parent.requires_grad:
                     continue
                 if tuple(g.shape) != parent.data.shape:
@@ -419,17 +422,21 @@ class Tensor:
 def _topological_order(root: Tensor) -> list[Tensor]:
     """Non-leaf tensors reachable from ``root``, outputs before inputs (iterative DFS)."""
     order: list[Tensor] = []
-    visited: set[int] = {id(root)}
+    visited: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
         if done:
             order.append(node)
             continue
+        # NOTE: mark a node when it is expanded, not when it is pushed: a node pushed early and
+        # reached again through a longer path must still finish after everything that uses it.
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
         stack.append((node, True))
         for parent in node._ctx.parents:
             if parent._ctx is not None and parent.requires_grad and id(parent) not in visited:
-                visited.add(id(parent))
                 stack.append((parent, False))
     order.reverse()
     return order
