@@ -1,4 +1,4 @@
-"""Tests for groundup.tokenizers: character tokenizer, byte-level BPE, and parity with Hugging Face tokenizers.
+"""Tests for groundup.tokenizers: character tokenizer, byte-level BPE, parity with Hugging Face tokenizers.
 
 The oracle for the BPE is the Hugging Face `tokenizers` library (skipped when it is not installed):
 same pre-tokens, same ids from the same vocab.json/merges.txt, and the same merges when training.
@@ -29,7 +29,7 @@ TRICKY = [
     "CJK 日本語のテキスト 中文 한국어",
     "Ελληνικά Русский עברית العربية हिन्दी",
     "punctuation!!! ??? ... --- *** ((nested)) [brackets] {braces} <tags/>",
-    "whitespace zoo: \u00a0nbsp \u2003em \u3000ideographic \u2028line \u2029para \x85nel \x1cfs \x1fus \x0bvt",
+    "whitespace zoo: \u00a0nbsp \u2003em \u3000ideo \u2028line \u2029para \x85nel \x1cfs \x1fus \x0bvt",
     "controls \x00\x01\x7f and zero width \u200b\u200c\u200d\ufeff",
     "newer letters \u1c89\ua7cb\U00010d4a\U00013460 and digits \U00010d40\U0001e5f1",
     "mixed123abc abc123 _underscore_ snake_case CamelCase",
