@@ -85,6 +85,7 @@ def test_char_tokenizer_save_load(tmp_path):
         CharTokenizer.load(tmp_path / "bad")
 
 
+@settings(max_examples=200)
 @given(st.text())
 def test_char_tokenizer_round_trip_property(text):
     tok = CharTokenizer(text)
@@ -108,6 +109,7 @@ def test_pre_tokenize_examples():
     assert pre_tokenize("x\x1c!") == ["x", "\x1c!"]  # U+001C is a symbol for Oniguruma (\s for Python's re)
 
 
+@settings(max_examples=200)
 @given(st.text(alphabet=st.characters(exclude_categories=())))
 def test_pre_tokenize_covers_text(text):
     assert "".join(pre_tokenize(text)) == text
