@@ -25,10 +25,10 @@ class MatMul(Function):
         x2 = x[None, :] if x.ndim == 1 else x                 # (1, K) for a vector on the left
         y2 = y[:, None] if y.ndim == 1 else y                 # (K, 1) for a vector on the right
         g = gz
-        if x.ndim == 1:
-            g = g[..., None, :]                               # restore the dropped row dim
         if y.ndim == 1:
             g = g[..., None]                                  # restore the dropped column dim
+        if x.ndim == 1:
+            g = g[..., None, :]                               # restore the dropped row dim
         gx = gy = None
         if self.needs_input_grad[0]:
             gx = g @ y2.swapaxes(-1, -2)                      # (..., M, K)
