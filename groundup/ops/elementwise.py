@@ -231,7 +231,7 @@ class Maximum(Function):
 
     def backward(self, gz):
         x, y = self.saved
-        wx = (x > y) + 0.5 * (x == y)
+        wx = ((x > y) + 0.5 * (x == y)).astype(gz.dtype, copy=False)
         return (unbroadcast(gz * wx, x.shape) if self.needs_input_grad[0] else None,
                 unbroadcast(gz * (1 - wx), y.shape) if self.needs_input_grad[1] else None)
 
@@ -243,7 +243,7 @@ class Minimum(Function):
 
     def backward(self, gz):
         x, y = self.saved
-        wx = (x < y) + 0.5 * (x == y)
+        wx = ((x < y) + 0.5 * (x == y)).astype(gz.dtype, copy=False)
         return (unbroadcast(gz * wx, x.shape) if self.needs_input_grad[0] else None,
                 unbroadcast(gz * (1 - wx), y.shape) if self.needs_input_grad[1] else None)
 
