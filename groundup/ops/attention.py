@@ -23,7 +23,8 @@ def attention_bias(mask: Any, is_causal: bool, q_len: int, k_len: int, dtype: An
     """
     bias = None
     if is_causal:
-        allowed = xp.tril(xp.ones((q_len, k_len), dtype=bool), k_len - q_len)
+        # NOTE: query i sees keys 0..i (top-left aligned, torch's rule), also when q_len != k_len.
+        allowed = xp.tril(xp.ones((q_len, k_len), dtype=bool))
         bias = xp.where(allowed, 0, -xp.inf).astype(dtype)
     if mask is not None:
         extra = xp.where(mask, 0, -xp.inf).astype(dtype) if mask.dtype == bool else mask.astype(dtype)
