@@ -165,7 +165,7 @@ def _max_or_min(mode: str):
         if dim is None:
             return values
         indices = argmax(x, dim, keepdim) if mode == "max" else argmin(x, dim, keepdim)
-        return MinMaxResult(values, indices)
+        return MinMaxResult((values, indices))
 
     reduce.__name__ = mode
     return reduce
@@ -364,6 +364,14 @@ def _neg(x):
     return E.Neg.apply(x)
 
 
+def _relu(x):
+    return E.Relu.apply(x)
+
+
+def _abs(x):
+    return E.Abs.apply(x)
+
+
 TENSOR_METHODS: dict[str, Any] = {
     "__add__": add, "__radd__": lambda a, b: add(b, a), "add": add,
     "__sub__": sub, "__rsub__": lambda a, b: sub(b, a), "sub": sub,
@@ -381,7 +389,7 @@ TENSOR_METHODS: dict[str, Any] = {
     "eq": _compare("__eq__"), "ne": _compare("__ne__"), "lt": _compare("__lt__"),
     "le": _compare("__le__"), "gt": _compare("__gt__"), "ge": _compare("__ge__"),
     "exp": _unary(E.Exp), "log": _unary(E.Log), "sqrt": _unary(E.Sqrt), "rsqrt": _unary(E.Rsqrt),
-    "tanh": _unary(E.Tanh), "sigmoid": _unary(E.Sigmoid), "relu": E.Relu.apply, "abs": E.Abs.apply,
+    "tanh": _unary(E.Tanh), "sigmoid": _unary(E.Sigmoid), "relu": _relu, "abs": _abs,
     "clamp": clamp, "clip": clamp, "maximum": maximum, "minimum": minimum,
     "sum": sum_, "mean": mean, "max": _max_or_min("max"), "min": _max_or_min("min"), "amax": amax,
     "var": var, "std": std, "logsumexp": logsumexp, "argmax": argmax, "argmin": argmin,
