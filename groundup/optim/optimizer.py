@@ -1,0 +1,204 @@
+"""The ``Optimizer`` base class: parameter groups, per-parameter state, ``state_dict``.
+
+Same names and state layout as ``torch.optim.Optimizer``:
+
+- ``param_groups``: a list of dicts, each with ``'params'`` (a list of Tensors) and that group's
+  hyper-parameters (``lr``, ``weight_decay``, ...), filled from the optimizer's ``defaults``;
+- ``state``: a dict Tensor -> dict of that parameter's buffers (``exp_avg``, ``momentum_buffer``, ...);
+- ``state_dict()``: ``{'state': {index: {...}}, 'param_groups': [{..., 'params': [index, ...]}]}``
+  where parameters are numbered in order across groups, buffers are NumPy arrays on the CPU and
+  everything else is a plain int / float / bool / tuple, so a checkpoint can put the arrays in a
+  safetensors file and the rest in JSON. ``load_state_dict`` also accepts torch's own state dicts.
+
+Updates work on the raw arrays ``p.data`` in place (``xp = array_module(p.data)``), never through
+the autograd graph, and reuse one scratch buffer so a step allocates almost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from groundup.backend import array_module, device_of, to_device, to_numpy
+from groundup.tensor import Tensor
+
+__all__ = ["Optimizer", "ParamsT"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+class _Required:
+    """Marks a hyper-parameter that has no default and must be given (like torch's ``required``)."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+class Optimizer:
+    """Base class of the optimizers. Subclasses implement ``step()``.
+
+    Args:
+        params: an iterable of Tensors, or of dicts ``{'params': [...], 'lr': ..., ...}`` (one per group;
+            keys missing from a group take the value from ``defaults``).
+        defaults: the default hyper-parameters of every group.
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]):
+        self.defaults = dict(defaults)
+        self.state: dict[Tensor, dict[str, Any]] = {}
+        self.param_groups: list[dict[str, Any]] = []
+        self._scratch: dict[tuple[str, np.dtype, int], Any] = {}
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            "but got a Tensor (wrap it in a list)")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters (a dict with ``'params'`` and optional hyper-parameters)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        for p in group["params"]:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is {type(p).__name__}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"optimizer can only optimize floating-point Tensors, got dtype {p.dtype}")
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(f"parameter group didn't specify a value of required optimization parameter {name}")
+            group.setdefault(name, default)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        new = [id(p) for p in group["params"]]
+        if len(set(new)) != len(new) or seen.intersection(new):
+            raise ValueError("some parameters appear in more than one parameter group (or twice in one group)")
+        self.param_groups.append(group)
+
+    # ------------------------------------------------------------------ gradients
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of all optimized parameters (set them to None, or fill with zeros)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad.data[...] = 0
+
+    def step(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise TypeError(f"{type(self).__name__} must implement step()")
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _scratch_like(self, array: Any, slot: int = 0) -> Any:
+        """A scratch array with the shape, dtype and device of ``array`` (a view of a reused buffer).
+
+        NOTE: valid until the next call with the same slot, dtype and device; the update code uses
+        the slots for one parameter at a time, so a step allocates no temporaries.
+        """
+        key = (device_of(array), array.dtype, slot)
+        buffer = self._scratch.get(key)
+        if buffer is None or buffer.size < array.size:
+            buffer = array_module(array).empty(array.size, dtype=array.dtype)
+            self._scratch[key] = buffer
+        return buffer[: array.size].reshape(array.shape)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """``{'state': {index: {name: value}}, 'param_groups': [...]}`` with NumPy arrays (copies)."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(packed)
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    state[index[id(p)]] = {k: _export_value(v) for k, v in self.state[p].items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state from :meth:`state_dict` (or from a torch optimizer with the same groups).
+
+        Everything is checked before anything changes: the number of groups, the number of
+        parameters per group and the shape of every buffer; a mismatch raises ``ValueError``.
+        """
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer has {len(self.param_groups)}")
+        id_to_param: dict[int, Tensor] = {}
+        for g, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(ours["params"]) != len(saved["params"]):
+                raise ValueError(f"parameter group {g}: loaded state dict has {len(saved['params'])} parameters, "
+                                 f"this optimizer has {len(ours['params'])}")
+            for saved_index, p in zip(saved["params"], ours["params"]):
+                id_to_param[int(saved_index)] = p
+        new_state: dict[Tensor, dict[str, Any]] = {}
+        for key, values in state_dict["state"].items():
+            if int(key) not in id_to_param:
+                raise ValueError(f"loaded state dict has state for parameter {key}, which no group lists")
+            p = id_to_param[int(key)]
+            entry = {}
+            for name, value in values.items():
+                value = _import_value(value, p, f"state[{key}][{name!r}]")
+                entry[name] = value
+            new_state[p] = entry
+        for ours, saved in zip(self.param_groups, saved_groups):
+            for name, value in saved.items():
+                if name != "params":
+                    ours[name] = tuple(value) if isinstance(value, list) else value
+        self.state = new_state
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
+        return "\n".join(lines) + "\n)"
+
+
+def _export_value(value: Any) -> Any:
+    """A state value for ``state_dict``: arrays become NumPy copies, scalars plain Python numbers."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return to_numpy(value).copy()
+
+
+def _import_value(value: Any, param: Tensor, where: str) -> Any:
+    """Turn a saved state value into what the update code expects, checked against ``param``."""
+    if type(value).__module__ == "torch":
+        value = value.detach().cpu().numpy()
+        if value.ndim == 0:  # torch keeps 'step' as a 0-d tensor
+            value = value.item()
+            return int(value) if float(value).is_integer() else value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Tensor):
+        value = value.data
+    array = to_numpy(value)
+    if array.ndim == 0:
+        return array.item()
+    if tuple(array.shape) != param.shape:
+        raise ValueError(f"loaded optimizer {where} has shape {tuple(array.shape)} "
+                         f"but its parameter has shape {param.shape}")
+    return to_device(np.array(array, dtype=param.dtype, copy=True), param.device)

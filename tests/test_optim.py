@@ -1,0 +1,330 @@
+"""Optimizers, schedules and gradient clipping against PyTorch (the oracle) and nanoGPT's formula.
+
+Each optimizer runs 10 steps from identical parameters on an identical sequence of gradients, in
+float64, with two parameter groups of different learning rates and one parameter whose gradient
+is sometimes None (skipped by both); parameters and optimizer state must match torch's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import groundup as gu
+from groundup.nn import Parameter
+from groundup.nn.utils import clip_grad_norm_
+from groundup.optim import SGD, Adam, AdamW
+from groundup.optim.schedule import (
+    CosineAnnealingLR,
+    LambdaLR,
+    StepLR,
+    WarmupCosine,
+    scheduled_lr,
+    warmup_cosine_lr,
+    warmup_linear_lr,
+)
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+SHAPES = [(4, 3), (3,), (2, 5)]          # group 0: first two, group 1: the last
+N_STEPS = 10
+
+
+def _initial_params(seed: int = 0, dtype=np.float64) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+def _gradients(seed: int = 1, dtype=np.float64) -> list[list[np.ndarray | None]]:
+    """One list of gradients per step; the (3,) parameter has no gradient on every third step."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    for t in range(N_STEPS):
+        grads = [rng.standard_normal(s).astype(dtype) * (1 + t) for s in SHAPES]
+        if t % 3 == 1:
+            grads[1] = None
+        steps.append(grads)
+    return steps
+
+
+def _groups(params, extra_group1):
+    return [{"params": params[:2]}, {"params": params[2:], **extra_group1}]
+
+
+def _run_ours(make, arrays, grad_steps, extra_group1):
+    params = [Parameter(gu.tensor(a.copy(), dtype=a.dtype)) for a in arrays]
+    opt = make(_groups(params, extra_group1))
+    history = []
+    for grads in grad_steps:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else gu.tensor(g.copy(), dtype=g.dtype)
+        opt.step()
+        history.append([p.data.copy() for p in params])
+    return params, opt, history
+
+
+def _run_torch(make, arrays, grad_steps, extra_group1):
+    params = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in arrays]
+    opt = make(_groups(params, extra_group1))
+    history = []
+    for grads in grad_steps:
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else torch.from_numpy(g.copy())
+        opt.step()
+        history.append([p.detach().numpy().copy() for p in params])
+    return params, opt, history
+
+
+CASES = {
+    "sgd": (lambda m, g: m.SGD(g, lr=0.1), {"lr": 0.03}),
+    "sgd-momentum": (lambda m, g: m.SGD(g, lr=0.1, momentum=0.9), {"lr": 0.03}),
+    "sgd-nesterov": (lambda m, g: m.SGD(g, lr=0.1, momentum=0.9, nesterov=True), {"lr": 0.03}),
+    "sgd-weight-decay": (lambda m, g: m.SGD(g, lr=0.1, momentum=0.5, weight_decay=0.1), {"lr": 0.03}),
+    "sgd-dampening": (lambda m, g: m.SGD(g, lr=0.1, momentum=0.9, dampening=0.3), {"lr": 0.03, "momentum": 0.5}),
+    "adam": (lambda m, g: m.Adam(g, lr=1e-2), {"lr": 3e-3}),
+    "adam-weight-decay": (lambda m, g: m.Adam(g, lr=1e-2, weight_decay=0.1), {"lr": 3e-3}),
+    "adam-amsgrad": (lambda m, g: m.Adam(g, lr=1e-2, amsgrad=True), {"lr": 3e-3}),
+    "adamw": (lambda m, g: m.AdamW(g, lr=1e-2), {"lr": 3e-3, "weight_decay": 0.0}),
+    "adamw-nanogpt": (lambda m, g: m.AdamW(g, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1), {"lr": 3e-3}),
+    "adamw-small-beta1": (lambda m, g: m.AdamW(g, lr=1e-2, betas=(0.3, 0.9), eps=1e-6), {"lr": 3e-3}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimizer_matches_torch_for_10_steps(case):
+    make, extra = CASES[case]
+    arrays, grad_steps = _initial_params(), _gradients()
+    ours, opt, ours_history = _run_ours(lambda g: make(gu.optim, g), arrays, grad_steps, extra)
+    theirs, topt, torch_history = _run_torch(lambda g: make(torch.optim, g), arrays, grad_steps, extra)
+    for step, (a, b) in enumerate(zip(ours_history, torch_history)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12, err_msg=f"{case}: step {step}, param {i}")
+    assert not np.array_equal(ours_history[-1][0], arrays[0]), "the parameters did not move"
+    # same optimizer state under the same names (step counts and buffers)
+    ours_state, torch_state = opt.state_dict()["state"], topt.state_dict()["state"]
+    assert set(ours_state) == set(torch_state)
+    for index, entry in torch_state.items():
+        assert set(ours_state[index]) == set(entry), f"{case}: state keys of param {index}"
+        for name, value in entry.items():
+            np.testing.assert_allclose(np.asarray(ours_state[index][name]), value.numpy(), rtol=1e-10, atol=1e-12,
+                                       err_msg=f"{case}: state[{index}][{name!r}]")
+
+
+def test_float32_adamw_matches_torch():
+    arrays, grad_steps = _initial_params(dtype=np.float32), _gradients(dtype=np.float32)
+    make = lambda m, g: m.AdamW(g, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)  # noqa: E731
+    _, _, ours = _run_ours(lambda g: make(gu.optim, g), arrays, grad_steps, {})
+    _, _, theirs = _run_torch(lambda g: make(torch.optim, g), arrays, grad_steps, {})
+    for a, b in zip(ours[-1], theirs[-1]):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd-weight-decay", "adam-weight-decay", "adamw-nanogpt"])
+def test_step_leaves_gradients_untouched(name):
+    make, extra = CASES[name]
+    params = [Parameter(gu.tensor(a, dtype=a.dtype)) for a in _initial_params()]
+    opt = make(gu.optim, _groups(params, extra))
+    grads = _gradients()[0]
+    for p, g in zip(params, grads):
+        p.grad = gu.tensor(g.copy(), dtype=g.dtype)
+    opt.step()
+    for p, g in zip(params, grads):
+        np.testing.assert_array_equal(p.grad.data, g)
+
+
+@pytest.mark.parametrize("case", ["sgd-momentum", "adam-amsgrad", "adamw-nanogpt"])
+def test_state_dict_round_trip_continues_identically(case):
+    make, extra = CASES[case]
+    arrays, grad_steps = _initial_params(), _gradients()
+    params, opt, _ = _run_ours(lambda g: make(gu.optim, g), arrays, grad_steps[:5], extra)
+    saved = opt.state_dict()
+    json.dumps(saved["param_groups"])  # hyper-parameters are plain JSON
+    # a fresh optimizer on copies of the parameters, loaded from the state dict
+    twins = [Parameter(gu.tensor(p.data.copy(), dtype=p.dtype)) for p in params]
+    twin_opt = make(gu.optim, _groups(twins, {}))
+    twin_opt.load_state_dict(saved)
+    assert twin_opt.param_groups[1]["lr"] == opt.param_groups[1]["lr"]
+    for grads in grad_steps[5:]:
+        for p, q, g in zip(params, twins, grads):
+            p.grad = q.grad = None if g is None else gu.tensor(g, dtype=g.dtype)
+        opt.step()
+        twin_opt.step()
+    for p, q in zip(params, twins):
+        np.testing.assert_array_equal(p.data, q.data)
+    # the saved state is a copy: later steps did not change it
+    first = saved["state"][0]
+    if "step" in first:
+        assert first["step"] == 5
+    name = "exp_avg" if "exp_avg" in first else "momentum_buffer"
+    assert not np.array_equal(first[name], opt.state[params[0]][name])
+
+
+def test_load_torch_state_dict_continues_like_torch():
+    make, extra = CASES["adamw-nanogpt"]
+    arrays, grad_steps = _initial_params(), _gradients()
+    tparams, topt, _ = _run_torch(lambda g: make(torch.optim, g), arrays, grad_steps[:4], extra)
+    ours = [Parameter(gu.tensor(p.detach().numpy().copy(), dtype=gu.float64)) for p in tparams]
+    opt = make(gu.optim, _groups(ours, {}))
+    opt.load_state_dict(topt.state_dict())
+    for grads in grad_steps[4:]:
+        for p, q, g in zip(ours, tparams, grads):
+            p.grad = None if g is None else gu.tensor(g, dtype=g.dtype)
+            q.grad = None if g is None else torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+    for p, q in zip(ours, tparams):
+        np.testing.assert_allclose(p.data, q.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_load_state_dict_rejects_mismatches_and_changes_nothing():
+    params = [Parameter(gu.tensor(a, dtype=a.dtype)) for a in _initial_params()]
+    opt = Adam(_groups(params, {"lr": 0.5}))
+    for p, g in zip(params, _gradients()[0]):
+        p.grad = gu.tensor(g, dtype=g.dtype)
+    opt.step()
+    good = opt.state_dict()
+    with pytest.raises(ValueError, match="2 parameter groups"):
+        Adam([{"params": params}]).load_state_dict(good)
+    bad = opt.state_dict()
+    bad["state"][2]["exp_avg"] = np.zeros((5, 2))
+    bad["param_groups"][1]["lr"] = 123.0
+    with pytest.raises(ValueError, match=r"state\[2\]\['exp_avg'\] has shape \(5, 2\).*\(2, 5\)"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[1]["lr"] == 0.5
+    np.testing.assert_array_equal(opt.state[params[2]]["exp_avg"], good["state"][2]["exp_avg"])
+
+
+def test_param_group_errors_and_zero_grad():
+    p, q = Parameter(gu.zeros(2)), Parameter(gu.zeros(3))
+    with pytest.raises(ValueError, match="empty parameter list"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        SGD([{"params": [p]}, {"params": [p, q]}], lr=0.1)
+    with pytest.raises(TypeError, match="iterable of Tensors"):
+        SGD(p, lr=0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="learning rate"):
+        AdamW([p], lr=-1.0)
+    with pytest.raises(ValueError, match="required optimization parameter lr"):
+        SGD([p])
+    opt = SGD([p], lr=0.1)
+    opt.add_param_group({"params": [q], "lr": 0.01})
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+    assert opt.param_groups[1]["momentum"] == 0.0
+    p.grad, q.grad = gu.ones(2), gu.ones(3)
+    opt.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(p.grad.data, np.zeros(2))
+    opt.zero_grad()
+    assert p.grad is None and q.grad is None
+
+
+# ------------------------------------------------------------------ schedules
+def _pair(lr0=0.1, lr1=0.02):
+    ours = SGD([{"params": [Parameter(gu.zeros(1))]}, {"params": [Parameter(gu.zeros(1))], "lr": lr1}], lr=lr0)
+    theirs = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                              {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr1}], lr=lr0)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kind", ["step", "cosine", "lambda"])
+def test_schedulers_match_torch(kind):
+    ours, theirs = _pair()
+    if kind == "step":
+        sched, tsched = StepLR(ours, step_size=7, gamma=0.5), torch.optim.lr_scheduler.StepLR(theirs, 7, gamma=0.5)
+    elif kind == "cosine":
+        sched = CosineAnnealingLR(ours, T_max=20, eta_min=1e-3)
+        tsched = torch.optim.lr_scheduler.CosineAnnealingLR(theirs, T_max=20, eta_min=1e-3)
+    else:
+        fn = lambda e: 0.95**e  # noqa: E731
+        sched, tsched = LambdaLR(ours, fn), torch.optim.lr_scheduler.LambdaLR(theirs, fn)
+    values, expected = [sched.get_last_lr()], [tsched.get_last_lr()]
+    for _ in range(45):  # past T_max, where torch's cosine comes back up
+        ours.step()
+        theirs.step()
+        sched.step()
+        tsched.step()
+        values.append(sched.get_last_lr())
+        expected.append(tsched.get_last_lr())
+        assert [g["lr"] for g in ours.param_groups] == values[-1]
+    np.testing.assert_allclose(values, expected, rtol=1e-14, atol=0)
+    assert len({v[0] for v in values}) > 3
+
+
+def test_scheduler_state_dict_resumes():
+    ours, _ = _pair()
+    sched = CosineAnnealingLR(ours, T_max=10)
+    for _ in range(4):
+        sched.step()
+    saved = json.loads(json.dumps(sched.state_dict()))
+    expected = [sched.step() or sched.get_last_lr() for _ in range(3)]
+    fresh, _ = _pair()
+    for g, old in zip(fresh.param_groups, ours.param_groups):
+        g["initial_lr"] = old["initial_lr"]
+    resumed = CosineAnnealingLR(fresh, T_max=10, last_epoch=3)
+    resumed.load_state_dict(saved)
+    for g, lr in zip(fresh.param_groups, saved["_last_lr"]):
+        g["lr"] = lr
+    got = [resumed.step() or resumed.get_last_lr() for _ in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=1e-15)
+
+
+def _nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """Copied from nanoGPT's train.py (the independent oracle)."""
+    # 1) linear warmup for warmup_iters steps
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    # 2) if it > lr_decay_iters, return min learning rate
+    if it > lr_decay_iters:
+        return min_lr
+    # 3) in between, use cosine decay down to min learning rate
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def test_warmup_cosine_matches_nanogpt():
+    lr, min_lr, warmup, decay = 1e-3, 1e-4, 10, 100
+    for it in range(130):
+        assert warmup_cosine_lr(it, lr, min_lr, warmup, decay) == _nanogpt_get_lr(it, lr, min_lr, warmup, decay)
+    assert warmup_cosine_lr(0, lr, min_lr, warmup, decay) == pytest.approx(lr / 11)
+    assert warmup_cosine_lr(warmup, lr, min_lr, warmup, decay) == pytest.approx(lr)
+    assert warmup_cosine_lr(55, lr, min_lr, warmup, decay) == pytest.approx((lr + min_lr) / 2)
+    assert warmup_cosine_lr(decay, lr, min_lr, warmup, decay) == pytest.approx(min_lr)
+    assert warmup_linear_lr(55, lr, min_lr, warmup, decay) == pytest.approx((lr + min_lr) / 2)
+    assert scheduled_lr("constant", 500, lr, min_lr, warmup, decay) == lr
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'exp'"):
+        scheduled_lr("exp", 0, lr, min_lr, warmup, decay)
+
+
+def test_warmup_cosine_scheduler_follows_the_function():
+    ours, _ = _pair(lr0=1e-3, lr1=5e-4)
+    sched = WarmupCosine(ours, warmup_iters=5, decay_iters=30, min_lr=[1e-4, 5e-5])
+    for it in range(40):
+        assert ours.param_groups[0]["lr"] == _nanogpt_get_lr(it, 1e-3, 1e-4, 5, 30)
+        assert ours.param_groups[1]["lr"] == _nanogpt_get_lr(it, 5e-4, 5e-5, 5, 30)
+        ours.step()
+        sched.step()
+
+
+# ------------------------------------------------------------------ clipping
+@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (1e3, 2.0), (0.5, math.inf), (2.0, 1.0)])
+def test_clip_grad_norm_matches_torch(max_norm, norm_type):
+    grads = [g for g in _gradients()[0] if g is not None] + [np.full((2, 2), 0.25)]
+    ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros(*g.shape, dtype=torch.float64)) for g in grads]
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad, q.grad = gu.tensor(g.copy(), dtype=gu.float64), torch.from_numpy(g.copy())
+    total = clip_grad_norm_(ours, max_norm, norm_type=norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type=norm_type)
+    assert float(total) == pytest.approx(expected.item(), rel=1e-12)
+    for p, q in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad.data, q.grad.numpy(), rtol=1e-12, atol=0)
+    clipped = max_norm < expected.item()
+    assert clipped == (not np.array_equal(ours[0].grad.data, grads[0]))
