@@ -100,15 +100,19 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward() (abstract)")
 
     # ------------------------------------------------------------ traversal
-    def named_modules(self, prefix: str = "", memo: set[int] | None = None) -> Iterator[tuple[str, Module]]:
+    def named_modules(self, prefix: str = "", memo: set[int] | None = None,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
+        """(path, module) pairs, self first; a module reached twice is yielded once unless
+        ``remove_duplicate=False`` (as torch)."""
         memo = set() if memo is None else memo
-        if id(self) in memo:
-            return
-        memo.add(id(self))
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
             if child is not None:
-                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo, remove_duplicate)
 
     def modules(self) -> Iterator[Module]:
         for _, m in self.named_modules():
@@ -155,10 +159,10 @@ class Module:
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Parameter and persistent buffer names -> NumPy arrays (copies, on the CPU).
 
-        Tied parameters appear under every name that refers to them, as in torch.
+        Tied parameters and shared submodules appear under every name that refers to them, as in torch.
         """
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for mod_prefix, module in self.named_modules(memo=set()):
+        for mod_prefix, module in self.named_modules(remove_duplicate=False):
             for name, p in module._parameters.items():
                 if p is not None:
                     out[f"{mod_prefix}.{name}" if mod_prefix else name] = to_numpy(p.data).copy()
@@ -169,7 +173,7 @@ class Module:
 
     def _state_tensors(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        for mod_prefix, module in self.named_modules(memo=set()):
+        for mod_prefix, module in self.named_modules(remove_duplicate=False):
             for table in (module._parameters, module._buffers):
                 for name, t in table.items():
                     if t is not None and not (table is module._buffers and name in module._non_persistent):
@@ -298,7 +302,9 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Module:
+        if isinstance(i, slice):  # a Sequential of the slice, keeping the names (as torch)
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
     def __len__(self) -> int:
@@ -336,6 +342,8 @@ class ModuleList(Module):
         return items[i]
 
     def __setitem__(self, i: int, module: Module) -> None:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"ModuleList index {i} is out of range for length {len(self)}")
         self.add_module(str(i % len(self)), module)
 
     def __len__(self) -> int:
