@@ -352,7 +352,7 @@ class _CellBase(Module):
         if not self.bias:
             s += ", bias=False"
         if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
+            s += f", nonlinearity={self.nonlinearity}"   # unquoted, as torch prints it
         return s
 
 
@@ -583,11 +583,10 @@ class _RNNBase(Module):
         return output, h_n_t, c_n_t
 
     def extra_repr(self) -> str:
+        """torch's text (which leaves out ``nonlinearity`` for layers)."""
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        if self.mode == "RNN" and self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:
