@@ -5,7 +5,8 @@
     ff(x) = dropout2(linear2(dropout(activation(linear1(x)))))
 
 The decoder layer adds cross-attention to ``memory`` (``multihead_attn``, ``norm3``, ``dropout3``).
-Stacks hold deep copies of the layer under ``layers.{i}``, so a torch checkpoint loads unchanged.
+Stacks (TransformerEncoder/Decoder) hold deep copies of the layer under ``layers.{i}``, and
+Transformer joins an encoder and a decoder stack, so a torch checkpoint loads unchanged.
 
 References: Vaswani et al. 2017, "Attention Is All You Need" (https://arxiv.org/abs/1706.03762);
 Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture"
