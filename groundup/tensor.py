@@ -350,9 +350,14 @@ class Tensor:
             self.grad.data = self.grad.data + g
 
     def _bump_version(self) -> None:
-        if self.requires_grad and self._ctx is None and is_grad_enabled():
-            raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
-                               "wrap it in gu.no_grad() or use .data")
+        if self.requires_grad and is_grad_enabled():
+            if self._ctx is None:
+                raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
+                                   "wrap it in gu.no_grad() or use .data")
+            # NOTE: in-place ops are not recorded in the graph, so the gradient would flow as if the
+            # values had not changed; refuse instead of returning a silently wrong gradient.
+            raise RuntimeError(f"in-place operation on a tensor computed by {type(self._ctx).__name__} that "
+                               "requires grad is not recorded in the graph; use the out-of-place op")
         self._version += 1
 
     # ----------------------------------------------------------------- in-place ops
