@@ -1,0 +1,169 @@
+"""A PyTorch reference GPT with groundup's architecture and parameter names, for benchmarks and parity tests.
+
+Same layout as ``groundup.models.gpt.GPT`` (nanoGPT's): token + learned position embeddings (or none),
+pre-norm (or post-norm) blocks with a stacked ``qkv`` projection, GELU (tanh), tied ``lm_head``, so
+``TorchGPT(cfg).load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})``
+copies a groundup model with no renaming or transposes. Attention is explicit (q k^T, mask, softmax,
+@ v) by default, or ``F.scaled_dot_product_attention`` with ``sdpa=True``.
+
+``generate`` samples with the same inverse-CDF rule and random stream as groundup's
+``sample_next`` (one uniform per row from a NumPy generator), with or without a KV cache.
+
+torch is imported here, at module import: import this module only where torch is wanted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["TorchGPT", "make_config"]
+
+
+def make_config(cfg: Any) -> dict[str, Any]:
+    """A plain dict of the fields the reference reads, from a GPTConfig or a dict."""
+    fields = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "pos_encoding",
+              "norm", "tie_weights", "causal")
+    if isinstance(cfg, dict):
+        return {k: cfg[k] for k in fields if k in cfg}
+    return {k: getattr(cfg, k) for k in fields}
+
+
+class Attention(nn.Module):
+    def __init__(self, c: dict[str, Any], sdpa: bool):
+        super().__init__()
+        self.n_head, self.sdpa, self.p = c["n_head"], sdpa, c["dropout"]
+        self.qkv = nn.Linear(c["n_embd"], 3 * c["n_embd"], bias=c["bias"])
+        self.proj = nn.Linear(c["n_embd"], c["n_embd"], bias=c["bias"])
+        self.drop = nn.Dropout(c["dropout"])
+        T = c["block_size"]
+        self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)), persistent=False)
+
+    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        H = self.n_head
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
+        k = k.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
+        v = v.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
+        if cache is not None:
+            if cache:
+                k = torch.cat([cache[0], k], dim=2)                   # (B, H, S, D)
+                v = torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        S = k.shape[2]
+        if self.sdpa:
+            mask = self.mask[S - T:S, :S] if causal and T > 1 else None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.p if self.training else 0.0)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))   # (B, H, T, S)
+            if causal:
+                att = att.masked_fill(~self.mask[S - T:S, :S], float("-inf"))
+            att = self.drop(F.softmax(att, dim=-1))
+            y = att @ v                                               # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)              # (B, T, C)
+        return self.drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: dict[str, Any]):
+        super().__init__()
+        self.fc = nn.Linear(c["n_embd"], 4 * c["n_embd"], bias=c["bias"])
+        self.proj = nn.Linear(4 * c["n_embd"], c["n_embd"], bias=c["bias"])
+        self.drop = nn.Dropout(c["dropout"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, c: dict[str, Any], sdpa: bool):
+        super().__init__()
+        self.pre = c["norm"] == "pre"
+        self.ln_1 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
+        self.attn = Attention(c, sdpa)
+        self.ln_2 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None) -> torch.Tensor:
+        if self.pre:
+            x = x + self.attn(self.ln_1(x), causal, cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, causal, cache))
+        return self.ln_2(x + self.mlp(x))
+
+
+class TorchGPT(nn.Module):
+    """The reference model. ``forward(idx)`` -> logits (B, T, V); ``loss(idx, targets)``."""
+
+    def __init__(self, cfg: Any, sdpa: bool = False):
+        super().__init__()
+        c = make_config(cfg)
+        if c["pos_encoding"] not in ("learned", "none"):
+            raise ValueError(f"TorchGPT supports pos_encoding 'learned' or 'none', got {c['pos_encoding']!r}")
+        self.c = c
+        self.wte = nn.Embedding(c["vocab_size"], c["n_embd"])
+        if c["pos_encoding"] == "learned":
+            self.wpe = nn.Embedding(c["block_size"], c["n_embd"])
+        self.drop = nn.Dropout(c["dropout"])
+        self.blocks = nn.ModuleList([Block(c, sdpa) for _ in range(c["n_layer"])])
+        self.ln_f = nn.LayerNorm(c["n_embd"], bias=c["bias"])
+        self.lm_head = nn.Linear(c["n_embd"], c["vocab_size"], bias=False)
+        if c["tie_weights"]:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * c["n_layer"]))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, caches: list | None = None, pos0: int = 0) -> torch.Tensor:
+        B, T = idx.shape
+        x = self.wte(idx)                                             # (B, T, C)
+        if self.c["pos_encoding"] == "learned":
+            x = x + self.wpe(torch.arange(pos0, pos0 + T))
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.c["causal"], None if caches is None else caches[i])
+        return self.lm_head(self.ln_f(x))                             # (B, T, V)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, seed: int = 0, use_cache: bool = True,
+                 temperature: float = 1.0) -> torch.Tensor:
+        """Sample like groundup's ``GPT.generate`` (inverse CDF, one NumPy uniform per row per token).
+
+        With the cache, a token past the context falls back to recomputing the window (exact for
+        learned positions), as groundup does.
+        """
+        rng = np.random.default_rng(seed)
+        T_max = self.c["block_size"]
+        caches = None
+        for step in range(max_new_tokens):
+            L = idx.shape[1]
+            if use_cache and step > 0 and L <= T_max:
+                logits = self(idx[:, -1:], caches, pos0=L - 1)
+            else:
+                caches = [[] for _ in self.blocks] if use_cache else None
+                logits = self(idx[:, -T_max:], caches)
+            probs = F.softmax(logits[:, -1, :].double() / temperature, dim=-1)
+            cdf = torch.cumsum(probs, dim=-1)
+            u = torch.from_numpy(rng.random(idx.shape[0])) * cdf[:, -1]
+            nxt = (cdf <= u[:, None]).sum(dim=-1).clamp(max=probs.shape[-1] - 1)
+            idx = torch.cat([idx, nxt[:, None]], dim=1)
+        return idx

@@ -1,0 +1,474 @@
+"""A whole pre-norm (or post-norm) transformer block as one fused op with a hand-derived backward.
+
+    pre-norm:   x = x + drop(proj(attention(ln_1(x))));   x = x + drop(mlp(ln_2(x)))
+    post-norm:  x = ln_1(x + drop(proj(attention(x))));   x = ln_2(x + drop(mlp(x)))
+    attention:  q, k, v = split(x @ qkv.T + b);  (rotary on q, k);  softmax(q k^T / sqrt(D) + mask) v
+    mlp:        proj(gelu_tanh(fc(x)))
+
+Why fuse: composed from engine primitives a GPT block is ~40 graph nodes that each allocate
+their output and their gradient. Here the forward and backward are written over raw arrays with
+2-D ``(B*T, C)`` GEMMs and in-place elementwise work, and on the CPU the batch is split across a
+few Python threads, each running BLAS single-threaded (NumPy releases the GIL inside BLAS and
+ufunc loops), so the elementwise work that BLAS cannot parallelise uses every core. See
+BENCHMARKS.md for what each of these choices buys.
+
+Backward, per sub-layer (all row-wise over N = B*T rows):
+    linear      y = x W^T + b        dx = dy W,  dW = dy^T x,  db = sum_rows dy
+    layer norm  y = xhat w + b       dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy w
+    gelu (tanh) y = x (1 + t) / 2,   t = tanh(c (x + a x^3)):  dy/dx = (1 + t)/2 + x (1 - t^2) c (1 + 3 a x^2) / 2
+    softmax     p = softmax(s)       ds = p (dp - sum(dp p))
+    rotary      q' = q cos + R(q) sin,  R([q1, q2]) = [-q2, q1]:  dq = dq' cos + R^T(dq' sin), R^T([g1, g2]) = [g2, -g1]
+
+References: Vaswani et al. 2017 (attention), Radford et al. 2019 (GPT-2 pre-norm block, GELU tanh),
+Su et al. 2021 (RoPE, rotate-half form as in GPT-NeoX), nanoGPT model.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from groundup.backend import array_module
+from groundup.function import Function
+
+__all__ = ["TransformerBlock", "PARAM_NAMES", "block_forward", "rotary_tables", "sinusoidal_table",
+           "num_threads", "parallel_map"]
+
+# Order of the block's parameters as the op takes them (None entries are skipped when bias=False).
+PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+               "attn.proj.bias", "ln_2.weight", "ln_2.bias", "mlp.fc.weight", "mlp.fc.bias",
+               "mlp.proj.weight", "mlp.proj.bias")
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+# ----------------------------------------------------------------------------- threads
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _blas_thread_setter() -> Callable[[int], Any] | None:
+    """OpenBLAS's per-thread thread count (``openblas_set_num_threads_local``), if NumPy uses it."""
+    try:
+        import ctypes
+
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.internal_api == "openblas":
+            fn = getattr(ctypes.CDLL(lib.filepath), "openblas_set_num_threads_local", None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def num_threads() -> int:
+    """How many Python threads the CPU path splits a batch across: the usable cores (at most 8), or 1
+    when NumPy's BLAS cannot be told to run single-threaded inside one thread (then two threads
+    would fight over the same BLAS threads)."""
+    global _pool, _pool_size
+    if _pool_size == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        setter = _blas_thread_setter() if cores > 1 else None
+        _pool_size = min(cores, 8) if setter is not None else 1
+        if _pool_size > 1:
+            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="groundup-block",
+                                       initializer=setter, initargs=(1,))
+    return _pool_size
+
+
+def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]:
+    """``[fn(*args) for args in zip(*arg_lists)]``, run on the worker threads when there is more than one job."""
+    jobs = list(zip(*arg_lists))
+    if len(jobs) <= 1 or num_threads() <= 1:
+        return [fn(*args) for args in jobs]
+    futures = [_pool.submit(fn, *args) for args in jobs]  # type: ignore[union-attr]
+    return [f.result() for f in futures]
+
+
+def _chunks(batch: int, xp: Any) -> list[slice]:
+    """Split ``batch`` rows into one contiguous slice per thread (one slice on the GPU)."""
+    n = 1 if xp is not np else min(num_threads(), batch)
+    bounds = [round(i * batch / n) for i in range(n + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- position tables
+def rotary_tables(positions: Any, head_dim: int, base: float = 10000.0, dtype: Any = np.float32,
+                  xp: Any = np) -> tuple[Any, Any]:
+    """cos and sin tables for rotary embeddings at integer ``positions`` (T,) -> two (T, D) arrays.
+
+    Dimension pairs (i, i + D/2) rotate by angle position * base^(-2i/D) (rotate-half form).
+    """
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head dim, got {head_dim}")
+    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
+    angles = np.concatenate([angles, angles], axis=1)                               # (T, D)
+    return xp.asarray(np.cos(angles).astype(dtype)), xp.asarray(np.sin(angles).astype(dtype))
+
+
+def sinusoidal_table(length: int, dim: int, dtype: Any = np.float32) -> np.ndarray:
+    """Vaswani et al.'s fixed encodings (length, dim): sin on even dims, cos on odd dims."""
+    pos = np.arange(length, dtype=np.float64)[:, None]
+    inv_freq = 10000.0 ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    table = np.zeros((length, dim), dtype=np.float64)
+    table[:, 0::2] = np.sin(pos * inv_freq)
+    table[:, 1::2] = np.cos(pos * inv_freq[: dim // 2])
+    return table.astype(dtype)
+
+
+def _rotate_half(x: Any, sign: int) -> Any:
+    """R(x) = [-x2, x1] (sign=+1) or its transpose R^T(x) = [x2, -x1] (sign=-1), on the last dim."""
+    xp = array_module(x)
+    half = x.shape[-1] // 2
+    out = xp.empty_like(x)
+    if sign > 0:
+        xp.negative(x[..., half:], out=out[..., :half])
+        out[..., half:] = x[..., :half]
+    else:
+        out[..., :half] = x[..., half:]
+        xp.negative(x[..., :half], out=out[..., half:])
+    return out
+
+
+def _apply_rotary(x: Any, cos: Any, sin: Any, sign: int = 1) -> Any:
+    """x (..., T, D) rotated: x cos + R(x) sin (sign=+1); the adjoint (sign=-1) rotates back."""
+    out = x * cos
+    out += _rotate_half(x * sin, -1) if sign < 0 else _rotate_half(x, 1) * sin
+    return out
+
+
+# ----------------------------------------------------------------------------- pieces
+def _layer_norm(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+    """x (N, C) -> (y, xhat, rstd (N, 1))."""
+    xp = array_module(x)
+    xhat = x - x.mean(axis=1, keepdims=True)
+    var = xp.einsum("ij,ij->i", xhat, xhat)[:, None]                # (N, 1)
+    var /= x.shape[1]
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    y = xhat * weight
+    if bias is not None:
+        y += bias
+    return y, xhat, rstd
+
+
+def _layer_norm_backward(dy: Any, xhat: Any, rstd: Any, weight: Any, has_bias: bool) -> tuple[Any, Any, Any]:
+    """Gradients (dx, dweight, dbias) of ``_layer_norm``; dy (N, C)."""
+    xp = array_module(dy)
+    dweight = xp.einsum("ij,ij->j", dy, xhat)
+    dbias = dy.sum(axis=0) if has_bias else None
+    dxhat = dy * weight
+    mean_dxhat = dxhat.mean(axis=1, keepdims=True)                  # (N, 1)
+    mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat)[:, None]   # (N, 1)
+    mean_dxhat_xhat /= dy.shape[1]
+    dxhat -= mean_dxhat
+    dxhat -= xhat * mean_dxhat_xhat
+    dxhat *= rstd
+    return dxhat, dweight, dbias
+
+
+def _linear(x: Any, weight: Any, bias: Any) -> Any:
+    y = x @ weight.T                                                # (N, out)
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _gelu(f: Any) -> tuple[Any, Any]:
+    """GELU with GPT-2's tanh approximation, in place where it can be: f (N, F) -> (y, t)."""
+    xp = array_module(f)
+    t = f * f
+    t *= _GELU_A * _GELU_C
+    t += _GELU_C
+    t *= f                                                          # c (f + a f^3)
+    xp.tanh(t, out=t)
+    y = t + 1.0
+    y *= f
+    y *= 0.5
+    return y, t
+
+
+def _gelu_backward(dy: Any, f: Any, t: Any) -> Any:
+    """dy * gelu'(f), with t = tanh(c (f + a f^3)) saved by the forward."""
+    xp = array_module(f)
+    slope = t * t
+    xp.subtract(1.0, slope, out=slope)                              # 1 - t^2
+    slope *= f
+    inner = f * f
+    inner *= 3 * _GELU_A
+    inner += 1.0
+    slope *= inner
+    slope *= 0.5 * _GELU_C
+    slope += 0.5
+    slope += 0.5 * t                                                # (1 + t)/2 + f (1 - t^2) c (1 + 3 a f^2) / 2
+    slope *= dy
+    return slope
+
+
+def _dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, xp: Any) -> Any:
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return xp.asarray(keep.astype(np.float32) * np.float32(1.0 / (1.0 - p)))
+
+
+# ----------------------------------------------------------------------------- forward / backward
+class _Options:
+    """Everything about a block call that is not a differentiable input."""
+
+    __slots__ = ("n_head", "causal", "pre_norm", "eps", "cos", "sin", "has_bias", "save", "dropout_p")
+
+    def __init__(self, n_head: int, causal: bool, pre_norm: bool, eps: float, cos: Any, sin: Any,
+                 has_bias: bool, save: bool, dropout_p: float):
+        self.n_head, self.causal, self.pre_norm, self.eps = n_head, causal, pre_norm, eps
+        self.cos, self.sin, self.has_bias, self.save, self.dropout_p = cos, sin, has_bias, save, dropout_p
+
+
+def _attention_bias(key_mask: Any, causal: bool, t_q: int, t_k: int, dtype: Any, xp: Any) -> Any:
+    """Additive bias (0 or -inf): None, (T, S) for the causal mask, or (B, 1, T, S) with a key mask."""
+    bias = None
+    if causal:
+        allowed = xp.tril(xp.ones((t_q, t_k), dtype=bool), t_k - t_q)
+        bias = xp.where(allowed, 0.0, -xp.inf).astype(dtype)       # (T, S)
+    if key_mask is not None:
+        keys = xp.where(key_mask[:, None, None, :], 0.0, -xp.inf).astype(dtype)  # (B, 1, 1, S)
+        bias = keys if bias is None else keys + bias                # (B, 1, T, S)
+    return bias
+
+
+def _softmax_rows(scores: Any, masked_rows_possible: bool) -> Any:
+    """In-place softmax over the last axis; rows whose entries are all -inf become zeros."""
+    xp = array_module(scores)
+    shift = scores.max(axis=-1, keepdims=True)
+    if masked_rows_possible:
+        shift[~xp.isfinite(shift)] = 0.0
+    scores -= shift
+    xp.exp(scores, out=scores)
+    total = scores.sum(axis=-1, keepdims=True)
+    if masked_rows_possible:
+        total[total == 0] = 1.0
+    scores /= total
+    return scores
+
+
+def _block_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any, drops: dict[str, Any],
+                   out: Any) -> dict[str, Any]:
+    """One chunk of the batch: x (b, T, C) -> writes out (b, T, C); returns what backward needs."""
+    xp = array_module(x)
+    b, T, C = x.shape
+    H = opt.n_head
+    D = C // H
+    N = b * T
+    x2 = x.reshape(N, C)                                            # (N, C)
+    saved: dict[str, Any] = {}
+
+    # --- attention sub-layer
+    if opt.pre_norm:
+        h1, saved["xhat1"], saved["rstd1"] = _layer_norm(x2, params["ln_1.weight"], params["ln_1.bias"], opt.eps)
+    else:
+        h1 = x2
+    qkv = _linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"])        # (N, 3C)
+    qkv5 = qkv.reshape(b, T, 3, H, D)
+    q = qkv5[:, :, 0].transpose(0, 2, 1, 3)                         # (b, H, T, D)
+    k = qkv5[:, :, 1].transpose(0, 2, 1, 3)                         # (b, H, T, D)
+    v = qkv5[:, :, 2].transpose(0, 2, 1, 3)                         # (b, H, T, D)
+    if opt.cos is not None:
+        q = _apply_rotary(q, opt.cos, opt.sin)                      # (b, H, T, D)
+        k = _apply_rotary(k, opt.cos, opt.sin)
+    scale = 1.0 / math.sqrt(D)
+    att = q @ k.transpose(0, 1, 3, 2)                               # (b, H, T, T)
+    att *= scale
+    bias = _attention_bias(key_mask, opt.causal, T, T, x.dtype, xp)
+    if bias is not None:
+        att += bias
+    att = _softmax_rows(att, key_mask is not None)
+    att_used = att * drops["attn"] if "attn" in drops else att
+    y = att_used @ v                                                # (b, H, T, D)
+    y = y.transpose(0, 2, 1, 3).reshape(N, C)                       # (N, C)
+    a = _linear(y, params["attn.proj.weight"], params["attn.proj.bias"])         # (N, C)
+    if "resid1" in drops:
+        a *= drops["resid1"]
+    a += x2                                                         # residual: r1 = x + a
+    if opt.pre_norm:
+        r1 = a
+        h2, saved["xhat2"], saved["rstd2"] = _layer_norm(r1, params["ln_2.weight"], params["ln_2.bias"], opt.eps)
+    else:
+        r1, saved["xhat1"], saved["rstd1"] = _layer_norm(a, params["ln_1.weight"], params["ln_1.bias"], opt.eps)
+        h2 = r1
+
+    # --- MLP sub-layer
+    f = _linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])              # (N, 4C)
+    g, t = _gelu(f)
+    m = _linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])           # (N, C)
+    if "resid2" in drops:
+        m *= drops["resid2"]
+    out2 = out.reshape(N, C)                                        # (N, C) view of the output chunk
+    if opt.pre_norm:
+        xp.add(r1, m, out=out2)
+    else:
+        m += r1
+        y2, saved["xhat2"], saved["rstd2"] = _layer_norm(m, params["ln_2.weight"], params["ln_2.bias"], opt.eps)
+        out2[...] = y2
+    if opt.save:
+        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, f=f, t=t, g=g, drops=drops, shape=(b, T, C))
+    return saved
+
+
+def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], opt: _Options,
+                    gx_out: Any) -> dict[str, Any]:
+    """Gradients for one chunk: gout (b, T, C) -> writes gx_out (b, T, C); returns parameter grads."""
+    xp = array_module(gout)
+    b, T, C = saved["shape"]
+    H = opt.n_head
+    D = C // H
+    N = b * T
+    drops = saved["drops"]
+    grads: dict[str, Any] = {}
+    has_bias = opt.has_bias
+    g_out = gout.reshape(N, C)                                      # (N, C)
+
+    # --- MLP sub-layer (and ln_2 for post-norm)
+    if opt.pre_norm:
+        dm = g_out
+    else:
+        dm, grads["ln_2.weight"], grads["ln_2.bias"] = _layer_norm_backward(
+            g_out, saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
+    d_r1 = dm                                                       # gradient reaching r1 by the residual
+    if "resid2" in drops:
+        dm = dm * drops["resid2"]
+    grads["mlp.proj.weight"] = dm.T @ saved["g"]                    # (C, 4C)
+    grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
+    dg = dm @ params["mlp.proj.weight"]                             # (N, 4C)
+    df = _gelu_backward(dg, saved["f"], saved["t"])                 # (N, 4C)
+    grads["mlp.fc.weight"] = df.T @ saved["h2"]                     # (4C, C)
+    grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
+    dh2 = df @ params["mlp.fc.weight"]                              # (N, C)
+    if opt.pre_norm:
+        dr1, grads["ln_2.weight"], grads["ln_2.bias"] = _layer_norm_backward(
+            dh2, saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
+        dr1 += d_r1
+        da = dr1
+    else:
+        dh2 += d_r1                                                 # r1 = ln_1(x + a) feeds both paths
+        da, grads["ln_1.weight"], grads["ln_1.bias"] = _layer_norm_backward(
+            dh2, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
+    d_x = da                                                        # gradient reaching x by the residual
+
+    # --- attention sub-layer
+    if "resid1" in drops:
+        da = da * drops["resid1"]
+    grads["attn.proj.weight"] = da.T @ saved["y"]                   # (C, C)
+    grads["attn.proj.bias"] = da.sum(axis=0) if has_bias else None
+    dy = (da @ params["attn.proj.weight"]).reshape(b, T, H, D).transpose(0, 2, 1, 3)  # (b, H, T, D)
+    att, q, k, v = saved["att"], saved["q"], saved["k"], saved["v"]
+    att_used = att * drops["attn"] if "attn" in drops else att
+    dv = att_used.transpose(0, 1, 3, 2) @ dy                        # (b, H, T, D)
+    datt = dy @ v.transpose(0, 1, 3, 2)                             # (b, H, T, T)
+    if "attn" in drops:
+        datt *= drops["attn"]
+    datt -= xp.einsum("bhts,bhts->bht", datt, att)[..., None]
+    datt *= att
+    datt *= 1.0 / math.sqrt(D)                                      # d scores
+    dqkv = xp.empty((b, T, 3, H, D), dtype=gout.dtype)
+    dq = datt @ k                                                   # (b, H, T, D)
+    dk = datt.transpose(0, 1, 3, 2) @ q                             # (b, H, T, D)
+    if opt.cos is not None:
+        dq = _apply_rotary(dq, opt.cos, opt.sin, sign=-1)
+        dk = _apply_rotary(dk, opt.cos, opt.sin, sign=-1)
+    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)                        # (b, T, H, D)
+    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    dqkv2 = dqkv.reshape(N, 3 * C)                                  # (N, 3C)
+    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                # (3C, C)
+    grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
+    dh1 = dqkv2 @ params["attn.qkv.weight"]                         # (N, C)
+    gx = gx_out.reshape(N, C)
+    if opt.pre_norm:
+        dx, grads["ln_1.weight"], grads["ln_1.bias"] = _layer_norm_backward(
+            dh1, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
+        xp.add(dx, d_x, out=gx)
+    else:
+        xp.add(dh1, d_x, out=gx)
+    return grads
+
+
+def block_forward(x: Any, params: dict[str, Any], n_head: int, causal: bool = True, norm: str = "pre",
+                  eps: float = 1e-5, rope: tuple[Any, Any] | None = None, key_mask: Any = None) -> Any:
+    """Inference forward of one block over raw arrays (no graph, no dropout): x (B, T, C) -> (B, T, C)."""
+    opt = _Options(n_head, causal, norm == "pre", eps, *(rope or (None, None)), params["attn.qkv.bias"] is not None,
+                   False, 0.0)
+    out = array_module(x).empty_like(x)
+    _run_forward(x, params, opt, key_mask, None, out)
+    return out
+
+
+def _run_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any, rng: Any, out: Any) -> list[Any]:
+    xp = array_module(x)
+    parts = _chunks(x.shape[0], xp)
+    drops_list = []
+    for part in parts:  # masks are drawn here, in order, so results do not depend on the thread count
+        drops: dict[str, Any] = {}
+        if opt.dropout_p > 0:
+            b, T, C = x[part].shape
+            drops["attn"] = _dropout_mask(rng, (b, opt.n_head, T, T), opt.dropout_p, xp)
+            drops["resid1"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
+            drops["resid2"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
+        drops_list.append(drops)
+    masks = [None if key_mask is None else key_mask[p] for p in parts]
+    return parallel_map(lambda p, m, d: _block_forward(x[p], params, opt, m, d, out[p]), parts, masks, drops_list)
+
+
+class TransformerBlock(Function):
+    """One transformer block, fused: x (B, T, C) and the block's parameters -> (B, T, C).
+
+    Inputs: x, then the parameters in ``PARAM_NAMES`` order, leaving out the biases when
+    ``has_bias`` is False. Options: n_head, causal, norm ('pre' | 'post'), eps, rope ((cos, sin)
+    each (T, D), or None), key_mask ((B, T) bool, True = a real token that may be attended to),
+    dropout_p and rng (the generator that draws the dropout masks).
+    """
+
+    def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, norm: str = "pre",
+                eps: float = 1e-5, rope: tuple[Any, Any] | None = None, key_mask: Any = None,
+                dropout_p: float = 0.0, rng: Any = None, has_bias: bool = True):
+        if x.ndim != 3 or x.shape[-1] % n_head:
+            raise RuntimeError(f"TransformerBlock: x must be (B, T, C) with C divisible by n_head={n_head}, "
+                               f"got {tuple(x.shape)}")
+        names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
+        if len(param_arrays) != len(names):
+            raise RuntimeError(f"TransformerBlock: expected {len(names)} parameters, got {len(param_arrays)}")
+        params = dict.fromkeys(PARAM_NAMES)
+        params.update(zip(names, param_arrays))
+        if norm not in ("pre", "post"):
+            raise ValueError(f"TransformerBlock: norm must be 'pre' or 'post', got {norm!r}")
+        cos, sin = rope if rope is not None else (None, None)
+        opt = _Options(n_head, causal, norm == "pre", eps, cos, sin, has_bias, any(self.needs_input_grad), dropout_p)
+        out = array_module(x).empty_like(x)
+        chunk_saved = _run_forward(x, params, opt, key_mask, rng, out)
+        # NOTE: the parameters are saved too, so that the engine catches an in-place update between
+        # this forward and its backward; the engine releases ``saved`` after the backward.
+        self.save_for_backward(*param_arrays, chunk_saved)
+        self.params, self.opt, self.names = params, opt, names
+        return out
+
+    def backward(self, gout):
+        xp = array_module(gout)
+        gx = xp.empty_like(gout)
+        parts = _chunks(gout.shape[0], xp)
+        chunk_saved = self.saved[-1]
+        grads_list = parallel_map(lambda p, s: _block_backward(gout[p], s, self.params, self.opt, gx[p]),
+                                  parts, chunk_saved)
+        total = grads_list[0]
+        for grads in grads_list[1:]:
+            for name, g in grads.items():
+                if g is not None:
+                    total[name] += g
+        return (gx, *(total[name] for name in self.names))
