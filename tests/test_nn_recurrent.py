@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import check_grad
+from helpers import assert_graph_dtype, check_grad
 
 import groundup as gu
 from groundup import nn
@@ -185,6 +185,16 @@ def test_small_layer_matches_finite_differences(name):
     state_shapes = [(4, 2, 2)] * (2 if is_lstm else 1)
     params = [p.detach().numpy().copy() for p in layer.parameters()]
     check_grad(run, (3, 2, 2), *state_shapes, *params)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_float32_stays_float32_through_forward_and_backward(name):
+    """No scan upcasts to float64 (a leaf's .grad is cast back, so this walks the graph's nodes)."""
+    layer = getattr(nn, name)(IN, H, num_layers=2, bidirectional=True)
+    hx = gu.randn(4, N, H, requires_grad=True)
+    output, state = layer(gu.randn(T, N, IN, requires_grad=True), (hx, hx) if name == "LSTM" else hx)
+    assert output.dtype == gu.float32
+    assert_graph_dtype(_flat((output, state)))
 
 
 # ------------------------------------------------------------------ unroll_cell

@@ -113,14 +113,16 @@ class RNNScan(Function):
         h0, weight_hh, states = self.saved
         nonlinearity, reverse, has_bias = self.options
         xp = array_module(states)
+        # d h_t / d pre_t for every step at once (it does not depend on the incoming gradient)
+        if nonlinearity == "tanh":
+            slope = 1 - states * states                                # (T, N, H)
+        else:
+            slope = (states > 0).astype(states.dtype)                  # NOTE: relu'(0) = 0, as torch
         d_pre = xp.empty_like(states)                                  # (T, N, H): dL/d preactivation
         dh = xp.zeros_like(h0)                                         # dL/dh_t through later steps
         for t in reversed(_time_order(states.shape[0], reverse)):
             dh = dh + grad_states[t]
-            if nonlinearity == "tanh":
-                d_pre[t] = dh * (1 - states[t] * states[t])
-            else:
-                d_pre[t] = dh * (states[t] > 0)                         # NOTE: relu'(0) = 0, as torch
+            xp.multiply(dh, slope[t], out=d_pre[t])
             dh = d_pre[t] @ weight_hh                                  # (N, H) -> previous state
         needs = self.needs_input_grad
         weights = (_weight_grads(d_pre, _previous_states(states, h0, reverse), has_bias) if any(needs[2:])
@@ -154,7 +156,10 @@ class GRUScan(Function):
             xp.multiply(r, hn[t], out=n)
             n += xi[t, :, 2 * hidden:]
             xp.tanh(n, out=n)
-            states[t] = (1 - z) * n + z * h
+            h_next = states[t]                                         # (1 - z) n + z h, as torch: (h - n) z + n
+            xp.subtract(h, n, out=h_next)
+            h_next *= z
+            h_next += n
         self.save_for_backward(h0, weight_hh, states, gates, hn)
         self.options = (reverse, bool(bias_hh))
         return states
@@ -165,23 +170,30 @@ class GRUScan(Function):
         xp = array_module(states)
         hidden = h0.shape[-1]
         h_prev = _previous_states(states, h0, reverse)                 # (T, N, H)
-        d_gates_x = xp.empty_like(gates)                               # (T, N, 3H): dL/d xi
+        r, z, n = gates[..., :hidden], gates[..., hidden:2 * hidden], gates[..., 2 * hidden:]   # 3 x (T, N, H)
+        # Local derivatives of h' = n + z (h - n), n = tanh(pre_n), pre_n = xi_n + r * hn, for all steps at
+        # once: only the products with the incoming gradient dh must wait for the loop.
+        to_pre_n = (1 - z) * (1 - n * n)                               # d h' / d pre_n
+        to_pre_z = (h_prev - n) * z * (1 - z)                          # d h' / d pre_z
+        to_pre_r = hn * r * (1 - r)                                    # d pre_n / d pre_r
+        d_pre_n = xp.empty_like(states)                                # (T, N, H): dL/d pre_n
         d_gates_h = xp.empty_like(gates)                               # (T, N, 3H): dL/d (h W_hh.T + b_hh)
         dh = xp.zeros_like(h0)
         for t in reversed(_time_order(states.shape[0], reverse)):
             dh = dh + grad_states[t]
-            r, z, n = gates[t, :, :hidden], gates[t, :, hidden:2 * hidden], gates[t, :, 2 * hidden:]
-            dz = dh * (h_prev[t] - n)                                  # h' = n + z (h - n)
-            d_pre_n = dh * (1 - z) * (1 - n * n)
-            d_gates_x[t, :, :hidden] = d_pre_n * hn[t] * r * (1 - r)  # through r
-            d_gates_x[t, :, hidden:2 * hidden] = dz * z * (1 - z)
-            d_gates_x[t, :, 2 * hidden:] = d_pre_n
-            d_gates_h[t, :, :2 * hidden] = d_gates_x[t, :, :2 * hidden]
-            d_gates_h[t, :, 2 * hidden:] = d_pre_n * r                 # n sees r * (W_hn h + b_hn)
-            dh = dh * z + d_gates_h[t] @ weight_hh                     # (N, H)
+            xp.multiply(dh, to_pre_n[t], out=d_pre_n[t])
+            xp.multiply(d_pre_n[t], to_pre_r[t], out=d_gates_h[t, :, :hidden])
+            xp.multiply(dh, to_pre_z[t], out=d_gates_h[t, :, hidden:2 * hidden])
+            xp.multiply(d_pre_n[t], r[t], out=d_gates_h[t, :, 2 * hidden:])   # n sees r * (W_hn h + b_hn)
+            dh *= z[t]
+            dh += d_gates_h[t] @ weight_hh                             # (N, H) -> previous state
         needs = self.needs_input_grad
+        d_gates_x = None                                               # (T, N, 3H): dL/d xi, = d_gates_h but for n
+        if needs[0]:
+            d_gates_x = d_gates_h.copy()
+            d_gates_x[..., 2 * hidden:] = d_pre_n
         weights = _weight_grads(d_gates_h, h_prev, has_bias) if any(needs[2:]) else (None,) * (1 + has_bias)
-        return (d_gates_x if needs[0] else None, dh if needs[1] else None, *weights)
+        return (d_gates_x, dh if needs[1] else None, *weights)
 
 
 class LSTMScan(Function):
@@ -226,17 +238,22 @@ class LSTMScan(Function):
         xp = array_module(hc)
         hidden = h0.shape[-1]
         c_prev = _previous_states(hc[1], c0, reverse)                  # (T, N, H)
+        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))   # 4 x (T, N, H)
+        # Local derivatives of c' = f c + i g, h' = o tanh(c') for all steps at once: only the products
+        # with the incoming gradients dh, dc must wait for the loop.
+        h_to_c = o * (1 - tanh_c * tanh_c)                             # d h' / d c'
+        c_to_pre = [g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)]   # d c' / d pre_i, pre_f, pre_g
+        h_to_pre_o = tanh_c * o * (1 - o)                              # d h' / d pre_o
         d_pre = xp.empty_like(gates)                                   # (T, N, 4H): dL/d preactivations
         dh, dc = xp.zeros_like(h0), xp.zeros_like(c0)
         for t in reversed(_time_order(hc.shape[1], reverse)):
             dh = dh + grad_hc[0, t]
-            i, f, g, o = (gates[t, :, k * hidden:(k + 1) * hidden] for k in range(4))
-            dc = dc + grad_hc[1, t] + dh * o * (1 - tanh_c[t] * tanh_c[t])
-            d_pre[t, :, :hidden] = dc * g * i * (1 - i)
-            d_pre[t, :, hidden:2 * hidden] = dc * c_prev[t] * f * (1 - f)
-            d_pre[t, :, 2 * hidden:3 * hidden] = dc * i * (1 - g * g)
-            d_pre[t, :, 3 * hidden:] = dh * tanh_c[t] * o * (1 - o)
-            dc = dc * f                                                # (N, H) -> previous cell state
+            dc = dc + grad_hc[1, t]
+            dc += dh * h_to_c[t]
+            for k in range(3):
+                xp.multiply(dc, c_to_pre[k][t], out=d_pre[t, :, k * hidden:(k + 1) * hidden])
+            xp.multiply(dh, h_to_pre_o[t], out=d_pre[t, :, 3 * hidden:])
+            dc *= f[t]                                                 # (N, H) -> previous cell state
             dh = d_pre[t] @ weight_hh                                  # (N, H) -> previous hidden state
         needs = self.needs_input_grad
         weights = (_weight_grads(d_pre, _previous_states(hc[0], h0, reverse), has_bias) if any(needs[3:])
