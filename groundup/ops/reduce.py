@@ -22,6 +22,8 @@ def normalize_dims(dim: Any, ndim: int, op: str = "reduce") -> tuple[int, ...]:
         if not -max(ndim, 1) <= d < max(ndim, 1):
             raise IndexError(f"{op}: dim {d} is out of range for a tensor with {ndim} dimensions")
         out.append(d % max(ndim, 1))
+    if ndim == 0:  # torch accepts dim 0 / -1 on a 0-d tensor: there is nothing to reduce
+        return ()
     return tuple(sorted(set(out)))
 
 
@@ -74,7 +76,8 @@ class MaxMin(Function):
         self.keepdim, self.in_shape, self.dim, self.mode = keepdim, x.shape, dim, mode
         reduce = xp.max if mode == "max" else xp.min
         out = reduce(x, axis=self.axes, keepdims=True) if x.ndim else x.copy()
-        if dim is None or isinstance(dim, (tuple, list)):
+        self.share_ties = dim is None or isinstance(dim, (tuple, list)) or x.ndim == 0
+        if self.share_ties:
             self.save_for_backward(x, out)
         else:
             arg = xp.argmax if mode == "max" else xp.argmin
@@ -85,7 +88,7 @@ class MaxMin(Function):
     def backward(self, gz):
         xp = array_module(gz)
         g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
-        if self.dim is None or isinstance(self.dim, (tuple, list)):
+        if self.share_ties:
             x, out = self.saved
             hits = x == out
             count = hits.sum(axis=self.axes, keepdims=True)
