@@ -91,6 +91,8 @@ def div(a, b):
 
 
 def pow(a, b):
+    if isinstance(a, Tensor) and isinstance(b, float) and a.dtype.kind != "f":
+        a = a.type(backend.DEFAULT_FLOAT)  # int ** float is float32 in torch, not NumPy's float64
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         return E.PowScalar.apply(a, exponent=b)
     return _binary(E.Pow, a, b)
@@ -184,7 +186,8 @@ class MinMaxResult(tuple):
 
 
 def amax(x, dim=None, keepdim=False):
-    dim = dim if dim is None or isinstance(dim, int) else tuple(dim)
+    # NOTE: a tuple dim makes MaxMin share the gradient between ties, as torch's amax does.
+    dim = dim if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
     return R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode="max")
 
 
@@ -205,14 +208,16 @@ def logsumexp(x, dim=None, keepdim=False):
 def argmax(x, dim=None, keepdim=False):
     xp = backend.array_module(x.data)
     if dim is None:
-        return Tensor._make(xp.asarray(x.data.argmax(), dtype=backend.int64), False, None)
+        flat = xp.asarray(x.data.argmax(), dtype=backend.int64)
+        return Tensor._make(flat.reshape((1,) * x.ndim) if keepdim else flat, False, None)
     return Tensor._make(xp.argmax(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), False, None)
 
 
 def argmin(x, dim=None, keepdim=False):
     xp = backend.array_module(x.data)
     if dim is None:
-        return Tensor._make(xp.asarray(x.data.argmin(), dtype=backend.int64), False, None)
+        flat = xp.asarray(x.data.argmin(), dtype=backend.int64)
+        return Tensor._make(flat.reshape((1,) * x.ndim) if keepdim else flat, False, None)
     return Tensor._make(xp.argmin(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), False, None)
 
 
