@@ -287,6 +287,7 @@ TORCH_CASES = {
     "linear_1d": ([(4,), (5, 4), (5,)], lambda f, x, w, b: f.linear(x, w, b)),
     "embedding": ([np.random.randint(0, 6, (2, 5)), (6, 3)], lambda f, i, w: f.embedding(i, w)),
     "embedding_padding": ([np.array([[0, 2, 0], [1, 2, 5]]), (6, 3)], lambda f, i, w: f.embedding(i, w, padding_idx=2)),
+    "embedding_large_vocab": ([np.random.randint(0, 5000, 4000), (5000, 2)], lambda f, i, w: f.embedding(i, w)),
     "embedding_padding_neg": ([np.array([0, 5, 5, 1]), (6, 3)], lambda f, i, w: f.embedding(i, w, padding_idx=-1)),
     "conv2d": ([(2, 3, 6, 5), (4, 3, 3, 3), (4,)], lambda f, x, w, b: f.conv2d(x, w, b)),
     "conv2d_no_bias": ([(2, 3, 6, 5), (4, 3, 3, 2)], lambda f, x, w: f.conv2d(x, w)),

@@ -124,8 +124,8 @@ def test_matmul_grad(m: int, k: int, n: int, b: int, layout: str, backend: Backe
 @st.composite
 def shape_and_dims(draw: st.DrawFn) -> tuple[tuple[int, ...], object]:
     """A shape and a ``dim`` for it: None, one (maybe negative) int, or a tuple of ints."""
-    shape = draw(shapes_1d)
-    ndim = len(shape)
+    shape = draw(shapes)
+    ndim = max(len(shape), 1)  # torch accepts dim 0 and -1 on a 0-d tensor
     kind = draw(st.sampled_from(["none", "int", "tuple"]))
     if kind == "none":
         return shape, None
@@ -151,7 +151,7 @@ REDUCE = {
 @example(shape_dim=((3, 4, 2), (0, 2)), keepdim=True)
 def test_reduce_grad(op: str, shape_dim: tuple, keepdim: bool, backend: Backend) -> None:
     shape, dim = shape_dim
-    axes = range(len(shape)) if dim is None else ([dim] if isinstance(dim, int) else dim)
+    axes = range(len(shape)) if dim is None or not shape else ([dim] if isinstance(dim, int) else dim)
     count = int(np.prod([shape[a] for a in axes]))
     if op in ("var", "std") and count < 2:
         return  # Bessel's correction divides by count - 1 = 0: torch gives nan there too
@@ -306,6 +306,10 @@ TORCH_CASES = {
     "sigmoid": ([(3, 4)], lambda x: x.sigmoid()),
     "sigmoid_large": ([np.array([-100.0, -20.0, 0.0, 20.0, 100.0])], lambda x: x.sigmoid()),
     "relu": ([away_from(np.random.standard_normal((3, 4)))], lambda x: x.relu()),
+    "relu_at_kink": ([np.array([-1.0, 0.0, 2.0])], lambda x: x.relu()),
+    "abs_at_kink": ([np.array([-1.0, 0.0, 2.0])], lambda x: x.abs()),
+    "clamp_at_bounds": ([np.array([-0.5, 0.0, 0.5, 0.7])], lambda x: x.clamp(-0.5, 0.5)),
+    "pow_int_exponent_negative_base": ([(3, 4)], lambda x: x**3 + x**2.0 + x**-2),
     "abs": ([away_from(np.random.standard_normal((3, 4)))], lambda x: x.abs()),
     "clamp": ([away_from(np.random.standard_normal((3, 4)), (-0.5, 0.5))], lambda x: x.clamp(-0.5, 0.5)),
     "clamp_min": ([away_from(np.random.standard_normal((3, 4)))], lambda x: x.clamp(min=0.0)),
@@ -342,6 +346,9 @@ TORCH_CASES = {
     "min": ([(3, 4)], lambda x: x.min()),
     "min_dim": ([(3, 4)], lambda x: x.min(dim=0)),
     "max_ties": ([np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])], lambda x: x.max()),
+    "min_ties": ([np.array([[1.0, 0.0, 0.0], [-2.0, -2.0, 0.0]])], lambda x: x.min()),
+    "amax_ties": ([np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])], lambda x: x.amax(dim=1)),
+    "amax_ties_tuple": ([np.array([[1.0, 3.0, 3.0], [3.0, 2.0, 0.0]])], lambda x: x.amax(dim=(0, 1))),
     "amax": ([(2, 3, 4)], lambda x: x.amax(dim=(0, 2))),
     "var": ([(3, 4)], lambda x: x.var()),
     "var_dim": ([(3, 4)], lambda x: x.var(dim=1, keepdim=True)),
@@ -352,6 +359,8 @@ TORCH_CASES = {
     "logsumexp_tuple": ([(2, 3, 4)], lambda x: x.logsumexp(dim=(0, 2), keepdim=True)),
     "logsumexp_large": ([np.array([[1000.0, 1000.0], [-1000.0, 0.0]])], lambda x: x.logsumexp(dim=1)),
     "argmax": ([(3, 4)], lambda x: x.argmax()),
+    "argmax_keepdim_all": ([(3, 4)], lambda x: x.argmax(keepdim=True)),
+    "reduce_0d": ([()], lambda x: x.sum(0) + x.mean(-1) + x.amax(0) + x.logsumexp(0) + x.max(dim=0).values),
     "argmax_dim": ([(3, 4)], lambda x: x.argmax(dim=1)),
     "argmin_keepdim": ([(3, 4)], lambda x: x.argmin(dim=0, keepdim=True)),
     # movement
@@ -435,6 +444,15 @@ def test_comparisons_match_torch_and_carry_no_grad(op: str, backend: Backend) ->
     a = gu.tensor(x, requires_grad=True, device=backend.device)
     out = COMPARE[op](a, gu.tensor(y, device=backend.device))
     assert out.dtype == gu.bool and not out.requires_grad and out._ctx is None
+
+
+def test_integer_tensors_promote_like_torch() -> None:
+    torch = _torch()
+    for fn in (lambda x: x**0.5, lambda x: x**2, lambda x: x / 2, lambda x: x * 1.5, lambda x: x.sum(),
+               lambda x: x.exp(), lambda x: x.sqrt(), lambda x: 2.0**x):
+        ours, theirs = fn(gu.arange(1, 5)), fn(torch.arange(1, 5))
+        assert str(ours.dtype) == str(theirs.dtype).removeprefix("torch."), f"{ours.dtype} vs {theirs.dtype}"
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
 
 
 def test_argmax_argmin_carry_no_grad() -> None:
