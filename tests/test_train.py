@@ -150,6 +150,25 @@ def test_resume_without_restoring_the_dropout_rng_diverges(tmp_path, monkeypatch
     assert second.losses != whole.losses[10:]
 
 
+def test_resume_after_a_crash_continues_from_the_last_checkpoint(tmp_path, straight_run):
+    whole, straight = straight_run
+
+    def crash_at_12(trainer, event, info):
+        if event == "step" and info["iter"] == 12:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        Trainer(make_model(seed=0), config(tmp_path, checkpoint_interval=7), get_batch, callbacks=[crash_at_12]).fit()
+    assert json.loads((tmp_path / "state.json").read_text())["step"] == 7
+    after = Recorder()
+    resumed = Trainer(make_model(seed=1), config(tmp_path, checkpoint_interval=7), get_batch, callbacks=[after])
+    resumed.fit(resume=True)
+    assert after.losses == whole.losses[7:]
+    assert_same_weights(weights(resumed.model), weights(straight.model))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "train"] == list(range(1, 21))   # 8..12 not twice
+
+
 def test_evaluation_does_not_change_the_training_run():
     a = Trainer(make_model(seed=0), config(eval_interval=3), get_batch)
     b = Trainer(make_model(seed=0), config(eval_interval=100), get_batch)
