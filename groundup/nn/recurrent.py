@@ -19,8 +19,9 @@ How a layer runs (per layer and direction): the input projection of *all* time s
 ``(T*N, in) @ weight_ih.T``; then a fused Function (``RNNScan``, ``GRUScan``, ``LSTMScan``)
 loops over time with only the hidden-state GEMM and the gates, and has a hand-derived backward
 (backpropagation through time) that ends with one GEMM for ``weight_hh``'s gradient. Each scan is
-one graph node instead of ~15 per step, which makes training several times faster on a CPU; the
-tests check the scans against finite differences and the layers against torch.
+one graph node instead of ~15 per step: a GRU (H=128, T=16, N=32) trains about twice as fast as the
+same loop composed from Tensor ops, about as fast as torch on one CPU thread. The tests check the
+scans against finite differences and the layers against torch.
 
 The cells are composed from Tensor ops (no hand-written backward), so every hidden state is an
 ordinary Tensor: ``unroll_cell`` runs a cell (or a unidirectional layer's weights) step by step and
@@ -277,7 +278,7 @@ def _gru_step(x: Tensor, h: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_i
     r = (x_r + h_r).sigmoid()
     z = (x_z + h_z).sigmoid()
     n = (x_n + r * h_n).tanh()                                                # NOTE: r gates W_hn h + b_hn
-    return (1 - z) * n + z * h
+    return (h - n) * z + n                                                    # = (1 - z) n + z h, as torch
 
 
 def _lstm_step(x: Tensor, h: Tensor, c: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
@@ -719,7 +720,7 @@ def unroll_cell(cell: Module, input: Tensor, hx: Any = None, batch_first: bool |
         batch_first: defaults to the layer's own ``batch_first``, and to False for a cell.
     Returns:
         A list of T tensors, each (N, H) (or (H,) for unbatched input): the hidden state h_t after step t
-        (for a layer, of its last layer; for an LSTM, h_t and not c_t). ``torch.stack`` of the list equals
+        (for a layer, of its last layer; for an LSTM, h_t and not c_t). ``gu.stack`` of the list equals
         a layer's ``output``.
 
     Example (the gradient of the last state with respect to each earlier one)::
