@@ -25,6 +25,8 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
     xp = array_module(grads[0])
     if norm_type == math.inf:
         total = max(float(xp.abs(g).max()) for g in grads)
+    elif norm_type == 2.0:  # a dot product per gradient: no temporaries
+        total = math.sqrt(sum(float(xp.vdot(g.ravel(), g.ravel())) for g in grads))
     else:
         total = float(sum(float((xp.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type))
     if error_if_nonfinite and not math.isfinite(total):
