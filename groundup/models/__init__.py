@@ -1,0 +1,29 @@
+"""Models for every rung of the roadmap, each an ``XConfig`` dataclass plus an ``X(Module)`` whose
+``forward`` returns logits and whose ``loss`` is separate.
+
+    mlp       MLPConfig, MLP              feedforward classifier (digits, MNIST)
+    cnn       CNNConfig, CNN              small convolutional classifier
+    rnn_lm    RNNLMConfig, RNNLM          character language model on RNN / GRU / LSTM
+    seq2seq   Seq2SeqConfig, Seq2Seq      GRU encoder-decoder with optional additive attention
+    gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
+
+Submodules are imported on first use, so ``import groundup.models`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "MLPConfig": "mlp", "MLP": "mlp", "CNNConfig": "cnn", "CNN": "cnn", "RNNLMConfig": "rnn_lm",
+    "RNNLM": "rnn_lm", "Seq2SeqConfig": "seq2seq", "Seq2Seq": "seq2seq", "GPTConfig": "gpt", "GPT": "gpt",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'groundup.models' has no attribute {name!r}")
+    return getattr(import_module(f"groundup.models.{_EXPORTS[name]}"), name)
