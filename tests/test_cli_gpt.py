@@ -1,0 +1,140 @@
+"""The ``groundup train gpt`` / ``sample`` / ``bench`` commands: help texts, dotted overrides, a
+2-iteration run that writes every file, resume, sampling, and a bench smoke run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from groundup import cli
+from groundup.commands import TRAIN_PRESETS, apply_overrides, parse_field
+from groundup.models.gpt import GPT, GPTConfig
+from groundup.train import TrainConfig
+
+TINY = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16", "--model.block_size=16",
+        "--train.eval_iters=2", "--train.eval_interval=1", "--no-progress"]
+
+
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "bench"])
+def test_help_explains_every_flag(command, capsys):
+    sub = subparsers()[command]
+    for action in sub._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"groundup {command}: {action.option_strings or action.dest} has no help text"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in sub._actions:
+        for option in action.option_strings:
+            if action.help != argparse.SUPPRESS:
+                assert option in text
+
+
+def test_dotted_overrides_are_typed():
+    assert parse_field("6", int, "n") == 6
+    assert parse_field("3e-4", float, "lr") == 3e-4
+    assert parse_field("false", bool, "bias") is False
+    assert parse_field("none", int | None, "x") is None and parse_field("7", int | None, "x") == 7
+    assert parse_field("0.9,0.95", tuple[float, float], "betas") == (0.9, 0.95)
+    cfg = apply_overrides(GPTConfig.preset("baby"), {"n_layer": "6", "pos_encoding": "rotary"}, "model")
+    assert (cfg.n_layer, cfg.pos_encoding, cfg.n_embd) == (6, "rotary", 128)
+    tcfg = apply_overrides(TrainConfig(), {"lr": "3e-4", "lr_decay_iters": "none"}, "train")
+    assert tcfg.lr == 3e-4 and tcfg.lr_decay_iters is None
+    with pytest.raises(ValueError, match="unknown model field.*n_layers"):
+        apply_overrides(GPTConfig(), {"n_layers": "6"}, "model")
+    with pytest.raises(ValueError, match="expected an integer"):
+        apply_overrides(GPTConfig(), {"n_layer": "six"}, "model")
+    with pytest.raises(ValueError, match="GPTConfig"):  # the dataclass still validates
+        apply_overrides(GPTConfig(), {"n_head": "3"}, "model")
+
+
+def test_baby_preset_carries_nanogpt_cpu_recipe():
+    baby = TRAIN_PRESETS["baby"]
+    assert (baby["batch_size"], baby["lr"], baby["min_lr"], baby["warmup_iters"], baby["max_iters"]) == \
+        (12, 1e-3, 1e-4, 100, 2000)
+    assert baby["lr_decay_iters"] is None and baby["betas"] == (0.9, 0.99)
+    assert (baby["weight_decay"], baby["grad_clip"], baby["eval_iters"]) == (0.1, 1.0, 100)
+    assert GPTConfig.preset("baby").dropout == 0.0
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "gpt", "--out", str(tmp_path), "--model.n_layers=3"])
+    assert exit_info.value.code == 2
+    assert "--model.n_layers=3" in capsys.readouterr().err
+    assert cli.main(["train", "gpt", "--out", str(tmp_path), "--model.n_layer=three"]) == 2
+    assert "--model.n_layer: expected an integer" in capsys.readouterr().err
+    assert cli.main(["train", "gpt", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
+    assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
+
+
+def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "gpt", "--data", "names", "--preset", "baby", "--out", str(out), "--max-iters", "2",
+                     "--batch-size", "4", "--seed", "3", *TINY])
+    assert code == 0
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "summary.json", "tokenizer.json",
+                 "state.json", "optimizer.safetensors", "run.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("val_loss", "train_loss", "iters", "wall_s", "tokens_per_s"):
+        assert summary[key] is not None, key
+    assert summary["iters"] == 2 and summary["config"]["batch_size"] == 4
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"train", "eval"}
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 1
+    err = capsys.readouterr().err
+    assert "val loss" in err and "sample at iter" in err
+
+    assert cli.main(["sample", str(out), "--prompt", "emma", "--max-new-tokens", "12", "--seed", "0",
+                     "--top-k", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("emma") and len(printed.rstrip("\n")) >= 4
+    assert cli.main(["sample", str(out), "--prompt", "EMMA", "--max-new-tokens", "2"]) == 2   # not in the alphabet
+
+    # resume to 4 iterations == a 4-iteration run from scratch
+    assert cli.main(["train", "gpt", "--data", "names", "--out", str(out), "--max-iters", "4", "--batch-size", "4",
+                     "--seed", "3", "--resume", *TINY]) == 0
+    straight = tmp_path / "straight"
+    assert cli.main(["train", "gpt", "--data", "names", "--out", str(straight), "--max-iters", "4", "--batch-size",
+                     "4", "--seed", "3", *TINY]) == 0
+    resumed, fresh = GPT.load(out).state_dict(), GPT.load(straight).state_dict()
+    for key in fresh:
+        np.testing.assert_array_equal(resumed[key], fresh[key], err_msg=key)
+
+
+def test_bpe_tokenizer_on_a_text_file(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 60)
+    out = tmp_path / "bpe"
+    assert cli.main(["train", "gpt", "--data", str(corpus), "--tokenizer", "bpe", "--bpe-vocab-size", "280",
+                     "--out", str(out), "--max-iters", "2", "--batch-size", "2", *TINY]) == 0
+    assert (out / "vocab.json").is_file() and (out / "merges.txt").is_file()
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == len(vocab) <= 280
+    capsys.readouterr()
+    assert cli.main(["sample", str(out), "--prompt", "the cat", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")
+
+
+@pytest.mark.torch
+def test_bench_smoke(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", "gpt", "--preset", "baby", "--iters", "1", "--gen-tokens", "3", "--gen-rounds", "1",
+                     "--no-memory", "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    assert record["train"]["groundup"]["tokens_per_s"] > 0 and record["train"]["torch"]["tokens_per_s"] > 0
+    assert record["train"]["ratio_tokens_per_s"] > 0 and record["generate"]["ratio_cache"] > 0
+    assert "ratio groundup/PyTorch" in capsys.readouterr().out
