@@ -1,0 +1,137 @@
+"""``groundup roadmap`` and ``groundup run``: list the stages, run one or all of them.
+
+    groundup roadmap [--out runs]
+    groundup run STAGE|all [--quick] [--device cpu|cuda] [--out runs] [--seed S] [--dataset digits|mnist]
+
+``run`` prints each claim as a PASS/FAIL line with its numbers, then a summary table and the
+path of ``runs/index.html``; it exits 1 when any claim fails or a stage errors, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from groundup.roadmap.claims import format_value
+from groundup.roadmap.runner import read_metrics, run_stages
+from groundup.roadmap.stages import load_stages
+
+__all__ = ["register", "roadmap_command", "run_command"]
+
+
+def _console() -> Any:
+    try:
+        from rich.console import Console
+    except ImportError:  # rich is optional: plain output without bars
+        return None
+    return Console(highlight=False)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``roadmap`` and ``run`` subcommands to the ``groundup`` parser."""
+    p = subparsers.add_parser("roadmap", help="list the roadmap's stages and their last results",
+                              description="List the roadmap's stages in order, with the status and headline "
+                                          "number of each stage's last run (read from OUT/STAGE/metrics.json).")
+    p.add_argument("--out", default="runs", help="runs directory to read (default: runs)")
+    p.set_defaults(handler=roadmap_command)
+
+    p = subparsers.add_parser("run", help="run a roadmap stage (or all) and check its claims",
+                              description="Train and evaluate a stage, check its claims (PASS/FAIL with the "
+                                          "measured numbers) and write OUT/STAGE/{metrics.json,*.png,report.html} "
+                                          "and OUT/index.html. Exits 1 if any claim fails.")
+    p.add_argument("stage", help="stage name (see `groundup roadmap`) or 'all'")
+    p.add_argument("--quick", action="store_true", help="smaller budgets (about a minute per stage), stated in "
+                                                        "the report")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke test; its numbers are meaningless")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda needs CuPy and a GPU")
+    p.add_argument("--out", default="runs", help="runs directory (default: runs)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random number (default: 0)")
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                   help="image data for the mlp and cnn stages: sklearn's 8x8 digits (bundled) or MNIST "
+                        "(downloaded once and cached)")
+    p.set_defaults(handler=run_command)
+
+
+def roadmap_command(args: argparse.Namespace) -> int:
+    """Print the stages in order with the last run's status and headline metric."""
+    stages = load_stages()
+    console = _console()
+    rows = []
+    for i, stage in enumerate(stages, 1):
+        rec = read_metrics(args.out, stage.name)
+        if rec is None:
+            last = "not run yet"
+        else:
+            status = rec.get("status", "?").upper()
+            what = rec.get("headline", {}).get("text", rec.get("error", ""))
+            last = f"{status} {what} ({rec.get('mode', '?')}, {format_value(float(rec.get('wall_s', 0.0)))} s)"
+        rows.append((str(i), stage.name, stage.summary, last))
+    if console is None:
+        for row in rows:
+            print("  ".join(row))
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="groundup roadmap", title_justify="left")
+    for column in ("#", "stage", "what it shows", f"last run in {escape(str(args.out))}/"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    console.print("Run one with `groundup run STAGE [--quick]`, all with `groundup run all --quick`.")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one stage or all of them; exit status 1 if any claim fails or any stage errors."""
+    import groundup as gu
+
+    stages = load_stages()
+    by_name = {s.name: s for s in stages}
+    if args.stage == "all":
+        chosen = stages
+    elif args.stage in by_name:
+        chosen = [by_name[args.stage]]
+    else:
+        print(f"groundup run: no stage {args.stage!r}; available: {', '.join(by_name)} (or 'all')", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not gu.cuda_is_available():
+        print("groundup run: --device cuda needs CuPy and a visible CUDA GPU (pip install 'groundup[gpu]'); "
+              "use --device cpu", file=sys.stderr)
+        return 2
+    console = _console()
+    options = {"dataset": args.dataset}
+    records = run_stages(chosen, args.out, console=console, all_stages=stages, quick=args.quick,
+                         tiny=args.tiny, device=args.device, seed=args.seed, options=options)
+    index = (Path(args.out) / "index.html").resolve()
+    _print_summary(console, records, index)
+    return 0 if all(r["status"] == "pass" for r in records) else 1
+
+
+def _print_summary(console: Any, records: list[dict[str, Any]], index: Path) -> None:
+    rows = []
+    for rec in records:
+        claims = rec.get("claims", [])
+        headline = rec.get("headline", {}).get("text", rec.get("error", ""))
+        rows.append((rec["stage"], rec["status"].upper(), headline,
+                     f"{sum(c['passed'] for c in claims)}/{len(claims)}", f"{rec['wall_s']:.1f} s"))
+    total = sum(r["wall_s"] for r in records)
+    if console is None:
+        for row in rows:
+            print("  ".join(row))
+        print(f"total {total:.1f} s; reports: {index}")
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="summary", title_justify="left")
+    for column in ("stage", "status", "headline", "claims", "time"):
+        table.add_column(column)
+    for row in rows:
+        style = {"PASS": "green", "FAIL": "red"}.get(row[1], "yellow")
+        table.add_row(escape(row[0]), f"[{style}]{row[1]}[/{style}]", escape(row[2]), row[3], row[4])
+    console.print(table)
+    console.print(f"total {total:.1f} s; reports: {index}", markup=False)

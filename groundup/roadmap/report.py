@@ -1,0 +1,202 @@
+"""HTML reports: ``runs/STAGE/report.html`` for one stage and ``runs/index.html`` for all of them.
+
+Pages are self-contained and work offline: inline CSS, images by relative path (the PNGs
+beside the report), no scripts, no fonts or styles from a CDN. Everything taken from a run
+(text, numbers, captions) is HTML-escaped; only a stage's own ``sections`` are inserted as HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from groundup.roadmap.claims import format_value
+
+__all__ = ["render_stage", "render_index", "flatten_metrics"]
+
+_CSS = """
+body { font: 16px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       color: #1f2328; background: #fff; margin: 0; }
+main { max-width: 960px; margin: 0 auto; padding: 24px 20px 64px; }
+h1 { font-size: 1.7em; margin: 0.2em 0 0.3em; }
+h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
+a { color: #0969da; }
+nav { font-size: 0.9em; }
+.meta { color: #59636e; font-size: 0.92em; }
+.badge { display: inline-block; padding: 1px 9px; border-radius: 10px; font-weight: 600; font-size: 0.85em;
+         color: #fff; vertical-align: middle; }
+.pass { background: #1a7f37; } .fail { background: #cf222e; } .error { background: #9a6700; }
+.none { background: #8c959f; }
+.headline { font-size: 1.25em; margin: 0.6em 0; }
+.banner { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 10px 14px; margin: 1em 0; }
+.errorbox { background: #ffebe9; border: 1px solid #cf222e; border-radius: 6px; padding: 10px 14px; }
+table { border-collapse: collapse; width: 100%; margin: 0.8em 0; font-size: 0.93em; }
+th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+figure { margin: 1.4em 0; text-align: center; }
+figure img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 4px; }
+figcaption { color: #59636e; font-size: 0.92em; margin-top: 0.3em; }
+pre { background: #f6f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; font-size: 0.88em;
+      line-height: 1.45; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+"""
+
+_STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n"
+            f"</body>\n</html>\n")
+
+
+def _badge(status: str | None) -> str:
+    if status is None:
+        return '<span class="badge none">not run</span>'
+    return f'<span class="badge {_esc(status)}">{_STATUS_TEXT.get(status, _esc(status))}</span>'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return format_value(value)
+    return str(value)
+
+
+def flatten_metrics(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, short text) rows for the report; long lists are summarised (full in metrics.json)."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(metrics, dict):
+        for key, value in metrics.items():
+            rows += flatten_metrics(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(metrics, list):
+        if len(metrics) <= 12 and all(not isinstance(v, dict | list) for v in metrics):
+            rows.append((prefix, "[" + ", ".join(_fmt(v) for v in metrics) + "]"))
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics):
+            rows.append((prefix, f"{len(metrics)} values, first {_fmt(metrics[0])}, last {_fmt(metrics[-1])}"))
+        else:
+            rows.append((prefix, f"{len(metrics)} entries (see metrics.json)"))
+    else:
+        rows.append((prefix, _fmt(metrics)))
+    return rows
+
+
+def _mode_banner(record: dict[str, Any]) -> str:
+    mode = record.get("mode", "full")
+    if mode == "full":
+        return ""
+    changed = [(name, s) for name, s in record.get("settings", {}).items() if s.get("value") != s.get("full")]
+    rows = "".join(f"<tr><td>{_esc(name)}</td><td>{_esc(s.get('kind', ''))}</td>"
+                   f"<td class=num>{_esc(_fmt(s['value']))}</td><td class=num>{_esc(_fmt(s['full']))}</td></tr>"
+                   for name, s in changed)
+    what = ("a <b>tiny test configuration</b>: budgets are cut to seconds, so the numbers say nothing about "
+            "the claims" if mode == "tiny" else
+            "a <b>quick run</b> (<code>--quick</code>): smaller training budgets and, where noted, looser "
+            "thresholds than a full run")
+    table = (f"<table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th></tr>{rows}</table>"
+             if rows else "")
+    return (f'<div class="banner">This is {what}. Run <code>groundup run {_esc(record["stage"])}</code> '
+            f"without <code>--quick</code> for the full version.{table}</div>")
+
+
+def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = ()) -> str:
+    """The HTML report of one stage run from its metrics.json ``record`` (plus trusted extra sections)."""
+    name = record["stage"]
+    parts = ['<nav><a href="../index.html">&larr; all stages</a></nav>',
+             f"<h1>{_esc(name)} {_badge(record.get('status'))}</h1>",
+             f"<p class=meta>{_esc(record.get('title', ''))}</p>"]
+    headline = record.get("headline")
+    if headline:
+        parts.append(f'<p class="headline">{_esc(headline["label"])}: <b>{_esc(_fmt(headline["value"]))}</b></p>')
+    parts.append(f"<p class=meta>mode {_esc(record.get('mode'))} &middot; device {_esc(record.get('device'))} "
+                 f"&middot; seed {_esc(record.get('seed'))} &middot; {_esc(_fmt(record.get('wall_s', 0.0)))} s "
+                 f"&middot; finished {_esc(record.get('finished_at', ''))}</p>")
+    parts.append(_mode_banner(record))
+    if record.get("status") == "error":
+        parts.append(f'<div class="errorbox"><b>The stage did not finish.</b><pre>{_esc(record.get("error"))}'
+                     f"</pre></div>")
+    if record.get("summary_text"):
+        parts.append("<h2>What this stage shows</h2>")
+        parts += [f"<p>{_esc(p)}</p>" for p in record["summary_text"]]
+    if record.get("claims"):
+        parts.append("<h2>Claims, checked on this run</h2>")
+        parts.append("<p>Each claim is a statement you will meet in courses and books, turned into a check on the "
+                     "numbers measured above. A claim that does not hold is reported as measured.</p>")
+        rows = []
+        for c in record["claims"]:
+            measured = "<br>".join(f"{_esc(k)} = {_esc(_fmt(v))}" for k, v in c.get("values", {}).items())
+            rows.append(f"<tr><td>{_badge('pass' if c['passed'] else 'fail')}</td><td>{_esc(c['statement'])}</td>"
+                        f"<td class=num>{measured}</td><td>{_esc(_fmt(c.get('threshold')))}</td></tr>")
+        parts.append("<table><tr><th>result</th><th>claim</th><th>measured</th><th>threshold</th></tr>"
+                     + "".join(rows) + "</table>")
+    if record.get("plots"):
+        parts.append("<h2>Plots</h2>")
+        for plot in record["plots"]:
+            parts.append(f'<figure><img src="{_esc(plot["file"])}" alt="{_esc(plot["caption"] or plot["file"])}">'
+                         f"<figcaption>{_esc(plot['caption'])}</figcaption></figure>")
+    for title, body in sections:
+        parts.append(f"<h2>{_esc(title)}</h2>\n{body}")
+    if record.get("notes"):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_esc(n)}</li>" for n in record["notes"]) + "</ul>")
+    if record.get("metrics"):
+        parts.append("<h2>Every number measured</h2><p>The same numbers, unabridged, are in "
+                     '<a href="metrics.json">metrics.json</a>.</p>')
+        rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td class=num>{_esc(v)}</td></tr>"
+                       for k, v in flatten_metrics(record["metrics"]))
+        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+    if record.get("settings"):
+        rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(s.get('kind', ''))}</td>"
+                       f"<td class=num>{_esc(_fmt(s['value']))}</td><td class=num>{_esc(_fmt(s['full']))}</td></tr>"
+                       for k, s in record["settings"].items())
+        parts.append("<h2>Settings</h2><table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th>"
+                     f"</tr>{rows}</table>")
+    parts.append(f"<p class=meta>Re-run: <code>groundup run {_esc(name)}"
+                 f"{' --quick' if record.get('quick') else ''} --seed {_esc(record.get('seed'))}</code></p>")
+    return _page(f"groundup roadmap: {name}", "\n".join(parts))
+
+
+def render_index(out_root: str | os.PathLike, stages: Sequence[Any]) -> str:
+    """``runs/index.html``: the stages in roadmap order with status and headline, linking each report.
+
+    Args:
+        out_root: the runs directory (each stage's metrics.json is read from it).
+        stages: the stages to list, in order (objects with ``name`` and ``summary``). Stages that
+            have a run on disk but are not in the list are appended after them.
+    """
+    from groundup.roadmap.runner import read_metrics
+
+    out_root = Path(out_root)
+    names = [s.name for s in stages]
+    summaries = {s.name: s.summary for s in stages}
+    for path in sorted(out_root.glob("*/metrics.json")):
+        if path.parent.name not in names:
+            names.append(path.parent.name)
+    rows = []
+    for i, name in enumerate(names, 1):
+        rec = read_metrics(out_root, name)
+        if rec is None:
+            rows.append(f"<tr><td>{i}</td><td>{_esc(name)}</td><td>{_esc(summaries.get(name, ''))}</td>"
+                        f"<td>{_badge(None)}</td><td>run <code>groundup run {_esc(name)}</code></td><td></td>"
+                        "<td></td></tr>")
+            continue
+        headline = rec.get("headline", {}).get("text", rec.get("error", ""))
+        claims = rec.get("claims", [])
+        rows.append(f'<tr><td>{i}</td><td><a href="{_esc(name)}/report.html">{_esc(name)}</a></td>'
+                    f"<td>{_esc(summaries.get(name, rec.get('summary', '')))}</td><td>{_badge(rec.get('status'))}</td>"
+                    f"<td>{_esc(headline)}</td><td class=num>{sum(c['passed'] for c in claims)}/{len(claims)}</td>"
+                    f"<td class=num>{_esc(rec.get('mode', ''))}, {_esc(_fmt(rec.get('wall_s', 0.0)))} s</td></tr>")
+    body = ("<h1>groundup roadmap</h1>"
+            "<p>From a single neuron to a GPT, one runnable stage at a time. Each stage trains a small model on "
+            "real data, checks claims about it with the numbers it measured, and writes a report with its "
+            "plots. Run one with <code>groundup run STAGE</code>, or all with <code>groundup run all</code>.</p>"
+            "<table><tr><th>#</th><th>stage</th><th>what it shows</th><th>status</th><th>headline</th>"
+            "<th>claims</th><th>last run</th></tr>" + "".join(rows) + "</table>")
+    return _page("groundup roadmap", body)

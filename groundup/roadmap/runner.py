@@ -1,0 +1,394 @@
+"""The roadmap runner: the Stage / Context / StageResult interface, and running stages to disk.
+
+A stage is a function ``run(ctx: Context) -> StageResult`` wrapped in a ``Stage`` (see
+``groundup/roadmap/stages/__init__.py`` for how to write one). The runner seeds everything,
+makes ``runs/STAGE/``, calls the stage under a progress display, then writes
+
+    runs/STAGE/metrics.json   every number measured, each claim (passed, values, threshold), settings
+    runs/STAGE/*.png          the plots the stage saved through ``ctx.savefig``
+    runs/STAGE/report.html    the stage's text, plots, claims and numbers (see ``report.py``)
+    runs/index.html           every stage with its status and headline number
+
+and prints each claim as a PASS/FAIL line. ``groundup.roadmap.cli`` is the command-line face.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from groundup.roadmap.claims import Claim, format_value
+
+__all__ = [
+    "Stage", "StageResult", "Context", "Plot", "run_stage", "run_stages", "seed_everything", "read_metrics",
+    "StageError",
+]
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked (an unavailable dataset or device); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A PNG a stage wrote into its run directory. ``file`` is relative to that directory."""
+
+    file: str
+    caption: str = ""
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back to the runner.
+
+    Attributes:
+        headline: (label, value): the one number that sums the run up, shown by ``groundup
+            roadmap`` and in ``runs/index.html`` (e.g. ``("test accuracy", 0.981)``).
+        summary: a few plain sentences (each a paragraph) saying what the stage shows and how.
+        metrics: every number measured, JSON-serialisable (nested dicts and lists allowed).
+        claims: the executable claims (``groundup.roadmap.claims``), in the order to print them.
+        plots: the figures saved with ``ctx.savefig``, in the order to show them.
+        sections: extra report sections as (title, HTML body) pairs, e.g. a derivation written
+            out step by step. The HTML comes from stage code (trusted); escape any data in it.
+        notes: extra remarks for the report (anything surprising, caveats).
+    """
+
+    headline: tuple[str, float]
+    summary: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.claims)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One rung of the roadmap.
+
+    Attributes:
+        name: the id used on the command line and as the run directory (``groundup run mlp``).
+        summary: one line for ``groundup roadmap`` and the index page.
+        run: the entry point, ``run(ctx) -> StageResult``.
+        title: a longer heading for the report (defaults to the summary).
+    """
+
+    name: str
+    summary: str
+    run: Callable[[Context], StageResult]
+    title: str = ""
+
+
+class _Progress:
+    """Rich progress bars when the console is a terminal; plain, quiet output otherwise (or without rich)."""
+
+    def __init__(self, console: Any = None, enabled: bool | None = None):
+        self.console = console
+        self._bars = None
+        if console is None:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        show = console.is_terminal if enabled is None else enabled
+        self._bars = Progress(TextColumn("  {task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+                              disable=not show)
+
+    def __enter__(self) -> _Progress:
+        if self._bars is not None:
+            self._bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bars is not None:
+            self._bars.__exit__(*exc)
+
+    def add(self, description: str, total: int | None) -> Any:
+        return self._bars.add_task(description, total=total, info="") if self._bars is not None else None
+
+    def advance(self, task: Any) -> None:
+        if self._bars is not None and task is not None:
+            self._bars.advance(task)
+
+    def info(self, task: Any, text: str) -> None:
+        if self._bars is not None and task is not None:
+            self._bars.update(task, info=text)
+
+    def log(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
+
+@dataclass
+class Context:
+    """Everything a stage needs to know and the helpers it runs with.
+
+    Attributes:
+        out_dir: the stage's run directory (``runs/STAGE``); it exists when ``run`` is called.
+        quick: smaller budgets and possibly looser thresholds (``--quick``; stated in the report).
+        tiny: a seconds-long configuration for tests; numbers are not meaningful.
+        device: ``"cpu"`` or ``"cuda"`` (CuPy).
+        seed: the run's seed; the runner has already seeded Python, NumPy and groundup with it.
+        options: extra command-line options (``{"dataset": "mnist"}``); stages ignore what they don't use.
+    """
+
+    out_dir: Path
+    quick: bool = False
+    tiny: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _progress: _Progress = field(default_factory=_Progress, repr=False)
+    _task: Any = field(default=None, repr=False)
+
+    # ------------------------------------------------------------ budgets and thresholds
+    @property
+    def mode(self) -> str:
+        """``"tiny"``, ``"quick"`` or ``"full"``."""
+        return "tiny" if self.tiny else "quick" if self.quick else "full"
+
+    def pick(self, full: Any, quick: Any, tiny: Any = None) -> Any:
+        """The value for this mode (tiny falls back to quick when not given)."""
+        if self.tiny:
+            return quick if tiny is None else tiny
+        return quick if self.quick else full
+
+    def budget(self, name: str, full: Any, quick: Any, tiny: Any = None) -> Any:
+        """A training budget (epochs, steps, samples) for this mode, recorded in the settings."""
+        value = self.pick(full, quick, tiny)
+        self.settings[name] = {"kind": "budget", "value": value, "full": full}
+        return value
+
+    def threshold(self, name: str, full: float, quick: float | None = None) -> float:
+        """A claim's threshold for this mode, recorded in the settings (quick may loosen it)."""
+        value = full if (quick is None or self.mode == "full") else quick
+        self.settings[name] = {"kind": "threshold", "value": value, "full": full}
+        return value
+
+    def rng(self, offset: int = 0) -> np.random.Generator:
+        """A NumPy generator seeded from the run's seed (different ``offset``, independent streams)."""
+        return np.random.default_rng([self.seed, offset])
+
+    # ------------------------------------------------------------ progress and output
+    def track(self, iterable: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+        """Iterate with a progress bar (``for epoch in ctx.track(range(n), "training"):``)."""
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        task = self._progress.add(description, total)
+        previous, self._task = self._task, task
+        try:
+            for item in iterable:
+                yield item
+                self._progress.advance(task)
+        finally:
+            self._task = previous
+
+    def info(self, text: str) -> None:
+        """Show a short status (``"loss 0.123"``) beside the innermost progress bar."""
+        self._progress.info(self._task, text)
+
+    def log(self, text: str) -> None:
+        """Print a line above the progress bars."""
+        self._progress.log(text)
+
+    def figure(self, width: float = 6.0, height: float = 4.0, layout: str | None = "constrained") -> Any:
+        """A new matplotlib ``Figure`` (Agg; no pyplot, so no global state and no GUI)."""
+        from matplotlib.figure import Figure
+
+        return Figure(figsize=(width, height), dpi=100, layout=layout)
+
+    def savefig(self, fig: Any, filename: str, caption: str = "") -> Plot:
+        """Save a figure as PNG into the run directory; returns the ``Plot`` to list in the result."""
+        if not filename.endswith(".png") or "/" in filename or "\\" in filename:
+            raise ValueError(f"savefig: expected a plain file name ending in .png, got {filename!r}")
+        fig.savefig(self.out_dir / filename, format="png")
+        return Plot(filename, caption)
+
+    def to_tensor(self, array: Any, dtype: Any = None, requires_grad: bool = False) -> Any:
+        """A groundup Tensor of ``array`` on the run's device."""
+        import groundup as gu
+
+        return gu.tensor(np.asarray(array), dtype=dtype, requires_grad=requires_grad, device=self.device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and groundup's generator."""
+    import groundup as gu
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    gu.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- JSON on disk
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: NumPy scalars and arrays become numbers and lists; NaN/inf become strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def read_metrics(out_root: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    """The last run's ``metrics.json`` of stage ``name`` under ``out_root``, or None if there is none."""
+    path = Path(out_root) / name / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- running
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Limit BLAS to one thread while a stage runs, unless the user set a thread count in the environment.
+
+    NOTE: the roadmap's matrices are small, so a second BLAS thread gains little, while a multithreaded
+    BLAS on a busy machine (two pytest workers, another job) spins waiting for threads that are not
+    scheduled: we measured stages running 5x slower that way on two cores.
+    """
+    if any(name in os.environ for name in _THREAD_VARIABLES):
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool = False, tiny: bool = False,
+              device: str = "cpu", seed: int = 0, options: dict[str, Any] | None = None, console: Any = None,
+              progress: bool | None = None, all_stages: Sequence[Stage] | None = None) -> dict[str, Any]:
+    """Run one stage and write its metrics.json, report.html and the index.
+
+    Args:
+        stage: the stage to run.
+        out_root: the runs directory; the stage writes into ``out_root/stage.name``.
+        quick, tiny, device, seed, options: see ``Context``.
+        console: a ``rich.console.Console`` for progress bars and output; None prints plainly.
+        progress: force progress bars on/off (default: on when the console is a terminal).
+        all_stages: the stages the index lists (default: just this one plus what is on disk).
+
+    Returns:
+        the record written to metrics.json (``status`` is "pass", "fail" or "error").
+    """
+    from groundup.roadmap import report
+
+    out_root = Path(out_root)
+    out_dir = out_root / stage.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):  # a re-run must not show a previous run's plots
+        old.unlink()
+    seed_everything(seed)
+    bars = _Progress(console, progress)
+    ctx = Context(out_dir=out_dir, quick=quick, tiny=tiny, device=device, seed=seed, options=dict(options or {}),
+                  _progress=bars)
+    record: dict[str, Any] = {
+        "stage": stage.name, "summary": stage.summary, "title": stage.title or stage.summary,
+        "mode": ctx.mode, "quick": quick, "tiny": tiny, "device": device, "seed": seed,
+        "options": ctx.options,
+    }
+    started = time.perf_counter()
+    result: StageResult | None = None
+    try:
+        with bars, _one_blas_thread():
+            result = stage.run(ctx)
+        if not isinstance(result, StageResult):
+            raise TypeError(f"stage {stage.name!r}: run(ctx) returned {type(result).__name__}, expected StageResult")
+        for plot in result.plots:
+            if not (out_dir / plot.file).is_file():
+                raise FileNotFoundError(f"stage {stage.name!r} lists plot {plot.file!r} but did not save it")
+    except StageError as err:
+        record.update(status="error", error=str(err))
+        result = None
+    except Exception as err:  # noqa: BLE001 - a crashing stage is reported, and the next one still runs
+        record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        result = None
+    record["wall_s"] = round(time.perf_counter() - started, 3)
+    record["finished_at"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    record["settings"] = ctx.settings
+    if result is not None:
+        label, value = result.headline
+        record.update(
+            status="pass" if result.passed else "fail",
+            headline={"label": label, "value": value, "text": f"{label} {format_value(float(value))}"},
+            claims=[c.to_dict() for c in result.claims], metrics=result.metrics, summary_text=result.summary,
+            plots=[{"file": p.file, "caption": p.caption} for p in result.plots], notes=result.notes)
+    record = _jsonable(record)
+    _write_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
+    _write_atomic(out_dir / "report.html", report.render_stage(record, result.sections if result else []))
+    listed = list(all_stages) if all_stages is not None else [stage]
+    _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
+    _print_outcome(bars, record)
+    return record
+
+
+def _print_outcome(bars: _Progress, record: dict[str, Any]) -> None:
+    for claim in record.get("claims", []):
+        bars.log(f"  {'PASS' if claim['passed'] else 'FAIL'}  {claim['statement']}  ({claim['detail']})")
+    if record["status"] == "error":
+        if record.get("traceback"):
+            bars.log(record["traceback"].rstrip())
+        bars.log(f"  ERROR  {record['error']}")
+    else:
+        n_pass = sum(c["passed"] for c in record["claims"])
+        bars.log(f"  {record['stage']}: {n_pass}/{len(record['claims'])} claims passed, "
+                 f"{record['headline']['text']}, {record['wall_s']:.1f} s")
+
+
+def run_stages(stages: Sequence[Stage], out_root: str | os.PathLike = "runs", *, console: Any = None,
+               all_stages: Sequence[Stage] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Run stages in order (each as ``run_stage``); a failing or crashing stage does not stop the next."""
+    records = []
+    for stage in stages:
+        header = f"{stage.name}: {stage.summary}" + (" (quick)" if kwargs.get("quick") else "")
+        if console is not None:
+            console.rule(header, align="left")
+        else:
+            print(f"== {header}", flush=True)
+        records.append(run_stage(stage, out_root, console=console, all_stages=all_stages or stages, **kwargs))
+    return records
