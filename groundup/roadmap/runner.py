@@ -131,6 +131,11 @@ class _Progress:
         if self._bars is not None and task is not None:
             self._bars.update(task, info=text)
 
+    def done(self, task: Any) -> None:
+        """Hide a finished bar: one live bar at a time keeps a long stage readable."""
+        if self._bars is not None and task is not None:
+            self._bars.update(task, visible=False)
+
     def log(self, text: str) -> None:
         if self.console is not None:
             self.console.print(text, highlight=False, markup=False, soft_wrap=True)
@@ -201,6 +206,7 @@ class Context:
                 yield item
                 self._progress.advance(task)
         finally:
+            self._progress.done(task)
             self._task = previous
 
     def info(self, text: str) -> None:

@@ -191,9 +191,9 @@ def run(ctx: Context) -> StageResult:
     steps = ctx.budget("gradient-descent steps", full=1000, quick=500, tiny=50)
     lipschitz = 2 * (np.linalg.eigvalsh(a_train.T @ a_train / n).max() + ridge)
     lr = 1.0 / lipschitz
-    a_t, b_t = gu.tensor(a_train, dtype=gu.float64), gu.tensor(b_train, dtype=gu.float64)
-    w = gu.zeros(32, 32, dtype=gu.float64, requires_grad=True)
-    bias = gu.zeros(32, dtype=gu.float64, requires_grad=True)
+    a_t, b_t = ctx.to_tensor(a_train, dtype=gu.float64), ctx.to_tensor(b_train, dtype=gu.float64)
+    w = gu.zeros(32, 32, dtype=gu.float64, device=ctx.device, requires_grad=True)
+    bias = gu.zeros(32, dtype=gu.float64, device=ctx.device, requires_grad=True)
     opt = optim.SGD([w, bias], lr=lr)                                    # plain gradient descent
     gd_loss, gd_dist = [], []
     for step in ctx.track(range(steps), "linear regression: gradient descent"):
@@ -245,10 +245,10 @@ def run(ctx: Context) -> StageResult:
     epochs = ctx.budget("softmax regression epochs", full=100, quick=60, tiny=3)
     target_acc = ctx.threshold("softmax regression test accuracy", full=0.93)
     model = MLP(MLPConfig(in_features=64, hidden_sizes=(), num_classes=10))  # no hidden layer = linear
-    opt = optim.Adam(model.parameters(), lr=1e-2)
     x_train, y_train = ctx.to_tensor(x[train], dtype=gu.float32), ctx.to_tensor(labels[train])
     x_test, y_test = ctx.to_tensor(x[test], dtype=gu.float32), ctx.to_tensor(labels[test])
     model.to(ctx.device)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
     rng = ctx.rng(1)
     history: dict[str, list[float]] = {"train_loss": [], "test_loss": [], "test_accuracy": []}
     batch = 64

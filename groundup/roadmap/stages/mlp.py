@@ -163,9 +163,9 @@ def _xor_data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]
 
 def _train_full_batch(ctx: Context, model: Module, x: np.ndarray, y: np.ndarray, steps: int, lr: float,
                       description: str) -> None:
+    model.to(ctx.device)
     opt = optim.Adam(model.parameters(), lr=lr)
     xt, yt = ctx.to_tensor(x), ctx.to_tensor(y)
-    model.to(ctx.device)
     for _ in ctx.track(range(steps), description):
         loss = F.cross_entropy(model(xt), yt)
         opt.zero_grad()
@@ -190,7 +190,7 @@ da  = dz W2              (N, H)     z is linear in a
 dh  = da * (1 - a^2)     (N, H)     tanh'(h) = 1 - tanh(h)^2, elementwise
 dW1 = dh^T x             (H, 64)
 db1 = sum_n dh[n]        (H,)</pre>
-<p>The same seven lines in NumPy are the whole backward pass:</p>
+<p>The same steps in NumPy are the whole backward pass:</p>
 <pre>dz = (p - np.eye(10)[y]) / N
 dW2, db2 = dz.T @ a, dz.sum(0)
 dh = (dz @ W2) * (1 - a ** 2)
