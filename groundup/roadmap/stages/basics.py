@@ -223,7 +223,7 @@ def run(ctx: Context) -> StageResult:
 
     fig = ctx.figure(10, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot([s for s, _ in gd_loss], [v - loss_closed for _, v in gd_loss])
+    ax1.plot([s for s, _ in gd_loss], [max(v - loss_closed, 1e-16) for _, v in gd_loss])  # exact ties -> 1e-16
     ax1.set_yscale("log")
     ax1.set(xlabel="gradient-descent step", ylabel="loss - closed-form loss", title="loss gap")
     ax2.plot([s for s, _ in gd_dist], [v for _, v in gd_dist], color="C1")
@@ -292,17 +292,19 @@ def run(ctx: Context) -> StageResult:
                             "Softmax regression's weights, one 8x8 template per class (red: evidence for the "
                             "class, blue: against). A linear classifier scores a digit by its overlap with each "
                             "template.", cmap="RdBu_r", scale="symmetric"))
-    fig = ctx.figure(6, 3.6)
-    ax = fig.subplots()
-    ax.plot(history["train_loss"], label="train loss")
-    ax.plot(history["test_loss"], label="test loss")
-    ax.set(xlabel="epoch", ylabel="cross-entropy")
-    ax2 = ax.twinx()
-    ax2.plot(history["test_accuracy"], color="C2", label="test accuracy")
-    ax2.set_ylabel("test accuracy")
-    fig.legend(loc="center right")
+    fig = ctx.figure(10, 3.4)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(range(1, epochs + 1), history["train_loss"], label="train")
+    ax1.plot(range(1, epochs + 1), history["test_loss"], label="test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax1.legend()
+    ax2.plot(range(1, epochs + 1), history["test_accuracy"], color="C2")
+    ax2.axhline(sklearn_acc, color="gray", ls="--", lw=1, label="scikit-learn LogisticRegression")
+    ax2.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
+    ax2.legend()
     plots.append(ctx.savefig(fig, "softmax_training.png", "Softmax regression training: cross-entropy on the "
-                             "training and test digits, and test accuracy, per epoch."))
+                             "training and test digits, and test accuracy, per epoch (dashed: scikit-learn's "
+                             "LogisticRegression on the same split)."))
 
     # 3. k-means: clusters found without labels, compared with the labels afterwards -------------
     n_init = ctx.budget("k-means restarts", full=10, quick=5, tiny=1)
