@@ -452,3 +452,37 @@ def test_save_load_gives_identical_logits(tmp_path):
     assert loaded.lm_head.weight is loaded.wte.weight
     idx = tokens((2, 8))
     np.testing.assert_array_equal(loaded(idx).detach().numpy(), model(idx).detach().numpy())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_loss_matches_logits_and_cross_entropy(bias):
+    """GPT.loss (one fused ln_f + lm_head + cross-entropy op) == cross_entropy(model(idx)), values and grads."""
+    from groundup import functional as F
+
+    model = perturb_weights(tiny(bias=bias).double())
+    idx, targets = tokens((3, 8)), tokens((3, 8), seed=4)
+    targets[1, 5:] = -100                                           # ignored positions
+    results = []
+    for fused_loss in (True, False):
+        model.zero_grad()
+        if fused_loss:
+            loss = model.loss(idx, targets)
+        else:
+            loss = F.cross_entropy(model(idx).reshape(-1, 13), gu.tensor(targets.reshape(-1)))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.numpy().copy() for n, p in model.named_parameters()}))
+    (l1, g1), (l2, g2) = results
+    assert abs(l1 - l2) < 1e-12
+    for name in g2:
+        np.testing.assert_allclose(g1[name], g2[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    with pytest.raises(IndexError, match="target 13 is out of range"):
+        model.loss(idx, np.full((3, 8), 13))
+
+
+def test_lm_head_loss_matches_finite_differences():
+    targets = np.array([[1, 4, -100], [0, 2, 3]])
+
+    def fn(x, w, b, head):
+        return fused.LMHeadLoss.apply(x, w, b, head, targets=targets)
+
+    check_grad(fn, (2, 3, 4), np.random.standard_normal(4) + 1, (4,), (5, 4))

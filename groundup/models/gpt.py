@@ -316,6 +316,10 @@ class GPT(Module):
         Returns:
             (B, T, V) logits.
         """
+        return self.lm_head(self.ln_f(self.features(idx, attention_mask, causal)))   # (B, T, V)
+
+    def features(self, idx: Any, attention_mask: Any = None, causal: bool | None = None) -> Tensor:
+        """The last block's output (B, T, C), before ``ln_f`` and ``lm_head``; arguments as ``forward``."""
         cfg = self.cfg
         data = self._check_idx(idx)
         B, T = data.shape
@@ -340,16 +344,24 @@ class GPT(Module):
         x = F.dropout(x, cfg.dropout, self.training)
         for block in self.blocks:
             x = block(x, causal=causal, key_mask=key_mask, rope=rope)          # (B, T, C)
-        return self.lm_head(self.ln_f(x))                                      # (B, T, V)
+        return x
 
     def loss(self, idx: Any, targets: Any, attention_mask: Any = None) -> Tensor:
-        """Mean next-token cross-entropy; targets (B, T) ids, -100 = ignore (e.g. padding)."""
-        logits = self(idx, attention_mask=attention_mask)                       # (B, T, V)
+        """Mean next-token cross-entropy; targets (B, T) ids, -100 = ignore (e.g. padding).
+
+        Equal to ``F.cross_entropy(self(idx).reshape(-1, V), targets.reshape(-1))``, computed by one
+        fused op (``ln_f``, ``lm_head`` and the loss, split over threads like the blocks).
+        """
+        x = self.features(idx, attention_mask=attention_mask)                  # (B, T, C)
         t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-        if tuple(t.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"GPT.loss: targets {tuple(t.shape)} must match idx {tuple(logits.shape[:2])}")
-        xp = array_module(logits.data)
-        return F.cross_entropy(logits.reshape(-1, self.cfg.vocab_size), Tensor(xp.asarray(t).reshape(-1)))
+        if tuple(t.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"GPT.loss: targets {tuple(t.shape)} must match idx {tuple(x.shape[:2])}")
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"GPT.loss: targets must be integer token ids, got dtype {t.dtype}")
+        xp = array_module(x.data)
+        ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
+        return fused.LMHeadLoss.apply(x, *ln, self.lm_head.weight, targets=xp.asarray(t), eps=self.ln_f.eps,
+                                      has_bias=self.ln_f.bias is not None)
 
     # ------------------------------------------------------------------ generation
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -508,20 +520,23 @@ class _KVDecoder:
         return x
 
     def _run(self, window: np.ndarray, pos0: int) -> np.ndarray:
-        """Run T new tokens at positions pos0.. through every layer, caching their keys and values."""
+        """Run T new tokens at positions pos0.. through every layer, caching their keys and values.
+
+        T > 1 only for a prefill (pos0 = 0, empty cache): causal attention among the T tokens. T = 1:
+        the new token attends to every valid slot (all of them hold its past). Only the last
+        position's logits are wanted, so the last layer runs its queries and MLP on that row alone.
+        """
         xp, cfg = self.xp, self.cfg
         B, T = window.shape
         S = cfg.block_size
         H, D, C = cfg.n_head, cfg.head_dim, cfg.n_embd
         x = self._embed(window, pos0).reshape(B * T, C)                         # (B*T, C)
-        slots = np.arange(pos0, pos0 + T) % S
         n_valid = min(pos0 + T, S)
         rope = (self.cos[pos0:pos0 + T], self.sin[pos0:pos0 + T]) if cfg.pos_encoding == "rotary" else None
         pre = cfg.norm == "pre"
         scale = 1.0 / math.sqrt(D)
-        if T > 1:
-            causal = cfg.causal
-            bias = fused._attention_bias(None, causal, T, T, x.dtype, xp)       # (T, T) or None
+        bias = fused._attention_bias(None, cfg.causal, T, T, x.dtype, xp) if T > 1 else None  # (T, T) or None
+        last_layer = len(self.params) - 1
         for layer, p in enumerate(self.params):
             h = fused._layer_norm(x, p["ln_1.weight"], p["ln_1.bias"], self.eps)[0] if pre else x
             qkv = fused._linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"])    # (B*T, 3C)
@@ -530,19 +545,24 @@ class _KVDecoder:
             if rope is not None:
                 q, k = fused._apply_rotary(q, *rope), fused._apply_rotary(k, *rope)
             keys, values = self.keys[layer], self.values[layer]                 # (B, H, S, D)
-            keys[:, :, slots] = k
-            values[:, :, slots] = v
-            if T > 1:   # prefill from an empty cache: plain (causal) attention among the T tokens
-                att = q @ k.transpose(0, 1, 3, 2)                               # (B, H, T, T)
-                att *= scale
-                if bias is not None:
-                    att += bias
-            else:       # one new token: it may attend to every valid slot (all are in its past)
-                att = q @ keys[:, :, :n_valid].transpose(0, 1, 3, 2)            # (B, H, 1, S')
-                att *= scale
+            if T == 1:
+                keys[:, :, pos0 % S] = k[:, :, 0]
+                values[:, :, pos0 % S] = v[:, :, 0]
+                k, v = keys[:, :, :n_valid], values[:, :, :n_valid]             # (B, H, S', D)
+            else:
+                keys[:, :, :T] = k
+                values[:, :, :T] = v
+            if layer == last_layer and T > 1:                                   # only the last query matters
+                q = q[:, :, -1:]                                                # (B, H, 1, D)
+                bias = bias[-1:] if bias is not None else None
+                x = x.reshape(B, T, C)[:, -1]                                   # (B, C)
+            att = q @ k.transpose(0, 1, 3, 2)                                   # (B, H, T', S')
+            att *= scale
+            if bias is not None:
+                att += bias
             att = fused._softmax_rows(att, False)
-            y = att @ (v if T > 1 else values[:, :, :n_valid])                  # (B, H, T, D)
-            y = y.transpose(0, 2, 1, 3).reshape(B * T, C)                       # (B*T, C)
+            y = att @ v                                                         # (B, H, T', D)
+            y = y.transpose(0, 2, 1, 3).reshape(-1, C)                          # (B*T', C)
             a = fused._linear(y, p["attn.proj.weight"], p["attn.proj.bias"])
             a += x
             if pre:
@@ -550,12 +570,12 @@ class _KVDecoder:
                 h2 = fused._layer_norm(r1, p["ln_2.weight"], p["ln_2.bias"], self.eps)[0]
             else:
                 r1 = h2 = fused._layer_norm(a, p["ln_1.weight"], p["ln_1.bias"], self.eps)[0]
-            f = fused._linear(h2, p["mlp.fc.weight"], p["mlp.fc.bias"])          # (B*T, 4C)
+            f = fused._linear(h2, p["mlp.fc.weight"], p["mlp.fc.bias"])          # (B*T', 4C)
             m = fused._linear(fused._gelu(f)[0], p["mlp.proj.weight"], p["mlp.proj.bias"])
             m += r1
             x = m if pre else fused._layer_norm(m, p["ln_2.weight"], p["ln_2.bias"], self.eps)[0]
         self.length = pos0 + T
-        last = x.reshape(B, T, C)[:, -1]                                        # (B, C)
+        last = x.reshape(B, -1, C)[:, -1]                                       # (B, C)
         last = fused._layer_norm(last, self.ln_f[0], self.ln_f[1], self.eps)[0]
         return to_numpy(last @ self.head.T)                                     # (B, V)
 
