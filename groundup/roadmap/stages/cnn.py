@@ -118,7 +118,7 @@ def run(ctx: Context) -> StageResult:
     mnist = data["name"] == "mnist"
     target = (ctx.threshold("CNN test accuracy (MNIST)", full=0.99, quick=0.98) if mnist
               else ctx.threshold("CNN test accuracy (digits)", full=0.98, quick=0.975))
-    where = "MNIST's test digits" if mnist else "held-out digits (mean over the folds)"
+    where = f"MNIST's test digits ({len(data['y_test']):,})" if mnist else "held-out digits (mean over the folds)"
     found.append(claims.at_least("cnn.accuracy", f"A small CNN classifies {where}", "test accuracy", acc["cnn"][0],
                                  target))
     found.append(claims.check(
