@@ -10,6 +10,7 @@ path of ``runs/index.html``; it exits 1 when any claim fails or a stage errors, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not gu.cuda_is_available():
         print("groundup run: --device cuda needs CuPy and a visible CUDA GPU (pip install 'groundup[gpu]'); "
               "use --device cpu", file=sys.stderr)
+        return 2
+    missing = [name for name in ("matplotlib", "sklearn") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"groundup run: the roadmap needs {' and '.join(missing)} (plots, digits): "
+              "pip install 'groundup[train]'", file=sys.stderr)
         return 2
     console = _console()
     options = {"dataset": args.dataset}
