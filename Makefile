@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both build .venv from this
-# project's own files first.
+# project's own files first. Tests run in 2 processes with single-threaded BLAS each
+# (2 processes x 2 BLAS threads would oversubscribe a 2-core machine).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check groundup tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 tests
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check groundup tests benchmarks

@@ -51,7 +51,7 @@ from groundup.tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tenso
 
 _tensor_module._attach_methods()
 
-from groundup import functional  # noqa: E402
+from groundup import functional, nn, optim  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -95,5 +95,5 @@ __all__ = [
     "zeros", "ones", "full", "arange", "randn", "rand", "randint", "randperm", "zeros_like", "ones_like",
     "full_like", "randn_like", "rand_like", "empty", "eye", "cat", "stack", "one_hot", "where", "maximum",
     "minimum", "clamp", "matmul", "softmax", "argmax", "argmin", "logsumexp", "exp", "log", "tanh",
-    "sigmoid", "sqrt", "tril", "triu", "functional", "cuda_is_available",
+    "sigmoid", "sqrt", "tril", "triu", "functional", "nn", "optim", "cuda_is_available",
 ]
