@@ -265,8 +265,8 @@ def test_seq2seq_overfits_a_tiny_batch(attention):
     src, mask, tgt_in, tgt_out = _seq2seq_batch(rng, lengths=(3, 5, 4, 6, 2, 5), steps=5)
     gu.manual_seed(1)
     model = Seq2Seq(Seq2SeqConfig(9, 8, n_embd=8, hidden_size=24, attention=attention))
-    opt = optim.Adam(model.parameters(), lr=2e-2)
-    for _ in range(120):
+    opt = optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(60):
         loss = model.loss(gu.tensor(src), mask, gu.tensor(tgt_in), gu.tensor(tgt_out))
         opt.zero_grad()
         loss.backward()

@@ -40,9 +40,10 @@ def test_rnn_stage_tiny_and_a_broken_measurement_fails(tmp_path, monkeypatch):
                         np.ones(windows.shape[1] - 1))
     record = run_stage(get_stage("rnn"), tmp_path, tiny=True)
     found = _check_run_files(tmp_path / "rnn", record, plots_at_least=3)
-    assert set(found) == {"rnn.gated_beat_vanilla", "rnn.quality", "rnn.vanishing", "rnn.gated_keep_gradient",
-                          "rnn.exploding", "rnn.clipping"}
-    assert not found["rnn.vanishing"]["passed"] and not found["rnn.gated_keep_gradient"]["passed"]
+    assert set(found) == {"rnn.gated_beat_vanilla", "rnn.quality", "rnn.vanishing", "rnn.decays_faster",
+                          "rnn.gated_keep_gradient", "rnn.exploding", "rnn.clipping"}
+    for name in ("rnn.vanishing", "rnn.decays_faster", "rnn.gated_keep_gradient"):
+        assert not found[name]["passed"], name
     assert found["rnn.vanishing"]["values"]["RNN ratio at distance 20"] == 1.0
     assert record["status"] == "fail"
     report = (tmp_path / "rnn" / "report.html").read_text()
