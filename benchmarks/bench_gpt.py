@@ -73,8 +73,8 @@ def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("ground
 
         def gu_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
             t0 = time.perf_counter()
-            model.zero_grad()
             loss = model.loss(x, y)
+            opt.zero_grad(set_to_none=True)                     # as the Trainer: clear, backward, clip, step
             t1 = time.perf_counter()
             loss.backward()
             t2 = time.perf_counter()

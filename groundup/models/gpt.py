@@ -506,7 +506,8 @@ class _KVDecoder:
         if first or (self.absolute and L > cfg.block_size):
             window = tokens[:, -cfg.block_size:]
             self.length = 0
-            return self._run(window, 0)
+            with fused.all_blas_threads():                  # one Python thread: let BLAS use its threads
+                return self._run(window, 0)
         return self._run(tokens[:, -1:], self.length)
 
     def _embed(self, window: np.ndarray, pos0: int) -> Any:

@@ -26,10 +26,12 @@ Su et al. 2021 (RoPE, rotate-half form as in GPT-NeoX), nanoGPT model.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +41,7 @@ from groundup.backend import array_module
 from groundup.function import Function
 
 __all__ = ["TransformerBlock", "LMHeadLoss", "PARAM_NAMES", "block_forward", "rotary_tables", "sinusoidal_table",
-           "num_threads", "parallel_map", "keep_freed_memory"]
+           "num_threads", "parallel_map", "keep_freed_memory", "all_blas_threads"]
 
 # Order of the block's parameters as the op takes them (None entries are skipped when bias=False).
 PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
@@ -53,7 +55,8 @@ _GELU_A = 0.044715
 # ----------------------------------------------------------------------------- threads, memory
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_blas_limit: Any = None
+_blas_libs: list[Any] = []
+_blas_original: list[int] = []
 _allocator_tuned = False
 
 
@@ -64,7 +67,8 @@ def keep_freed_memory() -> None:
     blocks over 128 KB come from mmap and the top of the heap is trimmed as soon as it is free, so
     every step pays for the same memory again in page faults: measured on the 2-core CI machine for
     the baby GPT, ~11,400 minor faults and ~39 ms of system time per step (157 -> 110 ms of CPU per
-    step when removed). Raising the mmap and trim thresholds (``mallopt``) makes freed blocks reusable.
+    step when removed; the ``small`` GPT's 50 MB blocks cost ~180 ms of system time per layer). Serving
+    every block from the heap and raising the trim threshold (``mallopt``) makes freed blocks reusable.
     The process keeps its peak heap instead of shrinking after each step. No-op off glibc.
     """
     global _allocator_tuned
@@ -75,29 +79,49 @@ def keep_freed_memory() -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
         libc.mallopt(m_mmap_threshold, 32 << 20)   # blocks under 32 MB come from the heap, reused
+        libc.mallopt(m_mmap_max, 0)                # and larger ones too (the `small` GPT's 50 MB attention maps)
         libc.mallopt(m_trim_threshold, 1 << 30)    # give memory back only when 1 GB lies free at the top
     except (OSError, AttributeError):
         pass
 
 
-def _limit_blas_to_one_thread() -> Any:
-    """Make NumPy's BLAS single-threaded for the whole process (threadpoolctl); None if that is not possible.
+def _limit_blas_to_one_thread() -> list[Any]:
+    """Make NumPy's BLAS single-threaded for the whole process (threadpoolctl); returns the libraries
+    limited (empty when that is not possible).
 
     NOTE: measured on the 2-core CI machine while other processes were busy: with OpenBLAS left at 2
     threads, a baby-GPT step split over 2 Python threads took 1.5 s and 1.5 s of CPU (OpenBLAS's
     worker threads spin while they wait for work and fight the Python threads for the cores), against
     0.14 s with BLAS at 1 thread. The Python threads give the parallelism instead.
     """
+    global _blas_original
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
-        return None
-    controller = ThreadpoolController()
-    if not controller.select(user_api="blas").lib_controllers:
-        return None
-    return controller.limit(limits=1, user_api="blas")
+        return []
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    _blas_original = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    return libs
+
+
+@contextlib.contextmanager
+def all_blas_threads() -> Iterator[None]:
+    """Give BLAS back its own thread count inside the block: for work that runs in one Python thread
+    only (a batch of one sequence), where BLAS's threads are the only parallelism there is."""
+    if not _blas_libs:
+        yield
+        return
+    for lib, n in zip(_blas_libs, _blas_original):
+        lib.set_num_threads(n)
+    try:
+        yield
+    finally:
+        for lib in _blas_libs:
+            lib.set_num_threads(1)
 
 
 def num_threads() -> int:
@@ -108,28 +132,47 @@ def num_threads() -> int:
     elsewhere in the same process then runs its matrix products single-threaded. Without
     threadpoolctl (which can set the BLAS thread count) the CPU path stays in one Python thread.
     """
-    global _pool, _pool_size, _blas_limit
+    global _pool, _pool_size, _blas_libs
     if _pool_size == 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        _blas_limit = _limit_blas_to_one_thread() if cores > 1 else None
-        _pool_size = min(cores, 8) if _blas_limit is not None else 1
+        _blas_libs = _limit_blas_to_one_thread() if cores > 1 else []
+        _pool_size = min(cores, 8) if _blas_libs else 1
         if _pool_size > 1:
-            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="groundup-block")
+            _pool = ThreadPoolExecutor(_pool_size - 1, thread_name_prefix="groundup-block")
     return _pool_size
 
 
 def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]:
-    """``[fn(*args) for args in zip(*arg_lists)]``, run on the worker threads when there is more than one job."""
+    """``[fn(*args) for args in zip(*arg_lists)]``, the jobs run at once: the first in the calling thread
+    (which would otherwise only wait), the others on the worker threads."""
     jobs = list(zip(*arg_lists))
-    if len(jobs) <= 1 or num_threads() <= 1:
+    if len(jobs) == 1:
+        with all_blas_threads():
+            return [fn(*jobs[0])]
+    if len(jobs) == 0 or num_threads() <= 1:
         return [fn(*args) for args in jobs]
-    futures = [_pool.submit(fn, *args) for args in jobs]  # type: ignore[union-attr]
-    return [f.result() for f in futures]
+    results: list[Any] = [None] * len(jobs)
+    order = itertools.count()                # next() on a count is atomic under the GIL
+
+    def drain() -> None:                     # each thread takes the next job until none is left
+        for i in iter(order.__next__, None):
+            if i >= len(jobs):
+                return
+            results[i] = fn(*jobs[i])
+
+    helpers = [_pool.submit(drain) for _ in range(min(_pool_size - 1, len(jobs) - 1))]  # type: ignore[union-attr]
+    drain()
+    for helper in helpers:
+        helper.result()
+    return results
+
+
+CHUNKS_PER_THREAD = 1
 
 
 def _chunks(batch: int, xp: Any) -> list[slice]:
-    """Split ``batch`` rows into one contiguous slice per thread (one slice on the GPU)."""
-    n = 1 if xp is not np else min(num_threads(), batch)
+    """Split ``batch`` rows into contiguous slices, CHUNKS_PER_THREAD per thread (one slice on the GPU)."""
+    n = 1 if xp is not np else min(num_threads() * CHUNKS_PER_THREAD, batch)
     bounds = [round(i * batch / n) for i in range(n + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
 
@@ -370,7 +413,7 @@ def _block_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any,
         y2, saved["xhat2"], saved["rstd2"] = _layer_norm(m, params["ln_2.weight"], params["ln_2.bias"], opt.eps)
         out2[...] = y2
     if opt.save:
-        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, f=f, s=s, g=g, drops=drops, shape=(b, T, C))
+        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, f=f, s=s, drops=drops, shape=(b, T, C))
     return saved
 
 
@@ -396,7 +439,9 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     d_r1 = dm                                                       # gradient reaching r1 by the residual
     if "resid2" in drops:
         dm = dm * drops["resid2"]
-    grads["mlp.proj.weight"] = dm.T @ saved["g"]                    # (C, 4C)
+    g = saved["f"] * saved["s"]                                     # gelu(f), recomputed: one pass instead of
+    grads["mlp.proj.weight"] = dm.T @ g                             # keeping (N, 4C) more per layer; (C, 4C)
+    del g
     grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
     dg = dm @ params["mlp.proj.weight"]                             # (N, 4C)
     df = _gelu_backward(dg, saved["f"], saved["s"])                 # (N, 4C)
