@@ -342,9 +342,13 @@ class GPT(Module):
         elif cfg.pos_encoding == "rotary":
             rope = self._position_table("rotary", np.arange(T), xp)
         x = F.dropout(x, cfg.dropout, self.training)
-        for block in self.blocks:
-            x = block(x, causal=causal, key_mask=key_mask, rope=rope)          # (B, T, C)
-        return x
+        # All the blocks as one fused op (each thread takes its slice of the batch through every
+        # block); the same as ``for block in self.blocks: x = block(x, ...)``.
+        params = [p for block in self.blocks for p in block.block_parameters()]
+        p = cfg.dropout if self.training else 0.0
+        return fused.TransformerBlock.apply(
+            x, *params, n_head=cfg.n_head, causal=causal, norm=cfg.norm, eps=self.blocks[0].ln_1.eps, rope=rope,
+            key_mask=key_mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=cfg.bias)  # (B, T, C)
 
     def loss(self, idx: Any, targets: Any, attention_mask: Any = None) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) ids, -100 = ignore (e.g. padding).

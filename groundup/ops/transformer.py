@@ -497,79 +497,120 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     return grads
 
 
+def _draw_dropout(x: Any, parts: list[slice], opt: _Options, n_layer: int, rng: Any) -> list[list[dict[str, Any]]]:
+    """Dropout masks [chunk][layer], drawn here in layer-then-chunk order so that the numbers do not
+    depend on how many threads run the chunks."""
+    xp = array_module(x)
+    drops: list[list[dict[str, Any]]] = [[] for _ in parts]
+    for _ in range(n_layer):
+        for c, part in enumerate(parts):
+            masks: dict[str, Any] = {}
+            if opt.dropout_p > 0:
+                b, T, C = x[part].shape
+                masks["attn"] = _dropout_mask(rng, (b, opt.n_head, T, T), opt.dropout_p, xp)
+                masks["resid1"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
+                masks["resid2"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
+            drops[c].append(masks)
+    return drops
+
+
+def _stack_forward(x: Any, layers: list[dict[str, Any]], opt: _Options, key_mask: Any,
+                   drops: list[dict[str, Any]], out: Any) -> list[dict[str, Any]]:
+    """One chunk through every block: x (b, T, C) -> writes out (b, T, C); returns each block's saved state."""
+    xp = array_module(x)
+    saved = []
+    h = x
+    for i, params in enumerate(layers):
+        nxt = out if i == len(layers) - 1 else xp.empty_like(x)
+        saved.append(_block_forward(h, params, opt, key_mask, drops[i], nxt))
+        h = nxt
+    return saved
+
+
+def _stack_backward(gout: Any, saved: list[dict[str, Any]], layers: list[dict[str, Any]], opt: _Options,
+                    gx_out: Any) -> list[dict[str, Any]]:
+    """One chunk back through every block: gout (b, T, C) -> writes gx_out; returns each block's grads."""
+    xp = array_module(gout)
+    grads: list[dict[str, Any]] = [{}] * len(layers)
+    g = gout
+    for i in reversed(range(len(layers))):
+        gx = gx_out if i == 0 else xp.empty_like(gout)
+        grads[i] = _block_backward(g, saved[i], layers[i], opt, gx)
+        g = gx
+    return grads
+
+
 def block_forward(x: Any, params: dict[str, Any], n_head: int, causal: bool = True, norm: str = "pre",
                   eps: float = 1e-5, rope: tuple[Any, Any] | None = None, key_mask: Any = None) -> Any:
     """Inference forward of one block over raw arrays (no graph, no dropout): x (B, T, C) -> (B, T, C)."""
     opt = _Options(n_head, causal, norm == "pre", eps, *(rope or (None, None)), params["attn.qkv.bias"] is not None,
                    False, 0.0)
     out = array_module(x).empty_like(x)
-    _run_forward(x, params, opt, key_mask, None, out)
+    parts = _chunks(x.shape[0], array_module(x))
+    parallel_map(lambda p: _block_forward(x[p], params, opt, None if key_mask is None else key_mask[p], {}, out[p]),
+                 parts)
     return out
 
 
-def _run_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any, rng: Any, out: Any) -> list[Any]:
-    xp = array_module(x)
-    parts = _chunks(x.shape[0], xp)
-    drops_list = []
-    for part in parts:  # masks are drawn here, in order, so results do not depend on the thread count
-        drops: dict[str, Any] = {}
-        if opt.dropout_p > 0:
-            b, T, C = x[part].shape
-            drops["attn"] = _dropout_mask(rng, (b, opt.n_head, T, T), opt.dropout_p, xp)
-            drops["resid1"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
-            drops["resid2"] = _dropout_mask(rng, (b * T, C), opt.dropout_p, xp)
-        drops_list.append(drops)
-    masks = [None if key_mask is None else key_mask[p] for p in parts]
-    return parallel_map(lambda p, m, d: _block_forward(x[p], params, opt, m, d, out[p]), parts, masks, drops_list)
-
-
 class TransformerBlock(Function):
-    """One transformer block, fused: x (B, T, C) and the block's parameters -> (B, T, C).
+    """A stack of transformer blocks, fused: x (B, T, C) and every block's parameters -> (B, T, C).
 
-    Inputs: x, then the parameters in ``PARAM_NAMES`` order, leaving out the biases when
-    ``has_bias`` is False. Options: n_head, causal, norm ('pre' | 'post'), eps, rope ((cos, sin)
-    each (T, D), or None), key_mask ((B, T) bool, True = a real token that may be attended to),
-    dropout_p and rng (the generator that draws the dropout masks).
+    Inputs: x, then for each block its parameters in ``PARAM_NAMES`` order (leaving out the
+    biases when ``has_bias`` is False); one block or ``n_layer`` of them. Options: n_head, causal,
+    norm ('pre' | 'post'), eps, rope ((cos, sin) each (T, D), or None), key_mask ((B, T) bool,
+    True = a real token that may be attended to), dropout_p and rng (the generator that draws the
+    dropout masks).
+
+    NOTE: each thread takes its slice of the batch through all the blocks, forward and then
+    backward, so a step waits for the threads twice instead of twice per block.
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, norm: str = "pre",
                 eps: float = 1e-5, rope: tuple[Any, Any] | None = None, key_mask: Any = None,
                 dropout_p: float = 0.0, rng: Any = None, has_bias: bool = True):
+        xp = array_module(x)
         if x.ndim != 3 or x.shape[-1] % n_head:
             raise RuntimeError(f"TransformerBlock: x must be (B, T, C) with C divisible by n_head={n_head}, "
                                f"got {tuple(x.shape)}")
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
-        if len(param_arrays) != len(names):
-            raise RuntimeError(f"TransformerBlock: expected {len(names)} parameters, got {len(param_arrays)}")
-        params = dict.fromkeys(PARAM_NAMES)
-        params.update(zip(names, param_arrays))
+        if not param_arrays or len(param_arrays) % len(names):
+            raise RuntimeError(f"TransformerBlock: expected {len(names)} parameters per block, got {len(param_arrays)}")
         if norm not in ("pre", "post"):
             raise ValueError(f"TransformerBlock: norm must be 'pre' or 'post', got {norm!r}")
+        layers = []
+        for i in range(0, len(param_arrays), len(names)):
+            params = dict.fromkeys(PARAM_NAMES)
+            params.update(zip(names, param_arrays[i:i + len(names)]))
+            layers.append(params)
         cos, sin = rope if rope is not None else (None, None)
-        if array_module(x) is np and any(self.needs_input_grad):
+        if xp is np and any(self.needs_input_grad):
             keep_freed_memory()
         opt = _Options(n_head, causal, norm == "pre", eps, cos, sin, has_bias, any(self.needs_input_grad), dropout_p)
-        out = array_module(x).empty_like(x)
-        chunk_saved = _run_forward(x, params, opt, key_mask, rng, out)
+        parts = _chunks(x.shape[0], xp)
+        drops = _draw_dropout(x, parts, opt, len(layers), rng)
+        masks = [None if key_mask is None else key_mask[p] for p in parts]
+        out = xp.empty_like(x)
+        chunk_saved = parallel_map(lambda p, m, d: _stack_forward(x[p], layers, opt, m, d, out[p]),
+                                   parts, masks, drops)
         # NOTE: the parameters are saved too, so that the engine catches an in-place update between
         # this forward and its backward; the engine releases ``saved`` after the backward.
         self.save_for_backward(*param_arrays, chunk_saved)
-        self.params, self.opt, self.names = params, opt, names
+        self.layers, self.opt, self.names, self.parts = layers, opt, names, parts
         return out
 
     def backward(self, gout):
         xp = array_module(gout)
         gx = xp.empty_like(gout)
-        parts = _chunks(gout.shape[0], xp)
         chunk_saved = self.saved[-1]
-        grads_list = parallel_map(lambda p, s: _block_backward(gout[p], s, self.params, self.opt, gx[p]),
-                                  parts, chunk_saved)
+        grads_list = parallel_map(lambda p, s: _stack_backward(gout[p], s, self.layers, self.opt, gx[p]),
+                                  self.parts, chunk_saved)
         total = grads_list[0]
         for grads in grads_list[1:]:
-            for name, g in grads.items():
-                if g is not None:
-                    total[name] += g
-        return (gx, *(total[name] for name in self.names))
+            for layer_total, layer in zip(total, grads):
+                for name, g in layer.items():
+                    if g is not None:
+                        layer_total[name] += g
+        return (gx, *(layer[name] for layer in total for name in self.names))
 
 
 # ----------------------------------------------------------------------------- final norm + head + loss
