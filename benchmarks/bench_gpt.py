@@ -279,7 +279,10 @@ def run(preset: str = "baby", iters: int | None = None, batch_size: int | None =
                     "load_avg_1m_at_start": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    record["matmul_peak_gflops"] = matmul_peak_gflops()
+    from groundup.ops.transformer import all_blas_threads
+
+    with all_blas_threads():                 # BLAS with its own threads (the GPT path limits it to one)
+        record["matmul_peak_gflops"] = matmul_peak_gflops()
     record["train"] = bench_training(preset, iters, batch_size, warmup)
     record["train"]["groundup"]["fraction_of_matmul_peak"] = (record["train"]["groundup"]["gflops"]
                                                               / record["matmul_peak_gflops"])
@@ -302,17 +305,20 @@ def format_table(record: dict[str, Any]) -> str:
              f"steps after {tr['warmup']} warm-up; torch threads 2, groundup threads "
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
              "",
-             f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}{'peak RSS MB':>13}"
-             f"   fwd / bwd / opt ms"]
+             f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
+             f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]
     for name, label in (("groundup", "groundup"), ("torch", "PyTorch")):
         s = tr[name]
-        rss = mem.get(name, {}).get("peak_rss_mb")
+        rss, delta = mem.get(name, {}).get("peak_rss_mb"), mem.get(name, {}).get("delta_rss_mb")
         sec = s["sections_median_ms"]
         lines.append(f"{label:<12}{s['median_ms']:>10.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]".ljust(40)
                      + f"{s['tokens_per_s']:>11,.0f}{s['gflops']:>9.1f}"
-                     + (f"{rss:>13.0f}" if rss is not None else f"{'-':>13}")
+                     + (f"{f'{rss:.0f} (+{delta:.0f})':>28}" if rss is not None else f"{'-':>28}")
                      + f"   {sec['forward']:.1f} / {sec['backward']:.1f} / {sec['optimizer']:.1f}")
-    lines.append(f"ratio groundup/PyTorch, training tokens/s: {tr['ratio_tokens_per_s']:.2f}")
+    lines.append(f"ratio groundup/PyTorch, training tokens/s: {tr['ratio_tokens_per_s']:.2f}; NumPy matmul peak "
+                 f"{record['matmul_peak_gflops']:.0f} GFLOP/s (groundup at "
+                 f"{100 * tr['groundup']['fraction_of_matmul_peak']:.0f}%, PyTorch at "
+                 f"{100 * tr['torch']['fraction_of_matmul_peak']:.0f}%)")
     lines += ["", f"generation: {gen['new_tokens']} new tokens, batch 1, context {gen['context']}, "
                   f"median of {gen['rounds']} rounds"]
     for name, label in (("groundup_cache", "groundup, KV cache"), ("torch_cache", "PyTorch, KV cache"),

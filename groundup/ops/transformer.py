@@ -270,8 +270,8 @@ def _linear(x: Any, weight: Any, bias: Any) -> Any:
 def _gelu(f: Any) -> tuple[Any, Any]:
     """GELU with GPT-2's tanh approximation, written with a sigmoid: f (N, F) -> (y, s).
 
-    0.5 f (1 + tanh(u)) = f sigmoid(2u), u = c (f + a f^3). NumPy's float32 ``exp`` costs ~2.7 ns per
-    element against ~4.2 ns for ``tanh`` on this machine, and s = sigmoid(2u) is all the backward needs.
+    0.5 f (1 + tanh(u)) = f sigmoid(2u), u = c (f + a f^3). NumPy's float32 ``exp`` costs ~2.4-3 ns per
+    element against ~3.7-4.2 ns for ``tanh`` on this machine (neither is vectorised well: an add is 0.2 ns).
     """
     xp = array_module(f)
     s = f * f
@@ -285,20 +285,31 @@ def _gelu(f: Any) -> tuple[Any, Any]:
     return f * s, s
 
 
-def _gelu_backward(dy: Any, f: Any, s: Any) -> Any:
-    """dy * gelu'(f) with s = sigmoid(2u) saved by the forward:
-    gelu'(f) = s + 2c f s (1 - s) (1 + 3a f^2)."""
+def _gelu_with_slope(f: Any) -> tuple[Any, Any]:
+    """GELU (tanh) and its derivative, for training: f (N, F) -> (y, gelu'(f)).
+
+    gelu'(f) = s + 2c f s (1 - s) (1 + 3a f^2) = s + y (1 - s) 2c (1 + 3a f^2), with s = sigmoid(2u)
+    and y = f s. Computed here, where f^2 and s already exist, the backward is one multiply: 14 passes
+    over (N, 4C) in all instead of 17.
+    """
     xp = array_module(f)
-    slope = f * f
-    slope *= 3 * _GELU_A * 2 * _GELU_C
+    f2 = f * f
+    s = f2 * (-2 * _GELU_A * _GELU_C)
+    s -= 2 * _GELU_C
+    s *= f                                                          # -2u
+    with np.errstate(over="ignore"):
+        xp.exp(s, out=s)
+    s += 1.0
+    xp.reciprocal(s, out=s)                                         # s = sigmoid(2u)
+    y = f * s
+    slope = f2
+    slope *= 6 * _GELU_A * _GELU_C
     slope += 2 * _GELU_C                                            # 2c (1 + 3a f^2)
-    slope *= f
+    slope *= y
     one_minus = xp.subtract(1.0, s)
-    one_minus *= s                                                  # s (1 - s)
     slope *= one_minus
     slope += s
-    slope *= dy
-    return slope
+    return y, slope
 
 
 def _dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, xp: Any) -> Any:
@@ -401,7 +412,11 @@ def _block_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any,
 
     # --- MLP sub-layer
     f = _linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])              # (N, 4C)
-    g, s = _gelu(f)
+    if opt.save:
+        g, slope = _gelu_with_slope(f)                              # keep gelu'(f) for the backward
+    else:
+        g, slope = _gelu(f)[0], None
+    del f
     m = _linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])           # (N, C)
     if "resid2" in drops:
         m *= drops["resid2"]
@@ -413,7 +428,7 @@ def _block_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any,
         y2, saved["xhat2"], saved["rstd2"] = _layer_norm(m, params["ln_2.weight"], params["ln_2.bias"], opt.eps)
         out2[...] = y2
     if opt.save:
-        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, f=f, s=s, drops=drops, shape=(b, T, C))
+        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, g=g, slope=slope, drops=drops, shape=(b, T, C))
     return saved
 
 
@@ -439,12 +454,11 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     d_r1 = dm                                                       # gradient reaching r1 by the residual
     if "resid2" in drops:
         dm = dm * drops["resid2"]
-    g = saved["f"] * saved["s"]                                     # gelu(f), recomputed: one pass instead of
-    grads["mlp.proj.weight"] = dm.T @ g                             # keeping (N, 4C) more per layer; (C, 4C)
-    del g
+    grads["mlp.proj.weight"] = dm.T @ saved["g"]                    # (C, 4C)
     grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
     dg = dm @ params["mlp.proj.weight"]                             # (N, 4C)
-    df = _gelu_backward(dg, saved["f"], saved["s"])                 # (N, 4C)
+    dg *= saved["slope"]                                            # d f = dg * gelu'(f), (N, 4C)
+    df = dg
     grads["mlp.fc.weight"] = df.T @ saved["h2"]                     # (4C, C)
     grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
     dh2 = df @ params["mlp.fc.weight"]                              # (N, C)
