@@ -186,6 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=None, help="timed training steps per framework "
                                                            "(default: 40 for baby, 3 for small)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's training batch size")
+    p.add_argument("--warmup", type=int, default=None, help="untimed training steps per framework first "
+                                                            "(default: 3 for baby, 1 for small)")
     p.add_argument("--gen-tokens", type=int, default=200, help="tokens generated per generation run")
     p.add_argument("--gen-rounds", type=int, default=3, help="alternating rounds of each generation contender")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one subprocess each)")
@@ -354,8 +356,8 @@ def bench_command(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         return _error(str(err))
     path = Path(args.json) if args.json else Path("runs") / f"bench-gpt-{args.preset}.json"
-    record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size,
-                       gen_tokens=args.gen_tokens, gen_rounds=args.gen_rounds, memory=not args.no_memory)
+    record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size, gen_tokens=args.gen_tokens,
+                       gen_rounds=args.gen_rounds, memory=not args.no_memory, warmup=args.warmup)
     print(bench.format_table(record))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -132,8 +132,8 @@ def test_bpe_tokenizer_on_a_text_file(tmp_path, capsys):
 def test_bench_smoke(tmp_path, capsys):
     pytest.importorskip("torch")
     path = tmp_path / "bench.json"
-    assert cli.main(["bench", "gpt", "--preset", "baby", "--iters", "1", "--gen-tokens", "3", "--gen-rounds", "1",
-                     "--no-memory", "--json", str(path)]) == 0
+    assert cli.main(["bench", "gpt", "--preset", "baby", "--iters", "1", "--warmup", "0", "--gen-tokens", "2",
+                     "--gen-rounds", "1", "--no-memory", "--json", str(path)]) == 0
     record = json.loads(path.read_text())
     assert record["train"]["groundup"]["tokens_per_s"] > 0 and record["train"]["torch"]["tokens_per_s"] > 0
     assert record["train"]["ratio_tokens_per_s"] > 0 and record["generate"]["ratio_cache"] > 0

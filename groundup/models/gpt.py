@@ -576,7 +576,7 @@ class _KVDecoder:
             else:
                 r1 = h2 = fused._layer_norm(a, p["ln_1.weight"], p["ln_1.bias"], self.eps)[0]
             f = fused._linear(h2, p["mlp.fc.weight"], p["mlp.fc.bias"])          # (B*T', 4C)
-            m = fused._linear(fused._gelu(f)[0], p["mlp.proj.weight"], p["mlp.proj.bias"])
+            m = fused._linear(fused._gelu(f), p["mlp.proj.weight"], p["mlp.proj.bias"])
             m += r1
             x = m if pre else fused._layer_norm(m, p["ln_2.weight"], p["ln_2.bias"], self.eps)[0]
         self.length = pos0 + T

@@ -1,4 +1,5 @@
-"""A whole pre-norm (or post-norm) transformer block as one fused op with a hand-derived backward.
+"""Fused ops for GPT with hand-derived backward: a stack of transformer blocks, and the final
+LayerNorm + output projection + cross-entropy.
 
     pre-norm:   x = x + drop(proj(attention(ln_1(x))));   x = x + drop(mlp(ln_2(x)))
     post-norm:  x = ln_1(x + drop(proj(attention(x))));   x = ln_2(x + drop(mlp(x)))
@@ -8,9 +9,10 @@
 Why fuse: composed from engine primitives a GPT block is ~40 graph nodes that each allocate
 their output and their gradient. Here the forward and backward are written over raw arrays with
 2-D ``(B*T, C)`` GEMMs and in-place elementwise work, and on the CPU the batch is split across a
-few Python threads, each running BLAS single-threaded (NumPy releases the GIL inside BLAS and
-ufunc loops), so the elementwise work that BLAS cannot parallelise uses every core. See
-BENCHMARKS.md for what each of these choices buys.
+few Python threads (the calling thread and workers), each taking its slice through every block,
+with BLAS single-threaded (NumPy releases the GIL inside BLAS and ufunc loops), so the
+elementwise work that BLAS cannot parallelise uses every core too. BENCHMARKS.md (repo root)
+lists what each of these choices buys, measured.
 
 Backward, per sub-layer (all row-wise over N = B*T rows):
     linear      y = x W^T + b        dx = dy W,  dW = dy^T x,  db = sum_rows dy
@@ -40,7 +42,7 @@ import numpy as np
 from groundup.backend import array_module
 from groundup.function import Function
 
-__all__ = ["TransformerBlock", "LMHeadLoss", "PARAM_NAMES", "block_forward", "rotary_tables", "sinusoidal_table",
+__all__ = ["TransformerBlock", "LMHeadLoss", "PARAM_NAMES", "rotary_tables", "sinusoidal_table",
            "num_threads", "parallel_map", "keep_freed_memory", "all_blas_threads"]
 
 # Order of the block's parameters as the op takes them (None entries are skipped when bias=False).
@@ -267,8 +269,8 @@ def _linear(x: Any, weight: Any, bias: Any) -> Any:
     return y
 
 
-def _gelu(f: Any) -> tuple[Any, Any]:
-    """GELU with GPT-2's tanh approximation, written with a sigmoid: f (N, F) -> (y, s).
+def _gelu(f: Any) -> Any:
+    """GELU with GPT-2's tanh approximation, written with a sigmoid: f (N, F) -> y.
 
     0.5 f (1 + tanh(u)) = f sigmoid(2u), u = c (f + a f^3). NumPy's float32 ``exp`` costs ~2.4-3 ns per
     element against ~3.7-4.2 ns for ``tanh`` on this machine (neither is vectorised well: an add is 0.2 ns).
@@ -282,7 +284,8 @@ def _gelu(f: Any) -> tuple[Any, Any]:
         xp.exp(s, out=s)
     s += 1.0
     xp.reciprocal(s, out=s)                                         # sigmoid(2u)
-    return f * s, s
+    s *= f
+    return s
 
 
 def _gelu_with_slope(f: Any) -> tuple[Any, Any]:
@@ -415,7 +418,7 @@ def _block_forward(x: Any, params: dict[str, Any], opt: _Options, key_mask: Any,
     if opt.save:
         g, slope = _gelu_with_slope(f)                              # keep gelu'(f) for the backward
     else:
-        g, slope = _gelu(f)[0], None
+        g, slope = _gelu(f), None
     del f
     m = _linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])           # (N, C)
     if "resid2" in drops:
@@ -552,18 +555,6 @@ def _stack_backward(gout: Any, saved: list[dict[str, Any]], layers: list[dict[st
         grads[i] = _block_backward(g, saved[i], layers[i], opt, gx)
         g = gx
     return grads
-
-
-def block_forward(x: Any, params: dict[str, Any], n_head: int, causal: bool = True, norm: str = "pre",
-                  eps: float = 1e-5, rope: tuple[Any, Any] | None = None, key_mask: Any = None) -> Any:
-    """Inference forward of one block over raw arrays (no graph, no dropout): x (B, T, C) -> (B, T, C)."""
-    opt = _Options(n_head, causal, norm == "pre", eps, *(rope or (None, None)), params["attn.qkv.bias"] is not None,
-                   False, 0.0)
-    out = array_module(x).empty_like(x)
-    parts = _chunks(x.shape[0], array_module(x))
-    parallel_map(lambda p: _block_forward(x[p], params, opt, None if key_mask is None else key_mask[p], {}, out[p]),
-                 parts)
-    return out
 
 
 class TransformerBlock(Function):
