@@ -229,6 +229,8 @@ def train_command(args: argparse.Namespace) -> int:
     from groundup.train import TrainConfig, Trainer
 
     out = Path(args.out)
+    if args.device == "cuda" and not gu.cuda_is_available():
+        return _error("--device cuda needs CuPy and a CUDA GPU (pip install 'groundup[gpu]'); none is available")
     try:
         text = load_text(args.data)
     except FileNotFoundError as err:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import groundup as gu
 from groundup import cli
 from groundup.commands import TRAIN_PRESETS, apply_overrides, parse_field
 from groundup.models.gpt import GPT, GPTConfig
@@ -77,6 +78,9 @@ def test_bad_usage_exits_2(tmp_path, capsys):
     assert "--model.n_layer: expected an integer" in capsys.readouterr().err
     assert cli.main(["train", "gpt", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
     assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
+    if not gu.cuda_is_available():
+        assert cli.main(["train", "gpt", "--out", str(tmp_path), "--device", "cuda"]) == 2
+        assert "CUDA" in capsys.readouterr().err
 
 
 def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, capsys):
