@@ -3,9 +3,10 @@
     idx (B, T) -> wte(idx) [+ wpe(pos) | + sinusoid(pos)] -> dropout -> n_layer x Block -> ln_f -> lm_head
     Block (pre-norm):  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
 
-Each block runs as one fused op with a hand-derived backward (``groundup.ops.transformer``);
-``Block.forward_unfused`` composes the same maths from engine ops and is what the fused op is
-tested against. Parameter names follow nanoGPT/GPT-2 so state_dict keys read ``wte.weight``,
+The blocks run as one fused op with a hand-derived backward (``groundup.ops.transformer``:
+``TransformerBlock`` over the stack, then ``LMHeadLoss`` for ln_f + lm_head + cross-entropy in
+``loss``); ``Block.forward_unfused`` composes the same maths from engine ops and is what the fused
+op is tested against (with finite differences, PyTorch and a picoGPT-style NumPy forward). Parameter names follow nanoGPT/GPT-2 so state_dict keys read ``wte.weight``,
 ``blocks.0.attn.qkv.weight``, ``blocks.0.mlp.fc.weight``, ``ln_f.weight``, ``lm_head.weight``
 (the same Parameter as ``wte.weight`` when ``tie_weights``).
 
