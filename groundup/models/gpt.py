@@ -6,7 +6,8 @@
 The blocks run as one fused op with a hand-derived backward (``groundup.ops.transformer``:
 ``TransformerBlock`` over the stack, then ``LMHeadLoss`` for ln_f + lm_head + cross-entropy in
 ``loss``); ``Block.forward_unfused`` composes the same maths from engine ops and is what the fused
-op is tested against (with finite differences, PyTorch and a picoGPT-style NumPy forward). Parameter names follow nanoGPT/GPT-2 so state_dict keys read ``wte.weight``,
+op is tested against (with finite differences, PyTorch and a picoGPT-style NumPy forward).
+Parameter names follow nanoGPT/GPT-2 so state_dict keys read ``wte.weight``,
 ``blocks.0.attn.qkv.weight``, ``blocks.0.mlp.fc.weight``, ``ln_f.weight``, ``lm_head.weight``
 (the same Parameter as ``wte.weight`` when ``tie_weights``).
 
