@@ -1,13 +1,16 @@
 """A PyTorch reference GPT with groundup's architecture and parameter names, for benchmarks and parity tests.
 
-Same layout as ``groundup.models.gpt.GPT`` (nanoGPT's): token + learned position embeddings (or none),
-pre-norm (or post-norm) blocks with a stacked ``qkv`` projection, GELU (tanh), tied ``lm_head``, so
+Same layout as ``groundup.models.gpt.GPT`` (nanoGPT's): token embeddings + learned positions, rotary
+positions on q and k (rotate-half form, base 10000) or none; pre-norm (or post-norm) blocks with a
+stacked ``qkv`` projection, GELU (tanh), tied ``lm_head``, so
 ``TorchGPT(cfg).load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})``
 copies a groundup model with no renaming or transposes. Attention is explicit (q k^T, mask, softmax,
 @ v) by default, or ``F.scaled_dot_product_attention`` with ``sdpa=True``.
 
 ``generate`` samples with the same inverse-CDF rule and random stream as groundup's
-``sample_next`` (one uniform per row from a NumPy generator), with or without a KV cache.
+``sample_next`` (one uniform per row from a NumPy generator), with or without a KV cache, and keeps
+groundup's cache rules past the context: recompute the window for learned positions, keep the last
+``block_size`` cached keys and values (sliding-window attention) for rotary or no positions.
 
 torch is imported here, at module import: import this module only where torch is wanted.
 """
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TorchGPT", "make_config"]
+__all__ = ["TorchGPT", "make_config", "rotary_tables"]
 
 
 def make_config(cfg: Any) -> dict[str, Any]:
@@ -34,27 +37,45 @@ def make_config(cfg: Any) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in fields}
 
 
+def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (length, D) for positions 0..length-1: pairs (i, i + D/2) turn by p * base^(-2i/D)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)   # (D/2,)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]      # (T, D/2)
+    angles = torch.cat([angles, angles], dim=1)                                          # (T, D)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by the tables' rows (T, D): x cos + rotate_half(x) sin."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)                        # (B, H, T, D)
+    return x * cos + rotated * sin
+
+
 class Attention(nn.Module):
     def __init__(self, c: dict[str, Any], sdpa: bool):
         super().__init__()
-        self.n_head, self.sdpa, self.p = c["n_head"], sdpa, c["dropout"]
+        self.n_head, self.sdpa, self.p, self.window = c["n_head"], sdpa, c["dropout"], c["block_size"]
         self.qkv = nn.Linear(c["n_embd"], 3 * c["n_embd"], bias=c["bias"])
         self.proj = nn.Linear(c["n_embd"], c["n_embd"], bias=c["bias"])
         self.drop = nn.Dropout(c["dropout"])
         T = c["block_size"]
         self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)), persistent=False)
 
-    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.shape
         H = self.n_head
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
         k = k.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
         v = v.view(B, T, H, C // H).transpose(1, 2)                   # (B, H, T, D)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             if cache:
-                k = torch.cat([cache[0], k], dim=2)                   # (B, H, S, D)
-                v = torch.cat([cache[1], v], dim=2)
+                k = torch.cat([cache[0], k], dim=2)[:, :, -self.window:]   # (B, H, S, D), S <= block_size
+                v = torch.cat([cache[1], v], dim=2)[:, :, -self.window:]
             cache[:] = [k, v]
         S = k.shape[2]
         if self.sdpa:
@@ -91,11 +112,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(c["n_embd"], bias=c["bias"])
         self.mlp = MLP(c)
 
-    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, cache: list | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.pre:
-            x = x + self.attn(self.ln_1(x), causal, cache)
+            x = x + self.attn(self.ln_1(x), causal, cache, rope)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x, causal, cache))
+        x = self.ln_1(x + self.attn(x, causal, cache, rope))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -105,9 +127,10 @@ class TorchGPT(nn.Module):
     def __init__(self, cfg: Any, sdpa: bool = False):
         super().__init__()
         c = make_config(cfg)
-        if c["pos_encoding"] not in ("learned", "none"):
-            raise ValueError(f"TorchGPT supports pos_encoding 'learned' or 'none', got {c['pos_encoding']!r}")
+        if c["pos_encoding"] not in ("learned", "rotary", "none"):
+            raise ValueError(f"TorchGPT supports pos_encoding 'learned', 'rotary' or 'none', got {c['pos_encoding']!r}")
         self.c = c
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None   # tables, grown on demand
         self.wte = nn.Embedding(c["vocab_size"], c["n_embd"])
         if c["pos_encoding"] == "learned":
             self.wpe = nn.Embedding(c["block_size"], c["n_embd"])
@@ -132,11 +155,16 @@ class TorchGPT(nn.Module):
     def forward(self, idx: torch.Tensor, caches: list | None = None, pos0: int = 0) -> torch.Tensor:
         B, T = idx.shape
         x = self.wte(idx)                                             # (B, T, C)
+        rope = None
         if self.c["pos_encoding"] == "learned":
             x = x + self.wpe(torch.arange(pos0, pos0 + T))
+        elif self.c["pos_encoding"] == "rotary":
+            if self.rope is None or self.rope[0].shape[0] < pos0 + T:
+                self.rope = rotary_tables(max(pos0 + T, self.c["block_size"]), self.c["n_embd"] // self.c["n_head"])
+            rope = (self.rope[0][pos0:pos0 + T], self.rope[1][pos0:pos0 + T])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.c["causal"], None if caches is None else caches[i])
+            x = block(x, self.c["causal"], None if caches is None else caches[i], rope)
         return self.lm_head(self.ln_f(x))                             # (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -148,15 +176,16 @@ class TorchGPT(nn.Module):
                  temperature: float = 1.0) -> torch.Tensor:
         """Sample like groundup's ``GPT.generate`` (inverse CDF, one NumPy uniform per row per token).
 
-        With the cache, a token past the context falls back to recomputing the window (exact for
-        learned positions), as groundup does.
+        With the cache, a token past the context falls back to recomputing the window for learned
+        positions and keeps the last ``block_size`` cached entries otherwise, as groundup does.
         """
         rng = np.random.default_rng(seed)
         T_max = self.c["block_size"]
+        slides = self.c["pos_encoding"] != "learned"
         caches = None
         for step in range(max_new_tokens):
             L = idx.shape[1]
-            if use_cache and step > 0 and L <= T_max:
+            if use_cache and step > 0 and (L <= T_max or slides):
                 logits = self(idx[:, -1:], caches, pos0=L - 1)
             else:
                 caches = [[] for _ in self.blocks] if use_cache else None

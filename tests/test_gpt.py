@@ -158,7 +158,9 @@ def test_presets_and_validation():
 
 
 def test_parameter_names_tying_and_init():
-    model = GPT(GPTConfig.preset("baby"))
+    assert GPTConfig.preset("baby").pos_encoding == "rotary"
+    assert GPT(GPTConfig.preset("baby")).num_parameters() == 804_096 - 64 * 128   # no position table
+    model = GPT(GPTConfig.preset("baby", pos_encoding="learned"))
     keys = list(model.state_dict())
     for key in ("wte.weight", "wpe.weight", "blocks.0.ln_1.weight", "blocks.0.attn.qkv.weight",
                 "blocks.0.attn.proj.weight", "blocks.3.mlp.fc.weight", "blocks.3.mlp.proj.weight", "ln_f.weight",
@@ -304,12 +306,13 @@ def test_padding_mask_matches_reference():
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("norm,bias,tie", [("pre", True, True), ("post", False, False)])
-def test_matches_torch_with_copied_weights(norm, bias, tie):
+@pytest.mark.parametrize("norm,bias,tie,pos", [("pre", True, True, "learned"), ("post", False, False, "learned"),
+                                              ("pre", False, True, "rotary"), ("post", True, False, "none")])
+def test_matches_torch_with_copied_weights(norm, bias, tie, pos):
     torch = pytest.importorskip("torch")
     TorchGPT = load_torch_reference().TorchGPT
 
-    model = perturb_weights(tiny(norm=norm, bias=bias, tie_weights=tie))
+    model = perturb_weights(tiny(norm=norm, bias=bias, tie_weights=tie, pos_encoding=pos))
     ref = TorchGPT(model.cfg)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     idx, targets = tokens((3, 8)), tokens((3, 8), seed=4)
@@ -407,6 +410,25 @@ def test_kv_cache_past_the_context_is_sliding_window_attention(pos_encoding):
     # ... which differs from recomputing the last block_size tokens (what use_cache=False does)
     recomputed = reference_forward(model.state_dict(), model.cfg, seq[:, -8:])[:, -1]
     assert not np.allclose(got[:, -1], recomputed, atol=1e-3)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pos_encoding", ["learned", "rotary", "none"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_matches_the_torch_reference_past_the_context(pos_encoding, use_cache):
+    """The benchmark's PyTorch reference follows the same cache rules, so both sample the same tokens."""
+    torch = pytest.importorskip("torch")
+    model = tiny(pos_encoding=pos_encoding)
+    with gu.no_grad():
+        for _, p in model.named_parameters():
+            p.data *= 8.0                                               # confident, varied predictions
+    ref = load_torch_reference().TorchGPT(model.cfg)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    prompt = tokens((2, 3))
+    ours = model.generate(prompt, 20, seed=7, use_cache=use_cache).numpy()       # 23 tokens > block_size 8
+    theirs = ref.generate(torch.from_numpy(prompt), 20, seed=7, use_cache=use_cache).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    assert len(set(ours[0, 3:].tolist())) > 2
 
 
 def test_generation_is_seeded_and_respects_top_k():
