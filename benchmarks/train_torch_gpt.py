@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pos-encoding", choices=("learned", "rotary", "none"), default=None,
                         help="override the preset's position encoding")
     parser.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations")
+    parser.add_argument("--eval-iters", type=int, default=None, help="batches per split in an evaluation")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="write the curve and the final losses here")
     args = parser.parse_args(argv)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = dict(TRAIN_PRESETS[args.preset])
     max_iters = args.max_iters if args.max_iters is not None else recipe["max_iters"]
     eval_interval = args.eval_interval or recipe["eval_interval"]
+    eval_iters = args.eval_iters or recipe["eval_iters"]
     decay_iters = recipe["lr_decay_iters"] or max_iters
 
     text = load_text(args.data)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for it in range(max_iters + 1):
         if it % eval_interval == 0 or it == max_iters:
-            losses = evaluate(model, splits, B, T, args.seed, recipe["eval_iters"])
+            losses = evaluate(model, splits, B, T, args.seed, eval_iters)
             curve.append({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                           "wall_s": time.perf_counter() - start})
             print(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)

@@ -142,3 +142,32 @@ def test_bench_smoke(tmp_path, capsys):
     assert record["train"]["groundup"]["tokens_per_s"] > 0 and record["train"]["torch"]["tokens_per_s"] > 0
     assert record["train"]["ratio_tokens_per_s"] > 0 and record["generate"]["ratio_cache"] > 0
     assert "ratio groundup/PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.torch
+def test_torch_oracle_trains_to_the_same_losses(tmp_path):
+    """benchmarks/train_torch_gpt.py (PyTorch, groundup's weights, batches and schedule) tracks the CLI run."""
+    pytest.importorskip("torch")
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("train_torch_gpt", bench_dir / "train_torch_gpt.py")
+        oracle = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(oracle)
+    finally:
+        sys.path.remove(str(bench_dir))
+    assert oracle.main(["--preset", "baby", "--data", "names", "--max-iters", "6", "--eval-interval", "3",
+                        "--eval-iters", "3", "--json", str(tmp_path / "torch.json")]) == 0
+    theirs = json.loads((tmp_path / "torch.json").read_text())["curve"]
+    out = tmp_path / "run"
+    assert cli.main(["train", "gpt", "--data", "names", "--preset", "baby", "--out", str(out), "--max-iters", "6",
+                     "--train.eval_interval=3", "--train.eval_iters=3", "--no-progress"]) == 0
+    ours = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert [r["iter"] for r in ours] == [r["iter"] for r in theirs] == [0, 3, 6]
+    assert ours[0]["val_loss"] > ours[-1]["val_loss"] + 0.1                # it learned something
+    for a, b in zip(ours, theirs):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-4 and abs(a["train_loss"] - b["train_loss"]) < 1e-4
