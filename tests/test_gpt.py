@@ -508,3 +508,43 @@ def test_lm_head_loss_matches_finite_differences():
         return fused.LMHeadLoss.apply(x, w, b, head, targets=targets)
 
     check_grad(fn, (2, 3, 4), np.random.standard_normal(4) + 1, (4,), (5, 4))
+
+
+# ----------------------------------------------------------------------------- attention maps
+@pytest.mark.torch
+@pytest.mark.parametrize("pos_encoding,norm", [("rotary", "pre"), ("learned", "post")])
+def test_attention_maps_match_torch(pos_encoding, norm):
+    """Each layer's weights == softmax(q k^T / sqrt(D)) computed in PyTorch from the block's input."""
+    torch = pytest.importorskip("torch")
+    module = load_torch_reference()
+    model = perturb_weights(tiny(pos_encoding=pos_encoding, norm=norm))
+    ref = module.TorchGPT(model.cfg)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    inputs = []
+    for block in ref.blocks:
+        block.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    idx = tokens((2, 8))
+    mask = np.ones((2, 8), dtype=bool)
+    mask[1, 6:] = False
+    maps = model.attention_maps(idx, attention_mask=mask)
+    assert maps.shape == (2, 2, 2, 8, 8)
+    with torch.no_grad():
+        ref(torch.from_numpy(idx))                   # the padded tokens only matter for row 1's keys 6, 7
+        cos, sin = module.rotary_tables(8, 8)
+        for layer, (block, x) in enumerate(zip(ref.blocks, inputs)):
+            h = block.ln_1(x) if norm == "pre" else x
+            q, k, _ = block.attn.qkv(h).split(16, dim=2)
+            q, k = (t.view(2, 8, 2, 8).transpose(1, 2) for t in (q, k))          # (B, H, T, D)
+            if pos_encoding == "rotary":
+                q, k = module.apply_rotary(q, cos, sin), module.apply_rotary(k, cos, sin)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(8)
+            allowed = torch.tril(torch.ones(8, 8, dtype=torch.bool)) & torch.from_numpy(mask)[:, None, None, :]
+            expected = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            if layer == 0:                           # deeper layers see the padded rows' own (changed) inputs
+                np.testing.assert_allclose(maps[0], expected.numpy(), rtol=1e-4, atol=1e-6)
+            else:
+                np.testing.assert_allclose(maps[layer, 0], expected[0].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, rtol=1e-5)
+    assert (maps[..., np.triu_indices(8, 1)[0], np.triu_indices(8, 1)[1]] == 0).all()     # causal: exactly 0
+    assert (maps[:, 1, :, :, 6:] == 0).all()                                                   # padding: exactly 0
+    assert model.training                                                                      # mode restored

@@ -198,6 +198,27 @@ class Block(Module):
             eps=self.ln_1.eps, rope=rope, key_mask=key_mask, dropout_p=p,
             rng=random.generator() if p > 0 else None, has_bias=self.cfg.bias)
 
+    def attention_weights(self, x: Tensor, causal: bool = True, key_mask: Any = None,
+                          rope: tuple[Any, Any] | None = None) -> Tensor:
+        """The softmax weights of this block's heads for input x (B, T, C): (B, H, T, T), no dropout."""
+        cfg = self.cfg
+        B, T, C = x.shape
+        H, D = cfg.n_head, cfg.head_dim
+        h = self.ln_1(x) if cfg.norm == "pre" else x
+        qkv = self.attn.qkv(h).reshape(B, T, 3, H, D)                            # (B, T, 3, H, D)
+        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)       # each (B, H, T, D)
+        if rope is not None:
+            q, k = _rotary_tensor(q, *rope), _rotary_tensor(k, *rope)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))              # (B, H, T, S)
+        xp = array_module(x.data)
+        allowed = xp.ones((B, 1, T, T), dtype=bool)                             # (B, 1, T, S)
+        if key_mask is not None:
+            allowed = allowed & xp.asarray(key_mask)[:, None, None, :]
+        if causal:
+            allowed = allowed & xp.tril(xp.ones((T, T), dtype=bool))
+        weights = scores.masked_fill(Tensor(~allowed), float("-inf")).softmax(dim=-1)   # (B, H, T, S)
+        return weights.masked_fill(Tensor(~allowed.any(axis=-1, keepdims=True)), 0.0)  # rows with no key: 0
+
     def forward_unfused(self, x: Tensor, causal: bool = True, key_mask: Any = None,
                         rope: tuple[Any, Any] | None = None) -> Tensor:
         """The same block composed from engine ops (autograd does the backward). Slower; a test oracle."""
@@ -330,6 +351,38 @@ class GPT(Module):
     def features(self, idx: Any, attention_mask: Any = None, causal: bool | None = None) -> Tensor:
         """The last block's output (B, T, C), before ``ln_f`` and ``lm_head``; arguments as ``forward``."""
         cfg = self.cfg
+        x, key_mask, rope, causal = self._embed(idx, attention_mask, causal)    # (B, T, C)
+        # All the blocks as one fused op (each thread takes its slice of the batch through every
+        # block); the same as ``for block in self.blocks: x = block(x, ...)``.
+        params = [p for block in self.blocks for p in block.block_parameters()]
+        p = cfg.dropout if self.training else 0.0
+        return fused.TransformerBlock.apply(
+            x, *params, n_head=cfg.n_head, causal=causal, norm=cfg.norm, eps=self.blocks[0].ln_1.eps, rope=rope,
+            key_mask=key_mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=cfg.bias)  # (B, T, C)
+
+    def attention_maps(self, idx: Any, attention_mask: Any = None, causal: bool | None = None) -> np.ndarray:
+        """Every head's attention weights, (n_layer, B, H, T, T) as a NumPy array; arguments as ``forward``.
+
+        ``maps[l, b, h, t]`` is how head h of layer l at position t spreads its attention over the
+        positions (each row sums to 1; masked positions get exactly 0). Computed in eval mode with
+        the engine's unfused block, without gradients.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                x, key_mask, rope, causal = self._embed(idx, attention_mask, causal)  # (B, T, C)
+                maps = []
+                for block in self.blocks:
+                    maps.append(to_numpy(block.attention_weights(x, causal, key_mask, rope)))  # (B, H, T, T)
+                    x = block.forward_unfused(x, causal, key_mask, rope)
+        finally:
+            self.train(was_training)
+        return np.stack(maps)                                                   # (L, B, H, T, T)
+
+    def _embed(self, idx: Any, attention_mask: Any, causal: bool | None) -> tuple[Tensor, Any, Any, bool]:
+        """Token (+ position) embeddings (B, T, C), the key mask, the rotary tables and the causal flag."""
+        cfg = self.cfg
         data = self._check_idx(idx)
         B, T = data.shape
         causal = cfg.causal if causal is None else causal
@@ -351,13 +404,7 @@ class GPT(Module):
         elif cfg.pos_encoding == "rotary":
             rope = self._position_table("rotary", np.arange(T), xp)
         x = F.dropout(x, cfg.dropout, self.training)
-        # All the blocks as one fused op (each thread takes its slice of the batch through every
-        # block); the same as ``for block in self.blocks: x = block(x, ...)``.
-        params = [p for block in self.blocks for p in block.block_parameters()]
-        p = cfg.dropout if self.training else 0.0
-        return fused.TransformerBlock.apply(
-            x, *params, n_head=cfg.n_head, causal=causal, norm=cfg.norm, eps=self.blocks[0].ln_1.eps, rope=rope,
-            key_mask=key_mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=cfg.bias)  # (B, T, C)
+        return x, key_mask, rope, causal
 
     def loss(self, idx: Any, targets: Any, attention_mask: Any = None) -> Tensor:
         """Mean next-token cross-entropy; targets (B, T) ids, -100 = ignore (e.g. padding).
