@@ -5,6 +5,7 @@
     cnn       CNNConfig, CNN              small convolutional classifier
     rnn_lm    RNNLMConfig, RNNLM          character language model on RNN / GRU / LSTM
     seq2seq   Seq2SeqConfig, Seq2Seq      GRU encoder-decoder with optional additive attention
+    transformer_seq2seq  TransformerSeq2SeqConfig, TransformerSeq2Seq   encoder-decoder transformer (Seq2Seq's API)
     gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.
@@ -18,6 +19,7 @@ from typing import Any
 _EXPORTS = {
     "MLPConfig": "mlp", "MLP": "mlp", "CNNConfig": "cnn", "CNN": "cnn", "RNNLMConfig": "rnn_lm",
     "RNNLM": "rnn_lm", "Seq2SeqConfig": "seq2seq", "Seq2Seq": "seq2seq", "GPTConfig": "gpt", "GPT": "gpt",
+    "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
 }
 
 __all__ = list(_EXPORTS)
