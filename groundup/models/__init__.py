@@ -20,6 +20,7 @@ _EXPORTS = {
     "MLPConfig": "mlp", "MLP": "mlp", "CNNConfig": "cnn", "CNN": "cnn", "RNNLMConfig": "rnn_lm",
     "RNNLM": "rnn_lm", "Seq2SeqConfig": "seq2seq", "Seq2Seq": "seq2seq", "GPTConfig": "gpt", "GPT": "gpt",
     "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
+    "DeepStackConfig": "deep_stack", "DeepStackLM": "deep_stack",
 }
 
 __all__ = list(_EXPORTS)
