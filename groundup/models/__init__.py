@@ -6,6 +6,7 @@
     rnn_lm    RNNLMConfig, RNNLM          character language model on RNN / GRU / LSTM
     seq2seq   Seq2SeqConfig, Seq2Seq      GRU encoder-decoder with optional additive attention
     transformer_seq2seq  TransformerSeq2SeqConfig, TransformerSeq2Seq   encoder-decoder transformer (Seq2Seq's API)
+    deep_stack  DeepStackConfig, DeepStackLM  GPT-style stack with switchable residuals and layer norm
     gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.

@@ -67,6 +67,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "cnn",
     "rnn",
     "attention",
+    "transformer",
 )
 
 

@@ -1,0 +1,583 @@
+"""Stage ``transformer``: the transformer's parts, each measured, and a GPT trained on Tiny Shakespeare.
+
+1. Scaled dot products: for random queries and keys of dimension d, the score q.k has variance d;
+   dividing by sqrt(d) brings it back to 1, and keeps the softmax out of saturation.
+2. A GPT (``groundup.models.gpt``, the ``baby`` preset: 4 layers, 4 heads, 128 dims, context 64,
+   rotary positions) trained on Tiny Shakespeare with nanoGPT's CPU recipe; validation loss and a
+   sample. The checkpoint is kept, so ``groundup sample runs/transformer/gpt`` continues from it.
+3. Its masks and positions, checked exactly on the trained weights: the causal mask, the padding
+   mask, and permutation equivariance without positions (and its loss with them).
+4. Multiple heads: every head's attention map, and how far apart the heads of a layer attend.
+5. What the sub-layers carry: the loss after switching off (zeroing) each attention or
+   feed-forward sub-layer of the trained GPT.
+6. Residual connections and layer norm: the same deep stack (``groundup.models.deep_stack``)
+   trained with and without them.
+7. An encoder-decoder transformer (``groundup.models.transformer_seq2seq``) on the attention
+   stage's date translation.
+
+References: Vaswani et al. 2017, https://arxiv.org/abs/1706.03762 (scaled dot-product attention,
+heads, masks, sinusoidal positions); Radford et al. 2019 (GPT-2); Su et al. 2021,
+https://arxiv.org/abs/2104.09864 (rotary positions); He et al. 2016, https://arxiv.org/abs/1512.03385
+(residual connections); Ba et al. 2016, https://arxiv.org/abs/1607.06450 (layer norm); Geva et al.
+2021, https://arxiv.org/abs/2012.14913 (feed-forward layers as key-value memories); Karpathy's nanoGPT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+import groundup as gu
+from groundup.data import get_batch, load_text
+from groundup.models.deep_stack import DeepStackConfig, DeepStackLM
+from groundup.models.gpt import GPT, GPTConfig
+from groundup.models.transformer_seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
+from groundup.nn.utils import clip_grad_norm_
+from groundup.optim.schedule import scheduled_lr
+from groundup.roadmap import claims
+from groundup.roadmap.runner import Context, Stage, StageResult
+from groundup.roadmap.stages.attention import DateCodec, bucket_accuracy, evaluate_seq2seq, train_seq2seq
+from groundup.tokenizers import CharTokenizer
+from groundup.train import TrainConfig, build_optimizer
+
+__all__ = ["STAGE", "score_statistics", "ablate_sublayers", "head_distances"]
+
+VAL_FRACTION = 0.1
+
+
+# ----------------------------------------------------------------------------- 1. scaled dot products
+def score_statistics(dims: tuple[int, ...], n_keys: int, rng: np.random.Generator,
+                     n_queries: int = 2000) -> dict[str, list[float]]:
+    """Scores of random unit-variance queries against ``n_keys`` random keys, for each head dim d.
+
+    Returns, per d: the variance of q.k and of q.k / sqrt(d), and the mean largest softmax weight
+    of a query's row with and without the scaling (1 = saturated: all weight on one key).
+    """
+    out: dict[str, list[float]] = {"dims": list(dims), "var_raw": [], "var_scaled": [], "max_weight_raw": [],
+                                   "max_weight_scaled": []}
+    for d in dims:
+        q = rng.standard_normal((n_queries, d))                                # (Q, d)
+        k = rng.standard_normal((n_keys, d))                                   # (K, d)
+        raw = q @ k.T                                                          # (Q, K)
+        scaled = raw / math.sqrt(d)
+        out["var_raw"].append(float(raw.var()))
+        out["var_scaled"].append(float(scaled.var()))
+        for name, s in (("raw", raw), ("scaled", scaled)):
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            out[f"max_weight_{name}"].append(float(p.max(axis=1).mean()))
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. the GPT
+def train_gpt(ctx: Context, cfg: GPTConfig, splits: dict[str, np.ndarray], iters: int, eval_batches: int,
+              eval_every: int) -> tuple[GPT, dict[str, Any]]:
+    """nanoGPT's CPU recipe (TrainConfig's defaults): AdamW, warmup + cosine, clipping at 1.0."""
+    recipe = TrainConfig(max_iters=iters, batch_size=12)
+    gu.manual_seed(ctx.seed)
+    model = GPT(cfg).to(ctx.device)
+    optimizer = build_optimizer(model, recipe)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    rng = ctx.rng(1)
+    history: dict[str, Any] = {"train_loss": [], "eval": []}
+    start = time.perf_counter()
+    for it in ctx.track(range(iters + 1), "GPT on Tiny Shakespeare"):
+        if it % eval_every == 0 or it == iters:
+            val = gpt_loss(model, splits["val"], cfg.block_size, eval_batches, ctx)
+            history["eval"].append({"iter": it, "val_loss": val})
+            ctx.info(f"val {val:.3f}")
+        if it == iters:
+            break
+        lr = scheduled_lr(recipe.schedule, it, recipe.lr, recipe.min_lr, recipe.warmup_iters, recipe.decay_iters)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(splits["train"], recipe.batch_size, cfg.block_size, rng)
+        loss = model.loss(ctx.to_tensor(x), ctx.to_tensor(y))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm_(params, recipe.grad_clip)
+        optimizer.step()
+        history["train_loss"].append(float(loss.item()))
+    history["wall_s"] = time.perf_counter() - start
+    history["recipe"] = {k: v for k, v in recipe.to_dict().items() if k in (
+        "batch_size", "lr", "min_lr", "warmup_iters", "weight_decay", "betas", "grad_clip", "schedule")}
+    model.eval()
+    return model, history
+
+
+def gpt_loss(model: GPT, data: np.ndarray, block_size: int, n_batches: int, ctx: Context,
+             batch_size: int = 32) -> float:
+    """Mean loss over ``n_batches`` fixed batches of ``data`` (the same windows every call)."""
+    rng = ctx.rng(2)
+    was_training = model.training
+    model.eval()
+    with gu.no_grad():
+        losses = [float(model.loss(*(ctx.to_tensor(a) for a in get_batch(data, batch_size, block_size, rng))).item())
+                  for _ in range(n_batches)]
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+# ----------------------------------------------------------------------------- 3. masks and positions
+def mask_checks(model: GPT, windows: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
+    """Exact checks on the trained weights; returns the largest changes measured (0.0 = exactly none)."""
+    B, T = windows.shape
+    V = model.cfg.vocab_size
+    with gu.no_grad():
+        base = model(windows).numpy()                                          # (B, T, V)
+        past_change, own_change = 0.0, np.inf
+        for t in rng.choice(np.arange(1, T), size=6, replace=False):
+            changed = windows.copy()
+            changed[:, t] = (changed[:, t] + 1 + rng.integers(V - 1, size=B)) % V  # a different token at t
+            out = model(changed).numpy()
+            past_change = max(past_change, float(np.abs(out[:, :t] - base[:, :t]).max()))
+            own_change = min(own_change, float(np.abs(out[:, t] - base[:, t]).max()))
+        mask = np.ones((B, T), dtype=bool)
+        mask[:, -T // 4:] = False                                               # right padding
+        mask[0, T // 3] = mask[1 % B, T // 2] = False                           # and holes
+        padded = model(windows, attention_mask=mask).numpy()
+        other = np.where(mask, windows, rng.integers(V, size=windows.shape))   # new tokens in the padding
+        pad_change = float(np.abs(model(other, attention_mask=mask).numpy()[mask] - padded[mask]).max())
+        leak = float(np.abs(model(other).numpy()[mask] - model(windows).numpy()[mask]).max())
+    return {"causal_max_change_before_t": past_change, "causal_min_change_at_t": own_change,
+            "padding_max_change_at_real_positions": pad_change, "without_mask_change_at_real_positions": leak}
+
+
+def permutation_checks(model: GPT, windows: np.ndarray, rng: np.random.Generator, device: str) -> dict[str, float]:
+    """Permute the tokens of each window and compare the outputs with the permuted outputs.
+
+    The trained weights are loaded into copies of the model with no causal mask and positions
+    'none', 'rotary' (the trained model's) and 'learned' (a random position table, nanoGPT's init).
+    """
+    T = windows.shape[1]
+    perm = rng.permutation(T)
+    out = {}
+    state = model.state_dict()
+    for positions in ("none", "rotary", "learned"):
+        gu.manual_seed(0)
+        other = GPT(dataclasses.replace(model.cfg, pos_encoding=positions, causal=False)).to(device)
+        other.load_state_dict({**other.state_dict(), **state}, strict=True)
+        other.eval()
+        with gu.no_grad():
+            a = other(windows[:, perm]).numpy()                                # f(P x)
+            b = other(windows).numpy()[:, perm]                                # P f(x)
+        out[positions] = float(np.abs(a - b).max())
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. heads
+def head_distances(maps: np.ndarray) -> list[float]:
+    """Per layer, the mean total-variation distance between the attention rows of two different heads.
+
+    maps: (L, B, H, T, T). 0 = the heads attend identically, 1 = to disjoint positions.
+    """
+    L, _, H = maps.shape[:3]
+    out = []
+    for layer in range(L):
+        pairs = [0.5 * np.abs(maps[layer, :, i] - maps[layer, :, j]).sum(-1).mean()
+                 for i in range(H) for j in range(i + 1, H)]
+        out.append(float(np.mean(pairs)))
+    return out
+
+
+def mean_attention_distance(maps: np.ndarray) -> np.ndarray:
+    """(L, H): how far back, on average, each head looks (sum over s of weight * (t - s))."""
+    T = maps.shape[-1]
+    gap = np.arange(T)[:, None] - np.arange(T)[None, :]                        # (T, S): t - s
+    return (maps * gap).sum(-1).mean(axis=(1, 3))                              # (L, H)
+
+
+# ----------------------------------------------------------------------------- 5. ablations
+def ablate_sublayers(model: GPT, evaluate: Any, rng: np.random.Generator, fractions: tuple[float, ...] = (0.5,),
+                     trials: int = 3) -> dict[str, Any]:
+    """Loss increases when sub-layers are switched off by zeroing their output projection.
+
+    Zeroing ``attn.proj`` (or ``mlp.proj``) makes that sub-layer add nothing to the residual
+    stream. Measured: each sub-layer alone, all attention or all feed-forward sub-layers at once,
+    and the same fraction of attention heads and of feed-forward hidden units in every layer.
+    """
+    base = evaluate()
+    cfg = model.cfg
+    D = cfg.head_dim
+
+    def with_zeroed(parts: list[tuple[Any, Any]]) -> float:
+        saved = [(w, w.data.copy()) for w, _ in parts]
+        for w, cols in parts:
+            if cols is None:
+                w.data[...] = 0
+            else:
+                w.data[:, cols] = 0
+        try:
+            return evaluate() - base
+        finally:
+            for w, keep in saved:
+                w.data[...] = keep
+
+    blocks = list(model.blocks)
+    out: dict[str, Any] = {"base_loss": base, "per_layer": [], "fraction": []}
+    for layer, block in enumerate(blocks):
+        out["per_layer"].append({"layer": layer, "attention": with_zeroed([(block.attn.proj.weight, None)]),
+                                 "feed_forward": with_zeroed([(block.mlp.proj.weight, None)])})
+    out["all_attention"] = with_zeroed([(b.attn.proj.weight, None) for b in blocks])
+    out["all_feed_forward"] = with_zeroed([(b.mlp.proj.weight, None) for b in blocks])
+    for fraction in fractions:
+        attn, ff = [], []
+        for _ in range(trials):
+            heads = [rng.choice(cfg.n_head, max(1, round(cfg.n_head * fraction)), replace=False) for _ in blocks]
+            attn.append(with_zeroed([(b.attn.proj.weight, np.concatenate([np.arange(h * D, (h + 1) * D) for h in hs]))
+                                     for b, hs in zip(blocks, heads)]))
+            hidden = blocks[0].mlp.proj.weight.shape[1]
+            ff.append(with_zeroed([(b.mlp.proj.weight, rng.choice(hidden, round(hidden * fraction), replace=False))
+                                   for b in blocks]))
+        out["fraction"].append({"fraction": fraction, "attention_heads": float(np.mean(attn)),
+                                "feed_forward_units": float(np.mean(ff))})
+    return out
+
+
+# ----------------------------------------------------------------------------- 6. residuals and norms
+DEEP_VARIANTS = (("residual + layer norm", True, True), ("layer norm, no residual", False, True),
+                 ("residual, no layer norm", True, False), ("neither", False, False))
+
+
+def train_deep_stacks(ctx: Context, splits: dict[str, np.ndarray], vocab_size: int, size: dict[str, int],
+                      steps: int, lr: float, eval_batches: int) -> dict[str, Any]:
+    """The same deep stack, four ways, trained on the same batches from the same initial weights.
+
+    size: ``n_layer``, ``n_embd``, ``block_size``. AdamW (betas 0.9/0.99, weight decay 0.1), batch 16,
+    clipping at 1.0; the gradient norms per layer are taken at the first step, before clipping.
+    """
+    results = {}
+    for name, residual, norm in DEEP_VARIANTS:
+        cfg = DeepStackConfig(vocab_size=vocab_size, n_head=4, residual=residual, norm=norm, **size)
+        gu.manual_seed(ctx.seed)
+        model = DeepStackLM(cfg).to(ctx.device)
+        optimizer = gu.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+        rng = ctx.rng(5)
+        losses, grad_norms = [], None
+        start = time.perf_counter()
+        for step in ctx.track(range(steps), f"deep stack: {name}"):
+            x, y = get_batch(splits["train"], 16, cfg.block_size, rng)
+            loss = model.loss(ctx.to_tensor(x), ctx.to_tensor(y))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step == 0:
+                grad_norms = model.layer_grad_norms()
+            clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss.item()))
+        model.eval()
+        val_rng = ctx.rng(6)
+        with gu.no_grad():
+            val_batches = [get_batch(splits["val"], 32, cfg.block_size, val_rng) for _ in range(eval_batches)]
+            val = float(np.mean([model.loss(ctx.to_tensor(x), ctx.to_tensor(y)).item() for x, y in val_batches]))
+        results[name] = {"residual": residual, "norm": norm, "train_loss": losses, "val_loss": val,
+                         "grad_norms_at_init": grad_norms, "wall_s": time.perf_counter() - start}
+    return results
+
+
+# ----------------------------------------------------------------------------- the stage
+def run(ctx: Context) -> StageResult:
+    metrics: dict[str, Any] = {}
+    found: list[claims.Claim] = []
+    plots, notes, sections = [], [], []
+
+    # 1. scaled dot products ------------------------------------------------------------------
+    scores = score_statistics((4, 16, 64, 256), n_keys=256, rng=ctx.rng(0))
+    metrics["scaled_dot_products"] = scores
+    slope = float(np.polyfit(np.log(scores["dims"]), np.log(scores["var_raw"]), 1)[0])
+    found.append(claims.check(
+        "transformer.scaling", "Scaling the scores by 1/sqrt(d) keeps their variance near 1 at every head dim d, "
+        "where the raw dot product's variance grows like d",
+        all(0.8 <= v <= 1.25 for v in scores["var_scaled"]) and 0.9 <= slope <= 1.1,
+        {"scaled variance, smallest": min(scores["var_scaled"]), "scaled variance, largest": max(scores["var_scaled"]),
+         "raw variance: fitted exponent of d": slope},
+        "scaled variance in [0.8, 1.25]; exponent in [0.9, 1.1]",
+        f"d = {scores['dims']}: raw variance {[round(v, 1) for v in scores['var_raw']]}, scaled "
+        f"{[round(v, 3) for v in scores['var_scaled']]} (fitted exponent {slope:.3f})"))
+    found.append(claims.greater(
+        "transformer.saturation", "Without the scaling the softmax saturates at large d (d = 256, 256 keys: the "
+        "largest weight of a row takes almost everything)", "mean largest weight, raw",
+        scores["max_weight_raw"][-1], "mean largest weight, scaled", scores["max_weight_scaled"][-1], margin=0.5))
+
+    # 2. a GPT on Tiny Shakespeare ------------------------------------------------------------
+    iters = ctx.budget("GPT training steps", full=2000, quick=500, tiny=3)
+    eval_batches = ctx.budget("GPT validation batches of 32 x 64", full=40, quick=15, tiny=1)
+    text = load_text("shakespeare")
+    tokenizer = CharTokenizer(text)
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    cut = int(len(ids) * (1 - VAL_FRACTION))
+    splits = {"train": ids[:cut], "val": ids[cut:]}
+    cfg = GPTConfig.preset("baby", vocab_size=tokenizer.vocab_size)
+    model, history = train_gpt(ctx, cfg, splits, iters, eval_batches, eval_every=max(1, iters // 8))
+    gpt_dir = ctx.out_dir / "gpt"
+    model.save(gpt_dir)
+    tokenizer.save(gpt_dir)
+    val_loss = history["eval"][-1]["val_loss"]
+    start_id = tokenizer.encode("\n")[0]
+    sample = tokenizer.decode(model.generate(np.array([[start_id]]), 300, temperature=0.8, seed=ctx.seed)
+                              .numpy()[0].tolist())
+    metrics["gpt"] = {"config": cfg.to_dict(), "parameters": model.num_parameters(), "steps": iters,
+                      "val_loss": val_loss, "evals": history["eval"], "train_loss": history["train_loss"],
+                      "wall_s": history["wall_s"], "recipe": history["recipe"], "sample": sample,
+                      "checkpoint": str(gpt_dir)}
+    target = ctx.threshold("GPT validation loss, at most", full=1.90, quick=2.20)
+    found.append(claims.at_most(
+        "transformer.gpt", f"A {model.num_parameters() / 1e6:.1f}M-parameter GPT learns Tiny Shakespeare in "
+        f"{iters:,} steps on a CPU (character-level; a uniform guess is ln {cfg.vocab_size} = "
+        f"{math.log(cfg.vocab_size):.2f})", "validation loss", val_loss, target))
+
+    # 3. masks and positions --------------------------------------------------------------------
+    check_rng = ctx.rng(3)
+    windows, _ = get_batch(splits["val"], 4, cfg.block_size, check_rng)       # (4, T)
+    masks = mask_checks(model, windows, check_rng)
+    metrics["masks"] = masks
+    found.append(claims.check(
+        "transformer.causal", "Causal mask: changing token t never changes the outputs at positions before t "
+        "(exactly), while the output at t does change",
+        masks["causal_max_change_before_t"] == 0.0 and masks["causal_min_change_at_t"] > 0.0,
+        {"largest change before t": masks["causal_max_change_before_t"],
+         "smallest change at t": masks["causal_min_change_at_t"]}, "0 before t; > 0 at t",
+        f"6 positions t in 4 windows of {cfg.block_size}: largest change before t "
+        f"{masks['causal_max_change_before_t']:g}, smallest at t {masks['causal_min_change_at_t']:.3g}"))
+    found.append(claims.check(
+        "transformer.padding", "Padding mask: whatever tokens sit in the padded positions, the outputs at the real "
+        "positions do not change (exactly); without the mask they do",
+        masks["padding_max_change_at_real_positions"] == 0.0 and masks["without_mask_change_at_real_positions"] > 0,
+        {"largest change, with mask": masks["padding_max_change_at_real_positions"],
+         "largest change, without mask": masks["without_mask_change_at_real_positions"]},
+        "0 with the mask; > 0 without",
+        f"with the mask {masks['padding_max_change_at_real_positions']:g}, without "
+        f"{masks['without_mask_change_at_real_positions']:.3g}"))
+    perms = permutation_checks(model, windows, check_rng, ctx.device)
+    metrics["permutation"] = perms
+    found.append(claims.check(
+        "transformer.permutation", "Without positional information (and without the causal mask) self-attention is "
+        "permutation-equivariant: permuting the input permutes the output; rotary or learned positions break that",
+        perms["none"] <= 1e-4 and perms["rotary"] >= 1e-2 and perms["learned"] >= 1e-2,
+        {"max |f(Px) - P f(x)|, no positions": perms["none"], "rotary": perms["rotary"],
+         "learned": perms["learned"]}, "<= 1e-4 without positions; >= 1e-2 with",
+        f"no positions {perms['none']:.2g} (float rounding), rotary {perms['rotary']:.3g}, "
+        f"learned {perms['learned']:.3g}"))
+
+    # 4. heads ------------------------------------------------------------------------------------
+    line = "ROMEO:\nBut, soft! what light through"[:cfg.block_size]
+    line_ids = np.array([tokenizer.encode(line)])
+    head_windows, _ = get_batch(splits["val"], 16, cfg.block_size, ctx.rng(4))
+    maps = model.attention_maps(head_windows)                                  # (L, 16, H, T, T)
+    distances = head_distances(maps)
+    reach = mean_attention_distance(maps)                                     # (L, H)
+    metrics["heads"] = {"mean_tv_distance_between_heads": distances, "mean_attention_distance": reach.tolist()}
+    tv_min = ctx.threshold("heads of a layer: mean total-variation distance, at least", full=0.3)
+    found.append(claims.at_least(
+        "transformer.heads", "Multiple heads attend to different things: in every layer, two heads' attention rows "
+        "differ (mean total-variation distance, 0 = identical, 1 = disjoint)", "smallest layer mean",
+        min(distances), tv_min))
+    plots.append(ctx.savefig(_attention_grid(ctx, model.attention_maps(line_ids)[:, 0], line),
+                             "attention_maps.png", "Every head's attention on one line (rows: the position "
+                             "attending, columns: the positions it reads; darker = more weight). The causal mask "
+                             "leaves the upper triangle empty."))
+
+    # 5. ablations --------------------------------------------------------------------------------
+    ablation_batches = ctx.budget("ablation validation batches of 32 x 64", full=20, quick=8, tiny=1)
+    ablation = ablate_sublayers(model, lambda: gpt_loss(model, splits["val"], cfg.block_size, ablation_batches, ctx),
+                                ctx.rng(7))
+    metrics["ablation"] = ablation
+    found.append(claims.greater(
+        "transformer.feed_forward", "The feed-forward layers carry much of what is learned: switching off every "
+        "feed-forward sub-layer costs more loss than switching off every attention sub-layer",
+        "loss increase, feed-forward off", ablation["all_feed_forward"], "attention off", ablation["all_attention"]))
+    plots.append(ctx.savefig(_ablation_plot(ctx, ablation), "ablation.png", "Validation loss increase when one "
+                             "sub-layer of the trained GPT is switched off (its output projection zeroed)."))
+
+    # 6. residual connections and layer norm ---------------------------------------------------------
+    deep_layers = ctx.budget("deep stack layers", full=8, quick=8, tiny=2)
+    deep_size = {"n_layer": deep_layers, "n_embd": ctx.budget("deep stack width", full=64, quick=32, tiny=16),
+                 "block_size": ctx.budget("deep stack context", full=64, quick=32, tiny=16)}
+    deep_steps = ctx.budget("deep stack training steps per variant", full=200, quick=80, tiny=2)
+    deep = train_deep_stacks(ctx, splits, tokenizer.vocab_size, deep_size, deep_steps, lr=ctx.pick(1e-3, 3e-3),
+                             eval_batches=ctx.budget("deep stack validation batches", full=8, quick=4, tiny=1))
+    metrics["deep_stack"] = deep
+    both, no_res = deep["residual + layer norm"], deep["layer norm, no residual"]
+    res_margin = ctx.threshold("deep stack: loss gained by the residual path, at least", full=0.3)
+    found.append(claims.greater(
+        "transformer.residual", f"Residual connections make a deep stack trainable ({deep_layers} layers, "
+        f"{deep_steps} steps, validation loss): without them it learns far less", "loss without residuals",
+        no_res["val_loss"], "loss with residuals and layer norm", both["val_loss"], margin=res_margin))
+    no_norm = deep["residual, no layer norm"]
+    found.append(claims.greater(
+        "transformer.layer_norm", "Layer norm helps too: the same stack with residuals but without layer norm "
+        "learns more slowly", "loss without layer norm", no_norm["val_loss"], "loss with residuals and layer norm",
+        both["val_loss"], margin=ctx.threshold("deep stack: loss gained by layer norm, at least", full=0.1)))
+    plots.append(ctx.savefig(_deep_plot(ctx, deep), "deep_stack.png", f"The same {deep_layers}-layer stack trained "
+                             "four ways on the same batches. Left: training loss. Right: the gradient norm reaching "
+                             "each layer's parameters at the first step."))
+
+    # 7. an encoder-decoder transformer on dates -------------------------------------------------------
+    seq = _dates(ctx)
+    metrics["encoder_decoder"] = seq
+    found.append(claims.at_least(
+        "transformer.encoder_decoder", "An encoder-decoder transformer (self-attention over the input, causal "
+        "self-attention and cross-attention in the decoder) learns the date translation of the attention stage",
+        "exact match", seq["exact_match"], ctx.threshold("encoder-decoder exact match, at least", full=0.95,
+                                                         quick=0.8)))
+
+    plots.insert(0, ctx.savefig(_gpt_plot(ctx, history), "gpt_loss.png", "GPT training loss (moving average) and "
+                                "validation loss on fixed batches."))
+    plots.insert(1, ctx.savefig(_scaling_plot(ctx, scores), "scaled_dot_products.png", "Random queries and keys "
+                                "with unit-variance entries: score variance and the softmax's largest weight."))
+
+    sections.append(("A sample from the GPT", f"<p>300 characters at temperature 0.8 after {iters:,} steps "
+                     f"(continue with <code>groundup sample {html.escape(str(gpt_dir))} --prompt ROMEO:</code>):"
+                     f"</p><pre>{html.escape(sample)}</pre>"))
+    sections.append(("Ablations", _ablation_table(ablation)))
+    summary = [
+        f"Dot products of random d-dimensional vectors have variance d (measured {scores['var_raw'][-1]:.0f} at "
+        f"d = 256); divided by sqrt(d) they have variance 1 at every d, and the softmax over them stays soft "
+        f"(largest weight {scores['max_weight_scaled'][-1]:.2f} instead of {scores['max_weight_raw'][-1]:.2f}).",
+        f"A {model.num_parameters():,}-parameter GPT ({cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dims, "
+        f"rotary positions) trained for {iters:,} steps of 12 x 64 characters reaches validation loss "
+        f"{val_loss:.3f} in {history['wall_s']:.0f} s. On its trained weights the causal and padding masks hold "
+        f"exactly, and without positions the model is permutation-equivariant.",
+        f"Its heads attend differently (mean total-variation distance between heads {min(distances):.2f}-"
+        f"{max(distances):.2f} per layer). Switching off all feed-forward sub-layers costs "
+        f"{ablation['all_feed_forward']:.2f} nats of loss, all attention sub-layers {ablation['all_attention']:.2f}.",
+        f"A {deep_layers}-layer stack reaches validation loss {both['val_loss']:.2f} with residuals and layer norm "
+        f"and {no_res['val_loss']:.2f} without residuals, after {deep_steps} steps. An encoder-decoder transformer "
+        f"translates {seq['exact_match']:.1%} of held-out dates exactly.",
+    ]
+    fractions = ", ".join(f"{f['fraction']:.0%} of the heads {f['attention_heads']:.2f} vs {f['fraction']:.0%} of "
+                          f"the hidden units {f['feed_forward_units']:.2f}" for f in ablation["fraction"])
+    notes.append("Without residuals the deep stack is also at the mercy of its initialisation: at nanoGPT's init "
+                 "(N(0, 0.02)) every block shrinks the signal, so with neither residuals nor layer norm the logits "
+                 "stay at 0, the gradients underflow and the loss stays at ln V; with layer norm alone the "
+                 "gradients are large and uneven (clipping does the work) and the model stalls near the loss of "
+                 "a character-frequency guess. With residuals but no layer norm the gradients at the first step "
+                 "are tiny (see the plot), and Adam's per-parameter scaling makes up for much of that.")
+    notes.append("Per unit the picture reverses: zeroing the same fraction of attention heads and of feed-forward "
+                 f"hidden units in every layer costs {fractions} nats. A head is a large unit and there are few of "
+                 "them; the feed-forward layers spread what they hold over many units. The first layer's "
+                 "feed-forward sub-layer is the most important single sub-layer (see the ablation table).")
+    return StageResult(headline=("GPT validation loss", val_loss), summary=summary, metrics=metrics, claims=found,
+                       plots=plots, sections=sections, notes=notes)
+
+
+def _dates(ctx: Context) -> dict[str, Any]:
+    """Train the encoder-decoder transformer on dates with the attention stage's helpers."""
+    from groundup.data import date_pairs
+
+    codec = DateCodec()
+    n_train = ctx.budget("date pairs for training", full=20000, quick=20000, tiny=300)
+    n_test = ctx.budget("date pairs for testing", full=3000, quick=2000, tiny=60)
+    pairs = date_pairs(n_train + n_test, seed=ctx.seed)
+    train_pairs, test_pairs = pairs[:n_train], pairs[n_train:]
+    steps = ctx.budget("encoder-decoder training steps", full=2000, quick=1000, tiny=3)
+    layers = ctx.budget("encoder-decoder layers (each side)", full=2, quick=1, tiny=1)
+    gu.manual_seed(ctx.seed)
+    cfg = TransformerSeq2SeqConfig(codec.src_vocab_size, codec.tgt_vocab_size, d_model=64, nhead=4,
+                                   num_encoder_layers=layers, num_decoder_layers=layers, dim_feedforward=128,
+                                   max_len=96)                                 # the longest dates have 69 characters
+    model = TransformerSeq2Seq(cfg).to(ctx.device)
+    history = train_seq2seq(ctx, model, train_pairs, codec, iters=steps, lr=5e-3, batch_size=64, rng=ctx.rng(8),
+                            description="encoder-decoder transformer on dates")
+    result = evaluate_seq2seq(model, test_pairs, codec, ctx.device)
+    lengths = np.array([len(t) for t, _ in test_pairs])
+    return {"config": dataclasses.asdict(cfg), "parameters": model.num_parameters(), "steps": steps,
+            "exact_match": float(result["correct"].mean()), "accuracy_by_length": bucket_accuracy(result["correct"],
+                                                                                                 lengths),
+            "wall_s": history["wall_s"]}
+
+
+# ----------------------------------------------------------------------------- plots and tables
+def _smooth(values: list[float], window: int = 25) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    window = max(1, min(window, len(values)))
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def _gpt_plot(ctx: Context, history: dict[str, Any]) -> Any:
+    fig = ctx.figure(7, 3.6)
+    ax = fig.subplots()
+    ax.plot(_smooth(history["train_loss"]), color="C0", label="train (moving average)")
+    ax.plot([e["iter"] for e in history["eval"]], [e["val_loss"] for e in history["eval"]], "o-", color="C3",
+            label="validation")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats per character)", title="GPT on Tiny Shakespeare")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _scaling_plot(ctx: Context, scores: dict[str, list[float]]) -> Any:
+    fig = ctx.figure(8, 3.4)
+    left, right = fig.subplots(1, 2)
+    left.loglog(scores["dims"], scores["var_raw"], "o-", label="q.k")
+    left.loglog(scores["dims"], scores["var_scaled"], "o-", label="q.k / sqrt(d)")
+    left.set(xlabel="head dim d", ylabel="score variance", title="score variance")
+    right.semilogx(scores["dims"], scores["max_weight_raw"], "o-", label="q.k")
+    right.semilogx(scores["dims"], scores["max_weight_scaled"], "o-", label="q.k / sqrt(d)")
+    right.set(xlabel="head dim d", ylabel="largest softmax weight (256 keys)", ylim=(0, 1.05),
+              title="softmax saturation")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _attention_grid(ctx: Context, maps: np.ndarray, text: str) -> Any:
+    L, H, T, _ = maps.shape
+    fig = ctx.figure(2.6 * H, 2.6 * L)
+    axes = np.atleast_2d(fig.subplots(L, H))
+    labels = [c if c not in "\n " else {"\n": "\\n", " ": "_"}[c] for c in text[:T]]
+    for layer in range(L):
+        for head in range(H):
+            ax = axes[layer, head]
+            ax.imshow(maps[layer, head], cmap="Greys", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            ax.set_xticks(range(T), labels, fontsize=5)
+            ax.set_yticks(range(T), labels, fontsize=5)
+    return fig
+
+
+def _ablation_plot(ctx: Context, ablation: dict[str, Any]) -> Any:
+    fig = ctx.figure(6, 3.4)
+    ax = fig.subplots()
+    layers = [r["layer"] for r in ablation["per_layer"]]
+    x = np.arange(len(layers))
+    ax.bar(x - 0.2, [r["attention"] for r in ablation["per_layer"]], 0.4, label="attention off", color="C0")
+    ax.bar(x + 0.2, [r["feed_forward"] for r in ablation["per_layer"]], 0.4, label="feed-forward off", color="C1")
+    ax.set_xticks(x, [f"layer {i}" for i in layers])
+    ax.set(ylabel="validation loss increase (nats)", title="switching off one sub-layer")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _deep_plot(ctx: Context, deep: dict[str, Any]) -> Any:
+    fig = ctx.figure(9, 3.6)
+    left, right = fig.subplots(1, 2)
+    for k, (name, r) in enumerate(deep.items()):
+        left.plot(_smooth(r["train_loss"], 10), color=f"C{k}", label=f"{name} (val {r['val_loss']:.2f})")
+        right.semilogy(np.arange(len(r["grad_norms_at_init"])), r["grad_norms_at_init"], "o-", color=f"C{k}")
+    left.set(xlabel="step", ylabel="training loss", title="training")
+    right.set(xlabel="layer (0 = nearest the input)", ylabel="gradient norm at step 0", title="gradient per layer")
+    left.legend(fontsize=7)
+    return fig
+
+
+def _ablation_table(ablation: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>layer {r['layer']}</td><td class=num>{r['attention']:.3f}</td>"
+                   f"<td class=num>{r['feed_forward']:.3f}</td></tr>" for r in ablation["per_layer"])
+    rows += (f"<tr><td>all layers</td><td class=num>{ablation['all_attention']:.3f}</td>"
+             f"<td class=num>{ablation['all_feed_forward']:.3f}</td></tr>")
+    rows += "".join(f"<tr><td>{f['fraction']:.0%} of heads / of hidden units, every layer</td>"
+                    f"<td class=num>{f['attention_heads']:.3f}</td><td class=num>{f['feed_forward_units']:.3f}</td>"
+                    f"</tr>" for f in ablation["fraction"])
+    return (f"<p>Validation loss {ablation['base_loss']:.3f} with everything on; the increase when a part is "
+            "switched off (its output projection, or the columns of it that carry the chosen heads or hidden units, "
+            "set to zero):</p><table><tr><th>switched off</th><th>attention</th><th>feed-forward</th></tr>"
+            + rows + "</table>")
+
+
+STAGE = Stage("transformer", "the transformer's parts measured, a GPT on Tiny Shakespeare, an encoder-decoder on "
+              "dates", run=run, title="The transformer: attention, masks, positions, heads, residuals, a GPT")
