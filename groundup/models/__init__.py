@@ -7,6 +7,7 @@
     seq2seq   Seq2SeqConfig, Seq2Seq      GRU encoder-decoder with optional additive attention
     transformer_seq2seq  TransformerSeq2SeqConfig, TransformerSeq2Seq   encoder-decoder transformer (Seq2Seq's API)
     deep_stack  DeepStackConfig, DeepStackLM  GPT-style stack with switchable residuals and layer norm
+    attn_only   AttnOnlyConfig, AttnOnlyLM    attention-only transformer (no MLPs) for induction heads
     gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.
@@ -22,6 +23,7 @@ _EXPORTS = {
     "RNNLM": "rnn_lm", "Seq2SeqConfig": "seq2seq", "Seq2Seq": "seq2seq", "GPTConfig": "gpt", "GPT": "gpt",
     "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
     "DeepStackConfig": "deep_stack", "DeepStackLM": "deep_stack",
+    "AttnOnlyConfig": "attn_only", "AttnOnlyLM": "attn_only",
 }
 
 __all__ = list(_EXPORTS)

@@ -68,6 +68,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "rnn",
     "attention",
     "transformer",
+    "in_context",
 )
 
 
@@ -85,7 +86,7 @@ def load_stages() -> list[Stage]:
         stage = getattr(module, "STAGE", None)
         if not isinstance(stage, Stage):
             raise TypeError(f"{module_name} must define STAGE = Stage(...), found {type(stage).__name__}")
-        if stage.name != name:
+        if stage.name != name.replace("_", "-"):  # a module in_context holds the stage "in-context"
             raise ValueError(f"{module_name}: STAGE.name is {stage.name!r}, expected {name!r} (the module name)")
         stages.append(stage)
     return stages

@@ -1,0 +1,232 @@
+"""AttnOnlyLM: an attention-only transformer, the model in which induction heads were first studied.
+
+    idx (B, T) -> wte(idx) + wpe(pos) -> n_layer x [x = x + attn(ln(x))] -> ln_f -> unembed -> logits (B, T, V)
+
+There are no MLPs: every block is causal multi-head self-attention added to the residual stream.
+With one layer, each head can only move information from one token to another in a single hop
+(its logits are bigrams and "skip-trigrams"); with two layers a head of layer 1 can form its
+keys from what a head of layer 0 wrote (K-composition), which is what an induction head needs:
+a layer-0 "previous-token head" writes "the token before me was A" into each position, and a
+layer-1 head at a position holding A attends to the position *after* an earlier A and copies its
+token. Elhage et al. show that this circuit appears in 2-layer attention-only models and cannot
+be built in 1 layer; Olsson et al. show it forms in a sudden phase change during training.
+
+Every step is an ordinary engine op (``nn.Linear``, ``nn.LayerNorm``, a matmul, a mask, a
+softmax), so the attention weights are at hand: ``attention_maps(idx)`` returns them for every
+layer and head. Parameter names: ``wte.weight``, ``wpe.weight``, ``blocks.0.ln.weight``,
+``blocks.0.attn.qkv.weight`` (q|k|v stacked, (3C, C)), ``blocks.0.attn.proj.weight``,
+``ln_f.weight``, ``unembed.weight``; no biases (LayerNorm has its own). Initialisation is
+nanoGPT's: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)).
+
+References:
+    Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits",
+        https://transformer-circuits.pub/2021/framework/index.html
+    Olsson et al. 2022, "In-context Learning and Induction Heads", https://arxiv.org/abs/2209.11895
+    Karpathy, nanoGPT model.py (layout and initialisation): https://github.com/karpathy/nanoGPT
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from groundup import functional as F
+from groundup.backend import array_module, to_numpy
+from groundup.nn import init
+from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
+from groundup.nn.module import Module, ModuleList
+from groundup.tensor import Tensor, no_grad
+
+__all__ = ["AttnOnlyConfig", "AttnOnlyLM"]
+
+POS_ENCODINGS = ("learned", "none")
+
+
+@dataclass(frozen=True)
+class AttnOnlyConfig:
+    """Size of an attention-only transformer.
+
+    Attributes:
+        vocab_size: V, number of token ids.
+        block_size: T_max, the longest context.
+        n_layer: number of attention layers (2 can form induction heads, 1 cannot).
+        n_head: heads per layer (n_embd must be divisible by it).
+        n_embd: C, the width of the residual stream.
+        pos_encoding: ``"learned"`` (a position embedding table ``wpe``) or ``"none"``.
+        norm: a LayerNorm before each attention layer and before the unembedding; False makes them Identity.
+    """
+
+    vocab_size: int
+    block_size: int
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    pos_encoding: str = "learned"
+    norm: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"AttnOnlyConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"AttnOnlyConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"AttnOnlyConfig.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+        if not isinstance(self.norm, (bool, np.bool_)):
+            raise ValueError(f"AttnOnlyConfig.norm must be a bool, got {self.norm!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """D = n_embd // n_head."""
+        return self.n_embd // self.n_head
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention written out: ``qkv`` (C -> 3C), scores, mask, softmax, ``proj`` (C -> C)."""
+
+    def __init__(self, cfg: AttnOnlyConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C). When ``maps`` is a list, this layer's weights (B, H, T, T) are appended."""
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        q, k, v = self.qkv(x).split(C, dim=2)                                   # each (B, T, C)
+        q = q.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
+        k = k.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
+        v = v.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))               # (B, H, T, T)
+        xp = array_module(x.data)
+        future = xp.triu(xp.ones((T, T), dtype=bool), k=1)                      # (T, T) True above the diagonal
+        weights = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)   # (B, H, T, T) rows sum to 1
+        if maps is not None:
+            maps.append(weights)
+        y = weights @ v                                                         # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)                                  # (B, T, C) heads side by side
+        return self.proj(y)
+
+
+class AttnBlock(Module):
+    """``x = x + attn(ln(x))``: one attention layer on the residual stream, no MLP. x (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, cfg: AttnOnlyConfig):
+        super().__init__()
+        self.ln = LayerNorm(cfg.n_embd) if cfg.norm else Identity()
+        self.attn = CausalSelfAttention(cfg)
+
+    def forward(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
+        return x + self.attn(self.ln(x), maps)
+
+
+class AttnOnlyLM(Module):
+    """Attention-only language model. ``model(idx)`` -> logits (B, T, V); ``model.loss(idx, targets)`` -> scalar.
+
+    Submodules: ``wte`` Embedding(V, C), ``wpe`` Embedding(block_size, C) (absent with
+    ``pos_encoding="none"``), ``blocks`` n_layer x AttnBlock, ``ln_f`` LayerNorm(C) (Identity
+    when ``norm=False``), ``unembed`` Linear(C, V, bias=False).
+    """
+
+    def __init__(self, cfg: AttnOnlyConfig):
+        super().__init__()
+        if not isinstance(cfg, AttnOnlyConfig):
+            raise TypeError(f"AttnOnlyLM needs an AttnOnlyConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.wte = Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
+        self.blocks = ModuleList([AttnBlock(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd) if cfg.norm else Identity()
+        self.unembed = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """nanoGPT: N(0, 0.02), the output projections N(0, 0.02 / sqrt(2 n_layer)); LayerNorm keeps 1 and 0."""
+        for name, p in self.named_parameters():
+            if name.startswith("ln_f.") or ".ln." in name:
+                continue
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("attn.proj.weight") else 0.02
+            init.normal_(p, 0.0, std)
+
+    def num_parameters(self) -> int:
+        """Total number of parameters."""
+        return int(sum(p.numel() for p in self.parameters()))
+
+    def _check_ids(self, ids: Any, what: str) -> Any:
+        """The raw (B, T) integer array of ``ids``, after checking dtype, shape, length and range."""
+        data = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
+        if data.dtype.kind not in "iu":
+            raise TypeError(f"AttnOnlyLM: {what} must hold integer token ids, got dtype {data.dtype}")
+        if data.ndim != 2:
+            raise ValueError(f"AttnOnlyLM: {what} must have shape (B, T), got {tuple(data.shape)}")
+        if data.shape[0] < 1 or data.shape[1] < 1:
+            raise ValueError(f"AttnOnlyLM: {what} has shape {tuple(data.shape)}; need B >= 1 and T >= 1")
+        if data.shape[1] > self.cfg.block_size:
+            raise ValueError(f"AttnOnlyLM: {what} has shape {tuple(data.shape)}: sequence length "
+                             f"{data.shape[1]} > block_size {self.cfg.block_size}")
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= self.cfg.vocab_size:
+            bad = low if low < 0 else high
+            raise IndexError(f"AttnOnlyLM: token id {bad} in {what} {tuple(data.shape)} is outside the "
+                             f"vocabulary 0..{self.cfg.vocab_size - 1}")
+        return data
+
+    def _forward(self, idx: Any, maps: list[Tensor] | None) -> Tensor:
+        data = self._check_ids(idx, "idx")
+        T = data.shape[1]
+        xp = array_module(self.wte.weight.data)
+        x = self.wte(Tensor(xp.asarray(data)))                                    # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(Tensor(xp.arange(T)))                                # (B, T, C) + (T, C)
+        for block in self.blocks:
+            x = block(x, maps)                                                    # (B, T, C)
+        return self.unembed(self.ln_f(x))                                         # (B, T, V)
+
+    def forward(self, idx: Any) -> Tensor:
+        """Next-token logits.
+
+        Args:
+            idx: (B, T) integer token ids (Tensor or array), 1 <= T <= block_size, each in 0..vocab_size-1.
+        Returns:
+            (B, T, V) logits.
+        """
+        return self._forward(idx, None)
+
+    def loss(self, idx: Any, targets: Any) -> Tensor:
+        """Mean next-token cross-entropy over all B * T positions.
+
+        Args:
+            idx: (B, T) input ids.
+            targets: (B, T) next-token ids.
+        Returns:
+            a scalar Tensor.
+        """
+        target = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"AttnOnlyLM.loss: targets must hold integer token ids, got dtype {target.dtype}")
+        logits = self(idx)                                                        # (B, T, V)
+        B, T, V = logits.shape
+        if tuple(target.shape) != (B, T):
+            raise ValueError(f"AttnOnlyLM.loss: targets of shape {tuple(target.shape)} do not match idx of "
+                             f"shape {(B, T)}")
+        xp = array_module(logits.data)
+        return F.cross_entropy(logits.reshape(B * T, V), xp.asarray(target).reshape(B * T))  # (B*T, V), (B*T,)
+
+    def attention_maps(self, idx: Any) -> np.ndarray:
+        """Every head's attention weights, without building a graph.
+
+        Args:
+            idx: (B, T) integer token ids.
+        Returns:
+            NumPy array (L, B, H, T, T): ``maps[l, b, h, t, s]`` is how much position t attends to
+            position s in head h of layer l; each row sums to 1 and is 0 for s > t.
+        """
+        maps: list[Tensor] = []
+        with no_grad():
+            self._forward(idx, maps)
+        return np.stack([to_numpy(m.data) for m in maps])                         # (L, B, H, T, T)
