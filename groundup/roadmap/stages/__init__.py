@@ -68,7 +68,10 @@ STAGE_ORDER: tuple[str, ...] = (
     "rnn",
     "attention",
     "transformer",
+    "scaling",
+    "pretrain_finetune",
     "in_context",
+    "interpret",
 )
 
 
@@ -86,8 +89,10 @@ def load_stages() -> list[Stage]:
         stage = getattr(module, "STAGE", None)
         if not isinstance(stage, Stage):
             raise TypeError(f"{module_name} must define STAGE = Stage(...), found {type(stage).__name__}")
-        if stage.name != name.replace("_", "-"):  # a module in_context holds the stage "in-context"
-            raise ValueError(f"{module_name}: STAGE.name is {stage.name!r}, expected {name!r} (the module name)")
+        expected = name.replace("_", "-")  # the module in_context holds the stage "in-context"
+        if stage.name != expected:
+            raise ValueError(f"{module_name}: STAGE.name is {stage.name!r}, expected {expected!r} "
+                             f"(the module name with '_' as '-')")
         stages.append(stage)
     return stages
 
