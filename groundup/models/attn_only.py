@@ -35,6 +35,7 @@ import numpy as np
 
 from groundup import functional as F
 from groundup.backend import array_module, to_numpy
+from groundup.models.inputs import check_token_ids, next_token_loss
 from groundup.nn import init
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
@@ -159,22 +160,7 @@ class AttnOnlyLM(Module):
 
     def _check_ids(self, ids: Any, what: str) -> Any:
         """The raw (B, T) integer array of ``ids``, after checking dtype, shape, length and range."""
-        data = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
-        if data.dtype.kind not in "iu":
-            raise TypeError(f"AttnOnlyLM: {what} must hold integer token ids, got dtype {data.dtype}")
-        if data.ndim != 2:
-            raise ValueError(f"AttnOnlyLM: {what} must have shape (B, T), got {tuple(data.shape)}")
-        if data.shape[0] < 1 or data.shape[1] < 1:
-            raise ValueError(f"AttnOnlyLM: {what} has shape {tuple(data.shape)}; need B >= 1 and T >= 1")
-        if data.shape[1] > self.cfg.block_size:
-            raise ValueError(f"AttnOnlyLM: {what} has shape {tuple(data.shape)}: sequence length "
-                             f"{data.shape[1]} > block_size {self.cfg.block_size}")
-        low, high = int(data.min()), int(data.max())
-        if low < 0 or high >= self.cfg.vocab_size:
-            bad = low if low < 0 else high
-            raise IndexError(f"AttnOnlyLM: token id {bad} in {what} {tuple(data.shape)} is outside the "
-                             f"vocabulary 0..{self.cfg.vocab_size - 1}")
-        return data
+        return check_token_ids(ids, "AttnOnlyLM", what, self.cfg.block_size, self.cfg.vocab_size)
 
     def _forward(self, idx: Any, maps: list[Tensor] | None) -> Tensor:
         data = self._check_ids(idx, "idx")
@@ -206,16 +192,7 @@ class AttnOnlyLM(Module):
         Returns:
             a scalar Tensor.
         """
-        target = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"AttnOnlyLM.loss: targets must hold integer token ids, got dtype {target.dtype}")
-        logits = self(idx)                                                        # (B, T, V)
-        B, T, V = logits.shape
-        if tuple(target.shape) != (B, T):
-            raise ValueError(f"AttnOnlyLM.loss: targets of shape {tuple(target.shape)} do not match idx of "
-                             f"shape {(B, T)}")
-        xp = array_module(logits.data)
-        return F.cross_entropy(logits.reshape(B * T, V), xp.asarray(target).reshape(B * T))  # (B*T, V), (B*T,)
+        return next_token_loss("AttnOnlyLM", self(idx), targets)                   # logits (B, T, V)
 
     def attention_maps(self, idx: Any) -> np.ndarray:
         """Every head's attention weights, without building a graph.

@@ -45,6 +45,7 @@ import numpy as np
 from groundup import creation, random
 from groundup import functional as F
 from groundup.backend import array_module, to_numpy
+from groundup.models.inputs import check_token_ids
 from groundup.nn import init
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
@@ -307,21 +308,7 @@ class GPT(Module):
     # ------------------------------------------------------------------ helpers
     def _check_idx(self, idx: Any, what: str = "idx") -> Any:
         """Return the raw int array of idx (B, T) after checking dtype, shape, length and id range."""
-        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
-        if data.dtype.kind not in "iu":
-            raise TypeError(f"GPT: {what} must hold integer token ids, got dtype {data.dtype}")
-        if data.ndim != 2:
-            raise ValueError(f"GPT: {what} must have shape (B, T), got {tuple(data.shape)}")
-        if data.shape[1] > self.cfg.block_size:
-            raise ValueError(f"GPT: sequence length {data.shape[1]} > block_size {self.cfg.block_size} "
-                             f"(the context); crop the input to its last {self.cfg.block_size} tokens")
-        if data.size:
-            low, high = int(data.min()), int(data.max())
-            if low < 0 or high >= self.cfg.vocab_size:
-                bad = low if low < 0 else high
-                raise IndexError(f"GPT: token id {bad} in {what} is outside the vocabulary "
-                                 f"0..{self.cfg.vocab_size - 1}")
-        return data
+        return check_token_ids(idx, "GPT", what, self.cfg.block_size, self.cfg.vocab_size, allow_empty=True)
 
     def _position_table(self, kind: str, positions: np.ndarray, xp: Any) -> Any:
         """Cached sinusoid (T, C) or rotary (cos, sin) (T, D) tables for positions 0..T-1."""

@@ -1,0 +1,60 @@
+"""Input checks and the next-token loss shared by the language models (GPT, DeepStackLM, AttnOnlyLM).
+
+    data = check_token_ids(idx, "GPT", "idx", block_size=64, vocab_size=65)   # raw (B, T) int array
+    loss = next_token_loss("DeepStackLM", logits, targets)                   # logits (B, T, V)
+
+Every error names the model, the argument and its shape, so a bad batch fails where it enters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from groundup import functional as F
+from groundup.backend import array_module
+from groundup.tensor import Tensor
+
+__all__ = ["check_token_ids", "next_token_loss"]
+
+
+def check_token_ids(ids: Any, owner: str, what: str, block_size: int, vocab_size: int,
+                    allow_empty: bool = False) -> Any:
+    """The raw (B, T) integer array of ``ids`` (a Tensor or an array) after checking it.
+
+    Raises:
+        TypeError: the ids are not integers.
+        ValueError: not (B, T); T > block_size; B or T is 0 (unless ``allow_empty``).
+        IndexError: an id outside 0..vocab_size-1.
+    """
+    data = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
+    shape = tuple(data.shape)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"{owner}: {what} must hold integer token ids, got dtype {data.dtype}")
+    if data.ndim != 2:
+        raise ValueError(f"{owner}: {what} must have shape (B, T), got {shape}")
+    if not allow_empty and data.size == 0:
+        raise ValueError(f"{owner}: {what} has shape {shape}; need B >= 1 and T >= 1")
+    if shape[1] > block_size:
+        raise ValueError(f"{owner}: {what} has shape {shape}: sequence length {shape[1]} > block_size "
+                         f"{block_size} (the context); crop the input to its last {block_size} tokens")
+    if data.size:
+        low, high = int(data.min()), int(data.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise IndexError(f"{owner}: token id {bad} in {what} {shape} is outside the vocabulary "
+                             f"0..{vocab_size - 1}")
+    return data
+
+
+def next_token_loss(owner: str, logits: Tensor, targets: Any) -> Tensor:
+    """Mean cross-entropy of logits (B, T, V) against integer targets (B, T): a scalar Tensor."""
+    target = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{owner}.loss: targets must hold integer token ids, got dtype {target.dtype}")
+    B, T, V = logits.shape
+    if tuple(target.shape) != (B, T):
+        raise ValueError(f"{owner}.loss: targets of shape {tuple(target.shape)} do not match idx of shape {(B, T)}")
+    xp = array_module(logits.data)
+    return F.cross_entropy(logits.reshape(B * T, V), xp.asarray(target).reshape(B * T))   # (B*T, V), (B*T,)
