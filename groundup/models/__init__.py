@@ -9,6 +9,7 @@
     deep_stack  DeepStackConfig, DeepStackLM  GPT-style stack with switchable residuals and layer norm
     attn_only   AttnOnlyConfig, AttnOnlyLM    attention-only transformer (no MLPs) for induction heads
     gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
+    efficient_attention  (functions)   causal attention: full, sliding-window, linear, chunked exact
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.
 """
