@@ -35,8 +35,7 @@ import numpy as np
 
 from groundup import functional as F
 from groundup.backend import array_module, to_numpy
-from groundup.models.inputs import check_token_ids, next_token_loss
-from groundup.nn import init
+from groundup.models.shared import check_token_ids, gpt_init_, next_token_loss
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.tensor import Tensor, no_grad
@@ -148,11 +147,7 @@ class AttnOnlyLM(Module):
 
     def _init_weights(self) -> None:
         """nanoGPT: N(0, 0.02), the output projections N(0, 0.02 / sqrt(2 n_layer)); LayerNorm keeps 1 and 0."""
-        for name, p in self.named_parameters():
-            if name.startswith("ln_f.") or ".ln." in name:
-                continue
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("attn.proj.weight") else 0.02
-            init.normal_(p, 0.0, std)
+        gpt_init_(self, self.cfg.n_layer)
 
     def num_parameters(self) -> int:
         """Total number of parameters."""

@@ -40,8 +40,7 @@ import numpy as np
 
 from groundup import functional as F
 from groundup.backend import array_module, to_numpy
-from groundup.models.inputs import check_token_ids, next_token_loss
-from groundup.nn import init
+from groundup.models.shared import check_token_ids, gpt_init_, next_token_loss
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.tensor import Tensor
@@ -171,15 +170,7 @@ class DeepStackLM(Module):
         NOTE: the small projections are GPT-2's choice for a residual stack (n_layer * 2 branches add
         up); the variants without a residual keep them too, so that only the switch differs.
         """
-        for name, p in self.named_parameters():
-            if ".ln_" in f".{name}":
-                continue                                        # LayerNorm keeps weight 1, bias 0
-            if name.endswith(".bias"):
-                init.zeros_(p)
-            elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
-                init.normal_(p, 0.0, 0.02 / math.sqrt(2 * self.cfg.n_layer))
-            else:
-                init.normal_(p, 0.0, 0.02)
+        gpt_init_(self, self.cfg.n_layer)
 
     def _check_ids(self, ids: Any, what: str) -> Any:
         """The raw (B, T) integer array of ``ids``, after checking dtype, shape, length and range."""

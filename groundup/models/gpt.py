@@ -45,8 +45,7 @@ import numpy as np
 from groundup import creation, random
 from groundup import functional as F
 from groundup.backend import array_module, to_numpy
-from groundup.models.inputs import check_token_ids
-from groundup.nn import init
+from groundup.models.shared import check_token_ids, gpt_init_
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.ops import transformer as fused
@@ -288,15 +287,7 @@ class GPT(Module):
 
     def _init_weights(self) -> None:
         """nanoGPT: weights N(0, 0.02), biases 0, residual projections N(0, 0.02 / sqrt(2 n_layer))."""
-        for name, p in self.named_parameters():
-            if ".ln_" in f".{name}":
-                continue                                   # LayerNorm keeps weight 1, bias 0
-            if name.endswith(".bias"):
-                init.zeros_(p)
-            elif name.endswith(("attn.proj.weight", "mlp.proj.weight")):
-                init.normal_(p, 0.0, 0.02 / math.sqrt(2 * self.cfg.n_layer))
-            else:
-                init.normal_(p, 0.0, 0.02)
+        gpt_init_(self, self.cfg.n_layer)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Learnable scalars; ``non_embedding`` leaves out the position table (nanoGPT's count)."""

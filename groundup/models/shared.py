@@ -1,22 +1,28 @@
-"""Input checks and the next-token loss shared by the language models (GPT, DeepStackLM, AttnOnlyLM).
+"""What the language models (GPT, DeepStackLM, AttnOnlyLM) share: input checks, the next-token loss
+and nanoGPT's initialisation.
 
     data = check_token_ids(idx, "GPT", "idx", block_size=64, vocab_size=65)   # raw (B, T) int array
     loss = next_token_loss("DeepStackLM", logits, targets)                   # logits (B, T, V)
+    gpt_init_(model, n_layer=4)                                              # in the model's __init__
 
 Every error names the model, the argument and its shape, so a bad batch fails where it enters.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from groundup import functional as F
 from groundup.backend import array_module
+from groundup.nn import init
+from groundup.nn.layers import LayerNorm
+from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
-__all__ = ["check_token_ids", "next_token_loss"]
+__all__ = ["check_token_ids", "next_token_loss", "gpt_init_"]
 
 
 def check_token_ids(ids: Any, owner: str, what: str, block_size: int, vocab_size: int,
@@ -58,3 +64,20 @@ def next_token_loss(owner: str, logits: Tensor, targets: Any) -> Tensor:
         raise ValueError(f"{owner}.loss: targets of shape {tuple(target.shape)} do not match idx of shape {(B, T)}")
     xp = array_module(logits.data)
     return F.cross_entropy(logits.reshape(B * T, V), xp.asarray(target).reshape(B * T))   # (B*T, V), (B*T,)
+
+
+def gpt_init_(model: Module, n_layer: int,
+              residual_projections: tuple[str, ...] = ("attn.proj.weight", "mlp.proj.weight")) -> None:
+    """nanoGPT's initialisation, in place: weights N(0, 0.02), biases 0, LayerNorms left at 1 and 0, and
+    the projections that write into the residual stream N(0, 0.02 / sqrt(2 n_layer)) (GPT-2: the
+    2 n_layer branches add up). Parameters are drawn in ``named_parameters`` order."""
+    norms = {id(p) for m in model.modules() if isinstance(m, LayerNorm) for p in m.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in norms:
+            continue
+        if name.endswith(".bias"):
+            init.zeros_(p)
+        elif name.endswith(residual_projections):
+            init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
+        else:
+            init.normal_(p, 0.0, 0.02)
