@@ -7,6 +7,7 @@ everything public is re-exported here, as ``torch.nn`` does.
 from groundup.nn import init, utils
 from groundup.nn.attention import *  # noqa: F403
 from groundup.nn.conv import *  # noqa: F403
+from groundup.nn.hooks import ActivationCache, HookedModule, HookPoint
 from groundup.nn.layers import *  # noqa: F403
 from groundup.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from groundup.nn.norm import *  # noqa: F403
@@ -14,4 +15,4 @@ from groundup.nn.positional import *  # noqa: F403
 from groundup.nn.recurrent import *  # noqa: F403
 from groundup.nn.transformer import *  # noqa: F403
 
-__all__ = ["Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]
+__all__ = ["ActivationCache", "HookedModule", "HookPoint", "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]

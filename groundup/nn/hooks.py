@@ -1,0 +1,130 @@
+"""Hook points: named places in a model where a learner can read or replace an activation.
+
+A ``HookPoint`` is an identity module placed on an activation (``x = self.hook_resid_mid(x)``).
+Its name is its module path, as in TransformerLens: ``blocks.0.attn.hook_pattern``. Hooks are
+never persistent: they live only inside a ``with model.hooks({...}):`` block, which removes them
+on exit, also when the block raises.
+
+    with model.hooks({"blocks.*.attn.hook_pattern": lambda act, hook: print(hook.name, act.shape)}):
+        model(idx)
+    logits, cache = model.run_with_cache(idx)              # every activation, by name
+    cache["blocks.1.attn.hook_pattern"]                    # (B, H, T, T)
+
+A hook is ``fn(activation, hook) -> Tensor | None``: returning ``None`` leaves the activation as it
+is; returning a Tensor replaces it (same shape), and gradients flow through the replacement.
+
+References: Nanda & Bloom, TransformerLens (hook points named by module path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from groundup.nn.module import Module
+from groundup.tensor import Tensor, no_grad
+
+__all__ = ["HookPoint", "HookedModule", "ActivationCache", "HookFn"]
+
+HookFn = Callable[[Tensor, "HookPoint"], "Tensor | None"]
+
+
+class HookPoint(Module):
+    """Identity on its input, plus the hooks registered on it (in registration order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""                 # set by HookedModule.hook_points() to the module path
+        self._fns: list[HookFn] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        for fn in self._fns:
+            out = fn(x, self)
+            if out is not None:
+                if not isinstance(out, Tensor):
+                    raise TypeError(f"hook on {self.name!r} returned {type(out).__name__}; return a Tensor or None")
+                if tuple(out.shape) != tuple(x.shape):
+                    raise ValueError(f"hook on {self.name!r} returned shape {tuple(out.shape)}, "
+                                     f"expected {tuple(x.shape)}")
+                x = out
+        return x
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """The activations ``run_with_cache`` recorded: name -> Tensor (detached), in forward order."""
+
+    def __init__(self, activations: dict[str, Tensor], model: Module):
+        self._acts = activations
+        self.model = model
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._acts:
+            raise KeyError(f"no activation {name!r} in the cache; recorded: {list(self._acts)[:8]}"
+                           f"{' …' if len(self._acts) > 8 else ''}")
+        return self._acts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def __repr__(self) -> str:
+        return f"ActivationCache({len(self)} activations: {', '.join(list(self)[:4])}{', …' if len(self) > 4 else ''})"
+
+
+class HookedModule(Module):
+    """A Module whose ``HookPoint`` children can be hooked by name (GPT, AttnOnlyLM, DeepStackLM, …)."""
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        """Every hook point by module path, in definition order."""
+        points = {}
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+                points[name] = module
+        return points
+
+    def _match(self, pattern: str, points: Mapping[str, HookPoint]) -> list[str]:
+        names = [n for n in points if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not names:
+            raise KeyError(f"{type(self).__name__}: no hook point matches {pattern!r}; "
+                           f"hook points are e.g. {list(points)[:6]}")
+        return names
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[str, HookFn]) -> Iterator[HookedModule]:
+        """Register ``{name_or_glob: fn}`` for the duration of the block; always removed on exit."""
+        points = self.hook_points()
+        added: list[tuple[HookPoint, HookFn]] = []
+        try:
+            for pattern, fn in fns.items():
+                if not callable(fn):
+                    raise TypeError(f"hook for {pattern!r} must be callable, got {type(fn).__name__}")
+                for name in self._match(pattern, points):
+                    points[name]._fns.append(fn)
+                    added.append((points[name], fn))
+            yield self
+        finally:
+            for point, fn in added:
+                point._fns.remove(fn)
+
+    def run_with_cache(self, *args: Any, names: str | list[str] | None = None, **kwargs: Any
+                       ) -> tuple[Tensor, ActivationCache]:
+        """Run ``self(*args, **kwargs)`` without gradients, recording activations (all, or the names/globs)."""
+        points = self.hook_points()
+        patterns = [names] if isinstance(names, str) else (names or ["*"])
+        wanted = list(dict.fromkeys(n for p in patterns for n in self._match(p, points)))
+        acts: dict[str, Tensor] = {}
+
+        def record(act: Tensor, hook: HookPoint) -> None:
+            acts[hook.name] = act.detach()
+
+        with no_grad(), self.hooks({name: record for name in wanted}):
+            out = self(*args, **kwargs)
+        return out, ActivationCache(acts, self)
