@@ -20,7 +20,7 @@ CLAIMS = {"in-context.later_tokens", "in-context.induction_heads", "in-context.o
 def test_tiny_run_writes_files_and_a_broken_score_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "induction_scores", lambda maps, starts: np.ones(maps.shape[0:1] + maps.shape[2:3]))
     record = run_stage(get_stage("in-context"), tmp_path, tiny=True)
-    assert record["status"] in ("pass", "fail"), record.get("traceback", record.get("error"))
+    assert record["status"] == "smoke", record.get("traceback", record.get("error"))
     out = tmp_path / "in-context"
     metrics = json.loads((out / "metrics.json").read_text())
     found = {c["name"]: c for c in metrics["claims"]}

@@ -25,7 +25,7 @@ def test_tiny_run_writes_files_and_a_broken_memory_measurement_fails(tmp_path, m
 
     monkeypatch.setattr(stage, "peak_memory", constant_memory)
     record = run_stage(get_stage("scaling"), tmp_path, tiny=True)
-    assert record["status"] in ("pass", "fail"), record.get("traceback", record.get("error"))
+    assert record["status"] == "smoke", record.get("traceback", record.get("error"))
     out = tmp_path / "scaling"
     metrics = json.loads((out / "metrics.json").read_text())
     found = {c["name"]: c for c in metrics["claims"]}

@@ -36,7 +36,7 @@ def test_tiny_run_writes_files_and_a_leaky_mask_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stage, "mask_checks", leaky)
     record = run_stage(get_stage("transformer"), tmp_path, tiny=True)
-    assert record["status"] in ("pass", "fail"), record.get("traceback", record.get("error"))
+    assert record["status"] == "smoke", record.get("traceback", record.get("error"))
     out = tmp_path / "transformer"
     metrics = json.loads((out / "metrics.json").read_text())
     found = {c["name"]: c for c in metrics["claims"]}

@@ -9,11 +9,13 @@ Python:
     from groundup.roadmap import load_stages, run_stage
     record = run_stage(load_stages()[0], "runs", quick=True)   # the metrics.json record
 
-See ``groundup/roadmap/stages/__init__.py`` for how to write a stage.
+A stage is a short list of experiments ``(ctx, state) -> Finding``: see
+``groundup/roadmap/experiment.py`` (and ``groundup/roadmap/stages/__init__.py``) for how to write one.
 """
 
 from groundup.roadmap import claims
-from groundup.roadmap.claims import Claim
+from groundup.roadmap.claims import Check, Claim
+from groundup.roadmap.experiment import Finding, run_experiments
 from groundup.roadmap.runner import (
     Context,
     Plot,
@@ -28,6 +30,7 @@ from groundup.roadmap.runner import (
 from groundup.roadmap.stages import STAGE_ORDER, get_stage, load_stages
 
 __all__ = [
-    "Claim", "Context", "Plot", "Stage", "StageError", "StageResult", "STAGE_ORDER", "claims", "get_stage",
+    "Check", "Claim", "Context", "Finding", "run_experiments",
+    "Plot", "Stage", "StageError", "StageResult", "STAGE_ORDER", "claims", "get_stage",
     "load_stages", "read_metrics", "run_stage", "run_stages", "seed_everything",
 ]

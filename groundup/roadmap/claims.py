@@ -6,10 +6,22 @@ whether the comparison held. The runner prints each one as a PASS/FAIL line and 
 ``metrics.json`` and the report; any FAIL makes ``groundup run`` exit non-zero. A claim that
 does not hold on a run is reported as measured, never forced to pass (see CLAIMS.md).
 
+A claim is a name, a sentence and one or more *checks*. A check is a comparison that writes its
+own threshold text and detail text, so a comparison is spelled once:
+
     from groundup.roadmap import claims
-    claims.at_least("mlp.digits", "The MLP classifies held-out digits", "test accuracy", acc, 0.97)
-    claims.greater("cnn.shift", "Shifts hurt a CNN less than an MLP",
-                   "MLP accuracy drop", mlp_drop, "CNN accuracy drop", cnn_drop)
+    claims.claim("mlp.digits", "The MLP classifies held-out digits", claims.ge("test accuracy", acc, 0.97))
+    claims.claim("cnn.shift", "Shifts hurt a CNN less than an MLP",
+                 claims.gt("MLP accuracy drop", mlp_drop, "CNN accuracy drop", cnn_drop))
+    claims.claim("cnn.weight_sharing", "A CNN beats an MLP with fewer parameters",
+                 claims.gt("CNN accuracy", a_cnn, "MLP accuracy", a_mlp),
+                 claims.lt("CNN parameters", n_cnn, "MLP parameters", n_mlp))   # all checks must hold
+
+Checks: ``ge``/``le`` (a value against a bound), ``gt``/``lt`` (two measured values, optional
+margin), ``near`` (a value within a tolerance of a target), ``close`` (two measured values within
+a relative tolerance), ``is_true`` (an exact property), ``all_of`` (several checks as one). Any
+non-finite measured value fails its check. The older one-call forms ``at_least``, ``at_most``,
+``greater`` and ``check`` remain.
 """
 
 from __future__ import annotations
@@ -18,7 +30,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Claim", "at_least", "at_most", "greater", "check", "format_value"]
+import numpy as np
+
+__all__ = ["Claim", "Check", "claim", "ge", "le", "gt", "lt", "near", "close", "is_true", "all_of",
+           "at_least", "at_most", "greater", "check", "format_value"]
 
 
 def format_value(value: Any) -> str:
@@ -105,3 +120,112 @@ def check(name: str, statement: str, passed: bool, values: dict[str, float], thr
     """
     values = {k: float(v) for k, v in values.items()}
     return Claim(name, statement, bool(passed) and _finite(*values.values()), values, threshold, detail)
+
+
+# ---------------------------------------------------------------- checks: one comparison, spelled once
+@dataclass(frozen=True)
+class Check:
+    """One comparison of measured values: whether it held, the values, the rule and the rule with numbers.
+
+    Attributes:
+        passed: whether it held (False when any value is not finite).
+        values: the measured numbers by label (``{"test accuracy": 0.981}``).
+        rule: the comparison without the measurement (``"test accuracy >= 0.97"``).
+        detail: the comparison with the numbers (``"test accuracy 0.981 >= 0.97"``).
+    """
+
+    passed: bool
+    values: dict[str, float]
+    rule: str
+    detail: str
+
+
+def _num(value: Any) -> float:
+    """A measured number: an integer stays an integer (``5,000`` parameters), anything else a float."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    return float(value)
+
+
+def _make(passed: bool, values: dict[str, float], rule: str, detail: str) -> Check:
+    values = {k: _num(v) for k, v in values.items()}
+    return Check(bool(passed) and _finite(*values.values()), values, rule, detail)
+
+
+def ge(label: str, value: float, bound: float) -> Check:
+    """``value >= bound``."""
+    v = _num(value)
+    return _make(v >= bound, {label: v}, f"{label} >= {format_value(float(bound))}",
+                 f"{label} {format_value(v)} >= {format_value(float(bound))}")
+
+
+def le(label: str, value: float, bound: float) -> Check:
+    """``value <= bound``."""
+    v = _num(value)
+    return _make(v <= bound, {label: v}, f"{label} <= {format_value(float(bound))}",
+                 f"{label} {format_value(v)} <= {format_value(float(bound))}")
+
+
+def _margin(margin: float, factor: float) -> str:
+    text = f" + {format_value(float(margin))}" if margin else ""
+    return text + (f" x {format_value(float(factor))}" if factor != 1.0 else "")
+
+
+def gt(label_a: str, a: float, label_b: str, b: float, margin: float = 0.0, factor: float = 1.0) -> Check:
+    """``a > factor * b + margin``: the first measured value beats the second."""
+    a, b = _num(a), _num(b)
+    rule = f"{label_a} > {label_b}" + _margin(margin, factor)
+    return _make(a > factor * b + margin, {label_a: a, label_b: b}, rule,
+                 f"{label_a} {format_value(a)} > {label_b} {format_value(b)}" + _margin(margin, factor))
+
+
+def lt(label_a: str, a: float, label_b: str, b: float, margin: float = 0.0, factor: float = 1.0) -> Check:
+    """``a < factor * b - margin``: the first measured value stays below the second."""
+    a, b = _num(a), _num(b)
+    text = (f" - {format_value(float(margin))}" if margin else "") + (
+        f" x {format_value(float(factor))}" if factor != 1.0 else "")
+    return _make(a < factor * b - margin, {label_a: a, label_b: b}, f"{label_a} < {label_b}" + text,
+                 f"{label_a} {format_value(a)} < {label_b} {format_value(b)}" + text)
+
+
+def near(label: str, value: float, target: float, tol: float) -> Check:
+    """``|value - target| <= tol``."""
+    v = _num(value)
+    gap = abs(v - float(target))
+    return _make(gap <= tol, {label: v},
+                 f"|{label} - {format_value(float(target))}| <= {format_value(float(tol))}",
+                 f"{label} {format_value(v)}, |{format_value(v)} - {format_value(float(target))}| = "
+                 f"{format_value(gap)} <= {format_value(float(tol))}")
+
+
+def close(label_a: str, a: float, label_b: str, b: float, rtol: float) -> Check:
+    """``|a - b| <= rtol * max(|a|, |b|)``: two measured values agree to a relative tolerance."""
+    a, b = _num(a), _num(b)
+    gap = abs(a - b) / max(abs(a), abs(b), 1e-300)
+    return _make(gap <= rtol, {label_a: a, label_b: b}, f"|{label_a} - {label_b}| / max <= {format_value(rtol)}",
+                 f"{label_a} {format_value(a)} vs {label_b} {format_value(b)}: relative gap "
+                 f"{format_value(gap)} <= {format_value(float(rtol))}")
+
+
+def is_true(label: str, flag: bool, values: dict[str, float] | None = None) -> Check:
+    """An exact property (``"earlier outputs unchanged"``), with the numbers behind it if any."""
+    shown = ", ".join(f"{k} {format_value(float(v))}" for k, v in (values or {}).items())
+    return _make(bool(flag), dict(values or {}), label, f"{label}: {'yes' if flag else 'no'}"
+                 + (f" ({shown})" if shown else ""))
+
+
+def all_of(*checks: Check) -> Check:
+    """Several checks as one: passes when every one does."""
+    values: dict[str, float] = {}
+    for c in checks:
+        values.update(c.values)
+    return Check(all(c.passed for c in checks), values, "; ".join(c.rule for c in checks),
+                 "; ".join(c.detail for c in checks))
+
+
+def claim(name: str, statement: str, *checks: Check) -> Claim:
+    """A claim that holds when all its checks do; threshold and detail come from the checks."""
+    if not checks:
+        raise ValueError(f"claim {name!r}: give at least one check")
+    both = all_of(*checks)
+    return Claim(name, statement, both.passed, both.values, both.rule, both.detail)

@@ -29,7 +29,8 @@ nav { font-size: 0.9em; }
 .badge { display: inline-block; padding: 1px 9px; border-radius: 10px; font-weight: 600; font-size: 0.85em;
          color: #fff; vertical-align: middle; }
 .pass { background: #1a7f37; } .fail { background: #cf222e; } .error { background: #9a6700; }
-.none { background: #8c959f; }
+.none { background: #8c959f; } .smoke { background: #57606a; }
+.finding { margin-top: 1.2em; }
 .headline { font-size: 1.25em; margin: 0.6em 0; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 10px 14px; margin: 1em 0; }
 .errorbox { background: #ffebe9; border: 1px solid #cf222e; border-radius: 6px; padding: 10px 14px; }
@@ -45,7 +46,7 @@ pre { background: #f6f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; 
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 """
 
-_STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR"}
+_STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "smoke": "SMOKE"}
 
 
 def _esc(value: Any) -> str:
@@ -107,8 +108,49 @@ def _mode_banner(record: dict[str, Any]) -> str:
             f"without <code>--quick</code> for the full version.{table}</div>")
 
 
-def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = ()) -> str:
-    """The HTML report of one stage run from its metrics.json ``record`` (plus trusted extra sections)."""
+def _claims_table(claims: Sequence[dict[str, Any]], smoke: bool) -> str:
+    rows = []
+    for c in claims:
+        measured = "<br>".join(f"{_esc(k)} = {_esc(_fmt(v))}" for k, v in c.get("values", {}).items())
+        verdict = (f'<span class="badge smoke">{"held" if c["passed"] else "not held"}</span>' if smoke
+                   else _badge("pass" if c["passed"] else "fail"))
+        rows.append(f"<tr><td>{verdict}</td><td>{_esc(c['statement'])}</td>"
+                    f"<td class=num>{measured}</td><td>{_esc(_fmt(c.get('threshold')))}</td></tr>")
+    return ("<table><tr><th>result</th><th>claim</th><th>measured</th><th>threshold</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _figures(plots: Sequence[dict[str, Any]]) -> list[str]:
+    return [f'<figure><img src="{_esc(plot["file"])}" alt="{_esc(plot["caption"] or plot["file"])}">'
+            f"<figcaption>{_esc(plot['caption'])}</figcaption></figure>" for plot in plots]
+
+
+def _findings(record: dict[str, Any], finding_sections: Sequence[Sequence[tuple[str, str]]]) -> list[str]:
+    """One section per experiment: its title, text, claims and plots (and trusted extra HTML)."""
+    claims = {c["name"]: c for c in record.get("claims", [])}
+    plots = {p["file"]: p for p in record.get("plots", [])}
+    smoke = record.get("status") == "smoke"
+    parts = []
+    for i, finding in enumerate(record["findings"]):
+        parts.append(f'<h2 class="finding">{i + 1}. {_esc(finding["title"])}</h2>')
+        parts += [f"<p>{_esc(p)}</p>" for p in finding.get("text", [])]
+        if finding.get("claims"):
+            parts.append(_claims_table([claims[name] for name in finding["claims"]], smoke))
+        parts += _figures([plots[f] for f in finding.get("plots", [])])
+        for title, body in (finding_sections[i] if i < len(finding_sections) else ()):
+            parts.append(f"<h3>{_esc(title)}</h3>\n{body}")
+        if finding.get("notes"):
+            parts.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in finding["notes"]) + "</ul>")
+    return parts
+
+
+def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (),
+                 finding_sections: Sequence[Sequence[tuple[str, str]]] = ()) -> str:
+    """The HTML report of one stage run from its metrics.json ``record`` (plus trusted extra sections).
+
+    A stage of experiments (``record["findings"]``) gets one section per finding, with that
+    finding's text, claims and plots together; ``finding_sections[i]`` are finding i's extra HTML.
+    """
     name = record["stage"]
     parts = ['<nav><a href="../index.html">&larr; all stages</a></nav>',
              f"<h1>{_esc(name)} {_badge(record.get('status'))}</h1>",
@@ -126,22 +168,16 @@ def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (
     if record.get("summary_text"):
         parts.append("<h2>What this stage shows</h2>")
         parts += [f"<p>{_esc(p)}</p>" for p in record["summary_text"]]
-    if record.get("claims"):
+    if record.get("findings"):
+        parts += _findings(record, finding_sections)
+    elif record.get("claims"):
         parts.append("<h2>Claims, checked on this run</h2>")
         parts.append("<p>Each claim is a statement you will meet in courses and books, turned into a check on the "
                      "numbers measured above. A claim that does not hold is reported as measured.</p>")
-        rows = []
-        for c in record["claims"]:
-            measured = "<br>".join(f"{_esc(k)} = {_esc(_fmt(v))}" for k, v in c.get("values", {}).items())
-            rows.append(f"<tr><td>{_badge('pass' if c['passed'] else 'fail')}</td><td>{_esc(c['statement'])}</td>"
-                        f"<td class=num>{measured}</td><td>{_esc(_fmt(c.get('threshold')))}</td></tr>")
-        parts.append("<table><tr><th>result</th><th>claim</th><th>measured</th><th>threshold</th></tr>"
-                     + "".join(rows) + "</table>")
-    if record.get("plots"):
+        parts.append(_claims_table(record["claims"], record.get("status") == "smoke"))
+    if record.get("plots") and not record.get("findings"):
         parts.append("<h2>Plots</h2>")
-        for plot in record["plots"]:
-            parts.append(f'<figure><img src="{_esc(plot["file"])}" alt="{_esc(plot["caption"] or plot["file"])}">'
-                         f"<figcaption>{_esc(plot['caption'])}</figcaption></figure>")
+        parts += _figures(record["plots"])
     for title, body in sections:
         parts.append(f"<h2>{_esc(title)}</h2>\n{body}")
     if record.get("notes"):

@@ -1,7 +1,7 @@
 """The roadmap runner: the Stage / Context / StageResult interface, and running stages to disk.
 
-A stage is a function ``run(ctx: Context) -> StageResult`` wrapped in a ``Stage`` (see
-``groundup/roadmap/stages/__init__.py`` for how to write one). The runner seeds everything,
+A stage is a short list of experiments ``(ctx, state) -> Finding`` wrapped in a ``Stage`` (see
+``groundup/roadmap/experiment.py``), or a function ``run(ctx: Context) -> StageResult``. The runner seeds everything,
 makes ``runs/STAGE/``, calls the stage under a progress display, then writes
 
     runs/STAGE/metrics.json   every number measured, each claim (passed, values, threshold), settings
@@ -64,6 +64,7 @@ class StageResult:
         sections: extra report sections as (title, HTML body) pairs, e.g. a derivation written
             out step by step. The HTML comes from stage code (trusted); escape any data in it.
         notes: extra remarks for the report (anything surprising, caveats).
+        findings: the experiments' findings (``groundup.roadmap.experiment``), each a report section.
     """
 
     headline: tuple[str, float]
@@ -73,6 +74,7 @@ class StageResult:
     plots: list[Plot] = field(default_factory=list)
     sections: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    findings: list[Any] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -86,14 +88,34 @@ class Stage:
     Attributes:
         name: the id used on the command line and as the run directory (``groundup run mlp``).
         summary: one line for ``groundup roadmap`` and the index page.
-        run: the entry point, ``run(ctx) -> StageResult``.
+        run: an entry point ``run(ctx) -> StageResult``; None for a stage given as ``experiments``.
         title: a longer heading for the report (defaults to the summary).
+        experiments: the stage's experiments ``(ctx, state) -> Finding``, run in order.
+        headline: (label, dotted metric path) of the headline number, for a stage of experiments.
+        intro: the report's opening paragraphs (no numbers: those belong to findings).
     """
 
     name: str
     summary: str
-    run: Callable[[Context], StageResult]
+    run: Callable[[Context], StageResult] | None = None
     title: str = ""
+    experiments: tuple[Callable[..., Any], ...] = ()
+    headline: tuple[str, str] = ("", "")
+    intro: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (not self.experiments):
+            raise ValueError(f"stage {self.name!r}: give either run= or experiments=, not both or neither")
+        if self.experiments and not self.headline[1]:
+            raise ValueError(f"stage {self.name!r}: a stage of experiments needs headline=(label, metric path)")
+
+    def execute(self, ctx: Context) -> StageResult:
+        """Run the stage: its ``run`` function, or its experiments in order."""
+        if self.run is not None:
+            return self.run(ctx)
+        from groundup.roadmap.experiment import run_experiments
+
+        return run_experiments(ctx, self.experiments, self.headline, self.intro)
 
 
 class _Progress:
@@ -320,7 +342,9 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
         all_stages: the stages the index lists (default: just this one plus what is on disk).
 
     Returns:
-        the record written to metrics.json (``status`` is "pass", "fail" or "error").
+        the record written to metrics.json: ``status`` is "pass" or "fail" (all claims held or not),
+        "smoke" for a tiny run that finished (its numbers say nothing, so its claims are shown but
+        not judged; ``claims_passed`` still says how they came out), or "error".
     """
     from groundup.roadmap import report
 
@@ -342,7 +366,7 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
     result: StageResult | None = None
     try:
         with bars, _one_blas_thread():
-            result = stage.run(ctx)
+            result = stage.execute(ctx)
         if not isinstance(result, StageResult):
             raise TypeError(f"stage {stage.name!r}: run(ctx) returned {type(result).__name__}, expected StageResult")
         for plot in result.plots:
@@ -360,13 +384,15 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
     if result is not None:
         label, value = result.headline
         record.update(
-            status="pass" if result.passed else "fail",
+            status="smoke" if tiny else "pass" if result.passed else "fail", claims_passed=result.passed,
+            findings=[f.to_dict() for f in result.findings],
             headline={"label": label, "value": value, "text": f"{label} {format_value(float(value))}"},
             claims=[c.to_dict() for c in result.claims], metrics=result.metrics, summary_text=result.summary,
             plots=[{"file": p.file, "caption": p.caption} for p in result.plots], notes=result.notes)
     record = _jsonable(record)
     _write_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
-    _write_atomic(out_dir / "report.html", report.render_stage(record, result.sections if result else []))
+    _write_atomic(out_dir / "report.html", report.render_stage(
+        record, result.sections if result else [], [f.sections for f in result.findings] if result else []))
     listed = list(all_stages) if all_stages is not None else [stage]
     _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
     _print_outcome(bars, record)
@@ -374,15 +400,18 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
 
 
 def _print_outcome(bars: _Progress, record: dict[str, Any]) -> None:
+    smoke = record["status"] == "smoke"  # a tiny run: the claims ran, but its numbers judge nothing
     for claim in record.get("claims", []):
-        bars.log(f"  {'PASS' if claim['passed'] else 'FAIL'}  {claim['statement']}  ({claim['detail']})")
+        verdict = ("held" if claim["passed"] else "not held") if smoke else ("PASS" if claim["passed"] else "FAIL")
+        bars.log(f"  {verdict}  {claim['statement']}  ({claim['detail']})")
     if record["status"] == "error":
         if record.get("traceback"):
             bars.log(record["traceback"].rstrip())
         bars.log(f"  ERROR  {record['error']}")
     else:
         n_pass = sum(c["passed"] for c in record["claims"])
-        bars.log(f"  {record['stage']}: {n_pass}/{len(record['claims'])} claims passed, "
+        what = "claims held (smoke run: not judged)" if smoke else "claims passed"
+        bars.log(f"  {record['stage']}: {n_pass}/{len(record['claims'])} {what}, "
                  f"{record['headline']['text']}, {record['wall_s']:.1f} s")
 
 

@@ -2,30 +2,31 @@
 
 How to write a stage
 ====================
-A stage is a module ``groundup/roadmap/stages/NAME.py`` that defines ``STAGE``:
+A stage is a module ``groundup/roadmap/stages/NAME.py`` that defines ``STAGE``: a short list of
+experiments, each a function ``(ctx, state) -> Finding`` (``groundup/roadmap/experiment.py``).
 
-    from groundup.roadmap import Context, Stage, StageResult, claims
+    from groundup.roadmap import Context, Finding, Stage, claims
 
-    def run(ctx: Context) -> StageResult:
+    def digits(ctx: Context, state: dict) -> Finding:
         epochs = ctx.budget("epochs", full=30, quick=10, tiny=1)    # recorded; the report lists quick vs full
         target = ctx.threshold("test accuracy", full=0.97, quick=0.95)
-        for epoch in ctx.track(range(epochs), "training"):         # a progress bar (quiet without a TTY)
-            ...
-            ctx.info(f"loss {loss:.3f}")                          # status beside the bar
+        ...                                                        # train with groundup.train.Trainer
         fig = ctx.figure(6, 4)                                     # a matplotlib Figure (Agg, no pyplot)
         fig.subplots().plot(losses)
-        plot = ctx.savefig(fig, "loss.png", "Training loss per epoch.")
-        return StageResult(
-            headline=("test accuracy", acc),                       # shown by `groundup roadmap` and the index
-            summary=["One or two plain sentences per paragraph: what the stage shows and how."],
-            metrics={"test_accuracy": acc, "loss_curve": losses},  # every number measured (JSON-able)
-            claims=[claims.at_least("name.acc", "The net classifies held-out digits", "test accuracy",
-                                    acc, target)],
-            plots=[plot],
-            sections=[("Derivation", "<pre>...</pre>")],          # optional extra HTML (escape data in it)
-        )
+        return Finding(
+            title="An MLP on digits",
+            metrics={"classification": {"test_accuracy": acc, "loss_curve": losses}},   # JSON-able
+            claims=[claims.claim("name.acc", "The net classifies held-out digits",
+                                 claims.ge("test accuracy", acc, target))],
+            plots=[ctx.savefig(fig, "loss.png", "Training loss per epoch.")],
+            text=[f"The MLP reaches {acc:.1%} test accuracy."],    # numbers only from this run's metrics
+            sections=[("Derivation", "<pre>...</pre>")])          # optional extra HTML (escape data in it)
 
-    STAGE = Stage("name", "one-line summary", run=run, title="Longer report heading")
+    STAGE = Stage("name", "one-line summary", experiments=(digits,),
+                  headline=("test accuracy", "classification.test_accuracy"),   # a dotted metric path
+                  intro=("What the stage is about, in words (no numbers).",), title="Longer report heading")
+
+A stage may instead define ``run(ctx) -> StageResult`` and pass ``Stage(name, summary, run=run)``.
 
 The contract:
 
@@ -36,12 +37,19 @@ The contract:
   ``{"dataset": "mnist"}``; ignore what you don't use), the budget helpers ``ctx.pick``,
   ``ctx.budget``, ``ctx.threshold``, and output helpers ``ctx.track``, ``ctx.info``, ``ctx.log``,
   ``ctx.figure``, ``ctx.savefig``, ``ctx.to_tensor``.
-- It returns a ``StageResult``; the runner writes ``metrics.json``, ``report.html`` and the index,
-  and prints the claims. Never print PASS/FAIL yourself, never call ``sys.exit``.
+- Experiments return ``Finding``s (a ``run`` function returns a ``StageResult``); the runner writes
+  ``metrics.json``, ``report.html`` and the index, and prints the claims. Never print PASS/FAIL
+  yourself, never call ``sys.exit``. Every number in a finding's text or a caption must be one of
+  this run's metrics, settings or claim values (``groundup.roadmap.provenance``; a test checks it).
+- No stage imports another stage (``from groundup.roadmap.stages.x import ...``): shared helpers live
+  in roadmap modules (``groundup/roadmap/classify.py``, ``plots.py``) or lower in the library.
+- Train with ``groundup.train.Trainer`` (``groundup/roadmap/training.py`` has the roadmap's
+  callbacks); keep a hand-written loop only where the loop is the lesson.
 - Budgets: ``--quick`` runs should take about a minute on two CPU cores (the whole
   ``groundup run all --quick`` must fit in 10 minutes); ``tiny`` (tests) a few seconds. A quick
   run may loosen a threshold through ``ctx.threshold(name, full, quick)``, which puts it in the
-  report's quick-mode banner. Tiny runs may fail their claims; tests only check the files.
+  report's quick-mode banner. Tiny runs (``--tiny``, ten seconds at most) are smoke tests: status
+  "smoke", claims shown but not judged; keep their figures cheap (``ctx.tiny``: fewer panels).
 - Raise ``StageError("what is wrong and what to do")`` when the stage cannot run as asked (a
   dataset that cannot be downloaded, ``--device cuda`` without CuPy); any other exception is
   caught, printed with its traceback and recorded as status "error".
