@@ -461,5 +461,5 @@ def test_refuses_a_mismatched_optimizer_and_changes_nothing(tmp_path):
              model=model, optimizer=sgd)
     assert sgd.state == {}
     two_groups = AdamW([{"params": [model.fc1.weight]}, {"params": [model.fc2.weight]}])
-    _refused(tmp_path, r"optimizer\.safetensors: does not fit the optimizer: .*1 parameter groups",
+    _refused(tmp_path, r"optimizer\.safetensors: does not fit the optimizer: the file has 1 parameter groups",
              model=model, optimizer=two_groups)

@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors for arrays, JSON for everything else; atomic writes; strict, safe loading.
+"""Checkpoints: safetensors for arrays, JSON for everything else; atomic writes; strict, bounded loading.
 
 A checkpoint is a directory holding
 
@@ -6,21 +6,29 @@ A checkpoint is a directory holding
     config.json             the model's config (a dataclass or dict), enough to rebuild the model
     optimizer.safetensors   optimizer buffers as ``state.<param index>.<name>``; hyper-parameters and
                             scalar state (step counts) as JSON in the file's metadata
-    state.json              the commit record: the sha256 of each file above, plus the caller's state
-                            (step, RNG states, best val loss, ...)
+    state.json              the commit record: the sha256 of each file above and of the run's files
+                            beside it (run.json, the tokenizer: ``COVERED_FILES``), plus the caller's
+                            state (step, RNG states, best val loss, ...)
 
-Loading never unpickles anything (safetensors cannot run code), and refuses, with an error that
-names the file, a pickle or zip (``torch.save``, ``np.savez``) renamed to ``.safetensors``, a
-truncated file, a corrupt header, a file whose sha256 differs from the one in state.json, and a
-checkpoint whose config, parameter names or shapes do not match the model. Everything is checked
-before anything changes, so a refused load leaves the model and optimizer as they were.
+Loading never unpickles anything (safetensors cannot run code) and is bounded: only regular files
+are read, JSON files have a size limit, a safetensors header is checked against the file's size and,
+when a model is given, against the model's names and shapes before any tensor is read (see
+safetensors_file.py). It refuses, with a ``CheckpointError`` that names the file: a pickle or zip
+renamed to ``.safetensors``, a truncated file, a corrupt header, a file whose sha256 differs from
+the one in state.json (including a tokenizer or run.json that belongs to another run), state.json
+naming files other than the three above, a config, parameter names or shapes that do not match the
+model, and weights that are not finite or not floating point (unless ``check_values=False``).
+Everything is checked before anything changes, so a refused load leaves the model and optimizer as
+they were.
 
-Atomic saves: every file is written to a temporary file in the same directory and fsynced. The
-previous checkpoint's files are kept reachable as hard links ``.<name>.prev``; then the new files
-are moved into place with ``os.replace`` and state.json goes last, as the commit. A crash at any
-point leaves a loadable checkpoint: before the commit, state.json still lists the previous files'
-sha256 and the loader takes each file from ``<name>`` or ``.<name>.prev``, whichever matches;
-after it, the new set is complete. The next save first restores any such half-replaced set.
+Atomic saves: every file is written to a temporary file (``O_EXCL``, never through a symlink) in the
+same directory and fsynced. The previous checkpoint's files are kept reachable as hard links
+``.<name>.prev``; then the new files are moved into place with ``os.replace`` and state.json goes
+last, as the commit. A crash at any point leaves a loadable checkpoint: before the commit,
+state.json still lists the previous files' sha256 and the loader takes each file from ``<name>`` or
+``.<name>.prev``, whichever matches; after it, the new set is complete. The next save first restores
+any such half-replaced set. A failed write (a full disk) raises ``CheckpointWriteError`` naming the
+file and saying that the previous checkpoint is intact.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +48,46 @@ import numpy as np
 
 from groundup.nn.module import Module
 from groundup.optim.optimizer import Optimizer
+from groundup.train.files import describe_os_error, fsync_dir, open_regular, read_limited, write_synced
+from groundup.train.safetensors_file import SafetensorsError, TensorInfo, read_header, read_tensors
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_safetensors", "CheckpointError",
-           "MODEL_FILE", "CONFIG_FILE", "OPTIMIZER_FILE", "STATE_FILE"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_safetensors", "read_checkpoint_config",
+           "read_checkpoint_state", "verify_covered", "config_from_dict", "CheckpointError",
+           "CheckpointWriteError", "MODEL_FILE", "CONFIG_FILE", "OPTIMIZER_FILE", "STATE_FILE", "COVERED_FILES"]
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
-_RECORD_KEY = "checkpoint"           # reserved key of state.json holding the file digests
+CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE)
+COVERED_FILES = ("run.json", "tokenizer.json", "vocab.json", "merges.txt")  # a run's files, hashed in state.json
+MAX_JSON_BYTES = 16 * 2**20            # config.json, state.json, run.json, tokenizers: small files
+_RECORD_KEY = "checkpoint"             # reserved key of state.json holding the file digests
 _FORMAT = "groundup-checkpoint"
-_MAX_HEADER = 100_000_000            # safetensors' own limit on the JSON header (bytes)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unsafe, corrupt, or does not fit the model / optimizer."""
 
 
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, permissions); the previous checkpoint is intact."""
+
+
 # ---------------------------------------------------------------------------- small helpers
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a regular file, read in 1 MiB chunks (memory stays flat whatever the size)."""
+    f, _ = open_regular(path)
+    digest = hashlib.sha256()
+    with f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -92,26 +122,27 @@ def _json_bytes(value: Any) -> bytes:
     return (json.dumps(value, indent=1, default=_json_default) + "\n").encode()
 
 
+def _load_json(path: Path, data: bytes | None = None) -> Any:
+    """Parse a small JSON file; anything wrong with it (size, encoding, nesting) is a CheckpointError."""
+    try:
+        if data is None:
+            data = read_limited(path, MAX_JSON_BYTES)
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({str(err)[:200]})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot be read ({err})") from None
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and force it to disk."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``data`` to the new file ``path`` and force it to disk (never through a symlink)."""
+    write_synced(path, data)
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make renames inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path)
 
 
 def _prev(directory: Path, name: str) -> Path:
@@ -119,65 +150,58 @@ def _prev(directory: Path, name: str) -> Path:
 
 
 def _tmp(directory: Path, name: str) -> Path:
-    return directory / f".{name}.tmp"
+    return directory / f".{name}.{os.getpid()}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def config_from_dict(cls: type, values: Any, where: str | os.PathLike = "config") -> Any:
+    """Build the dataclass ``cls`` from a JSON dict, checking keys and value types first.
+
+    Every field must have its annotated type (``"0.1"`` is not a float, ``1`` is not a bool) and
+    floats must be finite; then the dataclass's own checks run. Any failure is a CheckpointError
+    naming ``where``.
+    """
+    from groundup.train.config import check_types
+
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k)[:40] for k in set(values) - names)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown {cls.__name__} field(s) {unknown}")
+    try:
+        check_types(cls, values)
+        return cls(**values)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{where}: {err}") from None
 
 
 # ---------------------------------------------------------------------------- safetensors, checked
 def read_safetensors(path: str | os.PathLike, data: bytes | None = None) -> tuple[dict[str, np.ndarray],
                                                                                   dict[str, str]]:
-    """Read a safetensors file after checking it is one, whole and well-formed.
+    """Read a safetensors file after checking it is one, whole and well-formed (see safetensors_file.py).
 
     Returns:
         (arrays, metadata): name -> NumPy array, and the file's ``__metadata__`` (str -> str).
 
     Raises:
-        CheckpointError: naming the file, for a pickle / zip / .npy file, a truncated file, a header
-            that is not JSON or not a valid table of tensors, or data that does not fill the file.
+        CheckpointError: naming the file, for a pickle / zip / .npy file, a file that is not regular, a
+            truncated file, a header that is not JSON or not a valid table of tensors, or data that does
+            not fill the file.
     """
-    path = Path(path)
-    if data is None:
-        data = path.read_bytes()
-    size = len(data)
-    if data[:1] == b"\x80" or data[:2] == b"PK" or data[:6] == b"\x93NUMPY":
-        kind = "a pickle" if data[:1] == b"\x80" else "a zip archive (torch.save / np.savez)" \
-            if data[:2] == b"PK" else "a .npy file"
-        raise CheckpointError(f"{path}: this is {kind}, not a safetensors file; groundup refuses to load it "
-                              f"(unpickling can run arbitrary code). Convert it to safetensors first.")
-    if size < 8:
-        raise CheckpointError(f"{path}: truncated ({size} bytes); a safetensors file starts with an "
-                              f"8-byte header length")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len > size - 8 or header_len > _MAX_HEADER:
-        raise CheckpointError(f"{path}: the header length field says {header_len} bytes but the file has "
-                              f"{size}: the file is truncated or is not a safetensors file")
     try:
-        header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON: {err})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, "
-                              f"expected an object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_len = size - 8 - header_len
-    end = 0
-    for name, info in header.items():
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or "dtype" not in info or "shape" not in info):
-            raise CheckpointError(f"{path}: corrupt safetensors header: entry {name!r} is {info!r}")
-        end = max(end, offsets[1])
-    if end > data_len:
-        raise CheckpointError(f"{path}: truncated: its tensors need {end} bytes of data but only {data_len} "
-                              f"are present")
-    if end < data_len:
-        raise CheckpointError(f"{path}: corrupt: {data_len - end} bytes after the last tensor")
-    from safetensors.numpy import load
-
-    try:
-        arrays = load(data)
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type; re-raise with the file
-        raise CheckpointError(f"{path}: invalid safetensors file: {err}") from None
-    return arrays, dict(metadata)
+        return read_tensors(path, data)
+    except SafetensorsError as err:
+        raise CheckpointError(str(err)) from None
 
 
 # ---------------------------------------------------------------------------- save
@@ -210,8 +234,11 @@ def _optimizer_payload(optimizer: Optimizer) -> bytes:
 def _recover(directory: Path) -> None:
     """Undo a save that crashed between replacing files and committing state.json; drop leftovers."""
     for leftover in directory.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
-    prevs = list(directory.glob(".*.prev"))
+        parts = leftover.name.split(".")
+        pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+        if pid is None or pid == os.getpid() or not _pid_alive(pid):
+            leftover.unlink(missing_ok=True)
+    prevs = [p for p in directory.glob(".*.prev") if p.name[1:-len(".prev")] in CHECKPOINT_FILES]
     if not prevs:
         return
     files = _committed_files(directory)
@@ -219,8 +246,8 @@ def _recover(directory: Path) -> None:
         name = prev.name[1:-len(".prev")]
         digest = files.get(name)
         main = directory / name
-        if digest is not None and not (main.exists() and _sha256(main.read_bytes()) == digest) \
-                and _sha256(prev.read_bytes()) == digest:
+        if digest is not None and not (main.is_file() and _file_sha256(main) == digest) \
+                and prev.is_file() and _file_sha256(prev) == digest:
             os.replace(prev, main)
         else:
             prev.unlink(missing_ok=True)
@@ -228,16 +255,33 @@ def _recover(directory: Path) -> None:
 
 
 def _committed_files(directory: Path) -> dict[str, str]:
-    """The file -> sha256 table of the committed state.json ({} when there is none or it is unreadable)."""
+    """The file -> sha256 table of the committed state.json ({} when there is none or it is unusable)."""
     try:
-        record = json.loads((directory / STATE_FILE).read_text())
-        return dict(record[_RECORD_KEY]["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return _read_record(directory)[0] or {}
+    except (CheckpointError, OSError):
         return {}
 
 
+def _committed_step(directory: Path) -> Any:
+    try:
+        return _read_record(directory)[1].get("step")
+    except (CheckpointError, OSError):
+        return None
+
+
+def _covered_digests(directory: Path, names: Iterable[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        if name not in COVERED_FILES:
+            raise ValueError(f"save_checkpoint: covers={name!r} is not one of {COVERED_FILES}")
+        path = directory / name
+        if path.is_file() and not path.is_symlink():
+            out[name] = _sha256(read_limited(path, MAX_JSON_BYTES))
+    return out
+
+
 def save_checkpoint(out_dir: str | os.PathLike, model: Module, config: Any = None, optimizer: Optimizer | None = None,
-                    state: Mapping[str, Any] | None = None) -> Path:
+                    state: Mapping[str, Any] | None = None, *, covers: Iterable[str] = COVERED_FILES) -> Path:
     """Save ``model`` (and optionally its config, optimizer and a JSON state) into ``out_dir``, atomically.
 
     Args:
@@ -246,9 +290,14 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Module, config: Any = Non
         config: a dataclass or dict, written as config.json (``{}`` when None).
         optimizer: its state goes to optimizer.safetensors (skipped when None).
         state: JSON-serialisable dict written into state.json (step, RNG states, ...).
+        covers: the run's files beside the checkpoint whose sha256 the record keeps (those present),
+            so that loading detects a tokenizer or run.json replaced by another run's.
 
     Returns:
         the checkpoint directory.
+
+    Raises:
+        CheckpointWriteError: a file could not be written (the previous checkpoint is intact).
     """
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -259,27 +308,43 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Module, config: Any = Non
     if optimizer is not None:
         payloads[OPTIMIZER_FILE] = _optimizer_payload(optimizer)
     record = {_RECORD_KEY: {"format": _FORMAT, "version": 1,
-                            "files": {name: _sha256(data) for name, data in payloads.items()}}}
+                            "files": {name: _sha256(data) for name, data in payloads.items()},
+                            "covers": _covered_digests(directory, covers)}}
     record.update(_jsonable(state))
     record_bytes = _json_bytes(record)
 
-    _recover(directory)
     try:
-        for name, data in payloads.items():
-            _write_synced(_tmp(directory, name), data)
-        _write_synced(_tmp(directory, STATE_FILE), record_bytes)
-        # keep the previous committed files reachable until the new state.json is in place
-        for name in _committed_files(directory):
-            if (directory / name).exists():
-                _keep_previous(directory / name, _prev(directory, name))
-        _fsync_dir(directory)
-        for name in payloads:
-            os.replace(_tmp(directory, name), directory / name)
-        os.replace(_tmp(directory, STATE_FILE), directory / STATE_FILE)   # the commit
-        _fsync_dir(directory)
-    finally:
-        for name in [*payloads, STATE_FILE]:
-            _tmp(directory, name).unlink(missing_ok=True)
+        _recover(directory)
+        previous_step = _committed_step(directory)
+        written = None
+        try:
+            for name, data in [*payloads.items(), (STATE_FILE, record_bytes)]:
+                written = _tmp(directory, name)
+                _write_synced(written, data)
+            written = None
+            # keep the previous committed files reachable until the new state.json is in place
+            for name in _committed_files(directory):
+                if (directory / name).exists():
+                    _keep_previous(directory / name, _prev(directory, name))
+            _fsync_dir(directory)
+            for name in payloads:
+                os.replace(_tmp(directory, name), directory / name)
+            os.replace(_tmp(directory, STATE_FILE), directory / STATE_FILE)   # the commit
+            _fsync_dir(directory)
+        finally:
+            for name in [*payloads, STATE_FILE]:
+                _tmp(directory, name).unlink(missing_ok=True)
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        where = f"{written}: " if written is not None and err.filename is None else ""
+        kept = f" (step {previous_step})" if previous_step is not None else ""
+        intact = f"the previous checkpoint{kept} is intact" if previous_step is not None or \
+            (directory / STATE_FILE).exists() else "no earlier checkpoint was there"
+        failure = CheckpointWriteError(f"could not save the checkpoint in {directory}: {where}"
+                                       f"{describe_os_error(err)}; {intact}")
+        failure.errno = err.errno
+        raise failure from None
     for prev in directory.glob(".*.prev"):
         prev.unlink(missing_ok=True)
     if optimizer is None:  # a stale optimizer file from an older checkpoint must not be mistaken for this one's
@@ -297,66 +362,140 @@ def _keep_previous(main: Path, prev: Path) -> None:
             os.fsync(f.fileno())
 
 
-# ---------------------------------------------------------------------------- load
-def _read_record(directory: Path) -> tuple[dict[str, str] | None, dict[str, Any]]:
+# ---------------------------------------------------------------------------- load: the record
+def _digest_table(value: Any, allowed: tuple[str, ...], where: Path, what: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: '{_RECORD_KEY}.{what}' must be a table of file -> sha256")
+    for name, digest in value.items():
+        if name not in allowed:
+            raise CheckpointError(f"{where}: '{_RECORD_KEY}.{what}' names {str(name)[:80]!r}; a checkpoint "
+                                  f"lists only {', '.join(allowed)} (plain names inside its directory)")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise CheckpointError(f"{where}: the sha256 of {name} is {str(digest)[:80]!r}, not 64 hex digits")
+    return dict(value)
+
+
+def _read_record(directory: Path) -> tuple[dict[str, str] | None, dict[str, Any], dict[str, str]]:
+    """(files, state, covers) of state.json; (None, {}, {}) when there is none."""
     path = directory / STATE_FILE
-    if not path.exists():
-        return None, {}
-    try:
-        record = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not os.path.lexists(path):
+        return None, {}, {}
+    record = _load_json(path)
     if not isinstance(record, dict) or not isinstance(record.get(_RECORD_KEY), dict) \
             or not isinstance(record[_RECORD_KEY].get("files"), dict):
         raise CheckpointError(f"{path}: not a groundup checkpoint record (no '{_RECORD_KEY}.files' table)")
-    files = dict(record.pop(_RECORD_KEY)["files"])
-    return files, record
+    entry = record.pop(_RECORD_KEY)
+    files = _digest_table(entry["files"], CHECKPOINT_FILES, path, "files")
+    covers = _digest_table(entry.get("covers", {}), COVERED_FILES, path, "covers")
+    return files, record, covers
 
 
-def _read_member(directory: Path, name: str, files: dict[str, str] | None) -> tuple[Path, bytes] | None:
-    """The bytes of one checkpoint file, verified against state.json's sha256 when there is one."""
+def read_checkpoint_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The caller's state saved in state.json (step, RNG states, train_config ...), checked; {} if none."""
+    return _read_record(Path(directory))[1]
+
+
+def verify_covered(directory: str | os.PathLike) -> None:
+    """Check that the run's files recorded in state.json (tokenizer, run.json) are the ones beside it."""
+    directory = Path(directory)
+    _, _, covers = _read_record(directory)
+    for name, digest in covers.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing, but the checkpoint in {directory} was saved with it")
+        if _sha256(read_limited(path, MAX_JSON_BYTES)) != digest:
+            raise CheckpointError(f"{path}: differs from the one the checkpoint in {directory} was saved with "
+                                  f"(it belongs to another run, or was edited)")
+
+
+# ---------------------------------------------------------------------------- load: the members
+def _member(directory: Path, name: str, files: dict[str, str] | None, check: Any = None) -> Path | None:
+    """The path holding checkpoint file ``name`` (``name`` or its ``.prev``), verified against state.json.
+
+    ``check(path)`` runs first on each candidate (a header check that reads no tensor data).
+    """
     main = directory / name
     if files is None:
-        return (main, main.read_bytes()) if main.exists() else None
+        if not os.path.lexists(main):
+            return None
+        if check is not None:
+            check(main)
+        return main
     if name not in files:
         return None
+    errors: list[CheckpointError] = []
     for candidate in (main, _prev(directory, name)):
-        if candidate.exists():
-            data = candidate.read_bytes()
-            if _sha256(data) == files[name]:
-                return main, data
-    if not main.exists():
+        if not os.path.lexists(candidate):
+            continue
+        try:
+            if check is not None:
+                check(candidate)
+            if _file_sha256(candidate) == files[name]:
+                return candidate
+        except CheckpointError as err:
+            errors.append(err)
+        except OSError as err:
+            errors.append(CheckpointError(f"{candidate}: cannot be read ({describe_os_error(err)})"))
+    if not os.path.lexists(main):
         raise CheckpointError(f"{main}: missing, but {directory / STATE_FILE} lists it")
-    data = main.read_bytes()
-    if name.endswith(".safetensors"):
-        read_safetensors(main, data)  # raises the most specific error (pickle, truncated, corrupt header)
+    if errors:
+        raise errors[0]
     raise CheckpointError(f"{main}: its sha256 does not match the one recorded in {directory / STATE_FILE}: "
                           f"the file is corrupt or belongs to another checkpoint")
 
 
+def _header(path: Path) -> dict[str, TensorInfo]:
+    try:
+        return read_header(path)[0]
+    except SafetensorsError as err:
+        raise CheckpointError(str(err)) from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({describe_os_error(err)})") from None
+
+
 def _check_config(saved: dict[str, Any], expected: Any, where: Path) -> None:
     ours = _config_dict(expected)
-    diffs = [f"{key}: checkpoint {saved[key]!r} vs model {ours[key]!r}"
+    diffs = [f"{key}: checkpoint {saved[key]!r:.60} vs model {ours[key]!r}"
              for key in ours if key in saved and saved[key] != ours[key]]
     if diffs:
         raise CheckpointError(f"{where}: the checkpoint's config does not match the model's: " + "; ".join(diffs))
 
 
-def _check_arrays(model: Module, arrays: Mapping[str, np.ndarray], where: Path) -> None:
-    own = {name: tensor.shape for name, tensor in model._state_tensors().items()}
+def _check_model_fit(model: Module | None, table: Mapping[str, TensorInfo], where: Path, check_values: bool) -> None:
+    """Names, shapes and dtypes of the file's tensors against the model (from the header alone)."""
+    own = model._state_tensors() if model is not None else {}
     problems = []
-    missing = [k for k in own if k not in arrays]
-    unexpected = [k for k in arrays if k not in own]
-    if missing:
-        problems.append("missing from the file: " + ", ".join(missing))
-    if unexpected:
-        problems.append("not in the model: " + ", ".join(unexpected))
-    shapes = [f"{k}: file {tuple(arrays[k].shape)} vs model {own[k]}" for k in own
-              if k in arrays and tuple(arrays[k].shape) != tuple(own[k])]
-    if shapes:
-        problems.append("shape mismatch: " + "; ".join(shapes))
-    if problems:
-        raise CheckpointError(f"{where} does not fit {type(model).__name__}: " + " | ".join(problems))
+    if model is not None:
+        missing = [k for k in own if k not in table]
+        unexpected = [k[:80] for k in table if k not in own]
+        if missing:
+            problems.append("missing from the file: " + ", ".join(missing))
+        if unexpected:
+            problems.append("not in the model: " + ", ".join(unexpected[:20]))
+        shapes = [f"{k}: file {table[k].shape} vs model {tuple(own[k].shape)}" for k in own
+                  if k in table and table[k].shape != tuple(own[k].shape)]
+        if shapes:
+            problems.append("shape mismatch: " + "; ".join(shapes))
+        if problems:
+            raise CheckpointError(f"{where} does not fit {type(model).__name__}: " + " | ".join(problems))
+    if not check_values:
+        return
+    for name, info in table.items():
+        if info.dtype.kind == "f":
+            continue
+        model_kind = np.dtype(own[name].dtype).kind if name in own else None
+        if model_kind == info.dtype.kind or (model is None and info.dtype.kind in "iu" and info.shape == ()):
+            continue  # an integer buffer (a counter), stored as such
+        raise CheckpointError(f"{where}: tensor {name[:80]!r} holds {info.dtype.name} values, not floating point "
+                              f"weights (load it with check_values=False, or --no-weight-check, to accept it)")
+
+
+def _check_finite(arrays: Mapping[str, np.ndarray], where: Path) -> None:
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            count = int(array.size - np.isfinite(array).sum())
+            raise CheckpointError(f"{where}: tensor {name[:80]!r} has {count} non-finite value(s) (NaN or inf); "
+                                  f"load it with check_values=False (or --no-weight-check) to accept it")
 
 
 def _model_config(model: Module) -> Any:
@@ -367,31 +506,100 @@ def _model_config(model: Module) -> Any:
     return None
 
 
+def _optimizer_params(optimizer: Optimizer) -> list[Any]:
+    seen: dict[int, Any] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _check_optimizer_fit(optimizer: Optimizer, path: Path) -> None:
+    """The file's groups and tensors against the optimizer, from the header alone (no tensor read)."""
+    try:
+        table, metadata = read_header(path)
+    except SafetensorsError as err:
+        raise CheckpointError(str(err)) from None
+    where = path
+    try:
+        groups = json.loads(metadata.get("param_groups", "[]"))
+        sizes = [len(g["params"]) for g in groups]
+    except (TypeError, KeyError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{where}: no valid optimizer metadata (param_groups)") from None
+    ours = [len(g["params"]) for g in optimizer.param_groups]
+    if len(sizes) != len(ours) or sizes != ours:
+        raise CheckpointError(f"{where}: does not fit the optimizer: the file has {len(sizes)} parameter groups "
+                              f"of {sizes} parameters, this optimizer has {len(ours)} of {ours}")
+    params = _optimizer_params(optimizer)
+    for key, info in table.items():
+        prefix, _, rest = key.partition(".")
+        index, _, name = rest.partition(".")
+        if prefix != "state" or not index.isdigit() or not name:
+            raise CheckpointError(f"{where}: unexpected tensor {key[:80]!r} (expected state.<index>.<name>)")
+        if int(index) >= len(params):
+            raise CheckpointError(f"{where}: tensor {key!r} is for parameter {index}, but the optimizer has "
+                                  f"{len(params)} parameters")
+        if math.prod(info.shape) > math.prod(params[int(index)].shape):
+            raise CheckpointError(f"{where}: tensor {key!r} of shape {info.shape} is larger than its parameter "
+                                  f"{tuple(params[int(index)].shape)}")
+
+
+def _finite_json(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite_json(v) for v in value.values())
+    return value is None or isinstance(value, bool | int | str)
+
+
 def _optimizer_state(arrays: dict[str, np.ndarray], metadata: dict[str, str], where: Path) -> dict[str, Any]:
     try:
         groups = json.loads(metadata["param_groups"])
         scalars = json.loads(metadata.get("scalars", "{}"))
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{where}: no valid optimizer metadata ({err})") from None
+    except (KeyError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{where}: no valid optimizer metadata ({str(err)[:200]})") from None
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups) or not _finite_json(groups):
+        raise CheckpointError(f"{where}: the optimizer's param_groups are not a list of groups with finite "
+                              f"hyper-parameters")
+    if not isinstance(scalars, dict) or not all(str(k).isdigit() and isinstance(v, dict) for k, v in scalars.items()) \
+            or not _finite_json(scalars):
+        raise CheckpointError(f"{where}: the optimizer's scalar state is malformed")
     state: dict[int, dict[str, Any]] = {int(k): dict(v) for k, v in scalars.items()}
     for key, value in arrays.items():
-        prefix, index, name = key.split(".", 2)
-        if prefix != "state" or not index.isdigit():
-            raise CheckpointError(f"{where}: unexpected tensor {key!r} (expected state.<index>.<name>)")
+        _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = value
     return {"state": state, "param_groups": groups}
 
 
+def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint, verified against state.json's sha256; {} when there is none."""
+    directory = Path(directory)
+    files, _, _ = _read_record(directory)
+    path = _member(directory, CONFIG_FILE, files)
+    if path is None:
+        return {}
+    saved = _load_json(path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(saved).__name__}")
+    return saved
+
+
 def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, optimizer: Optimizer | None = None,
-                    config: Any = None) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+                    config: Any = None, check_values: bool = True
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Read a checkpoint and, if given, load it into ``model`` (and ``optimizer``).
 
     Args:
         out_dir: the checkpoint directory.
-        model: receives the weights; its names and shapes must match the file exactly.
+        model: receives the weights; its names and shapes must match the file exactly (checked from
+            the file's header, before its tensors are read).
         optimizer: receives the optimizer state (the checkpoint must have one, of the same class).
         config: the config the checkpoint must agree with (fields present in both are compared);
             by default the model's own ``cfg`` / ``config`` dataclass, if it has one.
+        check_values: refuse weights that are not floating point or not finite (NaN, inf).
 
     Returns:
         (arrays, config, state): the model's arrays by name, config.json as a dict, and the state
@@ -404,42 +612,41 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
     directory = Path(out_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
-    files, state = _read_record(directory)
-    member = _read_member(directory, MODEL_FILE, files)
-    if member is None:
-        raise FileNotFoundError(f"{directory / MODEL_FILE}: not found (is {directory} a checkpoint directory?)")
-    model_path, model_bytes = member
-    arrays, _ = read_safetensors(model_path, model_bytes)
-
-    saved_config: dict[str, Any] = {}
-    member = _read_member(directory, CONFIG_FILE, files)
-    if member is not None:
-        try:
-            saved_config = json.loads(member[1])
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{member[0]}: not valid JSON ({err})") from None
-        if not isinstance(saved_config, dict):
-            raise CheckpointError(f"{member[0]}: expected a JSON object, got {type(saved_config).__name__}")
-
+    files, state, _ = _read_record(directory)
+    verify_covered(directory)
+    saved_config = read_checkpoint_config(directory)
     expected = config if config is not None else (_model_config(model) if model is not None else None)
     if expected is not None and saved_config:
         _check_config(saved_config, expected, directory / CONFIG_FILE)
-    if model is not None:
-        _check_arrays(model, arrays, model_path)
+
+    def fits_model(path: Path) -> None:
+        _check_model_fit(model, _header(path), path, check_values)
+
+    model_path = _member(directory, MODEL_FILE, files, fits_model)
+    if model_path is None:
+        raise FileNotFoundError(f"{directory / MODEL_FILE}: not found (is {directory} a checkpoint directory?)")
+    arrays = read_safetensors(model_path)[0]
+    if check_values:
+        _check_finite(arrays, model_path)
 
     if optimizer is not None:
-        member = _read_member(directory, OPTIMIZER_FILE, files)
-        if member is None:
+        def fits_optimizer(path: Path) -> None:
+            _check_optimizer_fit(optimizer, path)
+
+        opt_path = _member(directory, OPTIMIZER_FILE, files, fits_optimizer)
+        if opt_path is None:
             raise CheckpointError(f"{directory / OPTIMIZER_FILE}: not found, but an optimizer was given to load")
-        opt_arrays, metadata = read_safetensors(*member)
+        opt_arrays, metadata = read_safetensors(opt_path)
         saved_class = metadata.get("optimizer")
         if saved_class != type(optimizer).__name__:
-            raise CheckpointError(f"{member[0]}: holds the state of a {saved_class} optimizer, "
+            raise CheckpointError(f"{opt_path}: holds the state of a {str(saved_class)[:40]} optimizer, "
                                   f"not of a {type(optimizer).__name__}")
+        if check_values:
+            _check_finite(opt_arrays, opt_path)
         try:
-            optimizer.load_state_dict(_optimizer_state(opt_arrays, metadata, member[0]))
-        except (ValueError, TypeError) as err:
-            raise CheckpointError(f"{member[0]}: does not fit the optimizer: {err}") from None
+            optimizer.load_state_dict(_optimizer_state(opt_arrays, metadata, opt_path))
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise CheckpointError(f"{opt_path}: does not fit the optimizer: {err}") from None
     if model is not None:
         model.load_state_dict(arrays)
     return arrays, saved_config, state

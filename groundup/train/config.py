@@ -7,14 +7,62 @@ only, 100 warmup iterations then cosine decay to ``min_lr``, gradient clipping a
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from groundup.optim.schedule import SCHEDULES
 
-__all__ = ["TrainConfig", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "DEVICES", "check_types", "FIELD_CHOICES"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+DEVICES = ("cpu", "cuda")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, option) for option in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is tuple:
+        kinds = typing.get_args(annotation)
+        return isinstance(value, tuple | list) and len(value) == len(kinds) and \
+            all(_type_ok(v, k) for v, k in zip(value, kinds))
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True  # a type this check does not know: the dataclass's own checks decide
+
+
+def check_types(cls: type, values: dict[str, Any]) -> None:
+    """Raise ValueError naming the field when a value in ``values`` does not have the type annotated on the
+    dataclass ``cls`` (``"0.1"`` for a float, ``1`` for a bool, a float that is NaN or infinite ...).
+
+    Config files are data from outside (a checkpoint's config.json), so they are checked before the
+    dataclass's own invariants compare them with numbers.
+    """
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if not _type_ok(value, hints[field.name]):
+            kind = str(hints[field.name]).replace("typing.", "")
+            kind = getattr(hints[field.name], "__name__", kind)
+            raise ValueError(f"{cls.__name__}.{field.name} must be of type {kind}, got {value!r:.80}")
+        floats = value if isinstance(value, tuple | list) else (value,)
+        if any(isinstance(v, float | np.floating) and not math.isfinite(v) for v in floats):
+            raise ValueError(f"{cls.__name__}.{field.name} must be finite, got {value!r}")
 
 
 @dataclass
@@ -66,22 +114,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment] - a list from JSON becomes a tuple
+        check_types(type(self), dataclasses.asdict(self))
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: expected one of {sorted(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}: expected one of {list(OPTIMIZERS)}")
-        for name in ("max_iters", "warmup_iters"):
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ValueError(f"TrainConfig.device={self.device!r}: expected one of {list(DEVICES)}")
+        for name in ("max_iters", "warmup_iters", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.checkpoint_interval is not None and self.checkpoint_interval < 1:
-            raise ValueError(f"TrainConfig.checkpoint_interval must be >= 1 or None, got {self.checkpoint_interval}")
+        for name in ("checkpoint_interval", "lr_decay_iters"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1 or None, got {getattr(self, name)}")
         if len(self.betas) != 2:
             raise ValueError(f"TrainConfig.betas must be a pair, got {self.betas}")
-        if self.lr < 0 or self.min_lr < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("TrainConfig: lr, min_lr, grad_clip and weight_decay must be >= 0")
+        for name in ("lr", "min_lr", "grad_clip", "weight_decay"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
+        if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must both be in [0, 1), got {self.betas}")
 
     @property
     def decay_iters(self) -> int:
@@ -98,7 +154,15 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. the ``train_config`` in a checkpoint's state.json); unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(values, dict):
+            raise ValueError(f"TrainConfig.from_dict: expected a dict, got {type(values).__name__}")
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        check_types(cls, values)
         return cls(**values)
+
+
+# The allowed values of the str fields, for the command line's --train.FIELD choices.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {"schedule": tuple(sorted(SCHEDULES)), "optimizer": OPTIMIZERS,
+                                             "device": DEVICES}
