@@ -4,6 +4,7 @@ Each command group lives in its own module and registers its subcommands here, s
 stays a table of contents:
     roadmap, run            groundup.roadmap.cli
     train, sample, bench    groundup.commands
+    export, import          groundup.interop.cli
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-_GROUPS = ("groundup.roadmap.cli", "groundup.commands")
+_GROUPS = ("groundup.roadmap.cli", "groundup.commands", "groundup.interop.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

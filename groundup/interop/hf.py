@@ -391,8 +391,9 @@ def read_hf_weights(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     for path in files:
         try:
             tensors.update(load_file(str(path)))
-        except (TypeError, ValueError) as err:   # e.g. bfloat16, which NumPy has no dtype for
-            raise ImportRefused(f"{path}: cannot read as NumPy arrays ({err}); save it in float32") from None
+        except Exception as err:   # safetensors' own error (corrupt file), or bfloat16, which NumPy lacks
+            raise ImportRefused(f"{path}: cannot read as NumPy arrays ({err}); "
+                                f"save it in float32 with save_pretrained") from None
     return tensors
 
 

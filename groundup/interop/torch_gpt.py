@@ -1,8 +1,8 @@
 """TorchGPT: a plain ``torch.nn.Module`` twin of groundup's GPT, with the same ``state_dict``.
 
-Same layout as ``groundup.models.gpt.GPT`` (nanoGPT's): token embeddings + learned positions, rotary
-positions on q and k (rotate-half form, base 10000) or none; pre-norm (or post-norm) blocks with a
-stacked ``qkv`` projection, GELU (tanh), tied ``lm_head``, so
+Same layout as ``groundup.models.gpt.GPT`` (nanoGPT's): token embeddings + learned positions, fixed
+sinusoidal positions, rotary positions on q and k (rotate-half form, base 10000) or none; pre-norm
+(or post-norm) blocks with a stacked ``qkv`` projection, GELU (tanh), tied ``lm_head``, so
 ``TorchGPT(cfg).load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})``
 copies a groundup model with no renaming or transposes. Attention is explicit (q k^T, mask, softmax,
 @ v) by default, or ``F.scaled_dot_product_attention`` with ``sdpa=True``.
@@ -10,12 +10,13 @@ copies a groundup model with no renaming or transposes. Attention is explicit (q
 The key map is the identity: ``wte.weight``, ``wpe.weight`` (learned positions only),
 ``blocks.{i}.ln_1.*``, ``blocks.{i}.attn.qkv.*`` (q|k|v stacked, (3C, C)), ``blocks.{i}.attn.proj.*``,
 ``blocks.{i}.ln_2.*``, ``blocks.{i}.mlp.fc.*``, ``blocks.{i}.mlp.proj.*``, ``ln_f.*``, ``lm_head.weight``.
-Sinusoidal positions have no twin here (``groundup export --to hf`` carries them as a fixed table).
+The sinusoid table is a non-persistent buffer, so it is not in the ``state_dict`` (as in groundup).
 
 ``generate`` samples with the same inverse-CDF rule and random stream as groundup's
 ``sample_next`` (one uniform per row from a NumPy generator), with or without a KV cache, and keeps
-groundup's cache rules past the context: recompute the window for learned positions, keep the last
-``block_size`` cached keys and values (sliding-window attention) for rotary or no positions.
+groundup's cache rules past the context: recompute the window for absolute (learned, sinusoidal)
+positions, keep the last ``block_size`` cached keys and values (sliding-window attention) for rotary
+or no positions.
 
 This file imports only torch and NumPy (not groundup), so ``groundup export RUN_DIR --to torch OUT``
 copies it next to the weights: ``from torch_gpt import load; model = load(OUT)`` then works anywhere
@@ -51,6 +52,16 @@ def rotary_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[to
     angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq[None, :]      # (T, D/2)
     angles = torch.cat([angles, angles], dim=1)                                          # (T, D)
     return angles.cos().float(), angles.sin().float()
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """Vaswani et al.'s fixed positions (length, dim): sin on even dims, cos on odd dims (float32)."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]                          # (T, 1)
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)       # (C/2,)
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
+    return table.float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -135,13 +146,16 @@ class TorchGPT(nn.Module):
     def __init__(self, cfg: Any, sdpa: bool = False):
         super().__init__()
         c = make_config(cfg)
-        if c["pos_encoding"] not in ("learned", "rotary", "none"):
-            raise ValueError(f"TorchGPT supports pos_encoding 'learned', 'rotary' or 'none', got {c['pos_encoding']!r}")
+        if c["pos_encoding"] not in ("learned", "sinusoidal", "rotary", "none"):
+            raise ValueError(f"TorchGPT supports pos_encoding 'learned', 'sinusoidal', 'rotary' or 'none', "
+                             f"got {c['pos_encoding']!r}")
         self.c = c
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None   # tables, grown on demand
         self.wte = nn.Embedding(c["vocab_size"], c["n_embd"])
         if c["pos_encoding"] == "learned":
             self.wpe = nn.Embedding(c["block_size"], c["n_embd"])
+        if c["pos_encoding"] == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(c["block_size"], c["n_embd"]), persistent=False)
         self.drop = nn.Dropout(c["dropout"])
         self.blocks = nn.ModuleList([Block(c, sdpa) for _ in range(c["n_layer"])])
         self.ln_f = nn.LayerNorm(c["n_embd"], bias=c["bias"])
@@ -166,6 +180,8 @@ class TorchGPT(nn.Module):
         rope = None
         if self.c["pos_encoding"] == "learned":
             x = x + self.wpe(torch.arange(pos0, pos0 + T))
+        elif self.c["pos_encoding"] == "sinusoidal":
+            x = x + self.sinusoid[pos0:pos0 + T]
         elif self.c["pos_encoding"] == "rotary":
             if self.rope is None or self.rope[0].shape[0] < pos0 + T:
                 self.rope = rotary_tables(max(pos0 + T, self.c["block_size"]), self.c["n_embd"] // self.c["n_head"])
@@ -184,12 +200,12 @@ class TorchGPT(nn.Module):
                  temperature: float = 1.0) -> torch.Tensor:
         """Sample like groundup's ``GPT.generate`` (inverse CDF, one NumPy uniform per row per token).
 
-        With the cache, a token past the context falls back to recomputing the window for learned
+        With the cache, a token past the context falls back to recomputing the window for absolute
         positions and keeps the last ``block_size`` cached entries otherwise, as groundup does.
         """
         rng = np.random.default_rng(seed)
         T_max = self.c["block_size"]
-        slides = self.c["pos_encoding"] != "learned"
+        slides = self.c["pos_encoding"] not in ("learned", "sinusoidal")
         caches = None
         for step in range(max_new_tokens):
             L = idx.shape[1]
