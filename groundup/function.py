@@ -50,32 +50,39 @@ class Function:
     @classmethod
     def apply(cls, *inputs: Tensor, **options: Any) -> Tensor:
         """Run ``forward`` on the inputs' arrays and, in grad mode, record the node."""
-        from groundup.tensor import Tensor, is_grad_enabled
+        from groundup.tensor import Tensor, is_grad_enabled  # here: tensor.py imports this module
 
-        if len(inputs) > 1:
-            first = type(inputs[0].data)
-            for t in inputs[1:]:
-                if type(t.data) is not first and device_of(t.data) != device_of(inputs[0].data):
-                    devices = ", ".join(device_of(x.data) for x in inputs)
-                    raise RuntimeError(f"{cls.__name__}: all inputs must be on one device, got ({devices})")
+        _check_one_device(cls.__name__, inputs)
         ctx = cls.__new__(cls)
         ctx.saved = ()
         track = is_grad_enabled() and any(t.requires_grad for t in inputs)
-        if track:
-            ctx.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        else:
-            ctx.needs_input_grad = (False,) * len(inputs)
+        ctx.needs_input_grad = tuple(t.requires_grad for t in inputs) if track else (False,) * len(inputs)
         out = ctx.forward(*[t.data for t in inputs], **options)
         if type(out) is not np.ndarray:
             out = array_module(out).asarray(out)
         if not track or out.dtype.kind != "f":  # integer and boolean results carry no gradient
             return Tensor._make(out, False, None)
         ctx.parents = inputs
-        # Remember the version of every input whose array was saved, to catch in-place edits.
-        saved_ids = {id(a) for a in ctx.saved}
-        versions = [(t, t._version) for t in inputs if id(t.data) in saved_ids]
         result = Tensor._make(out, True, ctx)
-        if id(out) in saved_ids:  # the output itself is saved (exp, tanh, softmax): watch it too
-            versions.append((weakref.proxy(result), 0))
-        ctx._versions = versions
+        ctx._versions = _watch_saved(ctx, inputs, result)
         return result
+
+
+def _check_one_device(op: str, inputs: tuple[Tensor, ...]) -> None:
+    """All inputs of one op live on one device (NumPy arrays with CuPy arrays is an error)."""
+    if len(inputs) > 1:
+        first = type(inputs[0].data)
+        for t in inputs[1:]:
+            if type(t.data) is not first and device_of(t.data) != device_of(inputs[0].data):
+                devices = ", ".join(device_of(x.data) for x in inputs)
+                raise RuntimeError(f"{op}: all inputs must be on one device, got ({devices})")
+
+
+def _watch_saved(ctx: Function, inputs: tuple[Tensor, ...], result: Tensor) -> list[tuple[Any, int]]:
+    """(tensor, version) for each input whose array ``forward`` saved, and for the output when it
+    is saved itself (exp, tanh, softmax): backward() compares versions to catch in-place edits."""
+    saved_ids = {id(a) for a in ctx.saved}
+    versions = [(t, t._version) for t in inputs if id(t.data) in saved_ids]
+    if id(result.data) in saved_ids:
+        versions.append((weakref.proxy(result), 0))
+    return versions

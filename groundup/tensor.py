@@ -7,13 +7,17 @@ hand-written backward and summing gradients where a tensor is used more than onc
 Names and semantics follow PyTorch (``dim``, ``keepdim``, ``requires_grad``, ``.grad``), so
 ``x.sum(dim=1, keepdim=True)`` means the same thing here as in ``torch``.
 
+This file holds the engine only: grad mode (``no_grad``), the ``Tensor`` class (its array, its
+node in the graph, ``backward``), the checks ``backward`` makes, and the topological sort. The
+ops, by torch's names, are methods that ``Tensor`` inherits from ``TensorMethods``
+(``groundup/ops/methods.py``); READING.md gives the reading order.
+
 References: micrograd (github.com/karpathy/micrograd), tinygrad, the PyTorch autograd docs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from groundup import backend
-from groundup.backend import array_module, as_dtype, device_of, normalize_device, to_device, to_numpy
+from groundup.backend import array_module, as_dtype, device_of, to_device, to_numpy
+from groundup.ops.methods import TensorMethods
 
 _state = threading.local()
 
@@ -65,8 +70,12 @@ def _infer_dtype(data: Any) -> np.dtype:
     raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
 
 
-class Tensor:
-    """An array with an optional gradient. See ``groundup.tensor`` (the function) to make one."""
+class Tensor(TensorMethods):
+    """An array with an optional gradient. See ``groundup.tensor`` (the function) to make one.
+
+    The ops (``x * y``, ``x.sum()``, ``x.reshape(...)``) are methods of ``TensorMethods``
+    (``groundup/ops/methods.py``); this class holds the array, the graph and ``backward``.
+    """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "_retain_grad", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
@@ -85,10 +94,10 @@ class Tensor:
             array = np.asarray(data, dtype=target)
         if device is not None:
             array = to_device(array, device)
-        self.data = array
-        self.grad: Tensor | None = None
-        self._ctx = None
-        self._version = 0
+        self.data = array                   # the values: a numpy.ndarray or a cupy.ndarray
+        self.grad: Tensor | None = None     # dL/d(self) after backward(), for leaves (and retain_grad)
+        self._ctx = None                    # the Function node that made this tensor; None for a leaf
+        self._version = 0                   # bumped by in-place ops, so stale saved arrays are caught
         self._retain_grad = False
         self.requires_grad = False
         if requires_grad:
@@ -101,6 +110,79 @@ class Tensor:
         t.data, t.grad, t.requires_grad, t._ctx, t._version, t._retain_grad = (
             data, None, requires_grad, ctx, 0, False)
         return t
+
+    # ----------------------------------------------------------------- autograd
+    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+        """Add d(self)/d(leaf) to every leaf's ``.grad``. ``gradient``: dL/d(self), needed unless self
+        has one element; ``retain_graph``: keep the saved arrays so that backward can run again."""
+        seed = _seed_gradient(self, gradient)
+        if self._ctx is None:
+            self._accumulate(seed)
+            return
+        grads: dict[int, Any] = {id(self): seed}   # id(tensor) -> dL/d(tensor), summed over its uses
+        for node in _topological_order(self):      # each node comes after every node that uses it
+            grad = grads.pop(id(node), None)
+            if grad is None:
+                continue
+            if node._retain_grad:
+                node._accumulate(grad)
+            ctx = node._ctx
+            _check_saved_arrays(ctx)
+            in_grads = ctx.backward(grad)          # one gradient (or None) per input of the node
+            in_grads = in_grads if isinstance(in_grads, tuple) else (in_grads,)
+            parents = ctx.parents
+            if not retain_graph:
+                _release(ctx)
+            for parent, g in zip(parents, in_grads):
+                if g is None or not parent.requires_grad:
+                    continue
+                _check_gradient_shape(ctx, g, parent)
+                if parent._ctx is None:
+                    parent._accumulate(g)          # a leaf: into its .grad
+                else:
+                    grads[id(parent)] = grads[id(parent)] + g if id(parent) in grads else g
+
+    def _accumulate(self, g: Any) -> None:
+        """Add ``g`` into ``.grad`` (in this tensor's dtype; the first one is copied)."""
+        if g.dtype != self.data.dtype:
+            g = g.astype(self.data.dtype)
+        if self.grad is None:
+            self.grad = Tensor._make(g.copy(), False, None)
+        else:
+            self.grad.data = self.grad.data + g
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if requires_grad and self.dtype.kind != "f":
+            raise RuntimeError(f"only floating point tensors can require gradients, got dtype {self.dtype}")
+        if not requires_grad and self._ctx is not None:
+            raise RuntimeError("requires_grad_(False) on a non-leaf tensor; use .detach()")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after ``backward()`` (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self._retain_grad = True
+
+    def zero_grad_(self) -> None:
+        self.grad = None
+
+    def detach(self) -> Tensor:
+        """The same values, cut from the graph (shares memory, like torch)."""
+        return Tensor._make(self.data, False, None)
+
+    def _bump_version(self) -> None:
+        """Called by every in-place op: refuse it on a graph tensor, else count the change."""
+        if self.requires_grad and is_grad_enabled():
+            if self._ctx is None:
+                raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
+                                   "wrap it in gu.no_grad() or use .data")
+            # NOTE: in-place ops are not recorded in the graph, so the gradient would flow as if the
+            # values had not changed; refuse instead of returning a silently wrong gradient.
+            raise RuntimeError(f"in-place operation on a tensor computed by {type(self._ctx).__name__} that "
+                               "requires grad is not recorded in the graph; use the out-of-place op")
+        self._version += 1
 
     # ----------------------------------------------------------------- properties
     @property
@@ -123,16 +205,6 @@ class Tensor:
     def is_leaf(self) -> bool:
         return self._ctx is None
 
-    @property
-    def T(self) -> Tensor:
-        """Reverse all dimensions (``x.permute(*reversed(range(x.ndim)))``)."""
-        return self.permute(*reversed(range(self.ndim)))
-
-    @property
-    def mT(self) -> Tensor:
-        """Transpose the last two dimensions."""
-        return self.transpose(-2, -1)
-
     def size(self, dim: int | None = None) -> Any:
         return self.shape if dim is None else self.shape[dim]
 
@@ -142,6 +214,10 @@ class Tensor:
     def numel(self) -> int:
         return int(self.data.size)
 
+    def is_floating_point(self) -> bool:
+        return self.dtype.kind == "f"
+
+    # ----------------------------------------------------------------- Python protocols, NumPy
     def __len__(self) -> int:
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
@@ -176,9 +252,6 @@ class Tensor:
             raise TypeError("only integer tensors of one element can be used as an index")
         return int(self.item())
 
-    def __hash__(self) -> int:
-        return id(self)
-
     def __iter__(self) -> Iterator[Tensor]:
         for i in range(len(self)):
             yield self[i]
@@ -187,7 +260,6 @@ class Tensor:
         arr = to_numpy(self.data)
         return arr if dtype is None else arr.astype(dtype)
 
-    # ----------------------------------------------------------------- conversion
     def numpy(self) -> np.ndarray:
         """The values as a NumPy array (shares memory on the CPU). Refuses a tensor in a graph."""
         if self.requires_grad and is_grad_enabled():
@@ -202,226 +274,50 @@ class Tensor:
     def tolist(self) -> Any:
         return to_numpy(self.data).tolist()
 
-    def detach(self) -> Tensor:
-        """The same values, cut from the graph (shares memory, like torch)."""
-        return Tensor._make(self.data, False, None)
 
-    def clone(self) -> Tensor:
-        from groundup.ops import elementwise
+# --------------------------------------------------------------------- the checks of backward()
+def _seed_gradient(root: Tensor, gradient: Any) -> Any:
+    """dL/d(root) to start from: ones for a one-element root, else ``gradient`` (shape checked)."""
+    if not root.requires_grad:
+        raise RuntimeError("backward(): tensor does not require grad and has no grad_fn")
+    xp = array_module(root.data)
+    if gradient is None:
+        if root.data.size != 1:
+            raise RuntimeError(f"backward(): grad can be implicitly created only for scalar outputs; "
+                               f"this tensor has shape {root.shape}, so pass gradient=")
+        return xp.ones_like(root.data)
+    seed = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=root.dtype)
+    if tuple(seed.shape) != root.shape:
+        raise RuntimeError(f"backward(): gradient has shape {tuple(seed.shape)}, "
+                           f"expected the tensor's shape {root.shape}")
+    return seed
 
-        return elementwise.Clone.apply(self)
 
-    def to(self, device_or_dtype: Any = None, dtype: Any = None) -> Tensor:
-        """``x.to("cuda")``, ``x.to("cpu")``, ``x.to(gu.float64)`` or ``x.to("cuda", gu.float64)``."""
-        out = self
-        if device_or_dtype is not None:
-            try:
-                device = normalize_device(device_or_dtype)
-            except ValueError:
-                dtype, device = device_or_dtype, None
-            if device is not None and device != self.device:
-                from groundup.ops import movement
+def _check_saved_arrays(ctx: Any) -> None:
+    """The node still has its saved arrays, and none was changed in place since it was saved."""
+    if ctx.saved is None:
+        raise RuntimeError("backward() through the graph a second time: the saved arrays were "
+                           "freed; call backward(retain_graph=True) the first time")
+    for tensor, version in ctx._versions:
+        if tensor._version != version:
+            raise RuntimeError(
+                f"{type(ctx).__name__}: a tensor saved for backward (shape {tensor.shape}) was "
+                f"modified in place after it was used (version {tensor._version}, saved at "
+                f"{version}); gradients would be wrong")
 
-                out = movement.ToDevice.apply(out, device=device)
-        if dtype is not None and as_dtype(dtype) != out.dtype:
-            out = out.type(dtype)
-        return out
 
-    def cpu(self) -> Tensor:
-        return self.to("cpu")
+def _release(ctx: Any) -> None:
+    """Drop everything a node kept for its backward (the graph is used once unless retained)."""
+    ctx.saved, ctx.parents, ctx._versions = None, (), ()
+    if hasattr(ctx, "__dict__"):
+        ctx.__dict__.clear()
 
-    def cuda(self) -> Tensor:
-        return self.to("cuda")
 
-    def type(self, dtype: Any) -> Tensor:
-        from groundup.ops import elementwise
-
-        dtype = as_dtype(dtype)
-        if dtype == self.dtype:
-            return self
-        return elementwise.Cast.apply(self, dtype=dtype)
-
-    def float(self) -> Tensor:
-        return self.type(backend.float32)
-
-    def double(self) -> Tensor:
-        return self.type(backend.float64)
-
-    def long(self) -> Tensor:
-        return self.type(backend.int64)
-
-    def int(self) -> Tensor:
-        return self.type(backend.int32)
-
-    def bool(self) -> Tensor:
-        return self.type(backend.bool_)
-
-    def half(self) -> Tensor:
-        return self.type(backend.float16)
-
-    def is_floating_point(self) -> bool:
-        return self.dtype.kind == "f"
-
-    # ----------------------------------------------------------------- autograd
-    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
-        if requires_grad and self.dtype.kind != "f":
-            raise RuntimeError(f"only floating point tensors can require gradients, got dtype {self.dtype}")
-        if not requires_grad and self._ctx is not None:
-            raise RuntimeError("requires_grad_(False) on a non-leaf tensor; use .detach()")
-        self.requires_grad = requires_grad
-        return self
-
-    def retain_grad(self) -> None:
-        """Keep ``.grad`` on this non-leaf tensor after ``backward()`` (leaves always keep it)."""
-        if not self.requires_grad:
-            raise RuntimeError("retain_grad() on a tensor that does not require grad")
-        self._retain_grad = True
-
-    def zero_grad_(self) -> None:
-        self.grad = None
-
-    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
-
-        Args:
-            gradient: dL/d(self), required unless ``self`` has exactly one element.
-            retain_graph: keep the saved arrays so that ``backward`` can run again.
-        """
-        if not self.requires_grad:
-            raise RuntimeError("backward(): tensor does not require grad and has no grad_fn")
-        xp = array_module(self.data)
-        if gradient is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward(): grad can be implicitly created only for scalar outputs; "
-                                   f"this tensor has shape {self.shape}, so pass gradient=")
-            seed = xp.ones_like(self.data)
-        else:
-            seed = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient, dtype=self.dtype)
-            if tuple(seed.shape) != self.shape:
-                raise RuntimeError(f"backward(): gradient has shape {tuple(seed.shape)}, "
-                                   f"expected the tensor's shape {self.shape}")
-        if self._ctx is None:
-            self._accumulate(seed)
-            return
-        grads: dict[int, Any] = {id(self): seed}
-        for node in _topological_order(self):
-            grad = grads.pop(id(node), None)
-            if grad is None:
-                continue
-            if node._retain_grad:
-                node._accumulate(grad)
-            ctx = node._ctx
-            if ctx.saved is None:
-                raise RuntimeError("backward() through the graph a second time: the saved arrays were "
-                                   "freed; call backward(retain_graph=True) the first time")
-            for tensor, version in ctx._versions:
-                if tensor._version != version:
-                    raise RuntimeError(
-                        f"{type(ctx).__name__}: a tensor saved for backward (shape {tensor.shape}) was "
-                        f"modified in place after it was used (version {tensor._version}, saved at "
-                        f"{version}); gradients would be wrong")
-            in_grads = ctx.backward(grad)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            parents = ctx.parents
-            if not retain_graph:  # release everything the node kept for its backward
-                ctx.saved, ctx.parents, ctx._versions = None, (), ()
-                if hasattr(ctx, "__dict__"):
-                    ctx.__dict__.clear()
-            for parent, g in zip(parents, in_grads):
-                if g is None or not parent.requires_grad:
-                    continue
-                if tuple(g.shape) != parent.data.shape:
-                    raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
-                                       f"{tuple(g.shape)} for an input of shape {parent.shape}")
-                if parent._ctx is None:
-                    parent._accumulate(g)
-                else:
-                    key = id(parent)
-                    prev = grads.get(key)
-                    grads[key] = g if prev is None else prev + g
-
-    def _accumulate(self, g: Any) -> None:
-        if g.dtype != self.data.dtype:
-            g = g.astype(self.data.dtype)
-        if self.grad is None:
-            self.grad = Tensor._make(g.copy(), False, None)
-        else:
-            self.grad.data = self.grad.data + g
-
-    def _bump_version(self) -> None:
-        if self.requires_grad and is_grad_enabled():
-            if self._ctx is None:
-                raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
-                                   "wrap it in gu.no_grad() or use .data")
-            # NOTE: in-place ops are not recorded in the graph, so the gradient would flow as if the
-            # values had not changed; refuse instead of returning a silently wrong gradient.
-            raise RuntimeError(f"in-place operation on a tensor computed by {type(self._ctx).__name__} that "
-                               "requires grad is not recorded in the graph; use the out-of-place op")
-        self._version += 1
-
-    # ----------------------------------------------------------------- in-place ops
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self._bump_version()
-        self.data[_raw_index(index)] = value.data if isinstance(value, Tensor) else value
-
-    def copy_(self, src: Any) -> Tensor:
-        self._bump_version()
-        src = src.data if isinstance(src, Tensor) else src
-        self.data[...] = src
-        return self
-
-    def fill_(self, value: float) -> Tensor:
-        self._bump_version()
-        self.data.fill(value)
-        return self
-
-    def zero_(self) -> Tensor:
-        return self.fill_(0)
-
-    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
-        self._bump_version()
-        other = other.data if isinstance(other, Tensor) else other
-        self.data += other * alpha if alpha != 1.0 else other
-        return self
-
-    def sub_(self, other: Any) -> Tensor:
-        return self.add_(other, alpha=-1.0)
-
-    def mul_(self, other: Any) -> Tensor:
-        self._bump_version()
-        self.data *= other.data if isinstance(other, Tensor) else other
-        return self
-
-    def div_(self, other: Any) -> Tensor:
-        self._bump_version()
-        self.data /= other.data if isinstance(other, Tensor) else other
-        return self
-
-    def clamp_(self, min: float | None = None, max: float | None = None) -> Tensor:
-        self._bump_version()
-        array_module(self.data).clip(self.data, min, max, out=self.data)
-        return self
-
-    def masked_fill_(self, mask: Any, value: float) -> Tensor:
-        self._bump_version()
-        mask = mask.data if isinstance(mask, Tensor) else mask
-        self.data[...] = array_module(self.data).where(mask, value, self.data)
-        return self
-
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
-        from groundup import random
-
-        self._bump_version()
-        self.data[...] = random.normal_array(self.shape, mean, std, self.dtype, self.device)
-        return self
-
-    def uniform_(self, low: float = 0.0, high: float = 1.0) -> Tensor:
-        from groundup import random
-
-        self._bump_version()
-        self.data[...] = random.uniform_array(self.shape, low, high, self.dtype, self.device)
-        return self
+def _check_gradient_shape(ctx: Any, g: Any, parent: Tensor) -> None:
+    """A Function's backward must return each gradient in exactly its input's shape (B3)."""
+    if tuple(g.shape) != parent.data.shape:
+        raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
+                           f"{tuple(g.shape)} for an input of shape {parent.shape}")
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
@@ -445,29 +341,6 @@ def _topological_order(root: Tensor) -> list[Tensor]:
                 stack.append((parent, False))
     order.reverse()
     return order
-
-
-def _raw_index(index: Any) -> Any:
-    """Replace Tensors inside an index by their arrays."""
-    if isinstance(index, Tensor):
-        return index.data
-    if isinstance(index, tuple):
-        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    if isinstance(index, list):
-        return np.asarray(index)
-    return index
-
-
-def _register(name: str, fn: Any) -> None:
-    setattr(Tensor, name, fn)
-
-
-def _attach_methods() -> None:
-    """Bind the op functions from ``groundup.ops`` as Tensor methods (torch's names)."""
-    from groundup.ops import methods
-
-    for name, fn in methods.TENSOR_METHODS.items():
-        _register(name, fn)
 
 
 def tensor(data: Any, dtype: Any = None, requires_grad: bool = False, device: Any = None) -> Tensor:
@@ -495,7 +368,6 @@ def _flat(data: Sequence[Any]) -> Iterator[Any]:
             yield d
 
 
-@functools.cache
-def _attached() -> bool:
-    _attach_methods()
-    return True
+def _attach_methods() -> None:
+    """Nothing left to do: the methods are defined on ``TensorMethods``. Kept because
+    ``groundup/__init__.py`` still calls it."""

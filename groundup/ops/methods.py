@@ -1,27 +1,49 @@
-"""Tensor methods with torch's names, built on the primitive Functions.
+"""Tensor's methods with torch's names: ``Tensor`` inherits them from ``TensorMethods`` below.
 
-``tensor.py`` binds every entry of ``TENSOR_METHODS`` onto ``Tensor``; keeping them here keeps the
-engine file about the graph alone.
+Each method is one line that calls an op function of this file (``x * y`` -> ``mul(x, y)``).
+An op function does the Python-side work that the Functions should not see: it turns numbers
+into constant tensors, applies torch's dtype promotion, parses torch's argument forms
+(``reshape(2, 3)`` or ``reshape((2, 3))``), then calls one Function's ``apply``. The Functions
+themselves (forward + backward over raw arrays) are in ``elementwise``, ``reduce``, ``movement``
+and ``linalg``; ``groundup/ops/__init__.py`` is their catalogue.
+
+This file imports nothing from ``tensor.py`` (which imports it), so an isinstance check reads
+``is_tensor(value)``: every Tensor is a ``TensorMethods``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from groundup import backend
+from groundup.backend import as_dtype, normalize_device
 from groundup.ops import elementwise as E
 from groundup.ops import linalg
 from groundup.ops import movement as M
 from groundup.ops import reduce as R
-from groundup.tensor import Tensor, _raw_index
+
+if TYPE_CHECKING:
+    from groundup.tensor import Tensor
+
+Operand = Any  # a Tensor, a Python number or an array: the other side of a binary op
+
+
+def is_tensor(value: Any) -> bool:
+    """True for a ``Tensor`` (the only class that inherits ``TensorMethods``)."""
+    return isinstance(value, TensorMethods)
+
+
+def constant(array: Any, like: Tensor) -> Tensor:
+    """A tensor outside the graph holding ``array`` (no checks: the fast internal constructor)."""
+    return type(like)._make(array, False, None)
 
 
 def as_tensor_like(value: Any, like: Tensor) -> Tensor:
     """Wrap a Python number or array as a constant on ``like``'s device, with torch's promotion:
     a Python float keeps a float tensor's dtype; an int or bool keeps an integer tensor's dtype."""
-    if isinstance(value, Tensor):
+    if is_tensor(value):
         return value
     xp = backend.array_module(like.data)
     if isinstance(value, (bool, int, float)):
@@ -34,11 +56,22 @@ def as_tensor_like(value: Any, like: Tensor) -> Tensor:
             dtype = like.dtype
         else:
             dtype = like.dtype if kind in "iu" else backend.int64
-        return Tensor._make(xp.asarray(value, dtype=dtype), False, None)
-    arr = xp.asarray(value.data if isinstance(value, Tensor) else value)
+        return constant(xp.asarray(value, dtype=dtype), like)
+    arr = xp.asarray(value)
     if arr.dtype == np.float64 and not isinstance(value, np.ndarray):
         arr = arr.astype(backend.DEFAULT_FLOAT)
-    return Tensor._make(arr, False, None)
+    return constant(arr, like)
+
+
+def raw_index(index: Any) -> Any:
+    """Replace Tensors inside an index by their arrays."""
+    if is_tensor(index):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if is_tensor(i) else i for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return index
 
 
 def _promote(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,10 +88,11 @@ def _promote(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a.type(b.dtype), b
 
 
-def _binary(fn: type, a: Any, b: Any) -> Tensor:
-    if not isinstance(a, Tensor):
+def _binary(fn: type, a: Operand, b: Operand) -> Tensor:
+    """Make both sides tensors of one dtype, then apply ``fn``; name both shapes on a mismatch."""
+    if not is_tensor(a):
         a = as_tensor_like(a, b)
-    elif not isinstance(b, Tensor):
+    elif not is_tensor(b):
         b = as_tensor_like(b, a)
     if a.dtype != b.dtype:
         a, b = _promote(a, b)
@@ -70,81 +104,91 @@ def _binary(fn: type, a: Any, b: Any) -> Tensor:
         raise
 
 
-def add(a, b, alpha: float = 1.0):
+# ------------------------------------------------------------------ arithmetic
+def add(a: Operand, b: Operand, alpha: float = 1.0) -> Tensor:
     return _binary(E.Add, a, b if alpha == 1.0 else b * alpha)
 
 
-def sub(a, b):
+def sub(a: Operand, b: Operand) -> Tensor:
     return _binary(E.Sub, a, b)
 
 
-def mul(a, b):
+def mul(a: Operand, b: Operand) -> Tensor:
     return _binary(E.Mul, a, b)
 
 
-def div(a, b):
-    if isinstance(a, Tensor) and a.dtype.kind != "f" and (not isinstance(b, Tensor) or b.dtype.kind != "f"):
+def div(a: Operand, b: Operand) -> Tensor:
+    if is_tensor(a) and a.dtype.kind != "f" and (not is_tensor(b) or b.dtype.kind != "f"):
         a = a.type(backend.DEFAULT_FLOAT)  # true division of integers gives floats, as in torch
-    elif not isinstance(a, Tensor) and isinstance(b, Tensor) and b.dtype.kind != "f":
+    elif not is_tensor(a) and is_tensor(b) and b.dtype.kind != "f":
         b = b.type(backend.DEFAULT_FLOAT)
     return _binary(E.Div, a, b)
 
 
-def pow(a, b):
-    if isinstance(a, Tensor) and isinstance(b, float) and a.dtype.kind != "f":
+def pow(a: Operand, b: Operand) -> Tensor:
+    if is_tensor(a) and isinstance(b, float) and a.dtype.kind != "f":
         a = a.type(backend.DEFAULT_FLOAT)  # int ** float is float32 in torch, not NumPy's float64
-    if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
+    if is_tensor(a) and isinstance(b, (int, float)) and not isinstance(b, bool):
         return E.PowScalar.apply(a, exponent=b)
     return _binary(E.Pow, a, b)
 
 
-def rpow(a, b):
+def rpow(a: Tensor, b: Operand) -> Tensor:
+    """``b ** a`` (Python calls ``a.__rpow__(b)``)."""
     return _binary(E.Pow, b, a)
 
 
-def matmul(a, b):
-    if not isinstance(b, Tensor):
+def matmul(a: Tensor, b: Operand) -> Tensor:
+    if not is_tensor(b):
         b = as_tensor_like(b, a)
     if a.dtype != b.dtype:
         a, b = _promote(a, b)
     return linalg.MatMul.apply(a, b)
 
 
-def _compare(op: str):
-    def compare(a, b):
-        other = b.data if isinstance(b, Tensor) else b
-        return Tensor._make(getattr(a.data, op)(other), False, None)
-
-    compare.__name__ = op.strip("_")
-    return compare
-
-
-def maximum(a, b):
+def maximum(a: Operand, b: Operand) -> Tensor:
     return _binary(E.Maximum, a, b)
 
 
-def minimum(a, b):
+def minimum(a: Operand, b: Operand) -> Tensor:
     return _binary(E.Minimum, a, b)
 
 
-def where(cond, a, b):
+def where(cond: Any, a: Operand, b: Operand) -> Tensor:
     """``cond ? a : b`` elementwise; ``a`` and ``b`` may be numbers."""
-    ref = a if isinstance(a, Tensor) else b
-    if not isinstance(ref, Tensor):
+    ref = a if is_tensor(a) else b
+    if not is_tensor(ref):
         raise TypeError("where: at least one of the two values must be a Tensor")
     a, b = as_tensor_like(a, ref), as_tensor_like(b, ref)
     if a.dtype != b.dtype:
         a, b = _promote(a, b)
-    c = cond.data if isinstance(cond, Tensor) else cond
+    c = cond.data if is_tensor(cond) else cond
     return E.Where.apply(a, b, cond=c.astype(bool, copy=False))
 
 
-def clamp(x, min=None, max=None):
+def clamp(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
     return E.Clamp.apply(x, min=min, max=max)
 
 
+def _unary(fn: type, x: Tensor) -> Tensor:
+    """Apply a unary maths Function; an integer tensor is first cast to float32, as in torch."""
+    if x.dtype.kind != "f":
+        x = x.type(backend.DEFAULT_FLOAT)
+    return fn.apply(x)
+
+
+def _raw(value: Operand) -> Any:
+    """A tensor's array, or the value itself."""
+    return value.data if is_tensor(value) else value
+
+
+def _compare(op: str, a: Tensor, b: Operand) -> Tensor:
+    """A comparison of the raw arrays: a boolean tensor outside the graph."""
+    return constant(getattr(a.data, op)(_raw(b)), a)
+
+
 # ------------------------------------------------------------------ reductions
-def sum_(x, dim=None, keepdim=False, dtype=None):
+def sum_(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     if dtype is not None:
         x = x.type(dtype)
     if x.dtype.kind in "bi" and dtype is None:
@@ -152,25 +196,10 @@ def sum_(x, dim=None, keepdim=False, dtype=None):
     return R.Sum.apply(x, dim=dim, keepdim=keepdim)
 
 
-def mean(x, dim=None, keepdim=False):
+def mean(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     if x.dtype.kind != "f":
         raise RuntimeError(f"mean(): expected a floating point tensor, got dtype {x.dtype}")
     return R.Mean.apply(x, dim=dim, keepdim=keepdim)
-
-
-def _max_or_min(mode: str):
-    def reduce(x, dim=None, keepdim=False):
-        """Over all dims: a 0-d tensor. Over ``dim``: (values, indices), as torch returns."""
-        if isinstance(dim, Tensor):
-            return maximum(x, dim) if mode == "max" else minimum(x, dim)
-        values = R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode=mode)
-        if dim is None:
-            return values
-        indices = argmax(x, dim, keepdim) if mode == "max" else argmin(x, dim, keepdim)
-        return MinMaxResult((values, indices))
-
-    reduce.__name__ = mode
-    return reduce
 
 
 class MinMaxResult(tuple):
@@ -185,108 +214,119 @@ class MinMaxResult(tuple):
         return self[1]
 
 
-def amax(x, dim=None, keepdim=False):
+def max_or_min(x: Tensor, dim: Any = None, keepdim: bool = False, mode: str = "max") -> Any:
+    """Over all dims: a 0-d tensor. Over ``dim``: (values, indices), as torch returns.
+    ``x.max(other_tensor)`` is the elementwise ``maximum``, as in torch."""
+    if is_tensor(dim):
+        return maximum(x, dim) if mode == "max" else minimum(x, dim)
+    values = R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode=mode)
+    if dim is None:
+        return values
+    indices = argmax(x, dim, keepdim) if mode == "max" else argmin(x, dim, keepdim)
+    return MinMaxResult((values, indices))
+
+
+def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     # NOTE: a tuple dim makes MaxMin share the gradient between ties, as torch's amax does.
     dim = dim if dim is None else ((dim,) if isinstance(dim, int) else tuple(dim))
     return R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode="max")
 
 
-def var(x, dim=None, keepdim=False, correction=1, unbiased=None):
+def var(x: Tensor, dim: Any = None, keepdim: bool = False, correction: float = 1,
+        unbiased: bool | None = None) -> Tensor:
     if unbiased is not None:
         correction = 1 if unbiased else 0
     return R.Var.apply(x, dim=dim, keepdim=keepdim, correction=correction)
 
 
-def std(x, dim=None, keepdim=False, correction=1, unbiased=None):
+def std(x: Tensor, dim: Any = None, keepdim: bool = False, correction: float = 1,
+        unbiased: bool | None = None) -> Tensor:
     return var(x, dim, keepdim, correction, unbiased).sqrt()
 
 
-def logsumexp(x, dim=None, keepdim=False):
+def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     return R.LogSumExp.apply(x, dim=dim, keepdim=keepdim)
 
 
-def argmax(x, dim=None, keepdim=False):
+def _arg_reduce(x: Tensor, dim: int | None, keepdim: bool, mode: str) -> Tensor:
+    """argmax / argmin as int64 indices, outside the graph (over all dims: the flat index)."""
     xp = backend.array_module(x.data)
     if dim is None:
-        flat = xp.asarray(x.data.argmax(), dtype=backend.int64)
-        return Tensor._make(flat.reshape((1,) * x.ndim) if keepdim else flat, False, None)
-    return Tensor._make(xp.argmax(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), False, None)
+        flat = xp.asarray(getattr(x.data, mode)(), dtype=backend.int64)
+        return constant(flat.reshape((1,) * x.ndim) if keepdim else flat, x)
+    return constant(getattr(xp, mode)(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), x)
 
 
-def argmin(x, dim=None, keepdim=False):
-    xp = backend.array_module(x.data)
-    if dim is None:
-        flat = xp.asarray(x.data.argmin(), dtype=backend.int64)
-        return Tensor._make(flat.reshape((1,) * x.ndim) if keepdim else flat, False, None)
-    return Tensor._make(xp.argmin(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), False, None)
+def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    return _arg_reduce(x, dim, keepdim, "argmax")
 
 
-# ------------------------------------------------------------------ shapes
+def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    return _arg_reduce(x, dim, keepdim, "argmin")
+
+
+# ------------------------------------------------------------------ shapes and indexing
 def _shape_args(shape: tuple) -> tuple[int, ...]:
+    """torch accepts ``f(2, 3)`` and ``f((2, 3))``."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         return tuple(shape[0])
     return tuple(int(s) for s in shape)
 
 
-def reshape(x, *shape):
+def reshape(x: Tensor, *shape: Any) -> Tensor:
     shape = _shape_args(shape)
     if shape == x.shape:
         return x
     return M.Reshape.apply(x, shape=shape)
 
 
-def view(x, *shape):
+def view(x: Tensor, *shape: Any) -> Tensor:
     if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)):
-        return x.type(shape[0])
+        return x.type(shape[0])  # x.view(dtype)
     return reshape(x, *shape)
 
 
-def flatten(x, start_dim=0, end_dim=-1):
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if x.ndim == 0:
         return reshape(x, 1)
     start, end = start_dim % x.ndim, end_dim % x.ndim
     size = 1
     for n in x.shape[start:end + 1]:
         size *= n
-    return reshape(x, x.shape[:start] + (size,) + x.shape[end + 1:])
+    return reshape(x, x.shape[:start] + (size,) + x.shape[end + 1:])  # (..., prod(start..end), ...)
 
 
-def permute(x, *dims):
+def permute(x: Tensor, *dims: Any) -> Tensor:
     return M.Permute.apply(x, dims=_shape_args(dims))
 
 
-def transpose(x, dim0, dim1):
+def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     dims = list(range(x.ndim))
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return M.Permute.apply(x, dims=tuple(dims))
 
 
-def squeeze(x, dim=None):
+def squeeze(x: Tensor, dim: Any = None) -> Tensor:
     if dim is None:
         return reshape(x, tuple(n for n in x.shape if n != 1))
     dims = {d % max(x.ndim, 1) for d in ((dim,) if isinstance(dim, int) else dim)}
     return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in dims and n == 1)))
 
 
-def unsqueeze(x, dim):
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
     dim = dim % (x.ndim + 1)
-    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])
+    return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])  # a new axis of size 1 at dim
 
 
-def expand(x, *shape):
-    shape = _shape_args(shape)
-    return M.Expand.apply(x, shape=shape)
+def expand(x: Tensor, *shape: Any) -> Tensor:
+    return M.Expand.apply(x, shape=_shape_args(shape))
 
 
-def expand_as(x, other):
-    return expand(x, other.shape)
-
-
-def repeat(x, *repeats):
+def repeat(x: Tensor, *repeats: Any) -> Tensor:
     return M.Repeat.apply(x, repeats=_shape_args(repeats))
 
 
-def split(x, split_size_or_sections, dim=0):
+def split(x: Tensor, split_size_or_sections: int | list[int], dim: int = 0) -> tuple[Tensor, ...]:
     """Split into chunks of ``split_size`` (an int) or of the given sizes (a list), like torch."""
     n = x.shape[dim]
     if isinstance(split_size_or_sections, int):
@@ -306,21 +346,21 @@ def split(x, split_size_or_sections, dim=0):
     return tuple(out)
 
 
-def chunk(x, chunks, dim=0):
+def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     n = x.shape[dim]
     size = -(-n // chunks)
     return split(x, size, dim)
 
 
-def getitem(x, index):
-    raw = _raw_index(index)
+def getitem(x: Tensor, index: Any) -> Tensor:
+    raw = raw_index(index)
     if isinstance(raw, np.ndarray) and raw.dtype == bool and raw.shape != x.shape[: raw.ndim]:
         raise IndexError(f"boolean mask of shape {raw.shape} does not match tensor shape {x.shape}")
     return M.GetItem.apply(x, index=raw)
 
 
-def masked_fill(x, mask, value):
-    m = mask.data if isinstance(mask, Tensor) else mask
+def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
+    m = mask.data if is_tensor(mask) else mask
     if m.dtype != bool:
         raise TypeError(f"masked_fill: mask must be boolean, got dtype {m.dtype}")
     try:
@@ -330,78 +370,277 @@ def masked_fill(x, mask, value):
     return E.MaskedFill.apply(x, mask=m, value=float(value) if x.dtype.kind == "f" else value)
 
 
-def tril(x, diagonal=0):
+def tril(x: Tensor, diagonal: int = 0) -> Tensor:
     return M.Triangle.apply(x, diagonal=diagonal, upper=False)
 
 
-def triu(x, diagonal=0):
+def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     return M.Triangle.apply(x, diagonal=diagonal, upper=True)
 
 
-def gather(x, dim, index):
-    idx = index.data if isinstance(index, Tensor) else index
+def gather(x: Tensor, dim: int, index: Any) -> Tensor:
+    idx = index.data if is_tensor(index) else index
     return M.Gather.apply(x, index=idx, dim=dim)
 
 
-def _unary(fn: type):
-    def op(x):
-        if x.dtype.kind != "f":
-            x = x.type(backend.DEFAULT_FLOAT)
-        return fn.apply(x)
-
-    op.__name__ = fn.__name__.lower()
-    return op
-
-
-def softmax(x, dim=-1):
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
     from groundup.ops.fused import Softmax
 
     return Softmax.apply(x, dim=dim)
 
 
-def log_softmax(x, dim=-1):
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     from groundup.ops.fused import LogSoftmax
 
     return LogSoftmax.apply(x, dim=dim)
 
 
-def _neg(x):
-    return E.Neg.apply(x)
+# ------------------------------------------------------------------ dtype and device
+def to(x: Tensor, device_or_dtype: Any = None, dtype: Any = None) -> Tensor:
+    """``x.to("cuda")``, ``x.to("cpu")``, ``x.to(gu.float64)`` or ``x.to("cuda", gu.float64)``."""
+    out = x
+    if device_or_dtype is not None:
+        try:
+            device = normalize_device(device_or_dtype)
+        except ValueError:
+            dtype, device = device_or_dtype, None
+        if device is not None and device != x.device:
+            out = M.ToDevice.apply(out, device=device)
+    if dtype is not None and as_dtype(dtype) != out.dtype:
+        out = out.type(dtype)
+    return out
 
 
-def _relu(x):
-    return E.Relu.apply(x)
+def cast(x: Tensor, dtype: Any) -> Tensor:
+    dtype = as_dtype(dtype)
+    if dtype == x.dtype:
+        return x
+    return E.Cast.apply(x, dtype=dtype)
 
 
-def _abs(x):
-    return E.Abs.apply(x)
+class TensorMethods:
+    """The methods of ``Tensor`` that run an op, by torch's names. ``Tensor`` inherits this class.
 
+    >>> import groundup as gu
+    >>> x = gu.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    >>> (x * x).sum().backward()
+    >>> x.grad
+    tensor([2., 4., 6.])
+    """
 
-TENSOR_METHODS: dict[str, Any] = {
-    "__add__": add, "__radd__": lambda a, b: add(b, a), "add": add,
-    "__sub__": sub, "__rsub__": lambda a, b: sub(b, a), "sub": sub,
-    "__mul__": mul, "__rmul__": lambda a, b: mul(b, a), "mul": mul,
-    "__truediv__": div, "__rtruediv__": lambda a, b: div(b, a), "div": div,
-    "__pow__": pow, "__rpow__": rpow, "pow": pow,
-    "__matmul__": matmul, "__rmatmul__": lambda a, b: matmul(as_tensor_like(b, a), a), "matmul": matmul,
-    "__neg__": _neg, "neg": _neg,
-    "__getitem__": getitem,
-    "__lt__": _compare("__lt__"), "__le__": _compare("__le__"), "__gt__": _compare("__gt__"),
-    "__ge__": _compare("__ge__"), "__eq__": _compare("__eq__"), "__ne__": _compare("__ne__"),
-    "__invert__": lambda x: Tensor._make(~x.data, False, None),
-    "__and__": lambda a, b: Tensor._make(a.data & (b.data if isinstance(b, Tensor) else b), False, None),
-    "__or__": lambda a, b: Tensor._make(a.data | (b.data if isinstance(b, Tensor) else b), False, None),
-    "eq": _compare("__eq__"), "ne": _compare("__ne__"), "lt": _compare("__lt__"),
-    "le": _compare("__le__"), "gt": _compare("__gt__"), "ge": _compare("__ge__"),
-    "exp": _unary(E.Exp), "log": _unary(E.Log), "sqrt": _unary(E.Sqrt), "rsqrt": _unary(E.Rsqrt),
-    "tanh": _unary(E.Tanh), "sigmoid": _unary(E.Sigmoid), "relu": _relu, "abs": _abs,
-    "clamp": clamp, "clip": clamp, "maximum": maximum, "minimum": minimum,
-    "sum": sum_, "mean": mean, "max": _max_or_min("max"), "min": _max_or_min("min"), "amax": amax,
-    "var": var, "std": std, "logsumexp": logsumexp, "argmax": argmax, "argmin": argmin,
-    "reshape": reshape, "view": view, "flatten": flatten, "permute": permute, "transpose": transpose,
-    "squeeze": squeeze, "unsqueeze": unsqueeze, "expand": expand, "expand_as": expand_as,
-    "repeat": repeat, "split": split, "chunk": chunk, "view_as": lambda x, o: reshape(x, o.shape),
-    "masked_fill": masked_fill, "tril": tril, "triu": triu, "gather": gather,
-    "softmax": softmax, "log_softmax": log_softmax,
-    "contiguous": lambda x: x,
-}
+    __slots__ = ()
+
+    # --- arithmetic (Python's operators call these; numbers become constants)
+    def __add__(self, other: Operand) -> Tensor: return add(self, other)
+    def __radd__(self, other: Operand) -> Tensor: return add(other, self)
+    def add(self, other: Operand, alpha: float = 1.0) -> Tensor: return add(self, other, alpha)
+    def __sub__(self, other: Operand) -> Tensor: return sub(self, other)
+    def __rsub__(self, other: Operand) -> Tensor: return sub(other, self)
+    def sub(self, other: Operand) -> Tensor: return sub(self, other)
+    def __mul__(self, other: Operand) -> Tensor: return mul(self, other)
+    def __rmul__(self, other: Operand) -> Tensor: return mul(other, self)
+    def mul(self, other: Operand) -> Tensor: return mul(self, other)
+    def __truediv__(self, other: Operand) -> Tensor: return div(self, other)
+    def __rtruediv__(self, other: Operand) -> Tensor: return div(other, self)
+    def div(self, other: Operand) -> Tensor: return div(self, other)
+    def __pow__(self, exponent: Operand) -> Tensor: return pow(self, exponent)
+    def __rpow__(self, base: Operand) -> Tensor: return rpow(self, base)
+    def pow(self, exponent: Operand) -> Tensor: return pow(self, exponent)
+    def __matmul__(self, other: Operand) -> Tensor: return matmul(self, other)
+    def __rmatmul__(self, other: Operand) -> Tensor: return matmul(as_tensor_like(other, self), self)
+    def matmul(self, other: Operand) -> Tensor: return matmul(self, other)
+    def __neg__(self) -> Tensor: return E.Neg.apply(self)
+    def neg(self) -> Tensor: return E.Neg.apply(self)
+    def maximum(self, other: Operand) -> Tensor: return maximum(self, other)
+    def minimum(self, other: Operand) -> Tensor: return minimum(self, other)
+
+    def clamp(self, min: float | None = None, max: float | None = None) -> Tensor:
+        """Limit values to [min, max]; ``x.clamp(min=0)`` is relu. ``clip`` is the same method.
+
+        >>> import groundup as gu
+        >>> gu.tensor([-2.0, 0.5, 3.0]).clamp(-1, 1)
+        tensor([-1. ,  0.5,  1. ])
+        """
+        return clamp(self, min, max)
+
+    clip = clamp
+
+    # --- unary maths (an integer tensor is cast to float32 first)
+    def exp(self) -> Tensor: return _unary(E.Exp, self)
+    def log(self) -> Tensor: return _unary(E.Log, self)
+    def sqrt(self) -> Tensor: return _unary(E.Sqrt, self)
+    def rsqrt(self) -> Tensor: return _unary(E.Rsqrt, self)
+    def tanh(self) -> Tensor: return _unary(E.Tanh, self)
+    def sigmoid(self) -> Tensor: return _unary(E.Sigmoid, self)
+    def relu(self) -> Tensor: return E.Relu.apply(self)
+    def abs(self) -> Tensor: return E.Abs.apply(self)
+    def softmax(self, dim: int = -1) -> Tensor: return softmax(self, dim)
+    def log_softmax(self, dim: int = -1) -> Tensor: return log_softmax(self, dim)
+
+    # --- comparisons and logic: boolean tensors outside the graph
+    def __lt__(self, other: Operand) -> Tensor: return _compare("__lt__", self, other)
+    def __le__(self, other: Operand) -> Tensor: return _compare("__le__", self, other)
+    def __gt__(self, other: Operand) -> Tensor: return _compare("__gt__", self, other)
+    def __ge__(self, other: Operand) -> Tensor: return _compare("__ge__", self, other)
+    def __eq__(self, other: Operand) -> Tensor: return _compare("__eq__", self, other)  # type: ignore[override]
+    def __ne__(self, other: Operand) -> Tensor: return _compare("__ne__", self, other)  # type: ignore[override]
+    def __hash__(self) -> int: return id(self)  # by identity (``==`` is elementwise), so tensors can key dicts
+    def lt(self, other: Operand) -> Tensor: return _compare("__lt__", self, other)
+    def le(self, other: Operand) -> Tensor: return _compare("__le__", self, other)
+    def gt(self, other: Operand) -> Tensor: return _compare("__gt__", self, other)
+    def ge(self, other: Operand) -> Tensor: return _compare("__ge__", self, other)
+    def eq(self, other: Operand) -> Tensor: return _compare("__eq__", self, other)
+    def ne(self, other: Operand) -> Tensor: return _compare("__ne__", self, other)
+    def __invert__(self) -> Tensor: return constant(~self.data, self)
+    def __and__(self, other: Operand) -> Tensor: return constant(self.data & _raw(other), self)
+    def __or__(self, other: Operand) -> Tensor: return constant(self.data | _raw(other), self)
+
+    # --- reductions (``dim`` None = every dim; ``keepdim`` keeps them as size 1)
+    def sum(self, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+        """Sum over ``dim`` (an int, a tuple, or None for all). Integers sum as int64, as in torch.
+
+        >>> import groundup as gu
+        >>> gu.tensor([[1.0, 2.0], [3.0, 4.0]]).sum(dim=0)
+        tensor([4., 6.])
+        """
+        return sum_(self, dim, keepdim, dtype)
+
+    def mean(self, dim: Any = None, keepdim: bool = False) -> Tensor: return mean(self, dim, keepdim)
+
+    def max(self, dim: Any = None, keepdim: bool = False) -> Any:
+        """Over all dims a 0-d tensor; over ``dim`` a (values, indices) pair, as in torch.
+
+        >>> import groundup as gu
+        >>> gu.tensor([[1.0, 5.0], [7.0, 2.0]]).max(dim=1).indices
+        tensor([1, 0])
+        """
+        return max_or_min(self, dim, keepdim, "max")
+
+    def min(self, dim: Any = None, keepdim: bool = False) -> Any: return max_or_min(self, dim, keepdim, "min")
+    def amax(self, dim: Any = None, keepdim: bool = False) -> Tensor: return amax(self, dim, keepdim)
+    def var(self, dim: Any = None, keepdim: bool = False, correction: float = 1,
+            unbiased: bool | None = None) -> Tensor: return var(self, dim, keepdim, correction, unbiased)
+    def std(self, dim: Any = None, keepdim: bool = False, correction: float = 1,
+            unbiased: bool | None = None) -> Tensor: return std(self, dim, keepdim, correction, unbiased)
+    def logsumexp(self, dim: Any = None, keepdim: bool = False) -> Tensor: return logsumexp(self, dim, keepdim)
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> Tensor: return argmax(self, dim, keepdim)
+    def argmin(self, dim: int | None = None, keepdim: bool = False) -> Tensor: return argmin(self, dim, keepdim)
+
+    # --- shapes (``x.reshape(2, 3)`` or ``x.reshape((2, 3))``) and indexing
+    def reshape(self, *shape: Any) -> Tensor:
+        """The same elements in a new shape; one dim may be -1.
+
+        >>> import groundup as gu
+        >>> gu.arange(6).reshape(2, -1).shape
+        (2, 3)
+        """
+        return reshape(self, *shape)
+
+    def view(self, *shape: Any) -> Tensor: return view(self, *shape)
+    def view_as(self, other: Tensor) -> Tensor: return reshape(self, other.shape)
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor: return flatten(self, start_dim, end_dim)
+    def permute(self, *dims: Any) -> Tensor: return permute(self, *dims)
+    def transpose(self, dim0: int, dim1: int) -> Tensor: return transpose(self, dim0, dim1)
+    def squeeze(self, dim: Any = None) -> Tensor: return squeeze(self, dim)
+    def unsqueeze(self, dim: int) -> Tensor: return unsqueeze(self, dim)
+    def expand(self, *shape: Any) -> Tensor: return expand(self, *shape)
+    def expand_as(self, other: Tensor) -> Tensor: return expand(self, other.shape)
+    def repeat(self, *repeats: Any) -> Tensor: return repeat(self, *repeats)
+    def split(self, split_size_or_sections: int | list[int], dim: int = 0) -> tuple[Tensor, ...]:
+        return split(self, split_size_or_sections, dim)
+    def chunk(self, chunks: int, dim: int = 0) -> tuple[Tensor, ...]: return chunk(self, chunks, dim)
+    def contiguous(self) -> Tensor: return self  # every array op here copies when it must
+    def __getitem__(self, index: Any) -> Tensor: return getitem(self, index)
+    def masked_fill(self, mask: Any, value: float) -> Tensor: return masked_fill(self, mask, value)
+    def tril(self, diagonal: int = 0) -> Tensor: return tril(self, diagonal)
+    def triu(self, diagonal: int = 0) -> Tensor: return triu(self, diagonal)
+    def gather(self, dim: int, index: Any) -> Tensor: return gather(self, dim, index)
+
+    @property
+    def T(self) -> Tensor:
+        """Reverse all dimensions (``x.permute(*reversed(range(x.ndim)))``)."""
+        return permute(self, *reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        """Transpose the last two dimensions."""
+        return transpose(self, -2, -1)
+
+    # --- dtype and device (differentiable: the gradient is cast or moved back)
+    def to(self, device_or_dtype: Any = None, dtype: Any = None) -> Tensor:
+        """``x.to("cuda")``, ``x.to("cpu")``, ``x.to(gu.float64)`` or ``x.to("cuda", gu.float64)``."""
+        return to(self, device_or_dtype, dtype)
+
+    def cpu(self) -> Tensor: return to(self, "cpu")
+    def cuda(self) -> Tensor: return to(self, "cuda")
+    def type(self, dtype: Any) -> Tensor: return cast(self, dtype)
+    def float(self) -> Tensor: return cast(self, backend.float32)
+    def double(self) -> Tensor: return cast(self, backend.float64)
+    def long(self) -> Tensor: return cast(self, backend.int64)
+    def int(self) -> Tensor: return cast(self, backend.int32)
+    def bool(self) -> Tensor: return cast(self, backend.bool_)
+    def half(self) -> Tensor: return cast(self, backend.float16)
+    def clone(self) -> Tensor: return E.Clone.apply(self)
+
+    # --- in-place ops: not recorded in the graph; ``_bump_version`` refuses them on graph tensors
+    # and lets the engine catch an array changed after a Function saved it.
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._bump_version()
+        self.data[raw_index(index)] = value.data if is_tensor(value) else value
+
+    def copy_(self, src: Any) -> Tensor:
+        self._bump_version()
+        self.data[...] = src.data if is_tensor(src) else src
+        return self
+
+    def fill_(self, value: float) -> Tensor:
+        self._bump_version()
+        self.data.fill(value)
+        return self
+
+    def zero_(self) -> Tensor:
+        return self.fill_(0)
+
+    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
+        self._bump_version()
+        other = other.data if is_tensor(other) else other
+        self.data += other * alpha if alpha != 1.0 else other
+        return self
+
+    def sub_(self, other: Any) -> Tensor:
+        return self.add_(other, alpha=-1.0)
+
+    def mul_(self, other: Any) -> Tensor:
+        self._bump_version()
+        self.data *= other.data if is_tensor(other) else other
+        return self
+
+    def div_(self, other: Any) -> Tensor:
+        self._bump_version()
+        self.data /= other.data if is_tensor(other) else other
+        return self
+
+    def clamp_(self, min: float | None = None, max: float | None = None) -> Tensor:
+        self._bump_version()
+        backend.array_module(self.data).clip(self.data, min, max, out=self.data)
+        return self
+
+    def masked_fill_(self, mask: Any, value: float) -> Tensor:
+        self._bump_version()
+        mask = mask.data if is_tensor(mask) else mask
+        self.data[...] = backend.array_module(self.data).where(mask, value, self.data)
+        return self
+
+    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
+        from groundup import random
+
+        self._bump_version()
+        self.data[...] = random.normal_array(self.shape, mean, std, self.dtype, self.device)
+        return self
+
+    def uniform_(self, low: float = 0.0, high: float = 1.0) -> Tensor:
+        from groundup import random
+
+        self._bump_version()
+        self.data[...] = random.uniform_array(self.shape, low, high, self.dtype, self.device)
+        return self
