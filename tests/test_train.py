@@ -463,3 +463,65 @@ def test_refuses_a_mismatched_optimizer_and_changes_nothing(tmp_path):
     two_groups = AdamW([{"params": [model.fc1.weight]}, {"params": [model.fc2.weight]}])
     _refused(tmp_path, r"optimizer\.safetensors: does not fit the optimizer: the file has 1 parameter groups",
              model=model, optimizer=two_groups)
+
+
+# ---------------------------------------------------------------------------- callbacks, optimizer, evaluation
+def test_fit_is_a_loop_you_read_in_one_screen():
+    import inspect
+
+    source = inspect.getsource(Trainer.fit)
+    body = source.split('"""')[2]                           # after the docstring
+    assert len([line for line in body.splitlines() if line.strip()]) <= 40
+
+
+def test_a_custom_optimizer_with_param_groups_follows_the_schedule_scaled():
+    from groundup.optim import SGD
+
+    model = make_model(dropout=0.0)
+    fast, slow = [model.fc1.weight, model.fc1.bias], [model.fc2.weight, model.fc2.bias]
+    optimizer = SGD([{"params": fast}, {"params": slow, "lr_scale": 0.1}], lr=1.0)
+    seen = []
+    Trainer(model, config(max_iters=4, schedule="constant", warmup_iters=0, lr=0.5), get_batch, optimizer=optimizer,
+            callbacks=[lambda t, e, i: seen.append([g["lr"] for g in t.optimizer.param_groups]) if e == "step"
+                       else None]).fit()
+    assert seen == [[0.5, pytest.approx(0.05)]] * 4
+
+
+def test_a_custom_evaluation_runs_in_eval_mode_and_is_recorded():
+    modes, results = [], []
+
+    def accuracy(trainer):
+        modes.append(trainer.model.training)
+        gu.randn(3)                                         # draws from the global RNG: restored afterwards
+        logits = trainer.model(gu.tensor(X[64:])).numpy()
+        return {"val_accuracy": float((logits.argmax(1) == Y[64:]).mean()), "val_loss": 1.0 / (1 + len(modes))}
+
+    a = Trainer(make_model(seed=0), config(eval_interval=5), get_batch, evaluate=accuracy,
+                callbacks=[lambda t, e, i: results.append(i) if e == "eval" else None])
+    summary = a.fit()
+    b = Trainer(make_model(seed=0), config(eval_interval=100), get_batch)
+    b.fit()
+    assert_same_weights(weights(a.model), weights(b.model))   # evaluating changed nothing
+    assert modes == [False] * 5 and a.model.training
+    assert [r["iter"] for r in results] == [0, 5, 10, 15, 20] and "val_accuracy" in results[-1]
+    assert [r["iter"] for r in a.history if r["kind"] == "eval"] == [0, 5, 10, 15, 20]
+    assert summary["last_eval"]["val_accuracy"] == results[-1]["val_accuracy"]
+    assert summary["best_val_loss"] == pytest.approx(1 / 6) and summary["val_loss"] == pytest.approx(1 / 6)
+
+
+def test_mean_loss_restores_the_mode_it_found():
+    from groundup.train.evaluation import mean_loss
+
+    model = make_model()
+    batches = [tuple(gu.tensor(a) for a in get_batch("val", np.random.default_rng(i))) for i in range(3)]
+    for training in (True, False):
+        model.train(training)
+        values = [mean_loss(model, batches[i:i + 1]) for i in range(3)]
+        assert mean_loss(model, batches) == pytest.approx(np.mean(values))       # dropout off: deterministic
+        assert model.training is training
+    assert mean_loss(model, batches, weights=[1, 0, 0]) == pytest.approx(values[0])
+
+
+def test_without_default_callbacks_nothing_is_written(tmp_path):
+    summary = Trainer(make_model(), config(tmp_path / "quiet"), get_batch, default_callbacks=False).fit()
+    assert not (tmp_path / "quiet" / "state.json").exists() and summary["iters"] == 20

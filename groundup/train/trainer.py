@@ -21,9 +21,19 @@ With ``out_dir`` set it writes there:
     summary.json    final train/val loss, best val loss, iters, wall_s, tokens_per_s, ...;
     the checkpoint  model.safetensors, config.json, optimizer.safetensors, state.json (see checkpoint.py).
 
-Callbacks are called as ``callback(trainer, event, info)`` with event ``"fit_start"``, ``"step"``
-(after each optimizer step), ``"eval"``, ``"checkpoint"`` or ``"fit_end"``; a callback may call
-``trainer.stop()`` to end the run after the current step (it then evaluates and checkpoints).
+``fit`` is the whole loop, in one screen: evaluate when due, then set the learning rate, draw a
+batch, compute the loss, backpropagate, clip, step, and tell the callbacks. Everything else is a
+callback ``callback(trainer, event, info)`` called at events ``"fit_start"``, ``"step"`` (after each
+optimizer step), ``"eval"``, ``"checkpoint"`` and ``"fit_end"``. The defaults
+(``groundup/train/callbacks.py``) are the throughput meter, the metrics log (metrics.jsonl,
+loss.png, summary.json), the progress bar and the checkpointer; your callbacks run after them. A
+callback may call ``trainer.stop()`` to end the run after the current step (it then evaluates and
+checkpoints); one with a ``close()`` method has it called when ``fit`` ends, even by an exception.
+
+Beyond the config: ``optimizer=`` takes an optimizer of your own (param groups; a group's
+``lr_scale`` scales the schedule), ``evaluate=`` a function ``(trainer) -> dict`` that replaces the
+mean train/val loss at each evaluation (accuracy on a test set, say), run in eval mode with the
+RNG restored (``groundup.train.evaluation.evaluating``).
 
 Reference: https://github.com/karpathy/nanoGPT/blob/master/train.py,
 https://github.com/karpathy/minGPT/blob/master/mingpt/trainer.py
@@ -34,10 +44,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +60,10 @@ from groundup.optim import SGD, Adam, AdamW, Optimizer
 from groundup.optim.schedule import scheduled_lr
 from groundup.random import get_rng_state, set_rng_state
 from groundup.tensor import Tensor
+from groundup.train.callbacks import default_callbacks as _default_callbacks
 from groundup.train.checkpoint import STATE_FILE, _model_config, load_checkpoint, save_checkpoint
 from groundup.train.config import TrainConfig
+from groundup.train.evaluation import evaluating, mean_loss
 
 __all__ = ["Trainer", "build_optimizer"]
 
@@ -89,78 +100,47 @@ class Trainer:
         get_batch: ``get_batch(split, rng) -> tuple`` of Tensors or NumPy arrays for split ``"train"``
             or ``"val"``, drawing its randomness from the NumPy Generator ``rng`` only.
         loss_fn: ``loss_fn(model, batch) -> scalar Tensor``; default ``model.loss(*batch)``.
-        callbacks: functions ``callback(trainer, event, info)``.
+        callbacks: functions ``callback(trainer, event, info)`` (events in ``groundup/train/callbacks.py``).
         model_config: the model's config (dataclass or dict), saved as config.json; by default the
             model's ``cfg`` / ``config`` dataclass attribute if it has one.
         tokens_per_batch: for tokens/s; by default the size of the first batch element if it holds
             integers (token ids, e.g. ``(B, T)`` -> B*T), else its first dimension (samples/s).
+        optimizer: an optimizer of your own (any param groups); default ``build_optimizer(model, config)``.
+            The schedule sets each group's lr to ``schedule(iter) * group.get("lr_scale", 1.0)``.
+        evaluate: ``evaluate(trainer) -> dict[str, float]`` run at each evaluation instead of the mean
+            train/val loss (it runs under ``evaluating``: eval mode, no graph, RNG restored); its dict is
+            the "eval" record. Give it "val_loss" to have ``best_val_loss`` tracked.
+        default_callbacks: False leaves out throughput, metrics log, progress bar and checkpoints.
     """
 
     def __init__(self, model: Module, config: TrainConfig, get_batch: Callable[[str, np.random.Generator], Any],
                  loss_fn: Callable[[Module, tuple], Tensor] | None = None, callbacks: Iterable[Callback] = (),
-                 model_config: Any = None, tokens_per_batch: int | None = None):
+                 model_config: Any = None, tokens_per_batch: int | None = None, optimizer: Optimizer | None = None,
+                 evaluate: Callable[[Trainer], dict[str, float]] | None = None, default_callbacks: bool = True):
         self.config = config
         self.model = model.to(config.device)
         self.get_batch = get_batch
         self.loss_fn = loss_fn
-        self.callbacks = list(callbacks)
+        self.evaluate_fn = evaluate
+        self.throughput, defaults = _default_callbacks() if default_callbacks else (None, [])
+        self.callbacks: list[Callback] = [*defaults, *callbacks]
         self.model_config = model_config if model_config is not None else _model_config(model)
         self.tokens_per_batch = tokens_per_batch
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, config)
         self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
         self.iter = 0                               # optimizer steps done
         self.rng = np.random.default_rng(config.seed)
         self.best_val_loss: float | None = None
         self.last_losses: dict[str, float] | None = None
+        self.last_eval: dict[str, float] = {}       # the latest evaluation's record
         self.history: list[dict[str, Any]] = []     # the metrics records of this run
+        self.last_save_iter: int | None = None
         self._last_eval_iter: int | None = None
-        self._last_save_iter: int | None = None
         self._wall_before = 0.0                     # wall seconds spent by earlier (resumed-from) runs
         self._fit_start: float | None = None        # perf_counter() at the start of the current fit()
         self._stop_requested = False
 
-    # ------------------------------------------------------------------ public API
-    def stop(self) -> None:
-        """End the run after the current step (then evaluate, checkpoint and summarise as at the end)."""
-        self._stop_requested = True
-
-    def lr_at(self, it: int) -> float:
-        """The learning rate of iteration ``it`` (0-based) under the config's schedule."""
-        cfg = self.config
-        return scheduled_lr(cfg.schedule, it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
-
-    @gu.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss over ``eval_iters`` fixed batches of each split: ``{'train': x, 'val': y}``.
-
-        The batches come from generators seeded by ``config.seed`` afresh at each call, so every
-        evaluation (in this run or another with the same seed) sees the same batches. The model is
-        put in eval mode, and groundup's global generator is restored afterwards.
-        """
-        was_training = self.model.training
-        global_rng = get_rng_state()
-        self.model.eval()
-        losses = {}
-        try:
-            for index, split in enumerate(("train", "val")):
-                rng = np.random.default_rng([self.config.seed, index + 1])
-                values = [float(self._loss(self._batch(split, rng)).item()) for _ in range(self.config.eval_iters)]
-                losses[split] = float(np.mean(values))
-        finally:
-            set_rng_state(global_rng)
-            self.model.train(was_training)
-        return losses
-
-    def save_checkpoint(self) -> Path:
-        """Save the model, optimizer and loop state to ``config.out_dir`` (atomically)."""
-        if self.out_dir is None:
-            raise ValueError("Trainer.save_checkpoint: config.out_dir is None")
-        path = save_checkpoint(self.out_dir, self.model, config=self.model_config, optimizer=self.optimizer,
-                               state=self._state())
-        self._last_save_iter = self.iter
-        self._emit("checkpoint", {"iter": self.iter, "path": str(path)})
-        return path
-
+    # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until ``config.max_iters`` steps (or ``stop()``); returns the summary.
 
@@ -173,74 +153,124 @@ class Trainer:
             ``best_val_loss``, ``iters``, ``wall_s``, ``train_s``, ``tokens_per_s``, ``lr``, ``stopped_early``.
         """
         cfg = self.config
-        if resume:
-            self._resume()
-        else:
-            self._start_fresh()
-        self._stop_requested = False
-        self.model.train()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self._fit_start = start = time.perf_counter()
-        train_seconds, tokens_seen = 0.0, 0
-        window_seconds, window_tokens = 0.0, 0
-        tokens_per_s = 0.0
-        self._emit("fit_start", {"iter": self.iter, "max_iters": cfg.max_iters, "resume": resume})
-        with self._progress() as progress:
-            task = progress.add_task("train", total=cfg.max_iters, completed=self.iter, loss=float("nan"),
-                                     tps=0.0) if progress is not None else None
-            while True:
-                done = self.iter >= cfg.max_iters or self._stop_requested
-                if (done or self.iter % cfg.eval_interval == 0) and self._last_eval_iter != self.iter:
-                    self._evaluate_and_log(start, progress)
-                    if self.out_dir is not None and cfg.checkpoint_interval is None and self.iter > 0:
-                        self.save_checkpoint()
-                if done:
-                    break
-                step_start = time.perf_counter()
-                lr = self.lr_at(self.iter)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                batch = self._batch("train", self.rng)
-                loss = self._loss(batch)
-                loss_value = float(loss.item())
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"Trainer: the loss is {loss_value} at iteration {self.iter} "
-                                             f"(lr {lr:.3g}); lower the learning rate or check the data")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-                self.optimizer.step()
-                self.iter += 1
-                n_tokens = self._count_tokens(batch)
-                seconds = time.perf_counter() - step_start
-                train_seconds += seconds
-                window_seconds += seconds
-                tokens_seen += n_tokens
-                window_tokens += n_tokens
-                info = {"iter": self.iter, "lr": lr, "loss": loss_value, "grad_norm": grad_norm}
-                if self.iter % cfg.log_interval == 0 or self.iter == cfg.max_iters:
-                    tokens_per_s = window_tokens / window_seconds if window_seconds > 0 else 0.0
-                    window_seconds, window_tokens = 0.0, 0
-                    self._record({"kind": "train", **info, "tokens_per_s": tokens_per_s,
-                                  "wall_s": self._wall(start)})
-                if progress is not None:
-                    progress.update(task, completed=self.iter, loss=loss_value, tps=tokens_per_s)
-                self._emit("step", {**info, "tokens_per_s": tokens_per_s})
-                if (self.out_dir is not None and cfg.checkpoint_interval is not None
-                        and self.iter % cfg.checkpoint_interval == 0):
-                    self.save_checkpoint()
-        if self.out_dir is not None and self._last_save_iter != self.iter:
-            self.save_checkpoint()
-        summary = self._summary(start, train_seconds, tokens_seen)
-        if self.out_dir is not None:
-            from groundup.train.plots import plot_metrics
-
-            plot_metrics(self._read_metrics(), self.out_dir / PLOT_FILE, title=f"{type(self.model).__name__}")
-            _write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
-        self._emit("fit_end", summary)
+        with self._scope():
+            self._resume() if resume else self._start_fresh()
+            self.model.train()
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            self._emit("fit_start", {"iter": self.iter, "max_iters": cfg.max_iters, "resume": resume})
+            try:
+                while True:
+                    done = self.iter >= cfg.max_iters or self._stop_requested
+                    if (done or self.iter % cfg.eval_interval == 0) and self._last_eval_iter != self.iter:
+                        self._emit("eval", self._evaluation())
+                    if done:
+                        break
+                    started = time.perf_counter()
+                    lr = self._set_lr(self.iter)
+                    batch = self._batch("train", self.rng)
+                    loss = self._loss(batch)
+                    loss_value = self._finite(loss, lr)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+                    self.optimizer.step()
+                    self.iter += 1
+                    self._emit("step", {"iter": self.iter, "lr": lr, "loss": loss_value, "grad_norm": grad_norm,
+                                        "n_tokens": self._count_tokens(batch), "step_s": time.perf_counter() - started})
+                summary = self._summary()
+                self._emit("fit_end", summary)
+            finally:
+                for callback in self.callbacks:
+                    getattr(callback, "close", lambda: None)()
         return summary
 
+    # ------------------------------------------------------------------ public API
+    def stop(self) -> None:
+        """End the run after the current step (then evaluate, checkpoint and summarise as at the end)."""
+        self._stop_requested = True
+
+    def lr_at(self, it: int) -> float:
+        """The learning rate of iteration ``it`` (0-based) under the config's schedule."""
+        cfg = self.config
+        return scheduled_lr(cfg.schedule, it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over ``eval_iters`` fixed batches of each split: ``{'train': x, 'val': y}``.
+
+        The batches come from generators seeded by ``config.seed`` afresh at each call, so every
+        evaluation (in this run or another with the same seed) sees the same batches. The model is
+        put in eval mode, and its mode and groundup's global generator are restored afterwards.
+        """
+        losses = {}
+        for index, split in enumerate(("train", "val")):
+            rng = np.random.default_rng([self.config.seed, index + 1])
+            batches = [self._batch(split, rng) for _ in range(self.config.eval_iters)]
+            losses[split] = mean_loss(self.model, batches, lambda model, batch: self._loss(batch))
+        return losses
+
+    def save_checkpoint(self) -> Path:
+        """Save the model, optimizer and loop state to ``config.out_dir`` (atomically)."""
+        if self.out_dir is None:
+            raise ValueError("Trainer.save_checkpoint: config.out_dir is None")
+        path = save_checkpoint(self.out_dir, self.model, config=self.model_config, optimizer=self.optimizer,
+                               state=self._state())
+        self.last_save_iter = self.iter
+        self._emit("checkpoint", {"iter": self.iter, "path": str(path)})
+        return path
+
+    def wall_s(self) -> float:
+        """Wall seconds of the run so far, including earlier runs it resumed from."""
+        start = self._fit_start if self._fit_start is not None else time.perf_counter()
+        return self._wall_before + time.perf_counter() - start
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Keep a metrics record in ``history`` and append it to metrics.jsonl (with ``out_dir``)."""
+        self.history.append(record)
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The run's metrics records: metrics.jsonl with ``out_dir`` (resumed runs included), else ``history``."""
+        path = self.out_dir / METRICS_FILE if self.out_dir is not None else None
+        if path is None or not path.exists():
+            return list(self.history)
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
     # ------------------------------------------------------------------ the loop's parts
+    def _scope(self) -> AbstractContextManager:
+        """The process-wide settings a run holds while it trains (thread pools); one place to set them."""
+        return nullcontext()
+
+    def _set_lr(self, it: int) -> float:
+        lr = self.lr_at(it)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def _finite(self, loss: Tensor, lr: float) -> float:
+        value = float(loss.item())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"Trainer: the loss is {value} at iteration {self.iter} "
+                                     f"(lr {lr:.3g}); lower the learning rate or check the data")
+        return value
+
+    def _evaluation(self) -> dict[str, Any]:
+        """Evaluate (the default mean losses or ``evaluate``); returns the "eval" event's info."""
+        if self.evaluate_fn is not None:
+            with evaluating(self.model):
+                result = {k: float(v) for k, v in self.evaluate_fn(self).items()}
+        else:
+            losses = self.evaluate()
+            self.last_losses = losses
+            result = {"train_loss": losses["train"], "val_loss": losses["val"]}
+        self._last_eval_iter = self.iter
+        self.last_eval = result
+        if "val_loss" in result and (self.best_val_loss is None or result["val_loss"] < self.best_val_loss):
+            self.best_val_loss = result["val_loss"]
+        return {"iter": self.iter, "lr": self.lr_at(self.iter), **result}
+
     def _batch(self, split: str, rng: np.random.Generator) -> tuple[Tensor, ...]:
         batch = self.get_batch(split, rng)
         if not isinstance(batch, tuple | list):
@@ -269,72 +299,26 @@ class Trainer:
             return 1
         return int(first.data.size) if first.dtype.kind in "iu" else int(first.shape[0])
 
-    def _evaluate_and_log(self, start: float, progress: Any) -> None:
-        losses = self.evaluate()
-        self._last_eval_iter = self.iter
-        self.last_losses = losses
-        if self.best_val_loss is None or losses["val"] < self.best_val_loss:
-            self.best_val_loss = losses["val"]
-        info = {"iter": self.iter, "lr": self.lr_at(self.iter),
-                "train_loss": losses["train"], "val_loss": losses["val"]}
-        self._record({"kind": "eval", **info, "wall_s": self._wall(start)})
-        message = f"iter {self.iter}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-        if progress is not None:
-            progress.console.print(message)
-        elif self.config.progress:
-            print(message, file=sys.stderr, flush=True)
-        self._emit("eval", info)
-
     def _emit(self, event: str, info: dict[str, Any]) -> None:
         for callback in self.callbacks:
             callback(self, event, info)
 
-    def _wall(self, start: float) -> float:
-        return self._wall_before + time.perf_counter() - start
-
-    def _progress(self) -> Any:
-        """A rich progress bar on a terminal when ``config.progress``; None (and no output) otherwise."""
-        if not self.config.progress:
-            return nullcontext(None)
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if not console.is_terminal or console.is_dumb_terminal:
-            return nullcontext(None)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-                        TimeRemainingColumn(), console=console, transient=False)
-
-    # ------------------------------------------------------------------ metrics and summary
-    def _record(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        path = self.out_dir / METRICS_FILE if self.out_dir is not None else None
-        if path is None or not path.exists():
-            return list(self.history)
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def _summary(self, start: float, train_seconds: float, tokens_seen: int) -> dict[str, Any]:
+    def _summary(self) -> dict[str, Any]:
         losses = self.last_losses or {}
+        train_s = self.throughput.train_s if self.throughput is not None else 0.0
         return {
-            "train_loss": losses.get("train"),
-            "val_loss": losses.get("val"),
+            "train_loss": losses.get("train", self.last_eval.get("train_loss")),
+            "val_loss": losses.get("val", self.last_eval.get("val_loss")),
             "best_val_loss": self.best_val_loss,
             "iters": self.iter,
-            "wall_s": self._wall(start),
-            "train_s": train_seconds,
-            "tokens_per_s": tokens_seen / train_seconds if train_seconds > 0 else 0.0,
+            "wall_s": self.wall_s(),
+            "train_s": train_s,
+            "tokens_per_s": self.throughput.overall_tokens_per_s if self.throughput is not None else 0.0,
             "lr": self.optimizer.param_groups[0]["lr"],
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
             "stopped_early": self.iter < self.config.max_iters,
             "config": self.config.to_dict(),
+            "last_eval": dict(self.last_eval),
         }
 
     # ------------------------------------------------------------------ start, resume, state
@@ -344,8 +328,10 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.iter = 0
         self.optimizer.state.clear()
-        self.best_val_loss, self.last_losses = None, None
-        self._last_eval_iter = self._last_save_iter = None
+        self.best_val_loss, self.last_losses, self.last_eval = None, None, {}
+        self._last_eval_iter = self.last_save_iter = None
+        self._stop_requested = False
+        self._fit_start = time.perf_counter()
         self._wall_before = 0.0
         self.history = []
         if self.out_dir is not None:
@@ -361,7 +347,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "last_losses": self.last_losses,
             "last_eval_iter": self._last_eval_iter,
-            "wall_s": self._wall(self._fit_start) if self._fit_start is not None else self._wall_before,
+            "wall_s": self.wall_s() if self._fit_start is not None else self._wall_before,
             "schedule": {"name": cfg.schedule, "lr": cfg.lr, "min_lr": cfg.min_lr, "warmup_iters": cfg.warmup_iters,
                          "decay_iters": cfg.decay_iters, "current_lr": self.optimizer.param_groups[0]["lr"]},
             "train_config": cfg.to_dict(),
@@ -384,10 +370,12 @@ class Trainer:
         self.best_val_loss = state.get("best_val_loss")
         self.last_losses = state.get("last_losses")
         self._last_eval_iter = state.get("last_eval_iter")
-        self._last_save_iter = self.iter
+        self.last_save_iter = self.iter
         self._wall_before = float(state.get("wall_s", 0.0))
+        self._stop_requested = False
+        self._fit_start = time.perf_counter()
         # keep the metrics up to the checkpoint; later lines belong to a run that did not survive
-        kept = [r for r in self._read_metrics() if r.get("iter", 0) <= self.iter]
+        kept = [r for r in self.read_metrics() if r.get("iter", 0) <= self.iter]
         self.history = kept
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
