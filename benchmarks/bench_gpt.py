@@ -57,66 +57,84 @@ def _train_config(preset: str, batch_size: int | None):
 
 
 def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("groundup", "torch")) -> dict[str, Any]:
-    """The models, optimizers and step functions of each contender, from the same initial weights."""
+    """The models, optimizers and step functions of each contender, from the same initial weights.
+
+    ``groundup`` is the fused twin (``FastGPT``, what ``groundup train`` runs); ``readable`` is the
+    readable ``GPT`` that a learner reads and hooks, trained by autograd through engine ops.
+    """
     import groundup as gu
     from groundup.models.gpt import GPT
-    from groundup.nn.utils import clip_grad_norm_
-    from groundup.train import build_optimizer
+    from groundup.models.gpt_fast import FastGPT
 
     cfg, tcfg = _config(preset), _train_config(preset, batch_size)
     gu.manual_seed(0)
-    model = GPT(cfg)
+    model = FastGPT(cfg)
     out: dict[str, Any] = {"cfg": cfg, "tcfg": tcfg, "groundup_model": model}
     if "groundup" in which:
-        opt = build_optimizer(model, tcfg)
-        params = list(model.parameters())
-
-        def gu_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
-            t0 = time.perf_counter()
-            loss = model.loss(x, y)
-            opt.zero_grad(set_to_none=True)                     # as the Trainer: clear, backward, clip, step
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            clip_grad_norm_(params, tcfg.grad_clip)
-            opt.step()
-            t3 = time.perf_counter()
-            times["forward"].append(t1 - t0)
-            times["backward"].append(t2 - t1)
-            times["optimizer"].append(t3 - t2)
-            return t3 - t0
-
-        out["groundup"] = gu_step
+        out["groundup"] = _groundup_step(model, tcfg)
+    if "readable" in which:
+        out["readable"] = _groundup_step(model.as_class(GPT), tcfg)
     if "torch" in which:
-        import torch
-        from torch_gpt import TorchGPT
+        out.update(_torch_contender(model, cfg, tcfg))
+    return out
 
-        torch.set_num_threads(2)
-        ref = TorchGPT(cfg)
-        ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-        decay = [p for p in ref.parameters() if p.ndim >= 2]
-        no_decay = [p for p in ref.parameters() if p.ndim < 2]
-        topt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=tcfg.betas)
 
-        def torch_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
-            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-            t0 = time.perf_counter()
-            topt.zero_grad(set_to_none=True)
-            loss = ref.loss(xt, yt)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(ref.parameters(), tcfg.grad_clip)
-            topt.step()
-            t3 = time.perf_counter()
-            times["forward"].append(t1 - t0)
-            times["backward"].append(t2 - t1)
-            times["optimizer"].append(t3 - t2)
-            return t3 - t0
+def _groundup_step(model: Any, tcfg: Any) -> Any:
+    from groundup.nn.utils import clip_grad_norm_
+    from groundup.train import build_optimizer
 
-        out["torch"] = torch_step
-        out["torch_model"] = ref
+    opt = build_optimizer(model, tcfg)
+    params = list(model.parameters())
+
+    def gu_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
+        t0 = time.perf_counter()
+        loss = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)                     # as the Trainer: clear, backward, clip, step
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        clip_grad_norm_(params, tcfg.grad_clip)
+        opt.step()
+        t3 = time.perf_counter()
+        times["forward"].append(t1 - t0)
+        times["backward"].append(t2 - t1)
+        times["optimizer"].append(t3 - t2)
+        return t3 - t0
+
+    return gu_step
+
+
+def _torch_contender(model: Any, cfg: Any, tcfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    import torch
+    from torch_gpt import TorchGPT
+
+    torch.set_num_threads(2)
+    ref = TorchGPT(cfg)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    decay = [p for p in ref.parameters() if p.ndim >= 2]
+    no_decay = [p for p in ref.parameters() if p.ndim < 2]
+    topt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=tcfg.betas)
+
+    def torch_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        t0 = time.perf_counter()
+        topt.zero_grad(set_to_none=True)
+        loss = ref.loss(xt, yt)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), tcfg.grad_clip)
+        topt.step()
+        t3 = time.perf_counter()
+        times["forward"].append(t1 - t0)
+        times["backward"].append(t2 - t1)
+        times["optimizer"].append(t3 - t2)
+        return t3 - t0
+
+    out["torch"] = torch_step
+    out["torch_model"] = ref
     return out
 
 
@@ -139,14 +157,15 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
-def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int) -> dict[str, Any]:
-    built = build(preset, batch_size)
+def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
+                   readable: bool = True) -> dict[str, Any]:
+    built = build(preset, batch_size, ("groundup", "readable", "torch") if readable else ("groundup", "torch"))
     cfg, tcfg = built["cfg"], built["tcfg"]
     B, T = tcfg.batch_size, cfg.block_size
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T)))
                for _ in range(warmup + iters)]
-    names = ("groundup", "torch")
+    names = ("groundup", "readable", "torch") if readable else ("groundup", "torch")
     times = {n: {"step": [], "forward": [], "backward": [], "optimizer": []} for n in names}
     for i in range(warmup):  # warm-up: allocator, BLAS buffers, thread pools
         for n in names:
@@ -166,6 +185,8 @@ def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int)
         step["sections_median_ms"] = {k: float(np.median(v) * 1e3) for k, v in times[n].items() if k != "step"}
         result[n] = step
     result["ratio_tokens_per_s"] = result["groundup"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+    if readable:
+        result["ratio_readable_tokens_per_s"] = result["readable"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
     return result
 
 
@@ -266,7 +287,15 @@ def run(preset: str = "baby", iters: int | None = None, batch_size: int | None =
     import torch
 
     import groundup
-    from groundup.ops.transformer import num_threads
+    from groundup.parallel import blas_threads, cpu_threads, num_threads
+
+    with cpu_threads():                      # the scoped CPU setup that `groundup train` runs under
+        return _run(preset, iters, batch_size, gen_tokens, gen_rounds, memory, warmup, torch, groundup,
+                    blas_threads, num_threads)
+
+
+def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int, gen_rounds: int, memory: bool,
+         warmup: int | None, torch: Any, groundup: Any, blas_threads: Any, num_threads: Any) -> dict[str, Any]:
 
     iters = iters if iters is not None else DEFAULT_ITERS[preset]
     warmup = warmup if warmup is not None else DEFAULT_WARMUP[preset]
@@ -279,9 +308,7 @@ def run(preset: str = "baby", iters: int | None = None, batch_size: int | None =
                     "load_avg_1m_at_start": os.getloadavg()[0]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    from groundup.ops.transformer import all_blas_threads
-
-    with all_blas_threads():                 # BLAS with its own threads (the GPT path limits it to one)
+    with blas_threads():                     # BLAS with its own threads (the GPT path limits it to one)
         record["matmul_peak_gflops"] = matmul_peak_gflops()
     record["train"] = bench_training(preset, iters, batch_size, warmup)
     record["train"]["groundup"]["fraction_of_matmul_peak"] = (record["train"]["groundup"]["gflops"]
@@ -307,7 +334,8 @@ def format_table(record: dict[str, Any]) -> str:
              "",
              f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
              f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]
-    for name, label in (("groundup", "groundup"), ("torch", "PyTorch")):
+    rows = (("groundup", "groundup"), ("readable", "readable"), ("torch", "PyTorch"))
+    for name, label in (r for r in rows if r[0] in tr):
         s = tr[name]
         rss, delta = mem.get(name, {}).get("peak_rss_mb"), mem.get(name, {}).get("delta_rss_mb")
         sec = s["sections_median_ms"]
@@ -315,6 +343,8 @@ def format_table(record: dict[str, Any]) -> str:
                      + f"{s['tokens_per_s']:>11,.0f}{s['gflops']:>9.1f}"
                      + (f"{f'{rss:.0f} (+{delta:.0f})':>28}" if rss is not None else f"{'-':>28}")
                      + f"   {sec['forward']:.1f} / {sec['backward']:.1f} / {sec['optimizer']:.1f}")
+    if "readable" in tr:
+        lines.append(f"readable GPT (engine ops + autograd) / PyTorch: {tr['ratio_readable_tokens_per_s']:.2f}")
     lines.append(f"ratio groundup/PyTorch, training tokens/s: {tr['ratio_tokens_per_s']:.2f}; NumPy matmul peak "
                  f"{record['matmul_peak_gflops']:.0f} GFLOP/s (groundup at "
                  f"{100 * tr['groundup']['fraction_of_matmul_peak']:.0f}%, PyTorch at "

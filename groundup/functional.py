@@ -11,7 +11,7 @@ from typing import Any
 
 from groundup import backend, random
 from groundup.creation import one_hot
-from groundup.ops import attention, conv, fused
+from groundup.ops import attention, conv, fused, kernels
 from groundup.ops.methods import log_softmax, softmax
 from groundup.tensor import Tensor
 
@@ -138,9 +138,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return input
     if p == 1.0:
         return input * 0.0
-    keep = random.generator().random(input.shape) >= p
-    mask = backend.to_device((keep / (1.0 - p)).astype(input.dtype), input.device)
-    return input * Tensor._make(mask, False, None)
+    mask = kernels.dropout_mask(random.generator(), tuple(input.shape), p, input.dtype)
+    return input * Tensor._make(backend.to_device(mask, input.device), False, None)
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
@@ -182,9 +181,12 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+    rng = random.generator() if dropout_p > 0 else None
+    if isinstance(attn_mask, Tensor) and attn_mask.requires_grad and attn_mask.dtype.kind == "f":
+        return attention.ScaledDotProductAttention.apply(query, key, value, attn_mask, is_causal=is_causal,
+                                                         scale=scale, dropout_p=dropout_p, rng=rng)
     return attention.ScaledDotProductAttention.apply(
-        query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale,
-        dropout_p=dropout_p, rng=random.generator() if dropout_p > 0 else None)
+        query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng)
 
 
 def pad(input: Tensor, pad: tuple[int, ...], value: float = 0.0) -> Tensor:

@@ -1,6 +1,7 @@
-"""GPT: config, parameter names and init, the fused block against finite differences, the unfused
-engine path, PyTorch with copied weights and a picoGPT-style NumPy reference; the transformer's
-claims (causality, padding, permutation); KV-cache generation; save/load; errors."""
+"""GPT and its fused twin FastGPT: config, parameter names and init, the fused stack against finite
+differences, both classes against PyTorch with copied weights and a picoGPT-style NumPy reference; the
+transformer's claims (causality, padding, permutation); KV-cache generation; save/load; errors.
+(Readable == fast, hooks and the scoped threads: tests/test_gpt_twins.py.)"""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ import pytest
 from helpers import check_grad
 
 import groundup as gu
-from groundup.models.gpt import GPT, GPTConfig, _KVDecoder, sample_next
-from groundup.ops import transformer as fused
+from groundup.models.gpt import GPT, GPTConfig
+from groundup.models.gpt_decode import KVDecoder, sample_next
+from groundup.models.gpt_fast import PARAM_NAMES, FastGPT, LMHeadLoss, TransformerStack
+from groundup.nn.positional import RotaryEmbedding
 
 TINY = dict(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 
-def tiny(**overrides) -> GPT:
+BOTH = pytest.mark.parametrize("cls", [GPT, FastGPT], ids=["readable", "fast"])
+
+
+def tiny(cls: type[GPT] = GPT, **overrides) -> GPT:
     gu.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **overrides}))
+    return cls(GPTConfig(**{**TINY, **overrides}))
 
 
 def tokens(shape, vocab=13, seed=0) -> np.ndarray:
@@ -188,8 +194,9 @@ def test_shapes_dtype_and_initial_loss():
     assert model(idx[:, :3]).shape == (3, 3, 13)
 
 
-def test_errors_are_clear():
-    model = tiny()
+@BOTH
+def test_errors_are_clear(cls):
+    model = tiny(cls)
     with pytest.raises(IndexError, match="token id 13 .* outside the vocabulary"):
         model(np.array([[1, 13]]))
     with pytest.raises(IndexError, match="token id -1"):
@@ -218,48 +225,25 @@ def test_fused_block_matches_finite_differences(norm, bias, rotary, masked, caus
               "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
               "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),
               "mlp.proj.bias": (C,)}
-    names = fused.PARAM_NAMES if bias else fused.PARAM_NAMES[0::2]
-    rope = fused.rotary_tables(np.arange(T), C // H, dtype=np.float64) if rotary else None
-    key_mask = np.array([[True, False, True], [True, True, True]]) if masked else None
+    names = PARAM_NAMES if bias else PARAM_NAMES[0::2]
+    rotary_tables = RotaryEmbedding(C // H, T, dtype=np.float64)
+    rope = (rotary_tables.cos_cached.data, rotary_tables.sin_cached.data) if rotary else None
+    mask = None
+    if masked:
+        keys = np.array([[True, False, True], [True, True, True]])
+        mask = keys[:, None, None, :] & (np.tril(np.ones((T, T), bool)) if causal else True)   # (B, 1, T, T)
 
     def fn(x, *params):
-        return fused.TransformerBlock.apply(x, *params, n_head=H, norm=norm, rope=rope, key_mask=key_mask,
-                                            causal=causal, has_bias=bias)
+        return TransformerStack.apply(x, *params, n_head=H, pre_norm=norm == "pre", rope=rope, mask=mask,
+                                      causal=causal, has_bias=bias)
 
     arrays = [np.random.standard_normal((B, T, C))] + [np.random.standard_normal(shapes[n]) * 0.5 for n in names]
     check_grad(fn, *arrays, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("pos_encoding,norm,bias", [("learned", "pre", True), ("rotary", "post", False),
-                                                    ("sinusoidal", "pre", False), ("none", "post", True)])
-def test_fused_block_matches_engine_composition(pos_encoding, norm, bias):
-    """Block.forward (fused op) == Block.forward_unfused (engine ops + autograd): values and all grads."""
-    model = perturb_weights(tiny(pos_encoding=pos_encoding, norm=norm, bias=bias).double())
-    rope = model._position_table("rotary", np.arange(8), np) if pos_encoding == "rotary" else None
-    mask = np.ones((3, 8), bool)
-    mask[1, 5:] = False
-    mask[2, :2] = False
-    for causal in (True, False):
-        results = []
-        for name in ("forward", "forward_unfused"):
-            model.zero_grad()
-            x = gu.tensor(np.random.default_rng(2).standard_normal((3, 8, 16)), requires_grad=True)
-            y = x
-            for block in model.blocks:
-                y = getattr(block, name)(y, causal=causal, key_mask=mask, rope=rope)
-            (y * gu.tensor(np.random.default_rng(3).standard_normal(y.shape))).sum().backward()
-            grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters() if n.startswith("blocks")}
-            results.append((y.detach().numpy(), x.grad.numpy(), grads))
-        (y1, gx1, g1), (y2, gx2, g2) = results
-        np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(gx1, gx2, rtol=1e-9, atol=1e-12)
-        assert g1.keys() == g2.keys()
-        for n in g1:
-            np.testing.assert_allclose(g1[n], g2[n], rtol=1e-9, atol=1e-12, err_msg=n)
-
-
-def test_dropout_is_seeded_and_off_in_eval():
-    model = tiny(dropout=0.3)
+@BOTH
+def test_dropout_is_seeded_and_off_in_eval(cls):
+    model = tiny(cls, dropout=0.3)
     idx = tokens((2, 8))
     gu.manual_seed(5)
     a = model(idx).detach().numpy()
@@ -275,11 +259,11 @@ def test_dropout_is_seeded_and_off_in_eval():
 def test_dropout_gradient_matches_finite_differences():
     """The fused op's dropout masks come from the rng given; re-seeding replays the same masks."""
     B, T, C, H = 2, 3, 4, 2
-    names = fused.PARAM_NAMES
+    names = PARAM_NAMES
     shapes = [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C), (C,)]
 
     def fn(x, *params):
-        return fused.TransformerBlock.apply(x, *params, n_head=H, dropout_p=0.4, rng=np.random.default_rng(7))
+        return TransformerStack.apply(x, *params, n_head=H, dropout_p=0.4, rng=np.random.default_rng(7))
 
     arrays = [np.random.standard_normal((B, T, C))] + [np.random.standard_normal(s) * 0.5 for s in shapes]
     assert len(names) == len(shapes)
@@ -289,15 +273,17 @@ def test_dropout_gradient_matches_finite_differences():
 # ----------------------------------------------------------------------------- oracles
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rotary", "none"])
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_forward_matches_picogpt_reference(pos_encoding, norm):
-    model = perturb_weights(tiny(pos_encoding=pos_encoding, norm=norm, bias=norm == "pre"))
+@BOTH
+def test_forward_matches_picogpt_reference(pos_encoding, norm, cls):
+    model = perturb_weights(tiny(cls, pos_encoding=pos_encoding, norm=norm, bias=norm == "pre"))
     idx = tokens((2, 8))
     expected = reference_forward(model.state_dict(), model.cfg, idx)
     np.testing.assert_allclose(model(idx).detach().numpy(), expected, rtol=2e-4, atol=2e-4)
 
 
-def test_padding_mask_matches_reference():
-    model = perturb_weights(tiny(pos_encoding="none", causal=False))
+@BOTH
+def test_padding_mask_matches_reference(cls):
+    model = perturb_weights(tiny(cls, pos_encoding="none", causal=False))
     idx = tokens((2, 8))
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1]], dtype=bool)
     expected = reference_forward(model.state_dict(), model.cfg, idx, causal=False, key_mask=mask)
@@ -308,11 +294,12 @@ def test_padding_mask_matches_reference():
 @pytest.mark.torch
 @pytest.mark.parametrize("norm,bias,tie,pos", [("pre", True, True, "learned"), ("post", False, False, "learned"),
                                               ("pre", False, True, "rotary"), ("post", True, False, "none")])
-def test_matches_torch_with_copied_weights(norm, bias, tie, pos):
+@BOTH
+def test_matches_torch_with_copied_weights(norm, bias, tie, pos, cls):
     torch = pytest.importorskip("torch")
     TorchGPT = load_torch_reference().TorchGPT
 
-    model = perturb_weights(tiny(norm=norm, bias=bias, tie_weights=tie, pos_encoding=pos))
+    model = perturb_weights(tiny(cls, norm=norm, bias=bias, tie_weights=tie, pos_encoding=pos))
     ref = TorchGPT(model.cfg)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     idx, targets = tokens((3, 8)), tokens((3, 8), seed=4)
@@ -330,8 +317,9 @@ def test_matches_torch_with_copied_weights(norm, bias, tie, pos):
 
 # ----------------------------------------------------------------------------- the claims
 @pytest.mark.parametrize("pos_encoding", ["learned", "rotary"])
-def test_causal_mask_future_tokens_never_change_the_past(pos_encoding):
-    model = tiny(pos_encoding=pos_encoding)
+@BOTH
+def test_causal_mask_future_tokens_never_change_the_past(pos_encoding, cls):
+    model = tiny(cls, pos_encoding=pos_encoding)
     idx = tokens((4, 8))
     base = model(idx).detach().numpy()
     for t in range(8):
@@ -343,19 +331,20 @@ def test_causal_mask_future_tokens_never_change_the_past(pos_encoding):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_padding_never_changes_real_positions(causal):
-    model = tiny(pos_encoding="rotary")
+@BOTH
+def test_padding_never_changes_real_positions(causal, cls):
+    model = tiny(cls, pos_encoding="rotary", causal=causal)
     idx = tokens((3, 8))
     mask = np.ones((3, 8), dtype=bool)
     mask[0, 5:] = False        # right padding
     mask[1, :3] = False        # left padding
     mask[2, [2, 6]] = False    # holes
-    base = model(idx, attention_mask=mask, causal=causal).detach().numpy()
+    base = model(idx, attention_mask=mask).detach().numpy()
     for seed in range(3):
         other = np.where(mask, idx, tokens((3, 8), seed=10 + seed))
-        out = model(other, attention_mask=mask, causal=causal).detach().numpy()
+        out = model(other, attention_mask=mask).detach().numpy()
         np.testing.assert_array_equal(out[mask], base[mask])
-    unmasked = model(np.where(mask, idx, (idx + 1) % 13), causal=causal).detach().numpy()
+    unmasked = model(np.where(mask, idx, (idx + 1) % 13)).detach().numpy()
     assert not np.allclose(unmasked[mask], base[mask])               # without the mask, padding leaks in
 
 
@@ -375,8 +364,9 @@ def test_permutation_equivariance_without_positions_or_mask():
 
 # ----------------------------------------------------------------------------- generation
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rotary", "none"])
-def test_kv_cache_gives_the_same_tokens_within_the_context(pos_encoding):
-    model = perturb_weights(tiny(pos_encoding=pos_encoding))
+@BOTH
+def test_kv_cache_gives_the_same_tokens_within_the_context(pos_encoding, cls):
+    model = perturb_weights(tiny(cls, pos_encoding=pos_encoding))
     prompt = tokens((2, 3))
     for kwargs in (dict(), dict(temperature=0.8, top_k=5), dict(top_p=0.9), dict(temperature=0)):
         cached = model.generate(prompt, 5, seed=11, use_cache=True, **kwargs).numpy()
@@ -400,7 +390,7 @@ def test_kv_cache_past_the_context_is_sliding_window_attention(pos_encoding):
     """The cropped cache's logits == a full forward with a band mask of width block_size (the definition)."""
     model = perturb_weights(tiny(pos_encoding=pos_encoding))
     seq = tokens((2, 20))
-    decoder = _KVDecoder(model, 2, 20)
+    decoder = KVDecoder(model, 2, 20)
     got = [decoder.next_logits(seq[:, :3], first=True)]
     for L in range(4, 21):
         got.append(decoder.next_logits(seq[:, :L], first=False))
@@ -415,10 +405,11 @@ def test_kv_cache_past_the_context_is_sliding_window_attention(pos_encoding):
 @pytest.mark.torch
 @pytest.mark.parametrize("pos_encoding", ["learned", "rotary", "none"])
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_matches_the_torch_reference_past_the_context(pos_encoding, use_cache):
+@BOTH
+def test_generation_matches_the_torch_reference_past_the_context(pos_encoding, use_cache, cls):
     """The benchmark's PyTorch reference follows the same cache rules, so both sample the same tokens."""
     torch = pytest.importorskip("torch")
-    model = tiny(pos_encoding=pos_encoding)
+    model = tiny(cls, pos_encoding=pos_encoding)
     with gu.no_grad():
         for _, p in model.named_parameters():
             p.data *= 8.0                                               # confident, varied predictions
@@ -445,8 +436,9 @@ def test_generation_is_seeded_and_respects_top_k():
 
 
 # ----------------------------------------------------------------------------- training and checkpoints
-def test_overfits_one_batch():
-    model = tiny(n_layer=1)
+@BOTH
+def test_overfits_one_batch(cls):
+    model = tiny(cls, n_layer=1)
     from groundup.optim import AdamW
 
     opt = AdamW(model.parameters(), lr=1e-2)
@@ -461,27 +453,26 @@ def test_overfits_one_batch():
     assert first > 2.3 and loss.item() < 0.3
 
 
-def test_save_load_gives_identical_logits(tmp_path):
-    pytest.importorskip("safetensors")
-    train = pytest.importorskip("groundup.train")
-    if not hasattr(train, "save_checkpoint"):
-        pytest.skip("groundup.train checkpoints not available")
-    model = perturb_weights(tiny(pos_encoding="rotary", tie_weights=True))
+@pytest.mark.parametrize("saver,loader", [(GPT, FastGPT), (FastGPT, GPT)])
+def test_save_load_gives_identical_logits(tmp_path, saver, loader):
+    """A checkpoint written by either twin loads into the other with the same logits."""
+    model = perturb_weights(tiny(saver, pos_encoding="rotary", tie_weights=True))
     model.save(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").is_file() and (tmp_path / "ckpt" / "config.json").is_file()
-    loaded = GPT.load(tmp_path / "ckpt")
+    loaded = loader.load(tmp_path / "ckpt")
+    assert type(loaded) is loader
     assert loaded.cfg == model.cfg
     assert loaded.lm_head.weight is loaded.wte.weight
     idx = tokens((2, 8))
-    np.testing.assert_array_equal(loaded(idx).detach().numpy(), model(idx).detach().numpy())
+    np.testing.assert_allclose(loaded(idx).detach().numpy(), model(idx).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_loss_matches_logits_and_cross_entropy(bias):
-    """GPT.loss (one fused ln_f + lm_head + cross-entropy op) == cross_entropy(model(idx)), values and grads."""
+    """FastGPT.loss (one fused ln_f + lm_head + cross-entropy op) == cross_entropy(model(idx)), values and grads."""
     from groundup import functional as F
 
-    model = perturb_weights(tiny(bias=bias).double())
+    model = perturb_weights(tiny(FastGPT, bias=bias).double())
     idx, targets = tokens((3, 8)), tokens((3, 8), seed=4)
     targets[1, 5:] = -100                                           # ignored positions
     results = []
@@ -505,7 +496,7 @@ def test_lm_head_loss_matches_finite_differences():
     targets = np.array([[1, 4, -100], [0, 2, 3]])
 
     def fn(x, w, b, head):
-        return fused.LMHeadLoss.apply(x, w, b, head, targets=targets)
+        return LMHeadLoss.apply(x, w, b, head, targets=targets)
 
     check_grad(fn, (2, 3, 4), np.random.standard_normal(4) + 1, (4,), (5, 4))
 

@@ -39,6 +39,11 @@ class HookPoint(Module):
         self.name = ""                 # set by HookedModule.hook_points() to the module path
         self._fns: list[HookFn] = []
 
+    @property
+    def active(self) -> bool:
+        """Whether any hook is registered here now (a model may compute more only when one is)."""
+        return bool(self._fns)
+
     def forward(self, x: Tensor) -> Tensor:
         for fn in self._fns:
             out = fn(x, self)

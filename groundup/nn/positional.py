@@ -37,15 +37,17 @@ def _check_span(name: str, offset: int, length: int, max_len: int) -> None:
 
 
 class SinusoidalPositionalEncoding(Module):
-    """Adds the fixed sinusoidal table ``pe`` (a persistent buffer, not a parameter) to the input.
+    """Adds the fixed sinusoidal table ``pe`` (a buffer, not a parameter) to the input.
 
     Args:
         d_model: feature width C (odd widths work: the last column is a sine).
         max_len: number of positions in the table.
         dtype: float dtype of the table (computed in float64, then cast).
+        persistent: keep ``pe`` in ``state_dict`` (torch's habit); False leaves it out, since it
+            follows from the arguments.
     """
 
-    def __init__(self, d_model: int, max_len: int = 5000, dtype: Any = None):
+    def __init__(self, d_model: int, max_len: int = 5000, dtype: Any = None, persistent: bool = True):
         super().__init__()
         if d_model <= 0 or max_len <= 0:
             raise ValueError(f"SinusoidalPositionalEncoding: d_model and max_len must be > 0, got {d_model}, "
@@ -56,7 +58,8 @@ class SinusoidalPositionalEncoding(Module):
         pe = np.zeros((max_len, d_model))
         pe[:, 0::2] = np.sin(position * inv_freq)                                   # (max_len, ceil(C/2))
         pe[:, 1::2] = np.cos(position * inv_freq[: d_model // 2])                   # (max_len, floor(C/2))
-        self.register_buffer("pe", Tensor(pe.astype(as_dtype(dtype) if dtype is not None else DEFAULT_FLOAT)))
+        self.register_buffer("pe", Tensor(pe.astype(as_dtype(dtype) if dtype is not None else DEFAULT_FLOAT)),
+                             persistent=persistent)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """x (..., T, C) -> x + pe[offset : offset + T], same shape (e.g. (B, T, C) batch-first).

@@ -13,14 +13,12 @@ from typing import Any
 
 from groundup.backend import array_module, erf
 from groundup.function import Function
+from groundup.ops import kernels as K
 
 
 def _softmax(x: Any, axis: int) -> Any:
-    xp = array_module(x)
-    shift = x.max(axis=axis, keepdims=True)
-    e = xp.exp(x - xp.where(xp.isfinite(shift), shift, 0))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
+    """NOTE: a row that is all -inf (every entry masked) gives zeros, where torch gives NaN."""
+    return K.softmax_(x.copy(), axis)
 
 
 def _log_softmax(x: Any, axis: int) -> Any:
@@ -39,7 +37,7 @@ class Softmax(Function):
 
     def backward(self, gz):
         (y,) = self.saved
-        return y * (gz - (gz * y).sum(axis=self.dim, keepdims=True))
+        return K.softmax_backward(y, gz, self.dim)
 
 
 class LogSoftmax(Function):
@@ -222,37 +220,31 @@ class BCEWithLogits(Function):
 
 
 class LayerNorm(Function):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last ``n`` dims (biased var)."""
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last ``n`` dims (biased var).
+
+    Rows of the normalised dims flattened to (N, C) run through ``kernels.layer_norm``.
+    """
 
     def forward(self, x, *params, n: int = 1, eps: float = 1e-5, has_weight: bool = True):
-        xp = array_module(x)
-        axes = tuple(range(x.ndim - n, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        centered = x - mean
-        var = (centered * centered).mean(axis=axes, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + eps)
-        xhat = centered * rstd
-        self.axes, self.has_weight = axes, has_weight
         weight = params[0] if has_weight and params else None
         bias = params[1] if len(params) > 1 else (params[0] if params and not has_weight else None)
+        width = math.prod(x.shape[x.ndim - n:])
+        x2 = x.reshape(-1, width)                                  # (N, C)
+        y, xhat, rstd = K.layer_norm(x2, None if weight is None else weight.reshape(-1),
+                                     None if bias is None else bias.reshape(-1), eps)
         self.save_for_backward(xhat, rstd, weight)
-        out = xhat * weight if weight is not None else xhat.copy()
-        if bias is not None:
-            out += bias
-        return out
+        self.has_bias, self.shape = bias is not None, x.shape
+        return y.reshape(x.shape)
 
     def backward(self, gz):
         xhat, rstd, weight = self.saved
-        lead = tuple(range(gz.ndim - len(self.axes)))
-        gxhat = gz * weight if weight is not None else gz
-        mean_g = gxhat.mean(axis=self.axes, keepdims=True)
-        mean_gx = (gxhat * xhat).mean(axis=self.axes, keepdims=True)
-        gx = (gxhat - mean_g - xhat * mean_gx) * rstd
-        grads = [gx]
+        dx, dw, db = K.layer_norm_backward(gz.reshape(xhat.shape), xhat, rstd,
+                                           None if weight is None else weight.reshape(-1), self.has_bias)
+        grads = [dx.reshape(self.shape)]
         if weight is not None:
-            grads.append((gz * xhat).sum(axis=lead) if self.needs_input_grad[1] else None)
-        if len(self.needs_input_grad) > len(grads):
-            grads.append(gz.sum(axis=lead) if self.needs_input_grad[len(grads)] else None)
+            grads.append(dw.reshape(weight.shape) if self.needs_input_grad[1] else None)
+        if self.has_bias:
+            grads.append(db.reshape(weight.shape if weight is not None else self.shape[-1:]))
         return tuple(grads)
 
 
@@ -260,15 +252,14 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 class GELU(Function):
-    """GELU: x * Phi(x) exactly (erf), or GPT-2's tanh approximation."""
+    """GELU: x * Phi(x) exactly (erf), or GPT-2's tanh approximation (``kernels.gelu_tanh_with_slope``)."""
 
     def forward(self, x, approximate: str = "none"):
-        xp = array_module(x)
         self.approximate = approximate
         if approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
-            self.save_for_backward(x, t)
-            return 0.5 * x * (1 + t)
+            y, slope = K.gelu_tanh_with_slope(x)
+            self.save_for_backward(slope)
+            return y
         if approximate != "none":
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2.0))))
@@ -276,14 +267,12 @@ class GELU(Function):
         return x * cdf
 
     def backward(self, gz):
-        x, aux = self.saved
-        xp = array_module(x)
         if self.approximate == "tanh":
-            t = aux
-            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return gz * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
-        pdf = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-        return gz * (aux + x * pdf)
+            (slope,) = self.saved
+            return gz * slope
+        x, cdf = self.saved
+        pdf = array_module(x).exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        return gz * (cdf + x * pdf)
 
 
 class Linear(Function):
@@ -294,9 +283,7 @@ class Linear(Function):
             raise RuntimeError(f"linear: input {tuple(x.shape)} has {x.shape[-1]} features, "
                                f"weight {tuple(weight.shape)} expects {weight.shape[1]}")
         x2 = x.reshape(-1, x.shape[-1])                            # (N, in)
-        y = x2 @ weight.T                                          # (N, out)
-        if bias:
-            y += bias[0]
+        y = K.linear(x2, weight, bias[0] if bias else None)        # (N, out)
         self.save_for_backward(x2, weight)
         self.in_shape = x.shape
         return y.reshape(*x.shape[:-1], weight.shape[0])           # (*, out)

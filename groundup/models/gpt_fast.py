@@ -1,0 +1,378 @@
+"""FastGPT: the readable ``GPT``'s twin for training, with the block stack and the head + loss fused.
+
+Same parameters, same ``state_dict`` keys, same maths as ``groundup.models.gpt.GPT`` (tested equal in
+float64, dropout included: the masks are drawn in the same order from the same generator); a
+checkpoint loads into either class. ``groundup train``, ``sample`` and ``bench`` use this one;
+hooks and interpretability use ``GPT`` (``FastGPT`` refuses hooks rather than skip them).
+
+Why fuse: composed from engine ops a GPT block is ~40 graph nodes that each allocate their output and
+their gradient. Here the forward and backward of the whole stack are written over raw arrays with
+2-D ``(B*T, C)`` GEMMs and in-place elementwise work (the kernels of ``groundup.ops.kernels``). Inside
+``groundup.parallel.cpu_threads()`` the batch is split into one chunk per thread and each thread
+takes its chunk through every block, forward and then backward, so a step waits for the threads
+twice instead of twice per block. Outside that context everything runs in the calling thread.
+
+    pre-norm:   x = x + drop(proj(attention(ln_1(x))));   x = x + drop(mlp(ln_2(x)))
+    post-norm:  x = ln_1(x + drop(proj(attention(x))));   x = ln_2(x + drop(mlp(x)))
+    attention:  q, k, v = split(x @ qkv.T + b);  (rotary on q, k);  drop(softmax(q k^T / sqrt(D) + mask)) v
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from groundup import random
+from groundup.backend import array_module
+from groundup.function import Function
+from groundup.models.gpt import GPT
+from groundup.ops import kernels as K
+from groundup.parallel import chunks, parallel_map
+from groundup.tensor import Tensor
+
+__all__ = ["FastGPT", "TransformerStack", "LMHeadLoss", "PARAM_NAMES"]
+
+# A block's parameters in the order the fused op takes them (the biases are left out when bias=False).
+PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+               "attn.proj.bias", "ln_2.weight", "ln_2.bias", "mlp.fc.weight", "mlp.fc.bias",
+               "mlp.proj.weight", "mlp.proj.bias")
+
+
+class FastGPT(GPT):
+    """``GPT`` with fused kernels: ``forward`` and ``loss`` give the readable model's numbers, faster."""
+
+    def hooks(self, fns: Any):  # type: ignore[override]
+        raise TypeError("FastGPT runs fused kernels and has no hook points; use the readable twin: "
+                        "GPT.load(run_dir) or model.as_class(GPT)")
+
+    def run_with_cache(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self.hooks({})
+
+    def stack(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``."""
+        cfg = self.cfg
+        names = PARAM_NAMES if cfg.bias else PARAM_NAMES[0::2]
+        params = [dict(block.named_parameters())[name] for block in self.blocks for name in names]
+        rope = None
+        if cfg.pos_encoding == "rotary":
+            rotary = self.blocks[0].attn.rotary
+            T = x.shape[1]
+            rope = (rotary.cos_cached.data[:T].astype(x.dtype), rotary.sin_cached.data[:T].astype(x.dtype))
+        p = cfg.dropout if self.training else 0.0
+        return TransformerStack.apply(
+            x, *params, n_head=cfg.n_head, causal=cfg.causal, pre_norm=cfg.norm == "pre",
+            eps=self.blocks[0].ln_1.eps, rope=rope, mask=None if mask is None else mask.data, dropout_p=p,
+            rng=random.generator() if p > 0 else None, has_bias=cfg.bias)      # (B, T, C)
+
+    def forward(self, idx: Any, attention_mask: Any = None) -> Tensor:
+        x, mask = self.embed(idx, attention_mask)                               # (B, T, C)
+        return self.lm_head(self.ln_f(self.stack(x, mask)))                     # (B, T, V)
+
+    def loss(self, idx: Any, targets: Any, attention_mask: Any = None) -> Tensor:
+        """Mean next-token cross-entropy (-100 = ignore): ln_f, lm_head and the loss as one fused op."""
+        t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        x = self.stack(*self.embed(idx, attention_mask))                        # (B, T, C)
+        if tuple(t.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"FastGPT.loss: targets {tuple(t.shape)} must match idx {tuple(x.shape[:2])}")
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"FastGPT.loss: targets must be integer token ids, got dtype {t.dtype}")
+        ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
+        return LMHeadLoss.apply(x, *ln, self.lm_head.weight, targets=array_module(x.data).asarray(t),
+                                eps=self.ln_f.eps, has_bias=self.ln_f.bias is not None)
+
+
+# ----------------------------------------------------------------------------- one block, raw arrays
+def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: Any, drops: dict[str, Any],
+                   out: Any) -> dict[str, Any]:
+    """One chunk through one block: x (b, T, C) -> writes out (b, T, C); returns what backward needs."""
+    xp = array_module(x)
+    b, T, C = x.shape
+    H = opt["n_head"]
+    D, N = C // H, b * T
+    x2 = x.reshape(N, C)                                                        # (N, C)
+    saved: dict[str, Any] = {}
+    pre, eps = opt["pre_norm"], opt["eps"]
+    # --- attention sub-layer
+    if pre:
+        h1, saved["xhat1"], saved["rstd1"] = K.layer_norm(x2, params["ln_1.weight"], params["ln_1.bias"], eps)
+    else:
+        h1 = x2
+    qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"]).reshape(b, T, 3, H, D)  # (b, T, 3, H, D)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))            # each (b, H, T, D)
+    if opt["cos"] is not None:
+        q, k = K.apply_rotary(q, opt["cos"], opt["sin"]), K.apply_rotary(k, opt["cos"], opt["sin"])
+    att = q @ k.transpose(0, 1, 3, 2)                                           # (b, H, T, T)
+    att *= 1.0 / math.sqrt(D)
+    if bias is not None:
+        att += bias
+    att = K.softmax_(att)
+    att_used = att * drops["attn"] if "attn" in drops else att
+    y = (att_used @ v).transpose(0, 2, 1, 3).reshape(N, C)                      # (b, H, T, D) -> (N, C)
+    a = K.linear(y, params["attn.proj.weight"], params["attn.proj.bias"])       # (N, C)
+    if "resid1" in drops:
+        a *= drops["resid1"]
+    a += x2                                                                     # residual: r1 = x + a
+    if pre:
+        r1 = a
+        h2, saved["xhat2"], saved["rstd2"] = K.layer_norm(r1, params["ln_2.weight"], params["ln_2.bias"], eps)
+    else:
+        r1, saved["xhat1"], saved["rstd1"] = K.layer_norm(a, params["ln_1.weight"], params["ln_1.bias"], eps)
+        h2 = r1
+    # --- MLP sub-layer
+    f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])           # (N, 4C)
+    g, slope = K.gelu_tanh_with_slope(f) if opt["save"] else (K.gelu_tanh(f), None)
+    del f
+    m = K.linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])         # (N, C)
+    if "resid2" in drops:
+        m *= drops["resid2"]
+    out2 = out.reshape(N, C)                                                    # (N, C) view of the output chunk
+    if pre:
+        xp.add(r1, m, out=out2)
+    else:
+        m += r1
+        out2[...], saved["xhat2"], saved["rstd2"] = K.layer_norm(m, params["ln_2.weight"], params["ln_2.bias"], eps)
+    if opt["save"]:
+        saved.update(h1=h1, q=q, k=k, v=v, att=att, y=y, h2=h2, g=g, slope=slope, drops=drops, shape=(b, T, C))
+    return saved
+
+
+def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], opt: dict[str, Any],
+                    gx_out: Any) -> dict[str, Any]:
+    """Gradients for one chunk: gout (b, T, C) -> writes gx_out (b, T, C); returns the parameter grads."""
+    xp = array_module(gout)
+    b, T, C = saved["shape"]
+    H = opt["n_head"]
+    D, N = C // H, b * T
+    drops, has_bias, pre = saved["drops"], opt["has_bias"], opt["pre_norm"]
+    grads: dict[str, Any] = {}
+    g_out = gout.reshape(N, C)                                                  # (N, C)
+    # --- MLP sub-layer (and ln_2 for post-norm)
+    if pre:
+        dm = g_out
+    else:
+        dm, grads["ln_2.weight"], grads["ln_2.bias"] = K.layer_norm_backward(
+            g_out, saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
+    d_r1 = dm                                                                   # reaches r1 by the residual
+    if "resid2" in drops:
+        dm = dm * drops["resid2"]
+    grads["mlp.proj.weight"] = dm.T @ saved["g"]                                # (C, 4C)
+    grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
+    df = dm @ params["mlp.proj.weight"]                                         # (N, 4C)
+    df *= saved["slope"]                                                        # through gelu'(f)
+    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C)
+    grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
+    dh2 = df @ params["mlp.fc.weight"]                                          # (N, C)
+    if pre:
+        da, grads["ln_2.weight"], grads["ln_2.bias"] = K.layer_norm_backward(
+            dh2, saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
+        da += d_r1
+    else:
+        dh2 += d_r1                                                             # r1 = ln_1(x + a) feeds both paths
+        da, grads["ln_1.weight"], grads["ln_1.bias"] = K.layer_norm_backward(
+            dh2, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
+    d_x = da                                                                    # reaches x by the residual
+    # --- attention sub-layer
+    if "resid1" in drops:
+        da = da * drops["resid1"]
+    grads["attn.proj.weight"] = da.T @ saved["y"]                               # (C, C)
+    grads["attn.proj.bias"] = da.sum(axis=0) if has_bias else None
+    dy = (da @ params["attn.proj.weight"]).reshape(b, T, H, D).transpose(0, 2, 1, 3)  # (b, H, T, D)
+    att, q, k, v = saved["att"], saved["q"], saved["k"], saved["v"]
+    att_used = att * drops["attn"] if "attn" in drops else att
+    dv = att_used.transpose(0, 1, 3, 2) @ dy                                    # (b, H, T, D)
+    datt = dy @ v.transpose(0, 1, 3, 2)                                         # (b, H, T, T)
+    if "attn" in drops:
+        datt *= drops["attn"]
+    datt -= xp.einsum("bhts,bhts->bht", datt, att)[..., None]                   # softmax backward, in place
+    datt *= att
+    datt *= 1.0 / math.sqrt(D)                                                  # d scores
+    dq, dk = datt @ k, datt.transpose(0, 1, 3, 2) @ q                           # each (b, H, T, D)
+    if opt["cos"] is not None:
+        dq = K.apply_rotary(dq, opt["cos"], opt["sin"], sign=-1)
+        dk = K.apply_rotary(dk, opt["cos"], opt["sin"], sign=-1)
+    dqkv = xp.empty((b, T, 3, H, D), dtype=gout.dtype)
+    for i, d in enumerate((dq, dk, dv)):
+        dqkv[:, :, i] = d.transpose(0, 2, 1, 3)                                 # (b, T, H, D)
+    dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
+    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C)
+    grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
+    dh1 = dqkv2 @ params["attn.qkv.weight"]                                     # (N, C)
+    gx = gx_out.reshape(N, C)
+    if pre:
+        dx, grads["ln_1.weight"], grads["ln_1.bias"] = K.layer_norm_backward(
+            dh1, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
+        xp.add(dx, d_x, out=gx)
+    else:
+        xp.add(dh1, d_x, out=gx)
+    return grads
+
+
+# ----------------------------------------------------------------------------- the stack as one op
+def _draw_dropout(shape: tuple[int, int, int], opt: dict[str, Any], n_layer: int, rng: Any, dtype: Any,
+                  xp: Any) -> list[dict[str, Any]]:
+    """Per layer, masks for the whole batch in the readable model's order (attention, then each branch)."""
+    B, T, C = shape
+    layers: list[dict[str, Any]] = []
+    for _ in range(n_layer):
+        masks: dict[str, Any] = {}
+        if opt["dropout_p"] > 0:
+            p = opt["dropout_p"]
+            masks["attn"] = K.dropout_mask(rng, (B, opt["n_head"], T, T), p, dtype, xp)     # (B, H, T, T)
+            masks["resid1"] = K.dropout_mask(rng, (B, T, C), p, dtype, xp).reshape(B * T, C)
+            masks["resid2"] = K.dropout_mask(rng, (B, T, C), p, dtype, xp).reshape(B * T, C)
+        layers.append(masks)
+    return layers
+
+
+def _chunk_masks(masks: dict[str, Any], part: slice, T: int) -> dict[str, Any]:
+    rows = slice(part.start * T, part.stop * T)
+    return {name: m[part] if name == "attn" else m[rows] for name, m in masks.items()}
+
+
+class TransformerStack(Function):
+    """A stack of GPT blocks, fused: x (B, T, C) and every block's parameters -> (B, T, C).
+
+    Inputs: x, then for each block its parameters in ``PARAM_NAMES`` order (without the biases when
+    ``has_bias`` is False). Options: n_head, causal, pre_norm, eps, rope ((cos, sin) each (T, D) or
+    None), mask ((B, 1, T, T) bool, True = may attend, the causal mask folded in; or None), dropout_p
+    and rng (the generator of the dropout masks).
+    """
+
+    def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
+                eps: float = 1e-5, rope: tuple[Any, Any] | None = None, mask: Any = None, dropout_p: float = 0.0,
+                rng: Any = None, has_bias: bool = True):
+        xp = array_module(x)
+        B, T, C = x.shape
+        names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
+        if not param_arrays or len(param_arrays) % len(names):
+            raise RuntimeError(f"TransformerStack: expected {len(names)} parameters per block, got {len(param_arrays)}")
+        layers = []
+        for i in range(0, len(param_arrays), len(names)):
+            params = dict.fromkeys(PARAM_NAMES)
+            params.update(zip(names, param_arrays[i:i + len(names)]))
+            layers.append(params)
+        cos, sin = rope if rope is not None else (None, None)
+        opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, cos=cos, sin=sin, has_bias=has_bias,
+                   save=any(self.needs_input_grad), dropout_p=dropout_p)
+        parts = chunks(B, on_cpu=xp is np)
+        drops = _draw_dropout((B, T, C), opt, len(layers), rng, x.dtype, xp)
+        bias = K.attention_bias(mask, causal and mask is None, T, T, x.dtype, xp)   # (T, T), (B, 1, T, T) or None
+        out = xp.empty_like(x)
+
+        def run(part: slice) -> list[dict[str, Any]]:                           # one chunk through every block
+            h, saved = x[part], []
+            b = bias[part] if bias is not None and bias.ndim == 4 else bias
+            for i, params in enumerate(layers):
+                nxt = out[part] if i == len(layers) - 1 else xp.empty_like(h)
+                saved.append(_block_forward(h, params, opt, b, _chunk_masks(drops[i], part, T), nxt))
+                h = nxt
+            return saved
+
+        chunk_saved = parallel_map(run, parts)
+        # NOTE: the parameters are saved too, so that the engine catches an in-place update between
+        # this forward and its backward; the engine releases ``saved`` after the backward.
+        self.save_for_backward(*param_arrays, chunk_saved)
+        self.layers, self.opt, self.names, self.parts = layers, opt, names, parts
+        return out
+
+    def backward(self, gout):
+        xp = array_module(gout)
+        gx = xp.empty_like(gout)
+
+        def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            grads: list[dict[str, Any]] = [{}] * len(self.layers)
+            g = gout[part]
+            for i in reversed(range(len(self.layers))):
+                nxt = gx[part] if i == 0 else xp.empty_like(g)
+                grads[i] = _block_backward(g, saved[i], self.layers[i], self.opt, nxt)
+                g = nxt
+            return grads
+
+        grads_list = parallel_map(run, self.parts, self.saved[-1])
+        total = grads_list[0]
+        for grads in grads_list[1:]:
+            for layer_total, layer in zip(total, grads):
+                for name, g in layer.items():
+                    if g is not None:
+                        layer_total[name] += g
+        return (gx, *(layer[name] for layer in total for name in self.names))
+
+
+# ----------------------------------------------------------------------------- final norm + head + loss
+def _head_forward(x: Any, ln_w: Any, ln_b: Any, weight: Any, targets: Any, eps: float,
+                  ignore_index: int) -> tuple[float, int, dict[str, Any]]:
+    """One chunk: x (n, C), targets (n,) -> (sum of -log p(target), number of counted rows, saved)."""
+    xp = array_module(x)
+    h, xhat, rstd = K.layer_norm(x, ln_w, ln_b, eps)
+    logits = h @ weight.T                                                       # (n, V)
+    logits -= logits.max(axis=1, keepdims=True)                                # z = logits - max
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, 0)
+    z_target = logits[xp.arange(len(safe)), safe]                               # (n,) a copy, before the exp
+    xp.exp(logits, out=logits)
+    probs = logits
+    total = probs.sum(axis=1, keepdims=True)                                    # (n, 1)
+    probs /= total
+    nll = xp.log(total[:, 0]) - z_target                                        # -log softmax(z)[target]
+    saved = {"h": h, "xhat": xhat, "rstd": rstd, "probs": probs, "safe": safe, "valid": valid}
+    return float((nll * valid).sum()), int(valid.sum()), saved
+
+
+def _head_backward(scale: float, saved: dict[str, Any], ln_w: Any, weight: Any, has_bias: bool,
+                   gx_out: Any) -> dict[str, Any]:
+    xp = array_module(gx_out)
+    dlogits = saved["probs"].copy()                                             # softmax - onehot
+    dlogits[xp.arange(dlogits.shape[0]), saved["safe"]] -= 1.0
+    dlogits *= (saved["valid"] * scale).astype(dlogits.dtype)[:, None]
+    grads = {"weight": dlogits.T @ saved["h"]}                                  # (V, C)
+    dh = dlogits @ weight                                                       # (n, C)
+    gx_out[...], grads["ln_w"], grads["ln_b"] = K.layer_norm_backward(dh, saved["xhat"], saved["rstd"], ln_w,
+                                                                       has_bias)
+    return grads
+
+
+class LMHeadLoss(Function):
+    """Mean next-token cross-entropy of ``layer_norm(x) @ weight.T``: the final LayerNorm, the (tied)
+    output projection and the loss in one op, split over the threads like the blocks.
+
+    Inputs: x (B, T, C), the LayerNorm weight (and bias when ``has_bias``), weight (V, C). Options:
+    targets (B, T) ints (``ignore_index`` rows do not count), eps. Returns a 0-d loss. Backward:
+    dlogits = (softmax - onehot(target)) / count, dW = dlogits^T h, dh = dlogits W, then LayerNorm's.
+    """
+
+    def forward(self, x, *arrays, targets: Any = None, eps: float = 1e-5, ignore_index: int = -100,
+                has_bias: bool = True):
+        xp = array_module(x)
+        ln_w, ln_b, weight = (arrays[0], arrays[1], arrays[2]) if has_bias else (arrays[0], None, arrays[1])
+        B, T, C = x.shape
+        V = weight.shape[0]
+        t = targets.reshape(B * T)
+        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
+        x2 = x.reshape(B * T, C)                                                # (N, C)
+        parts = [slice(p.start * T, p.stop * T) for p in chunks(B, on_cpu=xp is np)]
+        results = parallel_map(lambda p: _head_forward(x2[p], ln_w, ln_b, weight, t[p], eps, ignore_index), parts)
+        count, total = sum(r[1] for r in results), sum(r[0] for r in results)
+        self.save_for_backward(*arrays, [r[2] for r in results])
+        self.parts, self.count, self.shape, self.has_bias = parts, count, x.shape, has_bias
+        self.ln_w, self.weight = ln_w, weight
+        return xp.asarray(total / count if count else float("nan"), dtype=x.dtype)
+
+    def backward(self, gz):
+        xp = array_module(gz)
+        gx = xp.empty(self.shape, dtype=gz.dtype)
+        gx2 = gx.reshape(-1, self.shape[-1])
+        scale = float(gz) / self.count if self.count else 0.0
+        grads_list = parallel_map(lambda p, s: _head_backward(scale, s, self.ln_w, self.weight, self.has_bias, gx2[p]),
+                                  self.parts, self.saved[-1])
+        total = grads_list[0]
+        for grads in grads_list[1:]:
+            for name, g in grads.items():
+                if g is not None:
+                    total[name] += g
+        if self.has_bias:
+            return gx, total["ln_w"], total["ln_b"], total["weight"]
+        return gx, total["ln_w"], total["weight"]

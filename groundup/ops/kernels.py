@@ -1,0 +1,204 @@
+"""Raw-array kernels: each formula's forward and backward written once, over NumPy/CuPy arrays.
+
+The engine's fused Functions (``ops/fused.py``, ``ops/attention.py``) and the GPT's fast twin
+(``models/gpt_fast.py``, ``models/gpt_decode.py``) call these; nothing here knows about Tensors
+or autograd. Row-wise kernels take 2-D ``(N, C)`` arrays (N = every leading dim flattened).
+
+    layer norm  y = xhat w + b, xhat = (x - mean) rstd   dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+    linear      y = x W^T + b                            dx = dy W,  dW = dy^T x,  db = sum_rows dy
+    gelu (tanh) y = x s, s = sigmoid(2u), u = c (x + a x^3)
+                dy/dx = s + 2 c x s (1 - s) (1 + 3 a x^2)
+    softmax     p = softmax(z)                           dz = p (dp - sum(dp p))
+    rotary      q' = q cos + R(q) sin, R([q1, q2]) = [-q2, q1]    dq = dq' cos + R^T(dq' sin)
+
+Masks. One rule for causal attention, torch's: query i may see keys 0..i (top-left aligned, also
+when the query and key lengths differ). A query row with no key it may see gets all-zero weights
+(torch returns NaN there), so padded rows stay finite.
+
+References: Ba et al. 2016 (layer norm), Hendrycks & Gimpel 2016 (GELU; GPT-2's tanh form),
+Vaswani et al. 2017 (attention), Su et al. 2021 (rotary, rotate-half form as in GPT-NeoX).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+from groundup.backend import array_module
+
+__all__ = ["layer_norm", "layer_norm_backward", "linear", "gelu_tanh", "gelu_tanh_with_slope", "softmax_",
+           "softmax_backward", "causal_mask", "attention_bias", "rotate_half", "apply_rotary", "dropout_mask"]
+
+GELU_C = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
+
+
+# ----------------------------------------------------------------------------- layer norm, linear
+def layer_norm(x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+    """x (N, C) -> (y, xhat, rstd (N, 1)); weight/bias (C,) or None."""
+    xp = array_module(x)
+    inv_c = 1.0 / x.shape[1]
+    mean = x.sum(axis=1, keepdims=True)                             # (N, 1); sum is cheaper to call than mean
+    mean *= inv_c
+    xhat = x - mean
+    var = xp.einsum("ij,ij->i", xhat, xhat)[:, None]                # (N, 1)
+    var *= inv_c
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    y = xhat * weight if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias
+    return y, xhat, rstd
+
+
+def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, weight: Any, has_bias: bool) -> tuple[Any, Any, Any]:
+    """Gradients (dx, dweight, dbias) of ``layer_norm`` for dy (N, C); dweight is None without a weight."""
+    xp = array_module(dy)
+    dweight = xp.einsum("ij,ij->j", dy, xhat) if weight is not None else None
+    dbias = dy.sum(axis=0) if has_bias else None
+    inv_c = 1.0 / dy.shape[1]
+    dxhat = dy * weight if weight is not None else dy.copy()
+    mean_dxhat = dxhat.sum(axis=1, keepdims=True)                   # (N, 1)
+    mean_dxhat *= inv_c
+    mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat)[:, None]   # (N, 1)
+    mean_dxhat_xhat *= inv_c
+    dxhat -= mean_dxhat
+    dxhat -= xhat * mean_dxhat_xhat
+    dxhat *= rstd
+    return dxhat, dweight, dbias
+
+
+def linear(x: Any, weight: Any, bias: Any) -> Any:
+    """x (N, in) @ weight (out, in).T + bias -> (N, out)."""
+    y = x @ weight.T                                                # (N, out)
+    if bias is not None:
+        y += bias
+    return y
+
+
+# ----------------------------------------------------------------------------- GELU (tanh form)
+def gelu_tanh(f: Any) -> Any:
+    """GPT-2's tanh GELU written with a sigmoid: 0.5 f (1 + tanh(u)) = f sigmoid(2u), u = c (f + a f^3).
+
+    NOTE: the sigmoid form needs one ``exp`` instead of a ``tanh``, which NumPy computes more slowly.
+    """
+    xp = array_module(f)
+    s = f * f
+    s *= -2 * GELU_A * GELU_C
+    s -= 2 * GELU_C
+    s *= f                                                          # -2u
+    with np.errstate(over="ignore"):                                # exp(+large) = inf -> s = 0: the right limit
+        xp.exp(s, out=s)
+    s += 1.0
+    xp.reciprocal(s, out=s)                                         # sigmoid(2u)
+    s *= f
+    return s
+
+
+def gelu_tanh_with_slope(f: Any) -> tuple[Any, Any]:
+    """GELU (tanh) and its derivative: f -> (y, gelu'(f)), so that the backward is one multiply.
+
+    gelu'(f) = s + 2c f s (1 - s) (1 + 3a f^2) = s + y (1 - s) 2c (1 + 3a f^2), s = sigmoid(2u), y = f s.
+    """
+    xp = array_module(f)
+    f2 = f * f
+    s = f2 * (-2 * GELU_A * GELU_C)
+    s -= 2 * GELU_C
+    s *= f                                                          # -2u
+    with np.errstate(over="ignore"):
+        xp.exp(s, out=s)
+    s += 1.0
+    xp.reciprocal(s, out=s)                                         # s = sigmoid(2u)
+    y = f * s
+    slope = f2
+    slope *= 6 * GELU_A * GELU_C
+    slope += 2 * GELU_C                                             # 2c (1 + 3a f^2)
+    slope *= y
+    slope *= xp.subtract(1.0, s)
+    slope += s
+    return y, slope
+
+
+# ----------------------------------------------------------------------------- softmax
+def softmax_(z: Any, axis: int = -1) -> Any:
+    """Softmax over ``axis``, in place; a row whose entries are all -inf becomes zeros. Returns z."""
+    xp = array_module(z)
+    shift = z.max(axis=axis, keepdims=True)
+    shift[~xp.isfinite(shift)] = 0.0
+    z -= shift
+    with np.errstate(under="ignore"):
+        xp.exp(z, out=z)
+    total = z.sum(axis=axis, keepdims=True)
+    total[total == 0] = 1.0
+    z /= total
+    return z
+
+
+def softmax_backward(p: Any, dp: Any, axis: int = -1) -> Any:
+    """dz for p = softmax(z): p (dp - sum(dp p))."""
+    return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
+
+
+# ----------------------------------------------------------------------------- attention masks
+@functools.lru_cache(maxsize=64)
+def _causal_bias_np(t_q: int, t_k: int, dtype: str) -> np.ndarray:
+    bias = np.where(np.tril(np.ones((t_q, t_k), dtype=bool)), 0.0, -np.inf).astype(dtype)
+    bias.flags.writeable = False                                    # shared: only ever added to scores
+    return bias
+
+
+def causal_mask(t_q: int, t_k: int, xp: Any = np) -> Any:
+    """(t_q, t_k) bool, True where query i may see key j: j <= i (torch's top-left alignment)."""
+    return xp.tril(xp.ones((t_q, t_k), dtype=bool))
+
+
+def attention_bias(mask: Any, is_causal: bool, t_q: int, t_k: int, dtype: Any, xp: Any) -> Any:
+    """Additive scores bias (0 = attend, -inf = blocked) from torch-style masks, or None.
+
+    ``mask``: bool (True = may attend) or float (added as it is), broadcastable to (..., t_q, t_k).
+    """
+    bias = None
+    if is_causal:
+        bias = _causal_bias_np(t_q, t_k, np.dtype(dtype).str) if xp is np else \
+            xp.where(causal_mask(t_q, t_k, xp), 0.0, -xp.inf).astype(dtype)                  # (t_q, t_k)
+    if mask is not None:
+        extra = xp.where(mask, 0.0, -xp.inf).astype(dtype) if mask.dtype == bool else mask.astype(dtype)
+        bias = extra if bias is None else extra + bias
+    return bias
+
+
+# ----------------------------------------------------------------------------- rotary, dropout
+def rotate_half(x: Any, sign: int = 1) -> Any:
+    """R(x) = [-x2, x1] (sign=+1) or its transpose R^T(x) = [x2, -x1] (sign=-1), on the last dim."""
+    xp = array_module(x)
+    half = x.shape[-1] // 2
+    out = xp.empty_like(x)
+    if sign > 0:
+        xp.negative(x[..., half:], out=out[..., :half])
+        out[..., half:] = x[..., :half]
+    else:
+        out[..., :half] = x[..., half:]
+        xp.negative(x[..., :half], out=out[..., half:])
+    return out
+
+
+def apply_rotary(x: Any, cos: Any, sin: Any, sign: int = 1) -> Any:
+    """x (..., T, D) -> x cos + R(x) sin (sign=+1); sign=-1 is the adjoint, for the backward."""
+    out = x * cos
+    out += rotate_half(x * sin, -1) if sign < 0 else rotate_half(x, 1) * sin
+    return out
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype: Any, xp: Any = np) -> Any:
+    """Inverted-dropout multiplier: 0 with probability p, else 1/(1-p); one float32 draw per element.
+
+    Every dropout in the engine draws through here, so two models that draw the same shapes in the
+    same order from one generator drop the same elements.
+    """
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return xp.asarray((keep * (1.0 / (1.0 - p))).astype(dtype))

@@ -1,0 +1,156 @@
+"""Process-wide speed settings for the CPU path, entered and left in one scoped context.
+
+    with groundup.parallel.cpu_threads():       # Trainer.fit, the CLI commands and the roadmap do this
+        model.loss(x, y).backward()             # fused GPT ops split the batch over the threads
+
+Outside the context every op runs in the calling thread and changes nothing in the process.
+Inside it (CPU only):
+  * a pool of ``n - 1`` worker threads; the fused GPT ops split the batch into ``n`` chunks, each
+    thread taking its chunk through every block (NumPy releases the GIL in BLAS and ufunc loops,
+    so elementwise work that BLAS cannot parallelise uses every core too);
+  * NumPy's BLAS limited to 1 thread (threadpoolctl), because its spinning worker threads would
+    fight the Python threads for the cores; ``blas_threads()`` lifts the limit for single-thread work;
+  * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
+    not pay page faults for the same activations every step.
+Everything is restored on exit. ``n`` defaults to the usable cores (at most 8), capped by
+``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``GROUNDUP_NUM_THREADS`` when set; with n = 1
+(or without threadpoolctl) nothing changes at all. BENCHMARKS.md has what each setting buys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks"]
+
+_pool: ThreadPoolExecutor | None = None
+_size = 1                                    # threads of the innermost active context (1 = none)
+_blas_limit: Any = None                      # the threadpoolctl limiter of the active context
+
+
+def default_threads() -> int:
+    """``GROUNDUP_NUM_THREADS`` when set; else the usable cores (at most 8), capped by ``OMP_NUM_THREADS``
+    and ``OPENBLAS_NUM_THREADS`` when they are set."""
+    def env(var: str) -> int | None:
+        value = os.environ.get(var, "").strip()
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+    if env("GROUNDUP_NUM_THREADS"):
+        return env("GROUNDUP_NUM_THREADS")  # type: ignore[return-value]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    caps = [c for c in (env("OMP_NUM_THREADS"), env("OPENBLAS_NUM_THREADS")) if c]
+    return max(1, min([cores, 8, *caps]))
+
+
+# glibc mallopt parameters and their defaults (restored on exit)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_MALLOC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        for key, value in settings.items():
+            libc.mallopt(key, value)
+        return True
+    except (OSError, AttributeError):                                # not glibc: nothing to tune
+        return False
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None = None) -> Iterator[int]:
+    """Run the CPU path on ``n`` threads inside the block (see the module docstring); yields n.
+
+    Nested contexts keep the outer one's settings unless they name another ``n``.
+    """
+    global _pool, _size, _blas_limit
+    if n is None and _size > 1:
+        yield _size
+        return
+    n = default_threads() if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"cpu_threads: n must be >= 1, got {n}")
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                              # cannot limit BLAS: stay single-threaded
+        n = 1
+    saved = (_pool, _size, _blas_limit)
+    if n == 1:
+        _pool, _size, _blas_limit = None, 1, None
+        try:
+            yield 1
+        finally:
+            _pool, _size, _blas_limit = saved
+        return
+    limit = threadpool_limits(limits=1, user_api="blas")
+    tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
+    pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
+    _pool, _size, _blas_limit = pool, n, limit
+    try:
+        yield n
+    finally:
+        _pool, _size, _blas_limit = saved
+        pool.shutdown(wait=True)
+        limit.restore_original_limits()
+        if tuned:
+            _mallopt(_MALLOC_DEFAULTS)
+
+
+@contextlib.contextmanager
+def blas_threads() -> Iterator[None]:
+    """Inside ``cpu_threads``, give BLAS its own threads back for work that runs in one Python thread."""
+    if _blas_limit is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=_blas_limit.get_original_num_threads()["blas"], user_api="blas"):
+        yield
+
+
+def num_threads() -> int:
+    """Threads of the active ``cpu_threads`` context (1 outside any)."""
+    return _size
+
+
+def chunks(batch: int, on_cpu: bool = True) -> list[slice]:
+    """Split ``batch`` rows into one contiguous slice per thread (one slice on the GPU or outside a context)."""
+    n = min(_size, batch) if on_cpu else 1
+    n = max(n, 1)
+    bounds = [round(i * batch / n) for i in range(n + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]:
+    """``[fn(*args) for args in zip(*arg_lists)]`` with the jobs spread over the context's threads.
+
+    The calling thread works too (it would otherwise only wait); each thread takes the next job
+    until none is left. A single job runs with BLAS's own threads.
+    """
+    jobs = list(zip(*arg_lists))
+    if len(jobs) == 1:
+        with blas_threads():
+            return [fn(*jobs[0])]
+    if _pool is None or len(jobs) == 0:
+        return [fn(*args) for args in jobs]
+    results: list[Any] = [None] * len(jobs)
+    order = itertools.count()                # next() on a count is atomic under the GIL
+
+    def drain() -> None:
+        for i in iter(order.__next__, None):
+            if i >= len(jobs):
+                return
+            results[i] = fn(*jobs[i])
+
+    helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
+    drain()
+    for helper in helpers:
+        helper.result()
+    return results
