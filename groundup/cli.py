@@ -5,22 +5,38 @@ stays a table of contents:
     roadmap, run            groundup.roadmap.cli
     train, sample, bench    groundup.commands
     export, import          groundup.interop.cli
+
+Errors: bad input is one line ``groundup: error: ...`` and exit status 2; a failure while working
+is one line and exit status 1; Ctrl-C is exit status 130. ``--debug`` (or the environment variable
+GROUNDUP_DEBUG=1) shows the Python traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from groundup.cli_options import UsageError
 
 _GROUPS = ("groundup.roadmap.cli", "groundup.commands", "groundup.interop.cli")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``groundup: error: ...``) instead of the whole usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"groundup: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="groundup",
         description="Deep learning from the ground up: train, sample, benchmark and run the roadmap "
                     "from a single neuron to a GPT.")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _GROUPS:
         try:
@@ -30,16 +46,52 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # `groundup train ... --debug` works too
+        if not any("--debug" in action.option_strings for action in command._actions):
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show the Python traceback of an error")
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and not type(err).__module__.startswith("groundup"):
+        from groundup.train.files import describe_os_error
+
+        text = describe_os_error(err)
+    elif isinstance(err, MemoryError):
+        text = "out of memory"
+    else:
+        text = str(err) or type(err).__name__
+        if type(err).__module__ == "builtins" and not isinstance(err, ValueError | KeyError | OSError):
+            text = f"{type(err).__name__}: {text}"
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("GROUNDUP_DEBUG", "") not in ("", "0")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return int(args.handler(args) or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("groundup: interrupted", file=sys.stderr)
+        return 130
+    except UsageError as err:
+        if debug:
+            raise
+        print(f"groundup: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
+        if debug:
+            raise
+        print(f"groundup: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

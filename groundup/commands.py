@@ -7,33 +7,40 @@ time it against PyTorch.
     groundup bench gpt --preset baby --iters 50 --json runs/bench-baby.json
 
 Every field of ``GPTConfig`` and ``TrainConfig`` can be set as ``--model.FIELD=VALUE`` /
-``--train.FIELD=VALUE``: each value is parsed with the field's type (``true``/``false`` for bools,
-``none`` for optional fields, ``0.9,0.99`` for pairs) and applied with ``dataclasses.replace``;
-an unknown field is an error. The order is: preset, then the short flags (``--lr``...), then the
-dotted overrides.
+``--train.FIELD=VALUE`` (see ``groundup.cli_options``). The order is: preset, then the short flags
+(``--lr``...), then the dotted overrides; giving both a short flag and its dotted twin is an error.
 
-A training run writes into ``--out``: model.safetensors + config.json (the GPTConfig) +
-optimizer.safetensors + state.json (the checkpoint, see ``groundup.train``), the tokenizer
-(tokenizer.json, or vocab.json + merges.txt for BPE), run.json (data, tokenizer, preset and both
-configs), metrics.jsonl as it goes, and loss.png and summary.json at the end.
+A training run owns its ``--out`` directory (``groundup.train.rundir``): it writes model.safetensors +
+config.json + optimizer.safetensors + state.json (the checkpoint, see ``groundup.train``), the
+tokenizer (tokenizer.json, or vocab.json + merges.txt for BPE), run.json (data, tokenizer, preset
+and both configs), metrics.jsonl as it goes, and loss.png and summary.json at the end. The resume
+rules (exact or refused) are in ``groundup.train_cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import sys
 import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from groundup.cli_options import (
+    HelpFormatter,
+    UsageError,
+    apply_overrides,
+    dotted_options,
+    float_range,
+    int_range,
+    parse_field,
+)
+
 __all__ = ["register", "train_command", "sample_command", "bench_command", "TRAIN_PRESETS", "parse_field",
-           "apply_overrides"]
+           "apply_overrides", "MAX_NEW_TOKENS", "VAL_FRACTION", "load_tokenizer", "start_id"]
 
 # Training settings that go with each model preset (nanoGPT's recipes; see BENCHMARKS.md).
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -45,78 +52,20 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(max_iters=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=None,
                   weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=250, eval_iters=200),
 }
-VAL_FRACTION = 0.1
-SAMPLE_CHARS = 200
+VAL_FRACTION = 0.1             # the last 10% of the tokens validate
+SAMPLE_CHARS = 200             # tokens of the sample printed at each evaluation
+MAX_NEW_TOKENS = 100_000       # sample: more than this is surely a typo (and hours of work)
+MAX_SEED = 2**32 - 1
 
 
-# ----------------------------------------------------------------------------- dotted overrides
-def parse_field(text: str, annotation: Any, name: str) -> Any:
-    """Parse ``text`` as a value of the dataclass field type ``annotation`` (int, float, bool, str,
-    ``X | None`` and ``tuple[float, float]``); raise ValueError naming the field otherwise."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if text.strip().lower() in ("none", "null"):
-            return None
-        return parse_field(text, options[0], name)
-    if origin is tuple:
-        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-        kinds = typing.get_args(annotation)
-        if len(parts) != len(kinds):
-            raise ValueError(f"{name}: expected {len(kinds)} comma-separated values, got {text!r}")
-        return tuple(parse_field(p.strip(), k, name) for p, k in zip(parts, kinds))
-    if annotation is bool:
-        lowered = text.strip().lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected true or false, got {text!r}")
-    if annotation is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"{name}: expected an integer, got {text!r}") from None
-    if annotation is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{name}: expected a number, got {text!r}") from None
-    if annotation is str:
-        return text
-    raise ValueError(f"{name}: cannot parse a value of type {annotation!r} from the command line")
+def _model_choices() -> dict[str, tuple[str, ...]]:
+    from groundup.models import gpt
 
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def apply_overrides(config: Any, overrides: dict[str, str], prefix: str) -> Any:
-    """``dataclasses.replace(config, **parsed)`` for ``{field: text}``; unknown fields are an error."""
-    types_ = _field_types(type(config))
-    unknown = sorted(set(overrides) - set(types_))
-    if unknown:
-        raise ValueError(f"unknown {prefix} field(s) {', '.join(f'{prefix}.{u}' for u in unknown)}; "
-                         f"known: {', '.join(sorted(types_))}")
-    parsed = {k: parse_field(v, types_[k], f"--{prefix}.{k}") for k, v in overrides.items()}
-    return dataclasses.replace(config, **parsed)
-
-
-def _dotted_options(parser: argparse.ArgumentParser, prefix: str, cls: type, skip: tuple[str, ...] = ()) -> None:
-    title = f"--{prefix}.FIELD=VALUE overrides ({cls.__name__}; parsed with the field's type)"
-    group = parser.add_argument_group(title)
-    for name, annotation in _field_types(cls).items():
-        if name in skip:
-            continue
-        kind = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
-        group.add_argument(f"--{prefix}.{name}", dest=f"{prefix}__{name}", metavar=kind.upper(), default=None,
-                           help=argparse.SUPPRESS if name.startswith("_") else f"{cls.__name__}.{name} ({kind})")
-
-
-def _collect(args: argparse.Namespace, prefix: str) -> dict[str, str]:
-    head = f"{prefix}__"
-    return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head) and v is not None}
+    out = {}
+    for field, constant in (("pos_encoding", "POS_ENCODINGS"), ("norm", "NORMS")):
+        if hasattr(gpt, constant):
+            out[field] = tuple(getattr(gpt, constant))
+    return out
 
 
 # ----------------------------------------------------------------------------- registration
@@ -124,53 +73,75 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``sample`` and ``bench`` to the ``groundup`` parser."""
     from groundup.models.gpt import GPTConfig
     from groundup.train import TrainConfig
+    from groundup.train.config import FIELD_CHOICES
 
+    presets = sorted(GPTConfig.PRESETS)
     p = subparsers.add_parser(
-        "train", allow_abbrev=False, help="train a model on text (a GPT)",
+        "train", allow_abbrev=False, help="train a model on text (a GPT)", formatter_class=HelpFormatter,
         description="Train a GPT language model on a text corpus with groundup's Trainer: progress bar, "
                     "periodic train/val loss (mean over fixed batches) with a short sample, checkpoint, "
-                    "metrics.jsonl, loss.png and summary.json in --out. Validation data = the last 10%% of "
-                    "the text.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "metrics.jsonl, loss.png and summary.json in --out. Validation data = the last 10% of "
+                    "the text. Ctrl-C saves a checkpoint at the current step; --resume continues it exactly.")
     p.add_argument("model", choices=("gpt",), help="what to train")
     p.add_argument("--data", default="shakespeare",
-                   help="'shakespeare' (Tiny Shakespeare), 'names' (makemore's names) or a path to a UTF-8 .txt file")
+                   help="'shakespeare' (Tiny Shakespeare), 'names' (makemore's names) or a path to a UTF-8 "
+                        "text file")
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
                    help="one token per character, or byte-level BPE trained on the training text")
-    p.add_argument("--bpe-vocab-size", type=int, default=512, help="vocabulary size when --tokenizer bpe")
-    p.add_argument("--preset", choices=sorted(GPTConfig.PRESETS), default="baby",
+    p.add_argument("--bpe-vocab-size", type=int_range(257, 1_000_000), default=512,
+                   help="vocabulary size when --tokenizer bpe")
+    p.add_argument("--preset", choices=presets, default="baby",
                    help="model size and its training recipe: baby = 4 layers x 4 heads x 128 dims, context 64, "
                         "batch 12, 2000 iters (nanoGPT's CPU run); small = 6 x 6 x 384, context 256, batch 64, "
                         "5000 iters, dropout 0.2 (nanoGPT's GPU run)")
-    p.add_argument("--out", required=True, help="run directory (checkpoint, tokenizer, metrics, summary)")
-    p.add_argument("--max-iters", type=int, default=None, help="optimizer steps (default: the preset's); the "
-                                                               "cosine decay ends here (lr_decay_iters=max_iters)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: the preset's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's, 1e-3)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda needs CuPy and a GPU")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the batches, init and dropout")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run directory (checkpoint, tokenizer, metrics, summary); a new or empty directory, or "
+                        "an earlier run with --resume or --replace")
+    p.add_argument("--max-iters", type=int_range(0), default=None,
+                   help="optimizer steps (default: the preset's, 2000 for baby, 5000 for small); the cosine "
+                        "decay ends here unless --train.lr_decay_iters is set")
+    p.add_argument("--batch-size", type=int_range(1, 1_000_000), default=None,
+                   help="sequences per step (default: the preset's, 12 for baby, 64 for small)")
+    p.add_argument("--lr", type=float_range(0.0, 10.0, low_open=True), default=None,
+                   help="peak learning rate (default: the preset's, 1e-3)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="cpu or cuda (default: cpu); cuda "
+                                                                           "needs CuPy and a GPU")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=None,
+                   help="seed of the batches, init and dropout (default: 1337)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (same flags as the first run)")
+                   help="continue the run in --out from its checkpoint; the flags must be the first run's "
+                        "(a difference that changes the result is refused)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept changed settings (the resume is then not exact); the changes "
+                        "are recorded in metrics.jsonl")
+    p.add_argument("--replace", action="store_true",
+                   help="--out holds another run: move it aside to OUT.old-N (nothing is deleted) and start "
+                        "afresh")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the periodic losses and samples are still printed)")
-    _dotted_options(p, "model", GPTConfig)
-    _dotted_options(p, "train", TrainConfig, skip=("out_dir",))
+    dotted_options(p, "model", GPTConfig, choices=_model_choices())
+    dotted_options(p, "train", TrainConfig, skip=("out_dir",), choices=FIELD_CHOICES)
     p.set_defaults(handler=train_command)
 
     p = subparsers.add_parser(
-        "sample", allow_abbrev=False, help="generate text from a trained GPT",
+        "sample", allow_abbrev=False, help="generate text from a trained GPT", formatter_class=HelpFormatter,
         description="Load the GPT and tokenizer saved in DIR (by `groundup train gpt`) and print the prompt "
-                    "followed by the sampled continuation.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "followed by the sampled continuation.")
     p.add_argument("dir", help="run directory written by `groundup train gpt`")
     p.add_argument("--prompt", default="\n", help="text to continue (every character must be in the vocabulary "
-                                                  "for a char tokenizer)")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample only among the most likely tokens whose "
-                                                             "probabilities add up to p (nucleus sampling)")
-    p.add_argument("--seed", type=int, default=None, help="seed for a reproducible sample")
+                                                  "for a char tokenizer; default: a newline)")
+    p.add_argument("--max-new-tokens", type=int_range(0, MAX_NEW_TOKENS), default=500, help="tokens to generate")
+    p.add_argument("--temperature", type=float_range(0.0, 100.0), default=1.0,
+                   help="divide the logits by this; 0 = greedy")
+    p.add_argument("--top-k", type=int_range(1), default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float_range(0.0, 1.0, low_open=True), default=None,
+                   help="sample only among the most likely tokens whose probabilities add up to p (nucleus "
+                        "sampling)")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=None, help="seed for a reproducible sample")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token "
                                                            "instead of using the KV cache")
+    p.add_argument("--no-weight-check", action="store_true",
+                   help="load weights even if they are not finite or not floating point")
     p.set_defaults(handler=sample_command)
 
     p = subparsers.add_parser(
@@ -180,121 +151,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(torch.set_num_threads(2)); then time generation (200 tokens, batch 1) with and without a "
                     "KV cache. Prints ms/step, tokens/s, peak RSS and the ratio groundup/PyTorch; writes a JSON "
                     "record. Needs a source checkout (the benchmarks/ directory) and torch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("what", choices=("gpt",), help="what to benchmark")
-    p.add_argument("--preset", choices=sorted(GPTConfig.PRESETS), default="baby", help="model size")
-    p.add_argument("--iters", type=int, default=None, help="timed training steps per framework "
-                                                           "(default: 40 for baby, 3 for small)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's training batch size")
-    p.add_argument("--warmup", type=int, default=None, help="untimed training steps per framework first "
-                                                            "(default: 3 for baby, 1 for small)")
-    p.add_argument("--gen-tokens", type=int, default=200, help="tokens generated per generation run")
-    p.add_argument("--gen-rounds", type=int, default=3, help="alternating rounds of each generation contender")
+    p.add_argument("--preset", choices=presets, default="baby", help="model size")
+    p.add_argument("--iters", type=int_range(1, 100_000), default=None,
+                   help="timed training steps per framework (default: 40 for baby, 3 for small)")
+    p.add_argument("--batch-size", type=int_range(1, 1_000_000), default=None,
+                   help="sequences per step (default: the preset's training batch size)")
+    p.add_argument("--warmup", type=int_range(0, 100_000), default=None,
+                   help="untimed training steps per framework first (default: 3 for baby, 1 for small)")
+    p.add_argument("--gen-tokens", type=int_range(1, MAX_NEW_TOKENS), default=200,
+                   help="tokens generated per generation run")
+    p.add_argument("--gen-rounds", type=int_range(1, 1000), default=3,
+                   help="alternating rounds of each generation contender")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one subprocess each)")
-    p.add_argument("--json", default=None, help="write the record here (default: runs/bench-gpt-PRESET.json)")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the record here (default: runs/bench-gpt-PRESET.json)")
     p.set_defaults(handler=bench_command)
 
 
-# ----------------------------------------------------------------------------- train
-def _build_tokenizer(kind: str, text: str, out: Path, resume: bool, bpe_vocab_size: int) -> Any:
+# ----------------------------------------------------------------------------- shared helpers
+def load_tokenizer(directory: Path) -> Any:
+    """The tokenizer saved in a run directory (char: tokenizer.json; BPE: vocab.json + merges.txt)."""
     from groundup.tokenizers import ByteLevelBPE, CharTokenizer
+    from groundup.train.checkpoint import CheckpointError
 
-    if resume:
-        return _load_tokenizer(out)
-    if kind == "char":
-        return CharTokenizer(text)
-    return ByteLevelBPE.train(text, vocab_size=bpe_vocab_size)
-
-
-def _load_tokenizer(directory: Path) -> Any:
-    from groundup.tokenizers import ByteLevelBPE, CharTokenizer
-
-    if (directory / "tokenizer.json").is_file():
-        return CharTokenizer.load(directory)
-    if (directory / "vocab.json").is_file():
-        return ByteLevelBPE.load(directory)
+    try:
+        if (directory / "tokenizer.json").is_file():
+            return CharTokenizer.load(directory)
+        if (directory / "vocab.json").is_file():
+            return ByteLevelBPE.load(directory)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{directory}: the tokenizer cannot be loaded ({' '.join(str(err).split())[:300]})") \
+            from None
     raise FileNotFoundError(f"no tokenizer in {directory} (expected tokenizer.json or vocab.json + merges.txt)")
 
 
-def _error(message: str) -> int:
-    print(f"groundup: error: {message}", file=sys.stderr)
-    return 2
-
-
-def train_command(args: argparse.Namespace) -> int:
-    """``groundup train gpt``: returns the exit code."""
-    import groundup as gu
-    from groundup.data import get_batch, load_text
-    from groundup.models.gpt import GPT, GPTConfig
-    from groundup.train import TrainConfig, Trainer
-
-    out = Path(args.out)
-    if args.device == "cuda" and not gu.cuda_is_available():
-        return _error("--device cuda needs CuPy and a CUDA GPU (pip install 'groundup[gpu]'); none is available")
-    try:
-        text = load_text(args.data)
-    except FileNotFoundError as err:
-        return _error(str(err))
-    if args.resume and not (out / "state.json").is_file():
-        return _error(f"--resume: no checkpoint in {out} (state.json not found)")
-    try:
-        tokenizer = _build_tokenizer(args.tokenizer, text, out, args.resume, args.bpe_vocab_size)
-        ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-        preset_train = TRAIN_PRESETS[args.preset]
-        model_cfg = GPTConfig.preset(args.preset, vocab_size=tokenizer.vocab_size)
-        model_cfg = apply_overrides(model_cfg, _collect(args, "model"), "model")
-        if model_cfg.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"--model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
-                             f"{tokenizer.vocab_size} tokens")
-        shorthand = {"max_iters": args.max_iters, "batch_size": args.batch_size, "lr": args.lr}
-        train_cfg = TrainConfig(**{**preset_train, **{k: v for k, v in shorthand.items() if v is not None},
-                                   "device": args.device, "seed": args.seed, "out_dir": str(out),
-                                   "progress": not args.no_progress})
-        train_cfg = apply_overrides(train_cfg, _collect(args, "train"), "train")
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        return _error(str(err))
-    cut = int(len(ids) * (1 - VAL_FRACTION))
-    splits = {"train": ids[:cut], "val": ids[cut:]}
-    T = model_cfg.block_size
-    for name, data in splits.items():
-        if len(data) <= T:
-            return _error(f"the {name} split has {len(data)} tokens, fewer than block_size + 1 = {T + 1}; "
-                          f"use more text or a smaller --model.block_size")
-    B = train_cfg.batch_size
-
-    def batch(split: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return get_batch(splits[split], B, T, rng)
-
-    gu.manual_seed(train_cfg.seed)  # the initial weights come from the run's seed too
-    model = GPT(model_cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out)
-    run = {"data": args.data, "tokenizer": args.tokenizer, "preset": args.preset, "train_tokens": int(cut),
-           "val_tokens": int(len(ids) - cut), "model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
-    (out / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    print(f"GPT {args.preset}: {model.num_parameters():,} parameters, vocab {model_cfg.vocab_size}, "
-          f"{cut:,} train / {len(ids) - cut:,} val tokens -> {out}", file=sys.stderr)
-    start_id = _start_id(tokenizer)
-
-    def show_sample(trainer: Trainer, event: str, info: dict[str, Any]) -> None:
-        if event != "eval":
-            return
-        if not train_cfg.progress:  # the Trainer prints the losses itself unless told to be quiet
-            print(f"iter {info['iter']}: train loss {info['train_loss']:.4f}, val loss {info['val_loss']:.4f}",
-                  file=sys.stderr, flush=True)
-        sample = model.generate(np.array([[start_id]]), min(SAMPLE_CHARS, 4 * T), temperature=0.8,
-                                seed=trainer.iter)
-        text_out = tokenizer.decode(sample.numpy()[0].tolist())
-        print(f"--- sample at iter {info['iter']} ---\n{text_out.strip()}\n---", file=sys.stderr, flush=True)
-
-    trainer = Trainer(model, train_cfg, batch, callbacks=[show_sample], model_config=model_cfg,
-                      tokens_per_batch=B * T)
-    summary = trainer.fit(resume=args.resume)
-    print(json.dumps({k: summary[k] for k in ("iters", "train_loss", "val_loss", "wall_s", "tokens_per_s")}))
-    return 0
-
-
-def _start_id(tokenizer: Any) -> int:
+def start_id(tokenizer: Any) -> int:
     """The newline token when there is one (nanoGPT samples from '\\n'), else id 0."""
     try:
         ids = tokenizer.encode("\n")
@@ -303,25 +196,77 @@ def _start_id(tokenizer: Any) -> int:
     return int(ids[0]) if ids else 0
 
 
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    """Text of ``ids``; an id the tokenizer does not have (a padded vocabulary) shows as U+FFFD."""
+    known = [i for i in ids if 0 <= i < tokenizer.vocab_size]
+    if len(known) == len(ids):
+        return tokenizer.decode(ids)
+    pieces, run = [], []
+    for i in ids:
+        if 0 <= i < tokenizer.vocab_size:
+            run.append(i)
+            continue
+        if run:
+            pieces.append(tokenizer.decode(run))
+            run = []
+        pieces.append("\ufffd")
+    if run:
+        pieces.append(tokenizer.decode(run))
+    return "".join(pieces)
+
+
+_load_tokenizer, _start_id = load_tokenizer, start_id  # the names other modules used before
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """``groundup train gpt``: returns the exit code (see groundup.train_cli)."""
+    from groundup.train_cli import run_training
+
+    return run_training(args)
+
+
 # ----------------------------------------------------------------------------- sample
+def _stage_hint(directory: Path) -> str:
+    """Where to find a GPT when ``directory`` is a roadmap stage folder or a runs folder."""
+    found = sorted(p.parent for p in directory.glob("*/model.safetensors"))
+    if found:
+        return f"; it holds a GPT run in {found[0]}: groundup sample {found[0]}"
+    sibling = directory.parent / "transformer" / "gpt"
+    if (directory / "report.html").exists() or (directory / "metrics.json").exists():
+        if (sibling / "model.safetensors").exists():
+            return (f"; {directory} is a roadmap stage folder, and the roadmap's GPT is in {sibling}: "
+                    f"groundup sample {sibling}")
+        return (f"; {directory} is a roadmap stage folder: `groundup run transformer` trains the roadmap's GPT "
+                f"(into runs/transformer/gpt), or train one with `groundup train gpt --out runs/my-gpt`")
+    return "; train one with `groundup train gpt --out runs/my-gpt`"
+
+
 def sample_command(args: argparse.Namespace) -> int:
     """``groundup sample DIR``: print the prompt and its continuation."""
-    from groundup.models.gpt import GPT
+    from groundup.models.gpt import GPT, GPTConfig
+    from groundup.tokenizers import UnknownTokenError
+    from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
 
     directory = Path(args.dir)
-    if not (directory / "model.safetensors").is_file():
-        return _error(f"{directory} holds no model.safetensors (train one with `groundup train gpt --out {directory}`)")
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: no such directory")
+    if not (directory / "model.safetensors").exists():
+        raise UsageError(f"{directory} holds no trained GPT (no model.safetensors){_stage_hint(directory)}")
+    saved = read_checkpoint_config(directory)
+    if isinstance(saved.get("model"), dict):  # a config that nests the model's
+        saved = saved["model"]
+    cfg = config_from_dict(GPTConfig, saved, directory / "config.json")
+    tokenizer = load_tokenizer(directory)
+    model = GPT(cfg)
+    load_checkpoint(directory, model, check_values=not args.no_weight_check)
     try:
-        tokenizer = _load_tokenizer(directory)
-        model = GPT.load(directory)
-        prompt = tokenizer.encode(args.prompt) if args.prompt else [_start_id(tokenizer)]
-        if not prompt:
-            prompt = [_start_id(tokenizer)]
-        out = model.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
-    except (KeyError, ValueError, IndexError, FileNotFoundError) as err:
-        return _error(str(err))
-    print(tokenizer.decode(out.numpy()[0].tolist()))
+        prompt = tokenizer.encode(args.prompt) if args.prompt else []
+    except (UnknownTokenError, KeyError) as err:
+        raise UsageError(f"--prompt: {' '.join(str(err).split())}") from None
+    prompt = prompt or [start_id(tokenizer)]
+    out = model.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+    print(decode(tokenizer, out.numpy()[0].tolist()))
     return 0
 
 
@@ -348,20 +293,40 @@ def load_benchmark_module(name: str) -> types.ModuleType:
     return module
 
 
+def _check_writable_file(path: Path, flag: str) -> None:
+    """Refuse, before any work, a path the record could not be written to."""
+    if not str(path).strip():
+        raise UsageError(f"{flag} is empty")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {path}: {probe} is a file, so {path.parent} cannot be created")
+    import os
+
+    if not os.access(probe, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """``groundup bench gpt``: time training and generation against PyTorch; print and write the record."""
+    from groundup.train.files import write_atomic
+
+    path = Path(args.json) if args.json is not None else Path("runs") / f"bench-gpt-{args.preset}.json"
+    _check_writable_file(path, "--json")
     if importlib.util.find_spec("torch") is None:
-        return _error("`groundup bench` compares against PyTorch, which is not installed: pip install torch "
-                      "(CPU wheels: --index-url https://download.pytorch.org/whl/cpu)")
+        raise UsageError("`groundup bench` compares against PyTorch, which is not installed: pip install torch "
+                         "(CPU wheels: --index-url https://download.pytorch.org/whl/cpu)")
     try:
         bench = load_benchmark_module("bench_gpt")
     except FileNotFoundError as err:
-        return _error(str(err))
-    path = Path(args.json) if args.json else Path("runs") / f"bench-gpt-{args.preset}.json"
+        raise UsageError(str(err)) from None
     record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size, gen_tokens=args.gen_tokens,
                        gen_rounds=args.gen_rounds, memory=not args.no_memory, warmup=args.warmup)
     print(bench.format_table(record))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_atomic(path.parent, path.name, json.dumps(record, indent=1) + "\n")
     print(f"record written to {path}")
     return 0
