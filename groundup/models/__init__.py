@@ -9,6 +9,7 @@
     deep_stack  DeepStackConfig, DeepStackLM  GPT-style stack with switchable residuals and layer norm
     attn_only   AttnOnlyConfig, AttnOnlyLM    attention-only transformer (no MLPs) for induction heads
     gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
+    bert      BERTConfig, BERT            bidirectional encoder: masked-LM and [CLS] classification heads
     efficient_attention  (functions)   causal attention: full, sliding-window, linear, chunked exact
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.
@@ -25,6 +26,7 @@ _EXPORTS = {
     "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
     "DeepStackConfig": "deep_stack", "DeepStackLM": "deep_stack",
     "AttnOnlyConfig": "attn_only", "AttnOnlyLM": "attn_only",
+    "BERTConfig": "bert", "BERT": "bert",
 }
 
 __all__ = list(_EXPORTS)
