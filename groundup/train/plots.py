@@ -57,5 +57,11 @@ def plot_metrics(records: Iterable[Mapping[str, Any]], path: str | os.PathLike, 
         ax_loss.set_title(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    import io
+
+    from groundup.train.files import write_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path.parent, path.name, buffer.getvalue())  # atomic, never through a symlink
     return path
