@@ -11,9 +11,9 @@ layer-1 head at a position holding A attends to the position *after* an earlier 
 token. Elhage et al. show that this circuit appears in 2-layer attention-only models and cannot
 be built in 1 layer; Olsson et al. show it forms in a sudden phase change during training.
 
-Every step is an ordinary engine op (``nn.Linear``, ``nn.LayerNorm``, a matmul, a mask, a
-softmax), so the attention weights are at hand: ``attention_maps(idx)`` returns them for every
-layer and head. Parameter names: ``wte.weight``, ``wpe.weight``, ``blocks.0.ln.weight``,
+The attention layers are the readable GPT's own (``groundup.models.gpt.CausalSelfAttention``), with
+their hook points, so the attention weights are at hand: ``attention_maps(idx)`` reads every layer's
+``hook_pattern``. Parameter names: ``wte.weight``, ``wpe.weight``, ``blocks.0.ln.weight``,
 ``blocks.0.attn.qkv.weight`` (q|k|v stacked, (3C, C)), ``blocks.0.attn.proj.weight``,
 ``ln_f.weight``, ``unembed.weight``; no biases (LayerNorm has its own). Initialisation is
 nanoGPT's: N(0, 0.02), output projections N(0, 0.02 / sqrt(2 n_layer)).
@@ -27,18 +27,18 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from groundup import functional as F
 from groundup.backend import array_module, to_numpy
+from groundup.models.gpt import CausalSelfAttention
 from groundup.models.shared import check_token_ids, gpt_init_, next_token_loss
+from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
-from groundup.tensor import Tensor, no_grad
+from groundup.tensor import Tensor
 
 __all__ = ["AttnOnlyConfig", "AttnOnlyLM"]
 
@@ -85,52 +85,31 @@ class AttnOnlyConfig:
         return self.n_embd // self.n_head
 
 
-class CausalSelfAttention(Module):
-    """Multi-head causal self-attention written out: ``qkv`` (C -> 3C), scores, mask, softmax, ``proj`` (C -> C)."""
-
-    def __init__(self, cfg: AttnOnlyConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=False)
-
-    def forward(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C). When ``maps`` is a list, this layer's weights (B, H, T, T) are appended."""
-        B, T, C = x.shape
-        H, D = self.n_head, C // self.n_head
-        q, k, v = self.qkv(x).split(C, dim=2)                                   # each (B, T, C)
-        q = q.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        k = k.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        v = v.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))               # (B, H, T, T)
-        xp = array_module(x.data)
-        future = xp.triu(xp.ones((T, T), dtype=bool), k=1)                      # (T, T) True above the diagonal
-        weights = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)   # (B, H, T, T) rows sum to 1
-        if maps is not None:
-            maps.append(weights)
-        y = weights @ v                                                         # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)                                  # (B, T, C) heads side by side
-        return self.proj(y)
-
-
 class AttnBlock(Module):
-    """``x = x + attn(ln(x))``: one attention layer on the residual stream, no MLP. x (B, T, C) -> (B, T, C)."""
+    """``x = x + attn(ln(x))``: one attention layer on the residual stream, no MLP. x (B, T, C) -> (B, T, C).
+
+    The attention is the GPT's (``groundup.models.gpt.CausalSelfAttention``), with its hook points.
+    """
 
     def __init__(self, cfg: AttnOnlyConfig):
         super().__init__()
         self.ln = LayerNorm(cfg.n_embd) if cfg.norm else Identity()
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, bias=False)
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
 
-    def forward(self, x: Tensor, maps: list[Tensor] | None = None) -> Tensor:
-        return x + self.attn(self.ln(x), maps)
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.hook_resid_pre(x)
+        return self.hook_resid_post(x + self.hook_attn_out(self.attn(self.ln(x))))
 
 
-class AttnOnlyLM(Module):
+class AttnOnlyLM(HookedModule):
     """Attention-only language model. ``model(idx)`` -> logits (B, T, V); ``model.loss(idx, targets)`` -> scalar.
 
     Submodules: ``wte`` Embedding(V, C), ``wpe`` Embedding(block_size, C) (absent with
     ``pos_encoding="none"``), ``blocks`` n_layer x AttnBlock, ``ln_f`` LayerNorm(C) (Identity
-    when ``norm=False``), ``unembed`` Linear(C, V, bias=False).
+    when ``norm=False``), ``unembed`` Linear(C, V, bias=False). Hook points: ``hook_embed``,
+    ``hook_pos_embed``, ``blocks.{i}.hook_resid_pre|post``, ``blocks.{i}.hook_attn_out``,
+    ``blocks.{i}.attn.hook_q|k|v|pattern|z|result``, ``ln_f.hook_normalized``.
     """
 
     def __init__(self, cfg: AttnOnlyConfig):
@@ -142,7 +121,9 @@ class AttnOnlyLM(Module):
         self.wpe = Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
         self.blocks = ModuleList([AttnBlock(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd) if cfg.norm else Identity()
+        self.ln_f.hook_normalized = HookPoint()
         self.unembed = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -157,17 +138,6 @@ class AttnOnlyLM(Module):
         """The raw (B, T) integer array of ``ids``, after checking dtype, shape, length and range."""
         return check_token_ids(ids, "AttnOnlyLM", what, self.cfg.block_size, self.cfg.vocab_size)
 
-    def _forward(self, idx: Any, maps: list[Tensor] | None) -> Tensor:
-        data = self._check_ids(idx, "idx")
-        T = data.shape[1]
-        xp = array_module(self.wte.weight.data)
-        x = self.wte(Tensor(xp.asarray(data)))                                    # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(Tensor(xp.arange(T)))                                # (B, T, C) + (T, C)
-        for block in self.blocks:
-            x = block(x, maps)                                                    # (B, T, C)
-        return self.unembed(self.ln_f(x))                                         # (B, T, V)
-
     def forward(self, idx: Any) -> Tensor:
         """Next-token logits.
 
@@ -176,7 +146,15 @@ class AttnOnlyLM(Module):
         Returns:
             (B, T, V) logits.
         """
-        return self._forward(idx, None)
+        data = self._check_ids(idx, "idx")
+        T = data.shape[1]
+        xp = array_module(self.wte.weight.data)
+        x = self.hook_embed(self.wte(Tensor(xp.asarray(data))))                   # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.hook_pos_embed(self.wpe(Tensor(xp.arange(T))))           # (B, T, C) + (T, C)
+        for block in self.blocks:
+            x = block(x)                                                          # (B, T, C)
+        return self.unembed(self.ln_f.hook_normalized(self.ln_f(x)))             # (B, T, V)
 
     def loss(self, idx: Any, targets: Any) -> Tensor:
         """Mean next-token cross-entropy over all B * T positions.
@@ -198,7 +176,6 @@ class AttnOnlyLM(Module):
             NumPy array (L, B, H, T, T): ``maps[l, b, h, t, s]`` is how much position t attends to
             position s in head h of layer l; each row sums to 1 and is 0 for s > t.
         """
-        maps: list[Tensor] = []
-        with no_grad():
-            self._forward(idx, maps)
-        return np.stack([to_numpy(m.data) for m in maps])                         # (L, B, H, T, T)
+        _, cache = self.run_with_cache(idx, names="blocks.*.attn.hook_pattern")
+        return np.stack([to_numpy(cache[f"blocks.{i}.attn.hook_pattern"].data)
+                         for i in range(len(self.blocks))])                       # (L, B, H, T, T)

@@ -15,9 +15,9 @@ Jacobians whose size depends on the weights: at this initialisation a plain stac
 signal at each block until logits and gradients are ~0 (no learning at all), and with layer norm
 (which rescales the signal) the gradients are large and uneven instead.
 
-Unlike ``groundup.models.gpt`` (whose blocks run as one fused op), every step here is an ordinary
-engine op (``nn.Linear``, ``nn.LayerNorm``, ``F.scaled_dot_product_attention``, ``F.gelu``) and the
-backward is autograd's, so the two switches are visible as the two ``if`` lines in ``Block.forward``.
+The attention and MLP sub-layers are the readable GPT's own classes (``groundup.models.gpt``), with
+their hook points; every step is an engine op and the backward is autograd's, so the two switches
+are visible as the two ``if`` expressions in ``Block.forward``.
 Parameter names follow ``GPT`` (``wte.weight``, ``wpe.weight``, ``blocks.0.attn.qkv.weight``,
 ``blocks.0.mlp.fc.weight``, ``ln_f.weight``, ``lm_head.weight``); the embedding and the head are not
 tied, and the initialisation is nanoGPT's for every variant (N(0, 0.02), residual projections
@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from groundup import functional as F
 from groundup.backend import array_module, to_numpy
+from groundup.models.gpt import MLP, CausalSelfAttention
 from groundup.models.shared import check_token_ids, gpt_init_, next_token_loss
+from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.tensor import Tensor
@@ -88,68 +89,42 @@ class DeepStackConfig:
 
 
 # ----------------------------------------------------------------------------- layers
-class SelfAttention(Module):
-    """Multi-head self-attention: ``qkv`` (C -> 3C, q|k|v stacked), ``proj`` (C -> C). x (B, T, C) -> (B, T, C)."""
-
-    def __init__(self, cfg: DeepStackConfig):
-        super().__init__()
-        self.n_head, self.causal = cfg.n_head, cfg.causal
-        self.qkv = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        H, D = self.n_head, C // self.n_head
-        q, k, v = self.qkv(x).split(C, dim=2)                                   # each (B, T, C)
-        q = q.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        k = k.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        v = v.reshape(B, T, H, D).transpose(1, 2)                               # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)      # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)                                  # (B, T, C) heads side by side
-        return self.proj(y)
-
-
-class FeedForward(Module):
-    """Position-wise MLP: ``fc`` (C -> 4C), GELU (tanh form, GPT-2), ``proj`` (4C -> C)."""
-
-    def __init__(self, cfg: DeepStackConfig):
-        super().__init__()
-        self.fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))               # (B, T, 4C) -> (B, T, C)
-
-
 def _norm(cfg: DeepStackConfig) -> Module:
     return LayerNorm(cfg.n_embd, bias=cfg.bias) if cfg.norm else Identity()
 
 
 class Block(Module):
-    """Attention then MLP, each ``x = x + f(ln(x))`` (residual) or ``x = f(ln(x))``. x (B, T, C) -> (B, T, C)."""
+    """Attention then MLP, each ``x = x + f(ln(x))`` (residual) or ``x = f(ln(x))``. x (B, T, C) -> (B, T, C).
+
+    The attention and MLP are the GPT's own (``groundup.models.gpt``), with its hook points.
+    """
 
     def __init__(self, cfg: DeepStackConfig):
         super().__init__()
         self.residual = cfg.residual
         self.ln_1 = _norm(cfg)
-        self.attn = SelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, bias=cfg.bias, causal=cfg.causal)
         self.ln_2 = _norm(cfg)
-        self.mlp = FeedForward(cfg)
+        self.mlp = MLP(cfg.n_embd, bias=cfg.bias)
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.attn(self.ln_1(x))
-        x = x + h if self.residual else h
-        h = self.mlp(self.ln_2(x))
-        x = x + h if self.residual else h
-        return x
+        x = self.hook_resid_pre(x)
+        h = self.hook_attn_out(self.attn(self.ln_1(x)))
+        x = self.hook_resid_mid(x + h if self.residual else h)
+        h = self.hook_mlp_out(self.mlp(self.ln_2(x)))
+        return self.hook_resid_post(x + h if self.residual else h)
 
 
 # ----------------------------------------------------------------------------- the model
-class DeepStackLM(Module):
+class DeepStackLM(HookedModule):
     """Character language model. ``model(idx)`` -> logits (B, T, V); ``model.loss(idx, targets)`` -> scalar.
 
     Submodules: ``wte`` Embedding(V, C), ``wpe`` Embedding(block_size, C), ``blocks`` n_layer x Block,
-    ``ln_f`` LayerNorm(C) (Identity when ``norm=False``), ``lm_head`` Linear(C, V, bias=False).
+    ``ln_f`` LayerNorm(C) (Identity when ``norm=False``), ``lm_head`` Linear(C, V, bias=False). Hook
+    points as GPT's: ``hook_embed``, ``hook_pos_embed``, ``blocks.{i}.hook_resid_pre|mid|post``,
+    ``blocks.{i}.attn.hook_pattern`` …, ``ln_f.hook_normalized``.
     """
 
     def __init__(self, cfg: DeepStackConfig):
@@ -161,7 +136,9 @@ class DeepStackLM(Module):
         self.wpe = Embedding(cfg.block_size, cfg.n_embd)
         self.blocks = ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = _norm(cfg)
+        self.ln_f.hook_normalized = HookPoint()
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -187,10 +164,11 @@ class DeepStackLM(Module):
         data = self._check_ids(idx, "idx")
         T = data.shape[1]
         xp = array_module(self.wte.weight.data)
-        x = self.wte(Tensor(xp.asarray(data))) + self.wpe(Tensor(xp.arange(T)))  # (B, T, C) + (T, C)
+        x = self.hook_embed(self.wte(Tensor(xp.asarray(data))))                  # (B, T, C)
+        x = x + self.hook_pos_embed(self.wpe(Tensor(xp.arange(T))))              # (B, T, C) + (T, C)
         for block in self.blocks:
             x = block(x)                                                          # (B, T, C)
-        return self.lm_head(self.ln_f(x))                                         # (B, T, V)
+        return self.lm_head(self.ln_f.hook_normalized(self.ln_f(x)))             # (B, T, V)
 
     def loss(self, idx: Any, targets: Any) -> Tensor:
         """Mean next-token cross-entropy over all B * T positions.
