@@ -520,6 +520,9 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in {folder} (is it a directory written by save_pretrained?)")
     hf_config = json.loads((folder / "config.json").read_text())
+    if "model_type" not in hf_config:
+        hint = " (it looks like a groundup run directory)" if "pos_encoding" in hf_config else ""
+        raise ImportRefused(f"{folder / 'config.json'} is not a transformers config: it has no model_type{hint}")
     tokenizer = import_tokenizer(folder)
     if tokenizer is None:
         raise ImportRefused(f"{folder} has no tokenizer (vocab.json + merges.txt, or tokenizer.json); save one "

@@ -1,0 +1,82 @@
+"""`groundup export` / `groundup import` as a user runs them: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import groundup as gu
+from groundup.models.gpt import GPT, GPTConfig
+from groundup.tokenizers import ByteLevelBPE, CharTokenizer
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nAy me!\n"
+
+
+def groundup(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "groundup.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def make_run(directory, tokenizer, **cfg) -> GPT:
+    """A run directory as `groundup train gpt` leaves it: checkpoint + tokenizer."""
+    gu.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16, **cfg))
+    model.save(directory)
+    tokenizer.save(directory)
+    return model
+
+
+def test_export_hf_verify_import_and_sample(tmp_path):
+    run, hf_dir, back = tmp_path / "run", tmp_path / "hf", tmp_path / "back"
+    model = make_run(run, CharTokenizer(TEXT), pos_encoding="rotary", bias=False)
+    out = groundup("export", str(run), "--to", "hf", str(hf_dir), "--verify")
+    assert out.returncode == 0, out.stderr
+    assert "verified" in out.stdout
+    assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["GPTNeoXForCausalLM"]
+    out = groundup("import", str(hf_dir), str(back))
+    assert out.returncode == 0, out.stderr
+    again = GPT.load(back)
+    assert again.cfg == model.cfg
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, again.state_dict()[key]), key
+    out = groundup("sample", str(back), "--prompt", "ROMEO", "--max-new-tokens", "8", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ROMEO") and len(out.stdout.rstrip("\n")) >= len("ROMEO") + 1
+
+
+def test_export_torch_and_bpe_export(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, ByteLevelBPE.train(TEXT * 4, vocab_size=270))
+    out = groundup("export", str(run), "--to", "torch", str(tmp_path / "pt"))
+    assert out.returncode == 0, out.stderr
+    assert {"model.safetensors", "config.json", "torch_gpt.py", "vocab.json", "merges.txt"} <= \
+        {p.name for p in (tmp_path / "pt").iterdir()}
+    out = groundup("export", str(run), "--to", "hf", str(tmp_path / "hf"))
+    assert out.returncode == 0, out.stderr
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    run = tmp_path / "post"
+    make_run(run, CharTokenizer(TEXT), norm="post")
+    for args, words in [
+        (("export", str(run), "--to", "hf", str(tmp_path / "x")), "pre-norm"),
+        (("export", str(tmp_path / "missing"), "--to", "hf", str(tmp_path / "y")), "no such run directory"),
+        (("import", str(run), str(tmp_path / "z")), "cannot import"),
+        (("export", str(run), "--to", "torch", str(tmp_path / "w"), "--verify"), "--verify"),
+    ]:
+        out = groundup(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("groundup: error:") and words in lines[0], out.stderr
+        assert "Traceback" not in out.stderr
+    assert not (tmp_path / "x").exists()
