@@ -405,3 +405,45 @@ def test_mixing_devices_is_an_error() -> None:
     (y * 2).cpu().sum().backward()
     assert x.grad.device == "cpu"
     np.testing.assert_allclose(x.grad.numpy(), np.full(3, 2.0))
+
+
+# ---------------------------------------------------------------- the engine reads in one sitting
+def test_tensor_methods_are_defined_in_the_class_body() -> None:
+    """Every op method is a ``def`` in TensorMethods' source (so grep and IDEs find it), help(Tensor)
+    lists it, and nothing is attached to Tensor after the class statement."""
+    import inspect
+    import pydoc
+    import re
+
+    from groundup.ops.methods import TensorMethods
+
+    source = inspect.getsource(TensorMethods)
+    defined = set(re.findall(r"^    def (\w+)\(", source, re.M)) | set(re.findall(r"^    (\w+) = \w+$", source, re.M))
+    methods = {name for name, value in vars(TensorMethods).items() if callable(value) or isinstance(value, property)}
+    assert methods == defined, f"attached without a def: {sorted(methods - defined)}"
+    assert {"__mul__", "__add__", "sum", "backward", "reshape", "softmax", "masked_fill"} <= set(dir(gu.Tensor))
+    text = pydoc.render_doc(gu.Tensor, renderer=pydoc.plaintext)
+    for name in ("__mul__", "sum", "reshape", "backward"):
+        assert f"\n |  {name}(self" in text, f"help(Tensor) does not show {name}"
+    attached = set(vars(gu.Tensor)) - set(re.findall(r"^    (?:def )?(\w+)", inspect.getsource(gu.Tensor), re.M))
+    assert not attached - {"__module__", "__doc__", "__firstlineno__", "__static_attributes__", "__weakref__",
+                           "__annotations__", "__qualname__"} - set(gu.Tensor.__slots__), sorted(attached)
+
+
+def test_backward_fits_on_one_screen() -> None:
+    import inspect
+
+    lines = inspect.getsource(gu.Tensor.backward).rstrip().splitlines()
+    assert len(lines) <= 30, f"Tensor.backward is {len(lines)} lines; move checks into named helpers"
+
+
+def test_docstring_examples_run() -> None:
+    """The tiny examples in the docstrings of Tensor's methods are right (tinygrad runs its own)."""
+    import doctest
+    import importlib
+
+    for name in ("groundup.ops.methods", "groundup.tensor", "groundup.function"):
+        module = importlib.import_module(name)
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, f"{name}: {result.failed} failing docstring examples"
+    assert doctest.testmod(importlib.import_module("groundup.ops.methods")).attempted >= 5
