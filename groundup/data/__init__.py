@@ -21,6 +21,8 @@ from groundup.data.datasets import (
     shakespeare_splits,
     train_test_split,
 )
+from groundup.data.masking import mask_tokens  # noqa: F401
+from groundup.data.speakers import SpeakerTask, labelled_subset, speaker_task  # noqa: F401
 from groundup.data.synthetic import DATE_FORMATS, copy_sequences, date_pairs, format_date, induction_sequences
 
 __all__ = [

@@ -9,10 +9,12 @@ from groundup.nn.attention import *  # noqa: F403
 from groundup.nn.conv import *  # noqa: F403
 from groundup.nn.hooks import ActivationCache, HookedModule, HookPoint
 from groundup.nn.layers import *  # noqa: F403
+from groundup.nn.lora import LoRALinear, apply_lora, mark_only_lora_as_trainable  # noqa: F401
 from groundup.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from groundup.nn.norm import *  # noqa: F403
 from groundup.nn.positional import *  # noqa: F403
 from groundup.nn.recurrent import *  # noqa: F403
 from groundup.nn.transformer import *  # noqa: F403
 
-__all__ = ["ActivationCache", "HookedModule", "HookPoint", "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]
+__all__ = ["ActivationCache", "HookedModule", "HookPoint",
+           "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]
