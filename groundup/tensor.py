@@ -92,6 +92,8 @@ class Tensor(TensorMethods):
                 data = data.detach().cpu().numpy()
             target = as_dtype(dtype) if dtype is not None else _infer_dtype(data)
             array = np.asarray(data, dtype=target)
+        if array.dtype.kind not in "biufc":  # object, str, bytes, datetime: not numbers (torch refuses them)
+            raise TypeError(f"tensor: cannot make a tensor from data of dtype {array.dtype}")
         if device is not None:
             array = to_device(array, device)
         self.data = array                   # the values: a numpy.ndarray or a cupy.ndarray

@@ -282,6 +282,9 @@ class Linear(Function):
         if x.shape[-1] != weight.shape[1]:
             raise RuntimeError(f"linear: input {tuple(x.shape)} has {x.shape[-1]} features, "
                                f"weight {tuple(weight.shape)} expects {weight.shape[1]}")
+        if x.dtype.kind != "f" and weight.dtype.kind == "f":  # torch refuses too (no silent float64)
+            raise RuntimeError(f"linear: input dtype {x.dtype} is not floating point, weight is {weight.dtype}; "
+                               f"convert the input first (x.float())")
         x2 = x.reshape(-1, x.shape[-1])                            # (N, in)
         y = K.linear(x2, weight, bias[0] if bias else None)        # (N, out)
         self.save_for_backward(x2, weight)

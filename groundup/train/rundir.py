@@ -95,7 +95,7 @@ class RunDir:
             run._lock()
             run._check_symlinks()
             return run
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
             if _holds_run(out):
                 run._lock()  # the old run's writer, if alive, must have finished before it is moved
                 if not replace:
@@ -108,11 +108,15 @@ class RunDir:
                 (aside / LOCK_FILE).unlink(missing_ok=True)
                 run._locked = False
                 run.moved_to = aside
-            elif not (len(list(out.iterdir())) == 1 and (out / LOCK_FILE).exists()):
+            else:
                 raise RunDirError(f"--out {out} is a non-empty directory that is not a groundup run; choose a new "
                                   f"or empty directory (a run's files must not mix with others)")
-        out.mkdir(parents=True, exist_ok=True)
-        run._lock()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            run._lock()
+        except OSError as err:
+            raise RunDirError(f"--out {out}: cannot create the run directory or its lock "
+                              f"({err.strerror or err})") from None
         run._check_symlinks()
         return run
 
