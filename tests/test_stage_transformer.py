@@ -103,14 +103,18 @@ def test_ablations_match_zeroing_by_hand_and_restore_the_weights():
 
     by_hand = GPT(dataclasses.replace(model.cfg))
     state = {k: v.copy() for k, v in before.items()}
-    state["blocks.1.mlp.proj.weight"][...] = 0
+    for name in ("blocks.1.mlp.proj.weight", "blocks.1.mlp.proj.bias"):   # the sub-layer's whole output is 0
+        if name in state:
+            state[name][...] = 0
     by_hand.load_state_dict(state)
     with gu.no_grad():
         expected = float(by_hand.loss(x, y).item()) - result["base_loss"]
     assert result["per_layer"][1]["feed_forward"] == pytest.approx(expected, abs=1e-6)
     state = {k2: v.copy() for k2, v in before.items()}
-    state["blocks.0.attn.proj.weight"][...] = 0
-    state["blocks.1.attn.proj.weight"][...] = 0
+    for name in ("blocks.0.attn.proj.weight", "blocks.1.attn.proj.weight", "blocks.0.attn.proj.bias",
+                 "blocks.1.attn.proj.bias"):
+        if name in state:
+            state[name][...] = 0
     by_hand.load_state_dict(state)
     with gu.no_grad():
         expected = float(by_hand.loss(x, y).item()) - result["base_loss"]

@@ -36,6 +36,7 @@ import groundup as gu
 from groundup.data import get_batch, load_text
 from groundup.models.deep_stack import DeepStackConfig, DeepStackLM
 from groundup.models.gpt import GPT, GPTConfig
+from groundup.models.gpt_fast import FastGPT
 from groundup.models.transformer_seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
 from groundup.nn.utils import clip_grad_norm_
 from groundup.optim.schedule import scheduled_lr
@@ -80,7 +81,7 @@ def train_gpt(ctx: Context, cfg: GPTConfig, splits: dict[str, np.ndarray], iters
     """nanoGPT's CPU recipe (TrainConfig's defaults): AdamW, warmup + cosine, clipping at 1.0."""
     recipe = TrainConfig(max_iters=iters, batch_size=12)
     gu.manual_seed(ctx.seed)
-    model = GPT(cfg).to(ctx.device)
+    model = FastGPT(cfg).to(ctx.device)          # train the fused twin; look inside the readable GPT
     optimizer = build_optimizer(model, recipe)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     rng = ctx.rng(1)
@@ -106,8 +107,7 @@ def train_gpt(ctx: Context, cfg: GPTConfig, splits: dict[str, np.ndarray], iters
     history["wall_s"] = time.perf_counter() - start
     history["recipe"] = {k: v for k, v in recipe.to_dict().items() if k in (
         "batch_size", "lr", "min_lr", "warmup_iters", "weight_decay", "betas", "grad_clip", "schedule")}
-    model.eval()
-    return model, history
+    return model.as_class(GPT).eval(), history
 
 
 def gpt_loss(model: GPT, data: np.ndarray, block_size: int, n_batches: int, ctx: Context,
@@ -195,45 +195,48 @@ def mean_attention_distance(maps: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- 5. ablations
 def ablate_sublayers(model: GPT, evaluate: Any, rng: np.random.Generator, fractions: tuple[float, ...] = (0.5,),
                      trials: int = 3) -> dict[str, Any]:
-    """Loss increases when sub-layers are switched off by zeroing their output projection.
+    """Loss increases when parts of the model are switched off through its hook points.
 
-    Zeroing ``attn.proj`` (or ``mlp.proj``) makes that sub-layer add nothing to the residual
-    stream. Measured: each sub-layer alone, all attention or all feed-forward sub-layers at once,
-    and the same fraction of attention heads and of feed-forward hidden units in every layer.
+    A sub-layer is off when its output (``blocks.{i}.hook_attn_out`` / ``hook_mlp_out``) is replaced
+    by zeros: it adds nothing to the residual stream. Heads are switched off in ``attn.hook_z``
+    (B, H, T, D) and feed-forward hidden units in ``mlp.hook_post`` (B, T, 4C). Measured: each
+    sub-layer alone, all attention or all feed-forward sub-layers at once, and the same fraction of
+    attention heads and of feed-forward hidden units in every layer.
     """
     base = evaluate()
     cfg = model.cfg
-    D = cfg.head_dim
 
-    def with_zeroed(parts: list[tuple[Any, Any]]) -> float:
-        saved = [(w, w.data.copy()) for w, _ in parts]
-        for w, cols in parts:
-            if cols is None:
-                w.data[...] = 0
-            else:
-                w.data[:, cols] = 0
-        try:
+    def zero(act: Any, hook: Any) -> Any:
+        return act * 0.0
+
+    def keep_only(axis: int, dropped: np.ndarray, size: int) -> Any:
+        keep = np.ones(size, dtype=np.float32)
+        keep[dropped] = 0.0
+        shape = [1, 1, 1, 1] if axis == 1 else [1, 1, size]
+        shape[axis] = size
+        mask = gu.tensor(keep.reshape(shape))                   # (1, H, 1, 1) or (1, 1, 4C)
+        return lambda act, hook: act * mask.to(act.device).type(act.dtype)
+
+    def loss_change(hooks: dict[str, Any]) -> float:
+        with model.hooks(hooks):
             return evaluate() - base
-        finally:
-            for w, keep in saved:
-                w.data[...] = keep
 
-    blocks = list(model.blocks)
+    L = len(model.blocks)
     out: dict[str, Any] = {"base_loss": base, "per_layer": [], "fraction": []}
-    for layer, block in enumerate(blocks):
-        out["per_layer"].append({"layer": layer, "attention": with_zeroed([(block.attn.proj.weight, None)]),
-                                 "feed_forward": with_zeroed([(block.mlp.proj.weight, None)])})
-    out["all_attention"] = with_zeroed([(b.attn.proj.weight, None) for b in blocks])
-    out["all_feed_forward"] = with_zeroed([(b.mlp.proj.weight, None) for b in blocks])
+    for layer in range(L):
+        out["per_layer"].append({"layer": layer, "attention": loss_change({f"blocks.{layer}.hook_attn_out": zero}),
+                                 "feed_forward": loss_change({f"blocks.{layer}.hook_mlp_out": zero})})
+    out["all_attention"] = loss_change({"blocks.*.hook_attn_out": zero})
+    out["all_feed_forward"] = loss_change({"blocks.*.hook_mlp_out": zero})
+    hidden = 4 * cfg.n_embd
     for fraction in fractions:
         attn, ff = [], []
         for _ in range(trials):
-            heads = [rng.choice(cfg.n_head, max(1, round(cfg.n_head * fraction)), replace=False) for _ in blocks]
-            attn.append(with_zeroed([(b.attn.proj.weight, np.concatenate([np.arange(h * D, (h + 1) * D) for h in hs]))
-                                     for b, hs in zip(blocks, heads)]))
-            hidden = blocks[0].mlp.proj.weight.shape[1]
-            ff.append(with_zeroed([(b.mlp.proj.weight, rng.choice(hidden, round(hidden * fraction), replace=False))
-                                   for b in blocks]))
+            attn.append(loss_change({f"blocks.{i}.attn.hook_z": keep_only(
+                1, rng.choice(cfg.n_head, max(1, round(cfg.n_head * fraction)), replace=False), cfg.n_head)
+                for i in range(L)}))
+            ff.append(loss_change({f"blocks.{i}.mlp.hook_post": keep_only(
+                2, rng.choice(hidden, round(hidden * fraction), replace=False), hidden) for i in range(L)}))
         out["fraction"].append({"fraction": fraction, "attention_heads": float(np.mean(attn)),
                                 "feed_forward_units": float(np.mean(ff))})
     return out
