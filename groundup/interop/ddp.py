@@ -69,9 +69,10 @@ def _configs(args: argparse.Namespace, vocab_size: int) -> tuple[Any, Any]:
     from groundup.train import TrainConfig
 
     model_cfg = apply_overrides(GPTConfig.preset(args.preset, vocab_size=vocab_size), _dotted(args, "model"), "model")
-    shorthand = {"max_iters": args.max_iters, "batch_size": args.batch_size, "lr": args.lr}
+    shorthand = {"max_iters": args.max_iters, "batch_size": args.batch_size, "lr": args.lr, "device": args.device,
+                 "seed": args.seed}                  # None = not given: the preset's (or TrainConfig's) value
     train_cfg = TrainConfig(**{**TRAIN_PRESETS[args.preset], **{k: v for k, v in shorthand.items() if v is not None},
-                               "device": args.device, "seed": args.seed, "out_dir": str(args.out), "progress": False})
+                               "out_dir": str(args.out), "progress": False})
     return model_cfg, apply_overrides(train_cfg, _dotted(args, "train"), "train")
 
 
@@ -115,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         return fail("--resume is not supported by DDP training (the optimizer state stays in torch)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: torch sees no CUDA GPU")
     try:
         text = load_text(args.data)
         tokenizer = _tokenizer(args.tokenizer, text, args.bpe_vocab_size)
         model_cfg, train_cfg = _configs(args, tokenizer.vocab_size)
     except Exception as err:  # noqa: BLE001 - bad flags or data: one line, as `groundup train` says it
         return fail(str(err))
+    if train_cfg.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda: torch sees no CUDA GPU")
     B, T = train_cfg.batch_size, model_cfg.block_size
     if B % world:
         return fail(f"the global batch size {B} must be divisible by the {world} processes")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(data) <= T:
             return fail(f"the {name} split has {len(data)} tokens, fewer than block_size + 1 = {T + 1}")
 
-    if args.device == "cuda":
+    if train_cfg.device == "cuda":
         device = torch.device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     else:
