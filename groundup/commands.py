@@ -243,7 +243,8 @@ def _stage_hint(directory: Path) -> str:
 
 def sample_command(args: argparse.Namespace) -> int:
     """``groundup sample DIR``: print the prompt and its continuation."""
-    from groundup.models.gpt import GPT, GPTConfig
+    from groundup.models.gpt import GPTConfig
+    from groundup.models.gpt_fast import FastGPT
     from groundup.tokenizers import UnknownTokenError
     from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
 
@@ -257,7 +258,7 @@ def sample_command(args: argparse.Namespace) -> int:
         saved = saved["model"]
     cfg = config_from_dict(GPTConfig, saved, directory / "config.json")
     tokenizer = load_tokenizer(directory)
-    model = GPT(cfg)
+    model = FastGPT(cfg)  # the fused twin of the readable GPT (same weights, faster)
     load_checkpoint(directory, model, check_values=not args.no_weight_check)
     try:
         prompt = tokenizer.encode(args.prompt) if args.prompt else []
