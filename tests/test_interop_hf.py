@@ -188,3 +188,26 @@ def test_bpe_from_a_fast_tokenizer_json(tmp_path):
     back = hf.import_tokenizer(tmp_path)
     assert isinstance(back, ByteLevelBPE)
     assert back.encode(TEXT) == ours.encode(TEXT)
+
+
+def test_import_accepts_legacy_gpt2_names():
+    """Original GPT-2 files: no ``transformer.`` prefix, and causal-mask buffers ``h.{i}.attn.bias`` to ignore."""
+    model = random_gpt("learned")
+    config, tensors = hf.to_hf(model)
+    legacy = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    legacy["h.0.attn.bias"] = np.tril(np.ones((1, 1, 16, 16), dtype=np.float32))
+    back = hf.from_hf(config, legacy)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, back.state_dict()[key]), key
+
+
+def test_verify_without_transformers_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from groundup.interop import MissingDependency
+
+    model = random_gpt("learned")
+    hf.export_hf(model, tmp_path)
+    monkeypatch.setitem(sys.modules, "transformers", None)     # as if it were not installed
+    with pytest.raises(MissingDependency, match=r"needs transformers.*pip install transformers"):
+        hf.verify_hf(model, tmp_path)
