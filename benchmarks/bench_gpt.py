@@ -74,8 +74,10 @@ def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("ground
         out["groundup"] = _groundup_step(model, tcfg)
     if "readable" in which:
         out["readable"] = _groundup_step(model.as_class(GPT), tcfg)
-    if "torch" in which:
-        out.update(_torch_contender(model, cfg, tcfg))
+    if "torch" in which:                          # PyTorch at its best: F.scaled_dot_product_attention
+        out.update(_torch_contender(model, cfg, tcfg, sdpa=True, name="torch"))
+    if "torch_explicit" in which:                 # and with attention written out (q k^T, mask, softmax)
+        out.update(_torch_contender(model, cfg, tcfg, sdpa=False, name="torch_explicit"))
     return out
 
 
@@ -104,13 +106,13 @@ def _groundup_step(model: Any, tcfg: Any) -> Any:
     return gu_step
 
 
-def _torch_contender(model: Any, cfg: Any, tcfg: Any) -> dict[str, Any]:
+def _torch_contender(model: Any, cfg: Any, tcfg: Any, sdpa: bool, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     import torch
     from torch_gpt import TorchGPT
 
     torch.set_num_threads(2)
-    ref = TorchGPT(cfg)
+    ref = TorchGPT(cfg, sdpa=sdpa)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     decay = [p for p in ref.parameters() if p.ndim >= 2]
     no_decay = [p for p in ref.parameters() if p.ndim < 2]
@@ -133,8 +135,8 @@ def _torch_contender(model: Any, cfg: Any, tcfg: Any) -> dict[str, Any]:
         times["optimizer"].append(t3 - t2)
         return t3 - t0
 
-    out["torch"] = torch_step
-    out["torch_model"] = ref
+    out[name] = torch_step
+    out[f"{name}_model"] = ref
     return out
 
 
@@ -159,13 +161,13 @@ def _timed(fn: Any) -> float:
 
 def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
                    readable: bool = True) -> dict[str, Any]:
-    built = build(preset, batch_size, ("groundup", "readable", "torch") if readable else ("groundup", "torch"))
+    built = build(preset, batch_size, ("groundup", "torch", "torch_explicit") + (("readable",) if readable else ()))
     cfg, tcfg = built["cfg"], built["tcfg"]
     B, T = tcfg.batch_size, cfg.block_size
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T)))
                for _ in range(warmup + iters)]
-    names = ("groundup", "readable", "torch") if readable else ("groundup", "torch")
+    names = ("groundup", "torch", "torch_explicit") + (("readable",) if readable else ())
     times = {n: {"step": [], "forward": [], "backward": [], "optimizer": []} for n in names}
     for i in range(warmup):  # warm-up: allocator, BLAS buffers, thread pools
         for n in names:
@@ -185,6 +187,8 @@ def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
         step["sections_median_ms"] = {k: float(np.median(v) * 1e3) for k, v in times[n].items() if k != "step"}
         result[n] = step
     result["ratio_tokens_per_s"] = result["groundup"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
+    result["ratio_vs_explicit_tokens_per_s"] = (result["groundup"]["tokens_per_s"]
+                                                / result["torch_explicit"]["tokens_per_s"])
     if readable:
         result["ratio_readable_tokens_per_s"] = result["readable"]["tokens_per_s"] / result["torch"]["tokens_per_s"]
     return result
@@ -322,6 +326,17 @@ def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int
     return record
 
 
+def load_warning(record: dict[str, Any]) -> str | None:
+    """A loud line when the machine was busy: other processes took cores, so the ratios mean little."""
+    m = record["machine"]
+    load = max(m["load_avg_1m_at_start"], m.get("load_avg_1m_at_end", 0.0))
+    busy = load - 1.0                                   # this benchmark itself keeps about one core's worth busy
+    if busy > 0.5 * (m["cores"] or 1):
+        return (f"WARNING: load average {load:.1f} on {m['cores']} cores: other processes were running, so the "
+                f"ratios below are unreliable (measure on a quiet machine, load < 1)")
+    return None
+
+
 def format_table(record: dict[str, Any]) -> str:
     """The record as a short plain-text report."""
     tr, gen = record["train"], record["generate"]
@@ -331,10 +346,11 @@ def format_table(record: dict[str, Any]) -> str:
              f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} alternating "
              f"steps after {tr['warmup']} warm-up; torch threads 2, groundup threads "
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
-             "",
+             load_warning(record) or "",
              f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
              f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]
-    rows = (("groundup", "groundup"), ("readable", "readable"), ("torch", "PyTorch"))
+    rows = (("groundup", "groundup"), ("readable", "readable"), ("torch", "PyTorch SDPA"),
+            ("torch_explicit", "PyTorch expl."))
     for name, label in (r for r in rows if r[0] in tr):
         s = tr[name]
         rss, delta = mem.get(name, {}).get("peak_rss_mb"), mem.get(name, {}).get("delta_rss_mb")
@@ -345,7 +361,9 @@ def format_table(record: dict[str, Any]) -> str:
                      + f"   {sec['forward']:.1f} / {sec['backward']:.1f} / {sec['optimizer']:.1f}")
     if "readable" in tr:
         lines.append(f"readable GPT (engine ops + autograd) / PyTorch: {tr['ratio_readable_tokens_per_s']:.2f}")
-    lines.append(f"ratio groundup/PyTorch, training tokens/s: {tr['ratio_tokens_per_s']:.2f}; NumPy matmul peak "
+    lines.append(f"groundup / PyTorch with explicit attention: {tr['ratio_vs_explicit_tokens_per_s']:.2f}")
+    lines.append(f"ratio groundup/PyTorch (SDPA, its fastest CPU attention), training tokens/s: "
+                 f"{tr['ratio_tokens_per_s']:.2f}; NumPy matmul peak "
                  f"{record['matmul_peak_gflops']:.0f} GFLOP/s (groundup at "
                  f"{100 * tr['groundup']['fraction_of_matmul_peak']:.0f}%, PyTorch at "
                  f"{100 * tr['torch']['fraction_of_matmul_peak']:.0f}%)")
