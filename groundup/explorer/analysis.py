@@ -1,0 +1,429 @@
+"""What the explorer's page asks of a model: NumPy computations on the hook points, plain lists out.
+
+Each function takes a ``LoadedRun`` (the readable ``GPT`` in eval mode, its tokenizer and a lock)
+and returns JSON-ready dicts. The model's hooks live on the module itself, so every use of the model
+holds ``run.lock``: concurrent requests take turns, one forward pass each.
+
+    analyze         tokens, the top-k next-token distribution at every position, every head's
+                    attention (L, H, T, T) and the per-position loss
+    head_scores     previous-token and induction scores of each (layer, head) on a repeated random
+                    sequence (Olsson et al. 2022)
+    logit_lens      each layer's residual stream through ln_f and the unembedding (nostalgebraist 2020)
+    attribution     direct logit attribution of one prediction: each head, MLP and the embeddings'
+                    share of the logit, through ln_f with its scale frozen (Elhage et al. 2021)
+    ablate          the distribution and loss with heads / MLPs switched off (zeroed or mean-ablated)
+    stream_tokens   generation one token at a time (KV cache on or off), for server-sent events
+
+The head scores, logit lens, attribution and ablation use ``groundup.interpret`` where it is
+installed, and the hook-point versions here otherwise (they compute the same quantities).
+
+References: Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al.
+2022, "In-context Learning and Induction Heads"; nostalgebraist 2020, "interpreting GPT: the logit lens".
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from groundup.backend import to_numpy
+from groundup.explorer.runs import ExplorerError
+from groundup.tensor import Tensor, no_grad
+
+__all__ = ["LoadedRun", "load_run", "analyze", "head_scores", "logit_lens", "attribution", "ablate",
+           "stream_tokens", "MAX_NEW_TOKENS"]
+
+MAX_NEW_TOKENS = 2000            # one generation request
+ROUND = 5                        # decimals of the probabilities and weights sent to the page
+
+
+class LoadedRun:
+    """A run's readable GPT (eval mode), tokenizer and lock; ``stamp`` tells a newer checkpoint apart."""
+
+    def __init__(self, directory: Path):
+        from groundup.commands import load_tokenizer
+        from groundup.models.gpt import GPT
+
+        self.directory = directory
+        self.stamp = checkpoint_stamp(directory)
+        self.model = GPT.load(directory).eval()
+        self.tokenizer = load_tokenizer(directory)
+        self.cfg = self.model.cfg
+        self.lock = threading.Lock()
+        self._fast: Any = None
+        self._head_scores: dict[str, Any] | None = None
+
+    @property
+    def fast(self) -> Any:
+        """The fused twin (same weights) for generation without the cache; made on first use."""
+        if self._fast is None:
+            from groundup.models.gpt_fast import FastGPT
+
+            self._fast = self.model.as_class(FastGPT).eval()
+        return self._fast
+
+    # ------------------------------------------------------------------ text <-> ids
+    def encode(self, text: str, what: str = "text") -> list[int]:
+        """Token ids of ``text``; 422 for an empty text, a character outside the vocabulary or a text
+        longer than the model's context."""
+        if not text:
+            raise ExplorerError(422, f"{what} is empty: type some text")
+        try:
+            ids = [int(i) for i in self.tokenizer.encode(text)]
+        except KeyError as err:   # UnknownTokenError is a KeyError
+            raise ExplorerError(422, f"{what}: {' '.join(str(err).strip(chr(39)).split())}") from None
+        if not ids:
+            raise ExplorerError(422, f"{what} has no tokens")
+        if any(i >= self.cfg.vocab_size for i in ids):
+            raise ExplorerError(422, f"{what}: the tokenizer gives ids outside the model's vocabulary "
+                                     f"0..{self.cfg.vocab_size - 1}")
+        return ids
+
+    def encode_context(self, text: str, what: str = "text") -> list[int]:
+        """``encode``, refusing more tokens than the context (block_size) holds."""
+        ids = self.encode(text, what)
+        if len(ids) > self.cfg.block_size:
+            raise ExplorerError(422, f"{what} has {len(ids)} tokens, more than this model's context of "
+                                     f"{self.cfg.block_size}; shorten it")
+        return ids
+
+    def token_text(self, token_id: int) -> str:
+        from groundup.commands import decode
+
+        return decode(self.tokenizer, [int(token_id)])
+
+    def decode(self, ids: list[int]) -> str:
+        from groundup.commands import decode
+
+        return decode(self.tokenizer, [int(i) for i in ids])
+
+
+def checkpoint_stamp(directory: Path) -> tuple[int, int]:
+    """(mtime_ns, size) of model.safetensors: changes when a training run writes a new checkpoint."""
+    stat = (directory / "model.safetensors").stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def load_run(directory: Path) -> LoadedRun:
+    return LoadedRun(directory)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _top(run: LoadedRun, probs: np.ndarray, k: int) -> dict[str, list]:
+    """The k most likely tokens of each row of probs (T, V): ids, texts and probabilities (T, k)."""
+    k = min(k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]                     # (T, k)
+    top_probs = np.take_along_axis(probs, order, axis=-1)                         # (T, k)
+    return {"ids": order.tolist(), "tokens": [[run.token_text(i) for i in row] for row in order],
+            "probs": np.round(top_probs, ROUND).tolist()}
+
+
+def _next_token_losses(probs: np.ndarray, ids: list[int]) -> np.ndarray:
+    """-log p(ids[t+1] | ids[:t+1]) for t < T-1: (T-1,)."""
+    targets = np.asarray(ids[1:])
+    picked = probs[np.arange(len(targets)), targets]
+    return -np.log(np.maximum(picked, 1e-300))
+
+
+def _mean_loss(losses: np.ndarray) -> float | None:
+    return float(losses.mean()) if losses.size else None
+
+
+def _check_position(position: int, n_tokens: int) -> int:
+    if not -n_tokens <= position < n_tokens:
+        raise ExplorerError(422, f"position {position} is outside the text's {n_tokens} tokens "
+                                 f"(0..{n_tokens - 1}, or negative from the end)")
+    return position % n_tokens
+
+
+def _check_token(run: LoadedRun, token: int, what: str) -> int:
+    if not 0 <= token < run.cfg.vocab_size:
+        raise ExplorerError(422, f"{what} {token} is outside the vocabulary 0..{run.cfg.vocab_size - 1}")
+    return token
+
+
+def _interpret() -> Any:
+    """groundup.interpret when it is installed, else None."""
+    try:
+        import groundup.interpret as interpret
+    except ImportError:
+        return None
+    return interpret
+
+
+# ----------------------------------------------------------------------------- analyze
+def analyze(run: LoadedRun, text: str, k: int = 10) -> dict[str, Any]:
+    """Tokens, top-k next-token distribution at every position, all attention maps and the loss.
+
+    Returns:
+        tokens: [{id, text}] (T);  top: {ids, tokens, probs} each (T, k);  attention: (L, H, T, T)
+        nested lists, row t = where position t looks;  losses: (T-1,) next-token losses;  loss: their mean.
+    """
+    ids = run.encode_context(text)
+    idx = np.asarray([ids], dtype=np.int64)                                      # (1, T)
+    with run.lock:
+        logits, cache = run.model.run_with_cache(idx, names="blocks.*.attn.hook_pattern")
+    probs = _softmax(logits.numpy()[0])                                           # (T, V)
+    attention = np.stack([cache[f"blocks.{i}.attn.hook_pattern"].numpy()[0]
+                          for i in range(run.cfg.n_layer)])                       # (L, H, T, T)
+    losses = _next_token_losses(probs, ids)
+    return {"tokens": [{"id": i, "text": run.token_text(i)} for i in ids], "top": _top(run, probs, k),
+            "attention": np.round(attention.astype(np.float64), 4).tolist(),
+            "losses": np.round(losses, ROUND).tolist(), "loss": _mean_loss(losses),
+            "n_layer": run.cfg.n_layer, "n_head": run.cfg.n_head}
+
+
+# ----------------------------------------------------------------------------- head scores
+def detector_sequence(run: LoadedRun, half: int | None = None, seed: int = 0) -> np.ndarray:
+    """A random token sequence repeated twice, (1, 2 * half): induction heads light up on its second half."""
+    half = half or max(2, min(32, run.cfg.block_size // 2))
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, min(run.cfg.vocab_size, run.tokenizer.vocab_size), size=half)
+    return np.concatenate([first, first])[None, :].astype(np.int64)               # (1, 2 half)
+
+
+def head_scores(run: LoadedRun) -> dict[str, Any]:
+    """Previous-token and induction score of each head (L, H), on ``detector_sequence``; cached per model.
+
+    previous-token: mean attention from position t to t-1 (t >= 1).
+    induction: mean attention from position t of the second copy to the token after the earlier
+    occurrence of its token, t - half + 1 (Olsson et al.).
+    """
+    if run._head_scores is not None:
+        return run._head_scores
+    idx = detector_sequence(run)
+    half = idx.shape[1] // 2
+    interpret = _interpret()
+    if interpret is not None and hasattr(interpret, "head_scores"):
+        with run.lock:
+            scores = interpret.head_scores(run.model, idx)
+        prev, induction = _scores_from_interpret(scores, run.cfg.n_layer, run.cfg.n_head)
+    else:
+        with run.lock:
+            maps = run.model.attention_maps(idx)[:, 0].astype(np.float64)          # (L, H, T, T)
+        T = idx.shape[1]
+        rows = np.arange(1, T)
+        prev = maps[:, :, rows, rows - 1].mean(axis=-1)                             # (L, H)
+        rows = np.arange(half, T)
+        induction = maps[:, :, rows, rows - half + 1].mean(axis=-1)                 # (L, H)
+    run._head_scores = {"previous_token": np.round(prev, 4).tolist(), "induction": np.round(induction, 4).tolist(),
+                        "sequence_length": int(idx.shape[1])}
+    return run._head_scores
+
+
+def _scores_from_interpret(scores: Any, n_layer: int, n_head: int) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays (L, H) from groundup.interpret.head_scores's dict (arrays, or {(layer, head): score})."""
+    out = []
+    for key in ("previous_token", "induction"):
+        value = scores[key] if key in scores else scores[next(k for k in scores if key.split("_")[0] in k)]
+        if isinstance(value, dict):
+            grid = np.zeros((n_layer, n_head))
+            for (layer, head), score in value.items():
+                grid[layer, head] = float(score)
+            out.append(grid)
+        else:
+            out.append(np.asarray(value, dtype=np.float64).reshape(n_layer, n_head))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- logit lens
+def logit_lens(run: LoadedRun, text: str, k: int = 5) -> dict[str, Any]:
+    """The residual stream after the embeddings and after each block, read through ln_f and lm_head.
+
+    Returns:
+        names (L+1,), top {ids, tokens, probs} each (L+1, T, k), kl_to_final (L+1, T) in nats, and
+        target_probs (L+1, T-1): each layer's probability of the token that actually comes next.
+    """
+    ids = run.encode_context(text)
+    idx = np.asarray([ids], dtype=np.int64)
+    model = run.model
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(run.cfg.n_layer)]
+    with run.lock, no_grad():
+        _, cache = model.run_with_cache(idx, names=names)
+        probs = np.stack([_softmax(model.lm_head(model.ln_f(cache[n])).numpy()[0]) for n in names])  # (L+1, T, V)
+    final = probs[-1]
+    kl = (final * (np.log(np.maximum(final, 1e-300)) - np.log(np.maximum(probs, 1e-300)))).sum(-1)  # (L+1, T)
+    k = min(k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind="stable")[..., :k]                   # (L+1, T, k)
+    targets = np.asarray(ids[1:])
+    target_probs = probs[:, np.arange(len(targets)), targets] if len(targets) else np.zeros((len(names), 0))
+    return {"names": ["embed"] + [f"block {i}" for i in range(run.cfg.n_layer)],
+            "tokens": [{"id": i, "text": run.token_text(i)} for i in ids],
+            "top": {"ids": order.tolist(),
+                    "tokens": [[[run.token_text(i) for i in row] for row in layer] for layer in order],
+                    "probs": np.round(np.take_along_axis(probs, order, axis=-1), ROUND).tolist()},
+            "kl_to_final": np.round(np.maximum(kl, 0.0), ROUND).tolist(),
+            "target_probs": np.round(target_probs, ROUND).tolist()}
+
+
+# ----------------------------------------------------------------------------- attribution
+def attribution(run: LoadedRun, text: str, position: int = -1, token: int | None = None,
+                other: int | None = None) -> dict[str, Any]:
+    """Direct logit attribution of the logit of ``token`` at ``position`` (minus ``other``'s, if given).
+
+    The final residual stream is a sum of parts (embeddings, each head's output, each attention
+    bias, each MLP's output); ln_f is linear once its scale 1/sigma is frozen at the value it has,
+    so each part's share of the logit is ((part - mean(part)) / sigma * ln_f.weight) . W_U[token].
+    The shares plus ln_f.bias . W_U[token] add up to the logit exactly. Pre-norm models only.
+    """
+    if run.cfg.norm != "pre":
+        raise ExplorerError(422, "direct logit attribution needs a pre-norm model (the residual stream of a "
+                                 "post-norm model is normalised inside every block)")
+    ids = run.encode_context(text)
+    position = _check_position(position, len(ids))
+    idx = np.asarray([ids], dtype=np.int64)
+    model, cfg = run.model, run.cfg
+    with run.lock:
+        logits, cache = model.run_with_cache(idx, names=["blocks.0.hook_resid_pre", "blocks.*.attn.hook_result",
+                                                         "blocks.*.hook_mlp_out", f"blocks.{cfg.n_layer - 1}"
+                                                         ".hook_resid_post"])
+    logits_at = logits.numpy()[0, position].astype(np.float64)                     # (V,)
+    token = int(np.argmax(logits_at)) if token is None else _check_token(run, token, "token")
+    if other is not None:
+        _check_token(run, other, "other")
+    unembed = to_numpy(model.lm_head.weight.data).astype(np.float64)                      # (V, C)
+    direction = unembed[token] - (unembed[other] if other is not None else 0.0)    # (C,)
+    labels, parts = ["embed"], [cache["blocks.0.hook_resid_pre"].numpy()[0, position]]
+    for i, block in enumerate(model.blocks):
+        result = cache[f"blocks.{i}.attn.hook_result"].numpy()[0, position]         # (H, C)
+        for h in range(cfg.n_head):
+            labels.append(f"L{i}H{h}")
+            parts.append(result[h])
+        if block.attn.proj.bias is not None:
+            labels.append(f"L{i} attn bias")
+            parts.append(to_numpy(block.attn.proj.bias.data))
+        labels.append(f"L{i} MLP")
+        parts.append(cache[f"blocks.{i}.hook_mlp_out"].numpy()[0, position])
+    parts_arr = np.stack(parts).astype(np.float64)                                 # (P, C)
+    final = cache[f"blocks.{cfg.n_layer - 1}.hook_resid_post"].numpy()[0, position].astype(np.float64)
+    sigma = math.sqrt(final.var() + model.ln_f.eps)
+    gamma = to_numpy(model.ln_f.weight.data).astype(np.float64)
+    centered = parts_arr - parts_arr.mean(axis=-1, keepdims=True)
+    values = (centered / sigma * gamma) @ direction                                # (P,)
+    bias = float(to_numpy(model.ln_f.bias.data).astype(np.float64) @ direction) if model.ln_f.bias is not None else 0.0
+    logit = float(logits_at[token] - (logits_at[other] if other is not None else 0.0))
+    return {"position": position, "token": token, "token_text": run.token_text(token), "other": other,
+            "other_text": run.token_text(other) if other is not None else None, "labels": labels,
+            "values": np.round(values, ROUND).tolist(), "ln_f_bias": round(bias, ROUND),
+            "total": float(values.sum() + bias), "logit": logit}
+
+
+# ----------------------------------------------------------------------------- ablation
+def _ablation_hooks(run: LoadedRun, heads: list[tuple[int, int]], mlps: list[int], kind: str) -> dict[str, Any]:
+    """{hook name: fn} switching off the given heads (their z, before proj) and MLPs (their output)."""
+    cfg = run.cfg
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
+            raise ExplorerError(422, f"head ({layer}, {head}) does not exist: layers 0..{cfg.n_layer - 1}, "
+                                     f"heads 0..{cfg.n_head - 1}")
+        by_layer.setdefault(layer, []).append(head)
+    for layer in mlps:
+        if not 0 <= layer < cfg.n_layer:
+            raise ExplorerError(422, f"MLP {layer} does not exist: layers 0..{cfg.n_layer - 1}")
+
+    def off(values: np.ndarray, axis: int) -> np.ndarray:
+        return np.zeros_like(values) if kind == "zero" else np.broadcast_to(
+            values.mean(axis=axis, keepdims=True), values.shape)
+
+    def head_hook(layer_heads: list[int]) -> Any:
+        def fn(z: Tensor, hook: Any) -> Tensor:                                    # z (B, H, T, D)
+            data = z.data.copy()
+            for h in layer_heads:
+                data[:, h] = off(data[:, h], axis=1)                               # mean over positions T
+            return Tensor(data)
+        return fn
+
+    def mlp_hook(out: Tensor, hook: Any) -> Tensor:                                # (B, T, C)
+        return Tensor(np.ascontiguousarray(off(out.data, axis=1)))
+
+    hooks: dict[str, Any] = {f"blocks.{layer}.attn.hook_z": head_hook(hs) for layer, hs in by_layer.items()}
+    hooks.update({f"blocks.{layer}.hook_mlp_out": mlp_hook for layer in sorted(set(mlps))})
+    return hooks
+
+
+def ablate(run: LoadedRun, text: str, position: int = -1, heads: list[tuple[int, int]] | None = None,
+           mlps: list[int] | None = None, kind: str = "zero", k: int = 10) -> dict[str, Any]:
+    """Next-token distribution and loss with the given heads / MLPs switched off, beside the intact ones.
+
+    ``zero`` replaces a head's output z (before the output projection) or an MLP's output with zeros
+    (the same as zeroing that head's columns of attn.proj.weight, or the MLP's proj weight and bias);
+    ``mean`` replaces it with its mean over this text's positions.
+    """
+    if kind not in ("zero", "mean"):
+        raise ExplorerError(422, f"kind must be 'zero' or 'mean', got {kind!r}")
+    heads, mlps = list(heads or []), list(mlps or [])
+    ids = run.encode_context(text)
+    position = _check_position(position, len(ids))
+    idx = np.asarray([ids], dtype=np.int64)
+    hooks = _ablation_hooks(run, heads, mlps, kind)
+    with run.lock, no_grad():
+        before = _softmax(run.model(idx).numpy()[0])                                # (T, V)
+        with run.model.hooks(hooks):
+            after = _softmax(run.model(idx).numpy()[0])                             # (T, V)
+    loss_before, loss_after = _next_token_losses(before, ids), _next_token_losses(after, ids)
+    p, q = before[position], after[position]
+    kl = float((p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300)))).sum())
+    k = min(k, p.shape[-1])
+    shown = list(dict.fromkeys(np.argsort(-p, kind="stable")[:k].tolist() + np.argsort(-q, kind="stable")[:k].tolist()))
+    return {"position": position, "kind": kind, "heads": [list(h) for h in heads], "mlps": mlps,
+            "ids": shown, "tokens": [run.token_text(i) for i in shown],
+            "before": np.round(p[shown], ROUND).tolist(), "after": np.round(q[shown], ROUND).tolist(),
+            "kl": max(kl, 0.0), "loss_before": _mean_loss(loss_before), "loss_after": _mean_loss(loss_after),
+            "losses_before": np.round(loss_before, ROUND).tolist(),
+            "losses_after": np.round(loss_after, ROUND).tolist()}
+
+
+# ----------------------------------------------------------------------------- generation
+def stream_tokens(run: LoadedRun, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                  use_cache: bool = True) -> Iterator[dict[str, Any]]:
+    """Yield one record per generated token ({index, id, piece, tokens_per_s}), then {done, text, ...}.
+
+    The same loop as ``GPT.generate`` (``groundup.models.gpt_decode``: the KV decoder or a rerun of the
+    window, ``sample_next`` with one uniform per token from ``default_rng(seed)``), one token at a time,
+    so a seed gives the text ``groundup sample`` gives. The lock is held per token, not per stream.
+    """
+    from groundup.models.gpt_decode import KVDecoder, sample_next
+
+    block = run.cfg.block_size
+    rng = np.random.default_rng(seed)
+    tokens = np.asarray([prompt_ids], dtype=np.int64)                             # (1, T0)
+    decoder = KVDecoder(run.model, 1, tokens.shape[1] + max_new_tokens) if use_cache else None
+    fast = None if use_cache else run.fast
+    generated: list[int] = []
+    text_so_far = ""
+    started = time.perf_counter()
+    for step in range(max_new_tokens):
+        with run.lock, no_grad():
+            if decoder is not None:
+                logits = decoder.next_logits(tokens, step == 0)                       # (1, V)
+            else:
+                logits = to_numpy(fast(tokens[:, -block:]).data[:, -1, :])           # (1, V)
+        nxt = sample_next(logits, temperature, top_k, top_p, rng)                     # (1,)
+        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)                       # (1, T + 1)
+        generated.append(int(nxt[0]))
+        text = run.decode(generated)
+        # a byte-level BPE token may end inside a character: send what is settled, the rest later
+        piece = text[len(text_so_far):] if text.startswith(text_so_far) else text
+        text_so_far = text
+        elapsed = time.perf_counter() - started
+        yield {"index": step, "id": int(nxt[0]), "piece": piece,
+               "tokens_per_s": round((step + 1) / elapsed, 2) if elapsed > 0 else None}
+    elapsed = time.perf_counter() - started
+    yield {"done": True, "ids": generated, "text": run.decode(generated), "n": len(generated),
+           "seconds": round(elapsed, 4),
+           "tokens_per_s": round(len(generated) / elapsed, 2) if elapsed > 0 and generated else None}
