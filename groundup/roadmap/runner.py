@@ -166,6 +166,23 @@ class _Progress:
 
 
 @dataclass
+class _Task:
+    """One progress bar of a stage (see ``Context.task``)."""
+
+    bars: _Progress
+    task: Any
+
+    def advance(self) -> None:
+        self.bars.advance(self.task)
+
+    def info(self, text: str) -> None:
+        self.bars.info(self.task, text)
+
+    def done(self) -> None:
+        self.bars.done(self.task)
+
+
+@dataclass
 class Context:
     """Everything a stage needs to know and the helpers it runs with.
 
@@ -230,6 +247,10 @@ class Context:
         finally:
             self._progress.done(task)
             self._task = previous
+
+    def task(self, description: str, total: int | None) -> _Task:
+        """A progress bar to drive by hand: ``.advance()``, ``.info(text)``, ``.done()`` (the Trainer's callback)."""
+        return _Task(self._progress, self._progress.add(description, total))
 
     def info(self, text: str) -> None:
         """Show a short status (``"loss 0.123"``) beside the innermost progress bar."""
@@ -309,23 +330,17 @@ def read_metrics(out_root: str | os.PathLike, name: str) -> dict[str, Any] | Non
 
 
 # ---------------------------------------------------------------- running
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def _one_blas_thread() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread while a stage runs, unless the user set a thread count in the environment.
+    """The scoped CPU setup while a stage runs (``groundup.parallel.cpu_threads``): BLAS at one thread and the
+    cores given to the fused GPT's threads, unless the user set a thread count in the environment.
 
     NOTE: the roadmap's matrices are small, so a second BLAS thread gains little, while a multithreaded
     BLAS on a busy machine (two pytest workers, another job) spins waiting for threads that are not
     scheduled: we measured stages running 5x slower that way on two cores.
     """
-    if any(name in os.environ for name in _THREAD_VARIABLES):
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    from groundup.parallel import cpu_threads
+
+    return cpu_threads()
 
 
 def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool = False, tiny: bool = False,
