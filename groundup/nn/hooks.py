@@ -23,6 +23,7 @@ import fnmatch
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from groundup.backend import array_module
 from groundup.nn.module import Module
 from groundup.tensor import Tensor, no_grad
 
@@ -81,6 +82,62 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations: {', '.join(list(self)[:4])}{', …' if len(self) > 4 else ''})"
+
+    def _n_layer(self) -> int:
+        n = 0
+        while f"blocks.{n}.hook_resid_post" in self._acts:
+            n += 1
+        if n == 0 or "blocks.0.hook_resid_pre" not in self._acts:
+            raise KeyError("the cache holds no residual stream (blocks.{i}.hook_resid_pre|post); "
+                           "record it with run_with_cache(idx) (all names) or names='blocks.*.hook_resid_*'")
+        return n
+
+    def accumulated_resid(self) -> tuple[Tensor, list[str]]:
+        """The residual stream before the first block and after each block, stacked.
+
+        Returns:
+            ``(stack, labels)``: stack (L + 1, B, T, C); labels ``['embed', 'blocks.0', …]``, where
+            'embed' is ``blocks.0.hook_resid_pre`` (token + position embeddings) and 'blocks.i' is
+            ``blocks.i.hook_resid_post``. The last entry is what the final norm and unembedding read.
+        """
+        n = self._n_layer()
+        acts = [self._acts["blocks.0.hook_resid_pre"]] + [self._acts[f"blocks.{i}.hook_resid_post"] for i in range(n)]
+        xp = array_module(acts[0].data)
+        return Tensor(xp.stack([a.data for a in acts])), ["embed"] + [f"blocks.{i}" for i in range(n)]  # (L+1, B, T, C)
+
+    def decompose_resid(self) -> tuple[Tensor, list[str]]:
+        """The final residual stream split into what wrote it: the embeddings, each head, each MLP.
+
+        In a model whose blocks add to the residual stream (pre-norm, residual connections), the
+        stream after the last block is exactly the sum of these parts (Elhage et al. 2021):
+        'embed' (``blocks.0.hook_resid_pre``), 'L{l}H{h}' (``blocks.l.attn.hook_result[:, :, h]``),
+        'L{l}attn_bias' (the output projection's bias, only when it has one) and 'L{l}MLP'
+        (``blocks.l.hook_mlp_out``, its bias included). Needs ``hook_result`` in the cache.
+
+        Returns:
+            ``(stack, labels)``: stack (n_parts, B, T, C), labels as above, in layer order.
+        """
+        n = self._n_layer()
+        blocks = getattr(self.model, "blocks", None)
+        parts, labels = [self._acts["blocks.0.hook_resid_pre"].data], ["embed"]
+        for layer in range(n):
+            block = blocks[layer] if blocks is not None else None
+            if block is not None and (not getattr(block, "pre_norm", True) or not getattr(block, "residual", True)):
+                raise ValueError(f"decompose_resid: block {layer} does not add to the residual stream "
+                                 "(post-norm or no residual connection), so the stream is not a sum of parts")
+            result = self[f"blocks.{layer}.attn.hook_result"].data                       # (B, T, H, C)
+            for head in range(result.shape[2]):
+                parts.append(result[:, :, head])                                          # (B, T, C)
+                labels.append(f"L{layer}H{head}")
+            bias = getattr(getattr(getattr(block, "attn", None), "proj", None), "bias", None)
+            if bias is not None:
+                parts.append(array_module(result).broadcast_to(bias.data, result[:, :, 0].shape))  # (B, T, C)
+                labels.append(f"L{layer}attn_bias")
+            if f"blocks.{layer}.hook_mlp_out" in self._acts:
+                parts.append(self._acts[f"blocks.{layer}.hook_mlp_out"].data)             # (B, T, C)
+                labels.append(f"L{layer}MLP")
+        xp = array_module(parts[0])
+        return Tensor(xp.stack([xp.asarray(p, dtype=parts[0].dtype) for p in parts])), labels  # (n_parts, B, T, C)
 
 
 class HookedModule(Module):
