@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.resume:
         return fail("--resume is not supported by DDP training (the optimizer state stays in torch)")
+    out = Path(str(args.out))
+    if out.is_dir() and any(out.iterdir()) and not getattr(args, "replace", False):
+        return fail(f"--out {out} is not empty; give a new directory, or --replace to move the old one aside")
     try:
         text = load_text(args.data)
         tokenizer = _tokenizer(args.tokenizer, text, args.bpe_vocab_size)
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cpu")
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.barrier()           # every rank has checked --out before rank 0 writes into it
     torch.manual_seed(train_cfg.seed + rank)            # dropout masks only; the weights come from groundup
 
     gu.manual_seed(train_cfg.seed)                      # the initial weights of `groundup train gpt`
@@ -156,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=train_cfg.betas, foreach=False)
 
-    out = Path(train_cfg.out_dir)
     metrics_path = out / "metrics.jsonl"
     if leader:
+        if out.is_dir() and any(out.iterdir()):                           # --replace: keep the old run
+            n = 1
+            while out.with_name(f"{out.name}.old-{n}").exists():
+                n += 1
+            out.rename(out.with_name(f"{out.name}.old-{n}"))
         out.mkdir(parents=True, exist_ok=True)
-        metrics_path.unlink(missing_ok=True)
         tokenizer.save(out)
         run = {"data": args.data, "tokenizer": args.tokenizer, "preset": args.preset, "engine": "torch-ddp",
                "world_size": world, "backend": "nccl" if device.type == "cuda" else "gloo",
