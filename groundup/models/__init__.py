@@ -8,7 +8,8 @@
     transformer_seq2seq  TransformerSeq2SeqConfig, TransformerSeq2Seq   encoder-decoder transformer (Seq2Seq's API)
     deep_stack  DeepStackConfig, DeepStackLM  GPT-style stack with switchable residuals and layer norm
     attn_only   AttnOnlyConfig, AttnOnlyLM    attention-only transformer (no MLPs) for induction heads
-    gpt       GPTConfig, GPT              decoder-only transformer with a KV cache
+    gpt       GPTConfig, GPT              decoder-only transformer, readable, with hook points
+    gpt_fast  FastGPT                     its fused twin for training (same parameters and state_dict)
     bert      BERTConfig, BERT            bidirectional encoder: masked-LM and [CLS] classification heads
     efficient_attention  (functions)   causal attention: full, sliding-window, linear, chunked exact
 
@@ -25,7 +26,7 @@ _EXPORTS = {
     "RNNLM": "rnn_lm", "Seq2SeqConfig": "seq2seq", "Seq2Seq": "seq2seq", "GPTConfig": "gpt", "GPT": "gpt",
     "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
     "DeepStackConfig": "deep_stack", "DeepStackLM": "deep_stack",
-    "AttnOnlyConfig": "attn_only", "AttnOnlyLM": "attn_only",
+    "AttnOnlyConfig": "attn_only", "AttnOnlyLM": "attn_only", "FastGPT": "gpt_fast",
     "BERTConfig": "bert", "BERT": "bert",
 }
 

@@ -12,8 +12,9 @@ backward, and hook points (``groundup.nn.hooks``) sit on the activations, named 
 (B, H, T, T), ``hook_z`` (B, H, T, D), ``hook_result`` (B, T, H, C: each head's share of the output),
 ``blocks.{i}.mlp.hook_pre|post`` (B, T, 4C) and ``ln_f.hook_normalized`` (B, T, C).
 
-``groundup.models.gpt_fast.FastGPT`` is its twin for training: the same parameters and state_dict
-keys (``wte.weight``, ``blocks.0.attn.qkv.weight``, ``blocks.0.mlp.fc.weight``, ``ln_f.weight``,
+``GPTConfig`` (groundup/models/gpt_config.py) holds the sizes and presets. ``FastGPT``
+(groundup/models/gpt_fast.py) is the twin for training: the same parameters and state_dict keys
+(``wte.weight``, ``blocks.0.attn.qkv.weight``, ``blocks.0.mlp.fc.weight``, ``ln_f.weight``,
 ``lm_head.weight`` — the same Parameter as ``wte.weight`` when ``tie_weights``), with the stack and
 the head + loss as fused kernels; the two are tested equal in float64.
 
@@ -23,113 +24,26 @@ References: Radford et al. 2019 (GPT-2), Karpathy's nanoGPT (model.py, init) and
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from groundup import functional as F
 from groundup.backend import array_module
+from groundup.models.gpt_config import GPTConfig
 from groundup.models.gpt_decode import generate
 from groundup.models.shared import check_token_ids, gpt_init_
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.nn.positional import RotaryEmbedding, SinusoidalPositionalEncoding
+from groundup.ops.kernels import causal_mask
 from groundup.tensor import Tensor
 
 __all__ = ["GPT", "GPTConfig", "Block", "CausalSelfAttention", "MLP"]
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """Architecture of a GPT. Defaults: GPT-2's choices (learned positions, biases) at the ``baby``
-    preset's size on Tiny Shakespeare's 65 characters. ``GPTConfig.preset(name)`` gives the presets.
-
-    Args:
-        vocab_size: V, number of token ids.   block_size: T_max, the context length.
-        n_layer, n_head, n_embd: depth, heads per layer, width C (C divisible by n_head).
-        dropout: probability on the embeddings, attention weights and both residual branches.
-        bias: biases in the Linear and LayerNorm layers (GPT-2: True).
-        pos_encoding: 'learned' (GPT-2), 'sinusoidal' (fixed), 'rotary' (RoPE on q and k) or 'none'.
-        norm: 'pre' (GPT-2: LayerNorm before each sub-layer) or 'post' (the original transformer).
-        tie_weights: lm_head.weight is wte.weight.
-        causal: each position attends only to itself and earlier positions (a language model).
-    """
-
-    vocab_size: int = 65
-    block_size: int = 64
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    pos_encoding: str = "learned"
-    norm: str = "pre"
-    tie_weights: bool = True
-    causal: bool = True
-
-    # nanoGPT's Shakespeare sizes with bias=False (its train.py default) and rotary positions instead
-    # of its learned table (BENCHMARKS.md: lower val loss at the same speed); pos_encoding="learned"
-    # gives nanoGPT's model exactly.
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
-                     pos_encoding="rotary"),            # nanoGPT's CPU config: 795,904 parameters at V=65
-        "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False,
-                      pos_encoding="rotary"),           # nanoGPT's GPU config: 10.7M parameters
-    }
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        choices = {"pos_encoding": ("learned", "sinusoidal", "rotary", "none"), "norm": ("pre", "post")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.pos_encoding == "rotary" and self.head_dim % 2:
-            raise ValueError(f"GPTConfig: rotary positions need an even head dim, got n_embd/n_head = {self.head_dim}")
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise ValueError(f"GPTConfig: sinusoidal positions need an even n_embd, got {self.n_embd}")
-        for name in ("bias", "tie_weights", "causal"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GPTConfig.{name} must be a bool, got {getattr(self, name)!r}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
-        """A named configuration (``'baby'``, ``'small'``) with any fields overridden.
-
-        >>> GPTConfig.preset("baby", vocab_size=100).n_embd
-        128
-        """
-        if name not in cls.PRESETS:
-            raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GPTConfig:
-        """Rebuild from ``to_dict()`` output (e.g. a checkpoint's config.json); unknown keys are an error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown fields {unknown}; known: {sorted(fields)}")
-        return cls(**values)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
 
 # ----------------------------------------------------------------------------- layers
@@ -167,7 +81,7 @@ class CausalSelfAttention(Module):
         p = self.dropout if self.training else 0.0
         if self.hook_pattern.active:        # someone reads or edits the weights: compute them explicitly
             if mask is None and self.causal:
-                mask = Tensor(array_module(x.data).tril(array_module(x.data).ones((T, T), dtype=bool)))
+                mask = Tensor(causal_mask(T, T, array_module(x.data)))         # (T, T) True where j <= i
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))           # (B, H, T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask.data, float("-inf"))
@@ -282,7 +196,7 @@ class GPT(HookedModule):
             raise ValueError(f"{type(self).__name__}: attention_mask must have the shape of idx {(B, T)}, "
                              f"got {tuple(keys.shape)}")
         allowed = xp.broadcast_to(keys[:, None, None, :], (B, 1, T, T))        # (B, 1, T, T)
-        return Tensor(allowed & xp.tril(xp.ones((T, T), dtype=bool)) if self.cfg.causal else allowed)
+        return Tensor(allowed & causal_mask(T, T, xp) if self.cfg.causal else allowed)
 
     def forward(self, idx: Any, attention_mask: Any = None) -> Tensor:
         """Logits (B, T, V) for idx (B, T) ids; attention_mask (B, T): True/1 at real tokens, 0 at padding."""
