@@ -622,6 +622,9 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
     def fits_model(path: Path) -> None:
         _check_model_fit(model, _header(path), path, check_values)
 
+    if files is not None and MODEL_FILE not in files:
+        raise CheckpointError(f"{directory / STATE_FILE}: does not list {MODEL_FILE}, so it is not this "
+                              f"directory's checkpoint record")
     model_path = _member(directory, MODEL_FILE, files, fits_model)
     if model_path is None:
         raise FileNotFoundError(f"{directory / MODEL_FILE}: not found (is {directory} a checkpoint directory?)")

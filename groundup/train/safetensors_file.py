@@ -86,19 +86,20 @@ def _entry(path: Path, name: str, info: object) -> TensorInfo:
 
 def _parse(f: BinaryIO, size: int, path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     magic = f.read(8)
+    header_len = int.from_bytes(magic, "little") if len(magic) == 8 else -1
+    plausible = 0 < header_len <= min(size - 8, MAX_HEADER)
+    raw = f.read(header_len) if plausible else b""
     kind = _kind_of(magic)
-    if kind is not None:
+    if kind is not None and not raw.startswith(b"{"):
         raise SafetensorsError(f"{path}: this is {kind}, not a safetensors file; groundup refuses to load it "
                                f"(unpickling can run arbitrary code). Convert it to safetensors first.")
     if size < 8 or len(magic) < 8:
         raise SafetensorsError(f"{path}: truncated ({size} bytes); a safetensors file starts with an "
                                f"8-byte header length")
-    header_len = int.from_bytes(magic, "little")
     if header_len > size - 8 or header_len > MAX_HEADER:
         raise SafetensorsError(f"{path}: the header length field says {header_len} bytes but the file has "
                                f"{size} (and the limit is {MAX_HEADER}): the file is truncated or is not a "
                                f"safetensors file")
-    raw = f.read(header_len)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
