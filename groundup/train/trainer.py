@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -64,6 +63,7 @@ from groundup.train.callbacks import default_callbacks as _default_callbacks
 from groundup.train.checkpoint import STATE_FILE, _model_config, load_checkpoint, save_checkpoint
 from groundup.train.config import TrainConfig
 from groundup.train.evaluation import evaluating, mean_loss
+from groundup.train.files import append_line, write_atomic
 
 __all__ = ["Trainer", "build_optimizer"]
 
@@ -228,15 +228,14 @@ class Trainer:
         self.history.append(record)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.out_dir / METRICS_FILE, json.dumps(record))  # never through a symlink
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The run's metrics records: metrics.jsonl with ``out_dir`` (resumed runs included), else ``history``."""
         path = self.out_dir / METRICS_FILE if self.out_dir is not None else None
         if path is None or not path.exists():
             return list(self.history)
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return _parse_metrics(path.read_text(errors="replace"))
 
     # ------------------------------------------------------------------ the loop's parts
     def _scope(self) -> AbstractContextManager:
@@ -336,7 +335,7 @@ class Trainer:
         self.history = []
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / METRICS_FILE).write_text("")
+            write_atomic(self.out_dir, METRICS_FILE, "")
 
     def _state(self) -> dict[str, Any]:
         cfg = self.config
@@ -363,7 +362,9 @@ class Trainer:
         missing = [k for k in ("step", "rng", "global_rng") if k not in state]
         if missing:
             raise ValueError(f"{self.out_dir / STATE_FILE}: not a Trainer checkpoint (missing {missing})")
-        self.iter = int(state["step"])
+        if type(state["step"]) is not int or state["step"] < 0:
+            raise ValueError(f"{self.out_dir / STATE_FILE}: step is {state['step']!r}, not a count >= 0")
+        self.iter = state["step"]
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
         set_rng_state(state["global_rng"])
@@ -378,14 +379,21 @@ class Trainer:
         kept = [r for r in self.read_metrics() if r.get("iter", 0) <= self.iter]
         self.history = kept
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(self.out_dir, METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path.parent, path.name, json.dumps(value, indent=1) + "\n")
+
+
+def _parse_metrics(text: str) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a damaged line (a crash mid-write) is skipped, not fatal."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter", 0), int):
+            records.append(record)
+    return records
