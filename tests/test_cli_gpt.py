@@ -132,6 +132,7 @@ def test_bpe_tokenizer_on_a_text_file(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("the cat")
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_bench_smoke(tmp_path, capsys):
     pytest.importorskip("torch")
@@ -144,6 +145,7 @@ def test_bench_smoke(tmp_path, capsys):
     assert "ratio groundup/PyTorch" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_torch_oracle_trains_to_the_same_losses(tmp_path):
     """benchmarks/train_torch_gpt.py (PyTorch, groundup's weights, batches and schedule) tracks the CLI run."""

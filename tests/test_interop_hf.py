@@ -19,7 +19,7 @@ from groundup.tokenizers import ByteLevelBPE, CharTokenizer
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]  # parity with Hugging Face transformers (B6)
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. 42 times!  "
 

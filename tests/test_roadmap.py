@@ -22,6 +22,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------- the real stages, tiny
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["basics", "mlp", "cnn"])
 def test_stage_writes_metrics_plots_report_and_index(tmp_path, monkeypatch, name):
     """Each real stage, tiny, through the CLI; every at-least threshold is raised out of reach, so the
@@ -172,6 +173,7 @@ def test_mnist_unavailable_is_a_clear_stage_error(tmp_path, monkeypatch):
     assert "traceback" not in record
 
 
+@pytest.mark.slow
 def test_cnn_stage_on_28px_images(tmp_path, monkeypatch):
     """The MNIST branch, fed digits upscaled to 28x28 (no download in tests)."""
     from groundup.data import MNIST

@@ -17,6 +17,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLAIMS = {"in-context.later_tokens", "in-context.induction_heads", "in-context.one_layer", "in-context.phase_change"}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_files_and_a_broken_score_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "induction_scores", lambda maps, starts: np.ones(maps.shape[0:1] + maps.shape[2:3]))
     record = run_stage(get_stage("in-context"), tmp_path, tiny=True)

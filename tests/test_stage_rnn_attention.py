@@ -34,6 +34,7 @@ def _check_run_files(out, record, plots_at_least):
 
 
 # ---------------------------------------------------------------------------- tiny runs
+@pytest.mark.slow
 def test_rnn_stage_tiny_and_a_broken_measurement_fails(tmp_path, monkeypatch):
     """A flat gradient profile (nothing vanishes) must fail both vanishing-gradient claims."""
     monkeypatch.setattr(rnn_stage, "gradient_profile", lambda model, windows, device="cpu":
@@ -50,6 +51,7 @@ def test_rnn_stage_tiny_and_a_broken_measurement_fails(tmp_path, monkeypatch):
     assert "makemore" in report and "Generated names" in report
 
 
+@pytest.mark.slow
 def test_attention_stage_tiny_and_a_broken_measurement_fails(tmp_path, monkeypatch):
     """Attention that never looks at the year must fail the alignment claim."""
     monkeypatch.setattr(attention_stage, "year_alignment", lambda pairs, weights, slack=1:

@@ -18,6 +18,7 @@ CLAIMS = {"scaling.sequential_steps", "scaling.sequential_cost", "scaling.full_q
           "scaling.sliding_window_linear", "scaling.linear_linear", "scaling.memory_efficient_exact"}
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_files_and_a_broken_memory_measurement_fails(tmp_path, monkeypatch):
     def constant_memory(fn):
         fn()

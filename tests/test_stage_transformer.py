@@ -28,6 +28,7 @@ def tiny_gpt(**overrides) -> GPT:
     return model
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_files_and_a_leaky_mask_fails(tmp_path, monkeypatch):
     real = stage.mask_checks
 
