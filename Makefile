@@ -1,12 +1,15 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both build .venv from this
 # project's own files first. Tests run in 2 processes with single-threaded BLAS each
 # (2 processes x 2 BLAS threads would oversubscribe a 2-core machine).
+# `make test-fast` is the edit-test loop: everything but the tests marked `slow` (stage runs,
+# oracle trainings against torch / Hugging Face, bench smoke tests). `make test-profile` shows
+# where the suite's time goes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast test-profile lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +20,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/groundup run all --quick
 
+PYTEST := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
+
 test: $(STAMP)
 	$(BIN)/ruff check groundup tests benchmarks
-	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests
+	$(PYTEST) tests
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" tests
+
+test-profile: $(STAMP)
+	$(PYTEST) --durations=30 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check groundup tests benchmarks
