@@ -211,3 +211,12 @@ def test_verify_without_transformers_is_one_clear_line(tmp_path, monkeypatch, ca
     monkeypatch.setitem(sys.modules, "transformers", None)     # as if it were not installed
     with pytest.raises(MissingDependency, match=r"needs transformers.*pip install transformers"):
         hf.verify_hf(model, tmp_path)
+
+
+def test_reexport_leaves_no_stale_tokenizer(tmp_path):
+    """A BPE export over an older character export: transformers must load the BPE, not the old tokenizer.json."""
+    hf.export_tokenizer(CharTokenizer(TEXT), tmp_path, model_max_length=64)
+    bpe = ByteLevelBPE.train(TEXT * 3, vocab_size=270)
+    hf.export_tokenizer(bpe, tmp_path, model_max_length=64)
+    assert not (tmp_path / "tokenizer.json").exists()
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))(TEXT)["input_ids"] == bpe.encode(TEXT)

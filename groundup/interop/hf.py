@@ -83,6 +83,9 @@ ROPE_BASE = 10000.0                # groundup's rotary base (likewise fixed)
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")   # names transformers gives GELU's tanh approximation
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
+# tokenizer files of either kind: removed before writing one kind, so a stale file of the other
+# kind (say vocab.json beside a new character tokenizer.json) can never be the one that gets loaded
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class ExportError(ValueError):
@@ -102,6 +105,11 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
     table[:, 0::2] = np.sin(pos * inv_freq)
     table[:, 1::2] = np.cos(pos * inv_freq[: dim // 2])
     return table.astype(np.float32)
+
+
+def _remove(folder: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
 
 
 def _f32(array: Any) -> np.ndarray:
@@ -424,6 +432,7 @@ def export_tokenizer(tokenizer: Any, out_dir: str | os.PathLike, model_max_lengt
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove(folder, TOKENIZER_FILES)
     settings = {"model_max_length": model_max_length, "clean_up_tokenization_spaces": False,
                 "bos_token": None, "eos_token": None, "unk_token": None, "pad_token": None}
     if isinstance(tokenizer, ByteLevelBPE):
@@ -499,6 +508,7 @@ def export_hf(source: Any, out_dir: str | os.PathLike, tokenizer: Any = None) ->
     config, tensors = to_hf(model)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove(folder, (HF_INDEX, *TOKENIZER_FILES))   # an older export's index or tokenizer must not shadow this one
     save_file(tensors, str(folder / HF_WEIGHTS), metadata={"format": "pt", "producer": "groundup"})
     (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     if tokenizer is not None:
@@ -530,6 +540,7 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     model = from_hf(hf_config, read_hf_weights(folder))
     out = Path(out_dir)
     model.save(out)
+    _remove(out, TOKENIZER_FILES)
     tokenizer.save(out)
     (out / "run.json").write_text(json.dumps({"imported_from": str(folder.resolve()), "model": model.cfg.to_dict(),
                                               "hf_architecture": (hf_config.get("architectures") or [None])[0]},
