@@ -12,6 +12,8 @@ import pytest
 import groundup as gu
 from groundup.models.rnn_lm import IGNORE_INDEX, RNNLM, RNNLMConfig
 from groundup.roadmap import get_stage, run_stage
+from groundup.roadmap import seq2seq as seq2seq_helpers
+from groundup.roadmap.provenance import unmeasured_numbers
 from groundup.roadmap.stages import attention as attention_stage
 from groundup.roadmap.stages import rnn as rnn_stage
 
@@ -30,6 +32,7 @@ def _check_run_files(out, record, plots_at_least):
     for claim in metrics["claims"]:
         assert isinstance(claim["passed"], bool) and claim["values"]
         assert all(isinstance(v, int | float) for v in claim["values"].values())
+    assert unmeasured_numbers(metrics) == []           # every number in the prose was measured in this run
     return {c["name"]: c for c in metrics["claims"]}
 
 
@@ -112,7 +115,7 @@ def test_fit_decay_recovers_an_exponential():
 
 # ---------------------------------------------------------------------------- attention helpers
 def test_date_codec_round_trip():
-    codec = attention_stage.DateCodec()
+    codec = seq2seq_helpers.DateCodec()
     b = codec.batch([("3/7/99", "1999-03-07"), ("Sunday, March 7, 1999", "1999-03-07")])
     assert b["src"].shape == (2, 21) and b["src_mask"].sum(1).tolist() == [6, 21]
     assert b["tgt_in"][0, 0] == 1 and b["tgt_out"][0, -1] == 2
@@ -124,7 +127,7 @@ def test_date_codec_round_trip():
 
 def test_length_batches_cover_everything_once_with_similar_lengths():
     lengths = np.random.default_rng(0).integers(5, 60, 103)
-    batches = attention_stage.length_batches(lengths, 10, np.random.default_rng(1))
+    batches = seq2seq_helpers.length_batches(lengths, 10, np.random.default_rng(1))
     assert sorted(np.concatenate(batches).tolist()) == list(range(103))
     assert len(batches) == 11
     spread = np.mean([np.ptp(lengths[b]) for b in batches])
@@ -134,7 +137,7 @@ def test_length_batches_cover_everything_once_with_similar_lengths():
 def test_bucket_accuracy_and_year_alignment():
     lengths = np.array([8, 9, 12, 50, 51])
     correct = np.array([True, False, True, False, False])
-    rows = attention_stage.bucket_accuracy(correct, lengths)
+    rows = seq2seq_helpers.bucket_accuracy(correct, lengths)
     assert [(r["bucket"], r["n"], r["accuracy"]) for r in rows] == [("1-10", 2, 0.5), ("11-15", 1, 1.0),
                                                                     ("46+", 2, 0.0)]
     text = "3 mar 1999"                                                      # year at characters 6..9
@@ -152,3 +155,14 @@ def test_date_format_of_names_the_writer():
     assert attention_stage.date_format_of("3/7/99", "1999-03-07") == "m/d/yy"
     assert attention_stage.date_format_of("Sunday 7th of March 1999", "1999-03-07") == "weekday dth of month yyyy"
     assert attention_stage.date_format_of("7 Mars 1999", "1999-03-07") == "?"
+
+
+def test_char_tokenizer_specials_take_the_first_ids():
+    from groundup.tokenizers import CharTokenizer
+
+    names = CharTokenizer("emma", specials=(".",))
+    assert names.tokens == [".", "a", "e", "m"] and names.encode("emma") == [2, 3, 3, 1]
+    assert names.decode([0, 2, 3, 0]) == ".em." and names.decode([0, 2, 3, 0], skip_specials=True) == "em"
+    target = CharTokenizer("0123456789-", specials=("<pad>", "<bos>", "<eos>"))
+    assert target.id_of("<eos>") == 2 and target.vocab_size == 14 and target.decode(target.encode("1999-")) == "1999-"
+    assert CharTokenizer("hello world").encode("hello") == [3, 2, 4, 4, 5]          # no specials: as before

@@ -8,6 +8,8 @@
 - `induction_sequences`: random tokens followed by the same tokens again; a model that learns to
   copy from context shows the "induction head" signature (Olsson et al. 2022, "In-context Learning
   and Induction Heads").
+- `DateCodec`: the date task's model inputs: two character tokenizers (``CharTokenizer``), one for
+  the written dates (padding = 0) and one for "YYYY-MM-DD" (padding, begin and end markers).
 
 Every function takes a `seed` and gives the same data for the same arguments.
 """
@@ -15,11 +17,16 @@ Every function takes a `seed` and gives the same data for the same arguments.
 from __future__ import annotations
 
 import datetime
+import string
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DATE_FORMATS", "copy_sequences", "date_pairs", "format_date", "induction_sequences", "year_words"]
+from groundup.data.batching import pad_sequences
+from groundup.tokenizers.char import CharTokenizer
+
+__all__ = ["DATE_FORMATS", "DateCodec", "copy_sequences", "date_pairs", "format_date", "induction_sequences",
+           "year_words"]
 
 MONTHS = (
     "january", "february", "march", "april", "may", "june",
@@ -217,3 +224,46 @@ def induction_sequences(
     if bos is not None:
         parts.insert(0, np.full((n, 1), bos, dtype=np.int64))
     return np.concatenate(parts, axis=1)  # (n, 2L) or (n, 2L + 1)
+
+
+class DateCodec:
+    """The date task's tokens: written dates -> ids (0 = padding); "YYYY-MM-DD" <-> ids (pad 0, bos 1, eos 2).
+
+    Attributes:
+        source: the ``CharTokenizer`` of the written dates (special ``"<pad>"`` = 0).
+        target: the ``CharTokenizer`` of ISO dates (specials ``"<pad>"``, ``"<bos>"``, ``"<eos>"`` = 0, 1, 2).
+    """
+
+    SOURCE_ALPHABET = " ',-./" + string.digits + string.ascii_letters
+    TARGET_ALPHABET = "0123456789-"
+    PAD, BOS, EOS = 0, 1, 2
+
+    def __init__(self) -> None:
+        self.source = CharTokenizer(self.SOURCE_ALPHABET, specials=("<pad>",))
+        self.target = CharTokenizer(self.TARGET_ALPHABET, specials=("<pad>", "<bos>", "<eos>"))
+        self.src_vocab_size, self.tgt_vocab_size = self.source.vocab_size, self.target.vocab_size
+
+    def batch(self, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """Model inputs for a list of (written date, "YYYY-MM-DD") pairs.
+
+        Returns:
+            src (B, S) int64 right-padded with 0, src_mask (B, S) bool, tgt_in (B, 11) = bos + target,
+            tgt_out (B, 11) = target + eos.
+        """
+        unknown = {c for text, _ in pairs for c in text if c not in self.source.stoi}
+        if unknown:
+            raise ValueError(f"DateCodec: source characters outside the alphabet: {sorted(unknown)}")
+        src, mask = pad_sequences([self.source.encode(text) for text, _ in pairs])           # (B, S)
+        tgt = np.array([self.target.encode(iso) for _, iso in pairs], dtype=np.int64)        # (B, 10)
+        bos, eos = np.full((len(pairs), 1), self.BOS), np.full((len(pairs), 1), self.EOS)
+        return {"src": src, "src_mask": mask, "tgt_in": np.concatenate([bos, tgt], 1),
+                "tgt_out": np.concatenate([tgt, eos], 1)}
+
+    def decode(self, ids: np.ndarray) -> str:
+        """Target ids up to the first eos -> text ("?" for a padding or begin marker)."""
+        out = []
+        for i in ids:
+            if i == self.EOS:
+                break
+            out.append(self.target.tokens[i] if i > self.EOS else "?")
+        return "".join(out)

@@ -1,7 +1,12 @@
 """Character-level tokenizer: one token per distinct character of a corpus, ids in sorted order.
 
 The vocabulary is `sorted(set(text))`, as in nanoGPT's shakespeare_char/prepare.py and makemore,
-so Tiny Shakespeare gives 65 tokens with "\\n" = 0 and " " = 1.
+so Tiny Shakespeare gives 65 tokens with "\\n" = 0 and " " = 1. Special tokens, when given, take the
+first ids, before the characters: the roadmap's names use "." (id 0) to start and end a name, as
+makemore does, and its dates a padding token and begin/end markers:
+
+    names = CharTokenizer("emmaolivia", specials=(".",))       # "." = 0, "a" = 1, ...
+    target = CharTokenizer("0123456789-", specials=("<pad>", "<bos>", "<eos>"))
 
 Reference: https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char/prepare.py
 """
@@ -30,6 +35,8 @@ class CharTokenizer:
 
     Args:
         text: the corpus (or just its alphabet); every distinct character becomes a token.
+        specials: special tokens with the first ids (``"<pad>"``, or a single character such as ``"."``);
+            a special that is one character is also what ``encode`` maps that character to.
 
     Example:
         >>> tok = CharTokenizer("hello world")
@@ -39,17 +46,29 @@ class CharTokenizer:
         'hello'
     """
 
-    def __init__(self, text: str):
-        self.chars: list[str] = sorted(set(text))
-        self.stoi: dict[str, int] = {char: i for i, char in enumerate(self.chars)}
+    def __init__(self, text: str, specials: Iterable[str] = ()):
+        self.specials: list[str] = list(specials)
+        if len(set(self.specials)) != len(self.specials):
+            raise ValueError(f"CharTokenizer: repeated special tokens {self.specials}")
+        self.chars: list[str] = sorted(set(text) - set(self.specials))
+        self.tokens: list[str] = self.specials + self.chars           # id -> token
+        self.stoi: dict[str, int] = {token: i for i, token in enumerate(self.tokens)}
 
     @property
     def vocab_size(self) -> int:
-        """Number of distinct characters."""
-        return len(self.chars)
+        """Number of tokens: the specials and the distinct characters."""
+        return len(self.tokens)
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
+        extra = f", specials={self.specials}" if self.specials else ""
+        return f"CharTokenizer(vocab_size={self.vocab_size}{extra})"
+
+    def id_of(self, token: str) -> int:
+        """The id of a character or a special token."""
+        try:
+            return self.stoi[token]
+        except KeyError:
+            raise UnknownTokenError(f"token {token!r} is not in the vocabulary") from None
 
     def encode(self, text: str) -> list[int]:
         """Text -> list of ids, one per character.
@@ -66,8 +85,8 @@ class CharTokenizer:
                 f"of {self.vocab_size} characters"
             ) from None
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """List of ids -> text.
+    def decode(self, ids: Iterable[int], skip_specials: bool = False) -> str:
+        """List of ids -> text (``skip_specials``: leave the special tokens out).
 
         Raises:
             UnknownTokenError (a KeyError): naming the first id outside 0..vocab_size-1.
@@ -77,14 +96,17 @@ class CharTokenizer:
             i = int(i)
             if not 0 <= i < self.vocab_size:
                 raise UnknownTokenError(f"token id {i} is out of range: ids are 0..{self.vocab_size - 1}")
-            chars.append(self.chars[i])
+            if not (skip_specials and i < len(self.specials)):
+                chars.append(self.tokens[i])
         return "".join(chars)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write `tokenizer.json` ({"type": "char", "chars": [...]}) into `directory` (created if missing)."""
+        """Write `tokenizer.json` ({"type": "char", "chars": [...]}, and "specials" if any) into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        payload = {"type": "char", "chars": self.chars}
+        payload: dict = {"type": "char", "chars": self.chars}
+        if self.specials:
+            payload["specials"] = self.specials
         (directory / TOKENIZER_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
@@ -99,4 +121,7 @@ class CharTokenizer:
         chars = payload["chars"]
         if any(not isinstance(c, str) or len(c) != 1 for c in chars) or chars != sorted(set(chars)):
             raise ValueError(f"{path}: 'chars' must be sorted, distinct, single characters")
-        return cls("".join(chars))
+        specials = payload.get("specials", [])
+        if not isinstance(specials, list) or any(not isinstance(t, str) or not t for t in specials):
+            raise ValueError(f"{path}: 'specials' must be a list of non-empty strings")
+        return cls("".join(chars), specials=specials)

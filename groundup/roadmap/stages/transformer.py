@@ -42,7 +42,7 @@ from groundup.nn.utils import clip_grad_norm_
 from groundup.optim.schedule import scheduled_lr
 from groundup.roadmap import claims
 from groundup.roadmap.runner import Context, Stage, StageResult
-from groundup.roadmap.stages.attention import DateCodec, bucket_accuracy, evaluate_seq2seq, train_seq2seq
+from groundup.roadmap.seq2seq import DateCodec, bucket_accuracy, evaluate_seq2seq, train_seq2seq
 from groundup.tokenizers import CharTokenizer
 from groundup.train import TrainConfig, build_optimizer
 
