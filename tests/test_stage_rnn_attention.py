@@ -69,13 +69,13 @@ def test_attention_stage_tiny_and_a_broken_measurement_fails(tmp_path, monkeypat
 
 # ---------------------------------------------------------------------------- rnn helpers
 def test_encode_names_shifts_targets_and_pads():
-    codec = rnn_stage.NameCodec(["ab", "b", "abc"])
+    codec = rnn_stage.name_codec(["ab", "b", "abc"])
     x, y = rnn_stage.encode_names(["ab", "b"], codec)
     a, b = codec.stoi["a"], codec.stoi["b"]
     np.testing.assert_array_equal(x, [[0, a, b], [0, b, 0]])
     np.testing.assert_array_equal(y, [[a, b, 0], [b, 0, IGNORE_INDEX]])
     assert codec.decode([a, b]) == "ab" and codec.vocab_size == 4
-    np.testing.assert_array_equal(codec.stream(["ab", "b"]), [0, a, b, 0, b])
+    np.testing.assert_array_equal(rnn_stage.name_stream(["ab", "b"], codec), [0, a, b, 0, b])
 
 
 def test_gradient_profile_matches_numpy_backprop_through_time():
