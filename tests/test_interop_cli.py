@@ -48,6 +48,10 @@ def test_export_hf_verify_import_and_sample(tmp_path):
     assert again.cfg == model.cfg
     for key, value in model.state_dict().items():
         assert np.array_equal(value, again.state_dict()[key]), key
+    from groundup.explorer.analysis import load_run  # the explorer reads the imported run too
+
+    loaded = load_run(back)
+    assert loaded.decode(loaded.encode("ROMEO")) == "ROMEO" and loaded.cfg == model.cfg
     out = groundup("sample", str(back), "--prompt", "ROMEO", "--max-new-tokens", "8", "--seed", "1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ROMEO") and len(out.stdout.rstrip("\n")) >= len("ROMEO") + 1
