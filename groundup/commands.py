@@ -59,12 +59,18 @@ MAX_SEED = 2**32 - 1
 
 
 def _model_choices() -> dict[str, tuple[str, ...]]:
-    from groundup.models import gpt
+    """The allowed values of GPTConfig's str fields (the config module's constants where it has them)."""
+    import importlib
 
-    out = {}
-    for field, constant in (("pos_encoding", "POS_ENCODINGS"), ("norm", "NORMS")):
-        if hasattr(gpt, constant):
-            out[field] = tuple(getattr(gpt, constant))
+    out = {"pos_encoding": ("learned", "sinusoidal", "rotary", "none"), "norm": ("pre", "post")}
+    for module_name in ("groundup.models.gpt", "groundup.models.gpt_config"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for field, constant in (("pos_encoding", "POS_ENCODINGS"), ("norm", "NORMS")):
+            if isinstance(getattr(module, constant, None), tuple):
+                out[field] = getattr(module, constant)
     return out
 
 

@@ -111,6 +111,15 @@ def build_configs(args: argparse.Namespace, vocab_size: int) -> tuple[Any, Any]:
     return model_cfg, train_cfg
 
 
+def _vocab_hint(args: argparse.Namespace) -> int:
+    """A vocabulary size to check the flags with before the tokenizer exists (the largest that fits)."""
+    override = collect(args, "model").get("vocab_size")
+    try:
+        return max(1, int(override)) if override is not None else 1
+    except ValueError:
+        return 1
+
+
 # ----------------------------------------------------------------------------- resume
 def _horizon(train: dict[str, Any]) -> Any:
     if train.get("schedule") == "constant":
@@ -220,7 +229,7 @@ def run_training(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if (args.device or "cpu") == "cuda" and not gu.cuda_is_available():
         raise UsageError("--device cuda needs CuPy and a CUDA GPU (pip install 'groundup[gpu]'); none is available")
-    _check_conflicts(args, collect(args, "train"))
+    build_configs(args, _vocab_hint(args))  # every flag checked before any work (the vocabulary comes later)
     if args.resume and not (out / "state.json").exists():
         raise UsageError(f"--resume: no checkpoint in {out} (state.json not found)")
     text = read_corpus(args.data)
