@@ -30,7 +30,7 @@ __all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks
 
 _pool: ThreadPoolExecutor | None = None
 _size = 1                                    # threads of the innermost active context (1 = none)
-_blas_limit: Any = None                      # the threadpoolctl limiter of the active context
+_blas: list[tuple[Any, int]] = []           # (BLAS library controller, its own thread count) in the active context
 
 
 def default_threads() -> int:
@@ -70,7 +70,7 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
 
     Nested contexts keep the outer one's settings unless they name another ``n``.
     """
-    global _pool, _size, _blas_limit
+    global _pool, _size, _blas
     if n is None and _size > 1:
         yield _size
         return
@@ -78,41 +78,49 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
     if n < 1:
         raise ValueError(f"cpu_threads: n must be >= 1, got {n}")
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:                                              # cannot limit BLAS: stay single-threaded
         n = 1
-    saved = (_pool, _size, _blas_limit)
+    saved = (_pool, _size, _blas)
     if n == 1:
-        _pool, _size, _blas_limit = None, 1, None
+        _pool, _size, _blas = None, 1, []
         try:
             yield 1
         finally:
-            _pool, _size, _blas_limit = saved
+            _pool, _size, _blas = saved
         return
-    limit = threadpool_limits(limits=1, user_api="blas")
+    libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    _set_blas(libs, one=True)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
-    _pool, _size, _blas_limit = pool, n, limit
+    _pool, _size, _blas = pool, n, libs
     try:
         yield n
     finally:
-        _pool, _size, _blas_limit = saved
+        _pool, _size, _blas = saved
         pool.shutdown(wait=True)
-        limit.restore_original_limits()
+        _set_blas(libs, one=False)
         if tuned:
             _mallopt(_MALLOC_DEFAULTS)
+
+
+def _set_blas(libs: list[tuple[Any, int]], one: bool) -> None:
+    for lib, own in libs:
+        lib.set_num_threads(1 if one else own)
 
 
 @contextlib.contextmanager
 def blas_threads() -> Iterator[None]:
     """Inside ``cpu_threads``, give BLAS its own threads back for work that runs in one Python thread."""
-    if _blas_limit is None:
+    if not _blas:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=_blas_limit.get_original_num_threads()["blas"], user_api="blas"):
+    libs = _blas
+    _set_blas(libs, one=False)
+    try:
         yield
+    finally:
+        _set_blas(libs, one=True)
 
 
 def num_threads() -> int:

@@ -53,8 +53,7 @@ class FastGPT(GPT):
     def stack(self, x: Tensor, mask: Tensor | None) -> Tensor:
         """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``."""
         cfg = self.cfg
-        names = PARAM_NAMES if cfg.bias else PARAM_NAMES[0::2]
-        params = [dict(block.named_parameters())[name] for block in self.blocks for name in names]
+        params = [p for block in self.blocks for p in _block_parameters(block, cfg.bias)]
         rope = None
         if cfg.pos_encoding == "rotary":
             rotary = self.blocks[0].attn.rotary
@@ -81,6 +80,14 @@ class FastGPT(GPT):
         ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
         return LMHeadLoss.apply(x, *ln, self.lm_head.weight, targets=array_module(x.data).asarray(t),
                                 eps=self.ln_f.eps, has_bias=self.ln_f.bias is not None)
+
+
+def _block_parameters(block: Any, bias: bool) -> list[Tensor]:
+    """A block's parameters in ``PARAM_NAMES`` order, read by attribute (cheaper than ``named_parameters``)."""
+    a, m = block.attn, block.mlp
+    params = [block.ln_1.weight, block.ln_1.bias, a.qkv.weight, a.qkv.bias, a.proj.weight, a.proj.bias,
+              block.ln_2.weight, block.ln_2.bias, m.fc.weight, m.fc.bias, m.proj.weight, m.proj.bias]
+    return params if bias else params[0::2]
 
 
 # ----------------------------------------------------------------------------- one block, raw arrays
