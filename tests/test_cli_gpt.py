@@ -85,8 +85,9 @@ def test_bad_usage_exits_2(tmp_path, capsys):
 
 def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
+    horizon = "--train.lr_decay_iters=4"  # the cosine horizon stays put, so stopping at 2 and resuming is exact
     code = cli.main(["train", "gpt", "--data", "names", "--preset", "baby", "--out", str(out), "--max-iters", "2",
-                     "--batch-size", "4", "--seed", "3", *TINY])
+                     "--batch-size", "4", "--seed", "3", horizon, *TINY])
     assert code == 0
     for name in ("model.safetensors", "config.json", "metrics.jsonl", "summary.json", "tokenizer.json",
                  "state.json", "optimizer.safetensors", "run.json"):
@@ -109,10 +110,11 @@ def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, 
 
     # resume to 4 iterations == a 4-iteration run from scratch
     assert cli.main(["train", "gpt", "--data", "names", "--out", str(out), "--max-iters", "4", "--batch-size", "4",
-                     "--seed", "3", "--resume", *TINY]) == 0
+                     "--seed", "3", "--resume", horizon, *TINY]) == 0
+    assert "resuming" in capsys.readouterr().err
     straight = tmp_path / "straight"
     assert cli.main(["train", "gpt", "--data", "names", "--out", str(straight), "--max-iters", "4", "--batch-size",
-                     "4", "--seed", "3", *TINY]) == 0
+                     "4", "--seed", "3", horizon, *TINY]) == 0
     resumed, fresh = GPT.load(out).state_dict(), GPT.load(straight).state_dict()
     for key in fresh:
         np.testing.assert_array_equal(resumed[key], fresh[key], err_msg=key)
