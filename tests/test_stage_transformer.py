@@ -52,6 +52,10 @@ def test_tiny_run_writes_files_and_a_leaky_mask_fails(tmp_path, monkeypatch):
     assert "A sample from the GPT" in report
     assert (out / "gpt" / "model.safetensors").is_file() and (out / "gpt" / "tokenizer.json").is_file()
     assert GPT.load(out / "gpt").cfg.pos_encoding == "rotary"
+    from groundup.roadmap.provenance import unmeasured_numbers
+
+    assert unmeasured_numbers(metrics) == []           # every number in the prose was measured in this run
+    assert "most important sub-layer in this run" in report   # named from the run's ablations, not asserted
 
 
 def test_score_statistics_follow_the_variance_of_a_dot_product():

@@ -17,7 +17,7 @@ own threshold text and detail text, so a comparison is spelled once:
                  claims.gt("CNN accuracy", a_cnn, "MLP accuracy", a_mlp),
                  claims.lt("CNN parameters", n_cnn, "MLP parameters", n_mlp))   # all checks must hold
 
-Checks: ``ge``/``le`` (a value against a bound), ``gt``/``lt`` (two measured values, optional
+Checks: ``ge``/``le``/``above`` (a value against a bound), ``gt``/``lt`` (two measured values, optional
 margin), ``near`` (a value within a tolerance of a target), ``close`` (two measured values within
 a relative tolerance), ``is_true`` (an exact property), ``all_of`` (several checks as one). Any
 non-finite measured value fails its check. The older one-call forms ``at_least``, ``at_most``,
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Claim", "Check", "claim", "ge", "le", "gt", "lt", "near", "close", "is_true", "all_of",
+__all__ = ["Claim", "Check", "claim", "ge", "le", "above", "gt", "lt", "near", "close", "is_true", "all_of",
            "at_least", "at_most", "greater", "check", "format_value"]
 
 
@@ -164,6 +164,13 @@ def le(label: str, value: float, bound: float) -> Check:
     v = _num(value)
     return _make(v <= bound, {label: v}, f"{label} <= {format_value(float(bound))}",
                  f"{label} {format_value(v)} <= {format_value(float(bound))}")
+
+
+def above(label: str, value: float, bound: float) -> Check:
+    """``value > bound`` (strictly: "the output does change")."""
+    v = _num(value)
+    return _make(v > bound, {label: v}, f"{label} > {format_value(float(bound))}",
+                 f"{label} {format_value(v)} > {format_value(float(bound))}")
 
 
 def _margin(margin: float, factor: float) -> str:
