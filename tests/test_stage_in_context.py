@@ -36,6 +36,10 @@ def test_tiny_run_writes_files_and_a_broken_score_fails(tmp_path, monkeypatch):
         assert f'src="{plot["file"]}"' in report
     per_position = metrics["metrics"]["2_layer"]["per_position_loss"]
     assert len(per_position) == 16 and all(math.isfinite(v) for v in per_position)
+    from groundup.roadmap.provenance import unmeasured_numbers
+
+    assert unmeasured_numbers(metrics) == []           # every number in the prose was measured in this run
+    assert "in our quick runs" not in report and "seed 1:" not in report
 
 
 def test_the_data_repeats_one_segment_of_the_first_half_in_the_second():

@@ -27,19 +27,20 @@ Learning and Induction Heads", https://arxiv.org/abs/2209.11895.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 
 import groundup as gu
 from groundup.models.attn_only import AttnOnlyConfig, AttnOnlyLM
-from groundup.nn.utils import clip_grad_norm_
-from groundup.roadmap import claims
-from groundup.roadmap.runner import Context, Stage, StageResult
+from groundup.roadmap import Finding, claims
+from groundup.roadmap.runner import Context, Stage
+from groundup.roadmap.training import train
+from groundup.train.evaluation import evaluating
 
 __all__ = ["STAGE", "repeated_segment_sequences", "per_position_loss", "mean_attention_on", "induction_sources",
-           "previous_token_sources", "induction_scores", "best_fixed_offset_score", "steepest_drop", "evaluate"]
+           "previous_token_sources", "induction_scores", "best_fixed_offset_score", "steepest_drop", "evaluate",
+           "train_models", "induction_heads", "one_layer", "phase_change"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -141,10 +142,10 @@ def evaluate(model: AttnOnlyLM, tokens: np.ndarray, starts: np.ndarray) -> dict[
     """Per-position loss and the induction / previous-token scores of every head, on held-out sequences."""
     x, y = tokens[:, :-1], tokens[:, 1:]                                       # (B, T) each
     B, T = x.shape
-    with gu.no_grad():
+    with evaluating(model):
         logits = model(x).numpy()                                              # (B, T, V)
+        maps = model.attention_maps(x)                                         # (L, B, H, T, T)
     losses = per_position_loss(logits, y)                                      # (T,)
-    maps = model.attention_maps(x)                                             # (L, B, H, T, T)
     induction = induction_scores(maps, starts)                                 # (L, H)
     previous = mean_attention_on(maps, previous_token_sources(B, T))           # (L, H)
     half = T // 2
@@ -172,43 +173,39 @@ def induction_scores(maps: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- training
-def train(ctx: Context, cfg: AttnOnlyConfig, steps: int, batch: int, lr: float, data: dict[str, Any],
-          eval_every: int, description: str) -> tuple[AttnOnlyLM, dict[str, Any]]:
+def train_model(ctx: Context, cfg: AttnOnlyConfig, steps: int, batch: int, lr: float, data: dict[str, Any],
+                eval_every: int, description: str) -> tuple[AttnOnlyLM, dict[str, Any]]:
     """AdamW (betas 0.9/0.99, no weight decay), constant lr, clipping at 1.0; a fresh batch every step.
 
     Every model sees the same batches (the same NumPy stream, ``ctx.rng(1)``) from the same seed.
     """
     gu.manual_seed(ctx.seed)
     model = AttnOnlyLM(cfg).to(ctx.device)
-    optimizer = gu.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    rng = ctx.rng(1)
-    history: dict[str, list[float]] = {"step": [], "second_half": [], "best_induction": [], "train_loss": []}
-    start = time.perf_counter()
-    for step in ctx.track(range(steps + 1), description):
-        if step % eval_every == 0 or step == steps:
-            model.eval()
-            result = evaluate(model, data["val_tokens"], data["val_starts"])
-            model.train()
-            history["step"].append(step)
-            history["second_half"].append(result["second_half"])
-            history["best_induction"].append(result["best_induction"])
-            ctx.info(f"second half {result['second_half']:.2f}, induction {result['best_induction']:.2f}")
-        if step == steps:
-            break
+    rng, losses = ctx.rng(1), []
+
+    def get_batch(split: str, _: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         tokens, _ = repeated_segment_sequences(batch, cfg.block_size + 1, cfg.vocab_size, rng, *data["repeat"])
-        loss = model.loss(ctx.to_tensor(tokens[:, :-1]), ctx.to_tensor(tokens[:, 1:]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        history["train_loss"].append(float(loss.item()))
-    history["wall_s"] = time.perf_counter() - start
-    model.eval()
-    return model, history
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def measure(trainer: Any) -> dict[str, float]:
+        result = evaluate(model, data["val_tokens"], data["val_starts"])
+        return {"second_half": result["second_half"], "best_induction": result["best_induction"]}
+
+    trainer = train(ctx, model, get_batch, steps=steps, lr=lr, schedule="constant", grad_clip=1.0,
+                    description=description, evaluate=measure, eval_every=eval_every,
+                    optimizer=gu.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0),
+                    callbacks=[lambda t, event, info: losses.append(info["loss"]) if event == "step" else None],
+                    status=lambda i: f"second half {i['second_half']:.2f}, induction {i['best_induction']:.2f}")
+    records = [r for r in trainer.history if r["kind"] == "eval"]
+    history = {"step": [r["iter"] for r in records], "second_half": [r["second_half"] for r in records],
+               "best_induction": [r["best_induction"] for r in records], "train_loss": losses,
+               "wall_s": trainer.wall_s()}
+    return model.eval(), history
 
 
-# ----------------------------------------------------------------------------- the stage
-def run(ctx: Context) -> StageResult:
+# ----------------------------------------------------------------------------- the experiments
+def train_models(ctx: Context, state: dict[str, Any]) -> Finding:
+    """Train a 2-layer and a 1-layer attention-only model on the same batches; their loss at each position."""
     vocab = 64
     block = ctx.budget("context length", full=64, quick=64, tiny=16)
     repeat = (3 * block // 8, block // 2)                                      # segment length 24..32 at 64
@@ -220,59 +217,98 @@ def run(ctx: Context) -> StageResult:
     val_tokens, val_starts = repeated_segment_sequences(n_val, block + 1, vocab, ctx.rng(0), *repeat)
     data = {"val_tokens": val_tokens, "val_starts": val_starts, "repeat": repeat}
     uniform = math.log(vocab)
-
     runs: dict[int, dict[str, Any]] = {}
     for n_layer in (2, 1):
         cfg = AttnOnlyConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=4, n_embd=64)
-        model, history = train(ctx, cfg, steps, batch, lr, data, eval_every, f"{n_layer}-layer attention-only")
-        runs[n_layer] = {"model": model, "history": history, "final": evaluate(model, val_tokens, val_starts),
-                         "config": cfg}
+        model, history = train_model(ctx, cfg, steps, batch, lr, data, eval_every, f"{n_layer}-layer attention-only")
+        runs[n_layer] = {"model": model, "history": history, "final": evaluate(model, val_tokens, val_starts)}
     two, one = runs[2]["final"], runs[1]["final"]
-
-    # 1. in-context learning --------------------------------------------------------------------
+    state.update(runs=runs, block=block, steps=steps, val_starts=val_starts, uniform=uniform)
     icl_score = two["second_half"] - two["first_half"]                          # Olsson et al.: late - early
     margin = ctx.threshold("second-half loss below ln V by at least (nats)", full=1.5, quick=1.0)
     near = ctx.threshold("first-half loss within this of ln V (nats)", full=0.1)
-    found = [claims.check(
-        "in-context.later_tokens", "With enough training a transformer learns to use its context: on held-out "
-        "sequences the 2-layer model's loss on the second half (where a segment repeats) falls far below ln V, "
-        "while on the first half (nothing to look back at) it stays at ln V",
-        two["second_half"] <= uniform - margin and abs(two["first_half"] - uniform) <= near,
-        {"second-half loss": two["second_half"], "first-half loss": two["first_half"], "ln V": uniform},
-        f"second half <= ln V - {margin:g}; |first half - ln V| <= {near:g}",
-        f"second half {two['second_half']:.3f} <= {uniform - margin:.3f}; first half {two['first_half']:.3f} "
-        f"vs ln V {uniform:.3f}")]
+    metrics: dict[str, Any] = {"vocab_size": vocab, "ln_vocab": uniform, "repeat_length": list(repeat), "lr": lr,
+                               "icl_score": icl_score, "n_layers": [2, 1], "steps": steps, "batch_size": batch,
+                               "context_length": block}
+    for n_layer, r in runs.items():
+        final = r["final"]
+        metrics[f"{n_layer}_layer"] = {
+            "parameters": r["model"].num_parameters(), "per_position_loss": final["per_position"].tolist(),
+            "first_half_loss": final["first_half"], "second_half_loss": final["second_half"],
+            "icl_score": final["second_half"] - final["first_half"], "induction_scores": final["induction"].tolist(),
+            "previous_token_scores": final["previous"].tolist(), "history": dict(r["history"])}
+    one_icl = one["second_half"] - one["first_half"]
+    notes = ["The 1-layer model still lowers its second-half loss a little: a single attention layer can raise the "
+             "probability of tokens it has already seen in the context (a 'skip-trigram' copy), but it cannot "
+             "tell which earlier token comes next without knowing what preceded each one, which needs a second "
+             "layer reading what a previous-token head of the first layer wrote."] if one_icl < 0 else []
+    return Finding(
+        title="Two attention-only models, trained the same way", metrics=metrics, notes=notes,
+        claims=[claims.claim("in-context.later_tokens", "With enough training a transformer learns to use its context: "
+                             "on held-out sequences the 2-layer model's loss on the second half (where a segment "
+                             "repeats) falls far below ln V, while on the first half (nothing to look back at) it "
+                             "stays at ln V", claims.le("second-half loss", two["second_half"], uniform - margin),
+                             claims.near("first-half loss", two["first_half"], uniform, near))],
+        plots=[ctx.savefig(_position_plot(ctx, runs, uniform), "per_position_loss.png", "Held-out loss at each "
+                           "position (mean over sequences). The first half is random; a random segment of it repeats "
+                           "somewhere in the second half.")],
+        text=[f"Both models read {block}-token streams of {vocab} random tokens in which a random segment of "
+              f"{repeat[0]}-{repeat[1]} tokens from the first half repeats in the second half; they train for "
+              f"{steps} steps of {batch} sequences ({runs[2]['history']['wall_s']:.0f} s and "
+              f"{runs[1]['history']['wall_s']:.0f} s).",
+              f"The 2-layer attention-only model learns to use its context: held-out loss {two['first_half']:.2f} on "
+              f"the first half (ln {vocab} = {uniform:.2f}) and {two['second_half']:.2f} on the second, an in-context "
+              f"learning score (late minus early loss; lower is better) of {icl_score:.2f} nats. The 1-layer model "
+              f"reaches only {one['second_half']:.2f} on the second half (score {one_icl:.2f})."])
 
-    # 2. induction heads ----------------------------------------------------------------------------
+
+def induction_heads(ctx: Context, state: dict[str, Any]) -> Finding:
+    """A layer-1 head attends after the previous occurrence, fed by a layer-0 previous-token head."""
+    two, one, block = state["runs"][2]["final"], state["runs"][1]["final"], state["block"]
     ind_min = ctx.threshold("best induction score in layer 1, at least", full=0.5, quick=0.3)
     prev_min = ctx.threshold("best previous-token score in layer 0, at least", full=0.3)
-    found.append(claims.check(
-        "in-context.induction_heads", "Induction heads appear: in the 2-layer model a head of layer 1 attends to "
-        "the token right after the previous occurrence of the current token, and a head of layer 0 attends to "
-        "the previous token",
-        two["best_induction"] >= ind_min and two["best_previous"] >= prev_min,
-        {"best induction score, layer 1": two["best_induction"],
-         "best previous-token score, layer 0": two["best_previous"]},
-        f"induction >= {ind_min:g}; previous-token >= {prev_min:g}",
-        f"induction {two['best_induction']:.3f} >= {ind_min:g}; previous-token {two['best_previous']:.3f} >= "
-        f"{prev_min:g} (uniform attention over a causal row gives about {2 / block:.3f})"))
+    head, prev_head = int(np.argmax(two["induction"][-1])), int(np.argmax(two["previous"][0]))
+    return Finding(
+        title="Induction heads",
+        metrics={"induction_head": {"layer": 1, "head": head}, "previous_token_head": {"layer": 0, "head": prev_head},
+                 "uniform_attention_score": 2 / block},
+        claims=[claims.claim("in-context.induction_heads", "Induction heads appear: in the 2-layer model a head of "
+                             "layer 1 attends to the token right after the previous occurrence of the current token, "
+                             "and a head of layer 0 attends to the previous token",
+                             claims.ge("best induction score, layer 1", two["best_induction"], ind_min),
+                             claims.ge("best previous-token score, layer 0", two["best_previous"], prev_min))],
+        plots=[ctx.savefig(_maps_plot(ctx, two["maps"], state["val_starts"][0], two["induction"], two["previous"]),
+                           "attention_maps.png", "Every head of the trained 2-layer model on one held-out sequence "
+                           "(rows: the position attending, columns: the positions it reads). Dashed lines mark where "
+                           "the segment's first occurrence and its repeat begin.")],
+        text=[f"Head {head} of layer 1 is an induction head: it puts {two['best_induction']:.0%} of its attention on "
+              f"the token after the previous occurrence of the current token, fed by head {prev_head} of layer 0, "
+              f"which puts {two['best_previous']:.0%} on the previous token (uniform attention over a causal row "
+              f"gives about {2 / block:.3f}). The 1-layer model's best head puts {one['best_induction']:.0%} there."])
 
-    # 3. ... and not in one layer ------------------------------------------------------------------------
-    positional = best_fixed_offset_score(val_starts, block)                     # measured on the data, not tuned
+
+def one_layer(ctx: Context, state: dict[str, Any]) -> Finding:
+    """The 1-layer model against a head that always looks a fixed distance back."""
+    two, one = state["runs"][2]["final"], state["runs"][1]["final"]
+    positional = best_fixed_offset_score(state["val_starts"], state["block"])   # measured on the data, not tuned
     gap = ctx.threshold("1-layer second-half loss above the 2-layer model's by at least (nats)", full=1.0)
-    found.append(claims.check(
-        "in-context.one_layer", "...and cannot in a one-layer attention-only model: trained the same way, none of "
-        "its heads attends to the induction target more than a head that always looks a fixed distance back "
-        "could, and its second-half loss stays far above the 2-layer model's",
-        one["best_induction"] <= positional and one["second_half"] >= two["second_half"] + gap,
-        {"1-layer best induction score": one["best_induction"], "best fixed-offset score": positional,
-         "1-layer second-half loss": one["second_half"], "2-layer second-half loss": two["second_half"]},
-        f"induction <= best fixed-offset score; loss gap >= {gap:g}",
-        f"induction {one['best_induction']:.3f} <= fixed-offset {positional:.3f} (2 layers: "
-        f"{two['best_induction']:.3f}); second half {one['second_half']:.3f} vs {two['second_half']:.3f} (gap "
-        f"{one['second_half'] - two['second_half']:.2f} >= {gap:g})"))
+    return Finding(
+        title="...and none in one layer", metrics={"best_fixed_offset_score": positional},
+        claims=[claims.claim("in-context.one_layer", "...and cannot in a one-layer attention-only model: trained the "
+                             "same way, none of its heads attends to the induction target more than a head that "
+                             "always looks a fixed distance back could, and its second-half loss stays far above the "
+                             "2-layer model's", claims.le("1-layer best induction score", one["best_induction"],
+                                                          positional),
+                             claims.gt("1-layer second-half loss", one["second_half"], "2-layer second-half loss",
+                                       two["second_half"], margin=gap))],
+        text=[f"A head that always looks the same distance back could score at most {positional:.2f} on this data; "
+              f"the 1-layer model's best head scores {one['best_induction']:.2f}, the 2-layer model's "
+              f"{two['best_induction']:.2f}."])
 
-    # 4. the phase change -----------------------------------------------------------------------------------
+
+def phase_change(ctx: Context, state: dict[str, Any]) -> Finding:
+    """How sudden the 2-layer model's fall in loss is, and whether the induction score jumps with it."""
+    runs, steps = state["runs"], state["steps"]
     hist = runs[2]["history"]
     window = max(1, steps // 10)
     burst = steepest_drop(hist["step"], hist["second_half"], window)
@@ -282,78 +318,27 @@ def run(ctx: Context) -> StageResult:
     score_at = dict(zip(hist["step"], hist["best_induction"]))
     total_rise = max(hist["best_induction"]) - hist["best_induction"][0]
     rise_share = (score_at[burst["end"]] - score_at[burst["start"]]) / total_rise if total_rise > 0 else 0.0
-    found.append(claims.check(
-        "in-context.phase_change", f"...often as a sudden phase change: the steepest {window} steps "
-        f"({window / steps:.0%} of training) hold at least {share_min:.0%} of the 2-layer model's fall in "
-        f"second-half loss, and in those same steps its induction score makes at least {rise_min:.0%} of its "
-        f"rise (a steady change would give {window / steps:.0%} of each)",
-        burst["share"] >= share_min and rise_share >= rise_min,
-        {"share of the loss drop": burst["share"], "share of the induction score's rise": rise_share},
-        f"loss share >= {share_min:g}; induction share >= {rise_min:g}",
-        f"steps {burst['start']}-{burst['end']}: loss falls {burst['drop']:.2f} of {burst['total']:.2f} nats "
-        f"(share {burst['share']:.2f} >= {share_min:g}), induction score {score_at[burst['start']]:.2f} -> "
-        f"{score_at[burst['end']]:.2f} (share {rise_share:.2f} >= {rise_min:g}); its own steepest rise is in "
-        f"steps {rise['start']}-{rise['end']}"))
-
-    # plots ------------------------------------------------------------------------------------------------
-    plots = [
-        ctx.savefig(_position_plot(ctx, runs, uniform), "per_position_loss.png", "Held-out loss at each position "
-                    "(mean over sequences). The first half is random; a random segment of it repeats somewhere in "
-                    "the second half."),
-        ctx.savefig(_curves_plot(ctx, runs, burst, positional), "training_curves.png", "During training: loss on "
-                    "the second half (left) and the best induction score (right) of each model. The shaded band is "
-                    "the 2-layer model's steepest fall; the dotted line is the best score a head that always looks "
-                    "a fixed distance back could reach."),
-        ctx.savefig(_maps_plot(ctx, two["maps"], val_starts[0], two["induction"], two["previous"]),
-                    "attention_maps.png", "Every head of the trained 2-layer model on one held-out sequence (rows: "
-                    "the position attending, columns: the positions it reads). Dashed lines mark where the "
-                    "segment's first occurrence and its repeat begin."),
-    ]
-
-    metrics: dict[str, Any] = {"vocab_size": vocab, "ln_vocab": uniform, "repeat_length": list(repeat), "lr": lr,
-                               "best_fixed_offset_score": positional, "icl_score": icl_score}
-    for n_layer, r in runs.items():
-        final = r["final"]
-        metrics[f"{n_layer}_layer"] = {
-            "parameters": r["model"].num_parameters(), "per_position_loss": final["per_position"].tolist(),
-            "first_half_loss": final["first_half"], "second_half_loss": final["second_half"],
-            "icl_score": final["second_half"] - final["first_half"], "induction_scores": final["induction"].tolist(),
-            "previous_token_scores": final["previous"].tolist(), "history": {k: v for k, v in r["history"].items()},
-        }
-    metrics["phase_change"] = {"loss": burst, "induction": {**rise, "drop": -rise["drop"]}, "window": window,
-                               "induction_rise_share_in_loss_window": rise_share}
-    head = int(np.argmax(two["induction"][-1]))
-    prev_head = int(np.argmax(two["previous"][0]))
-    summary = [
-        f"Both models read {block}-token streams of {vocab} random tokens in which a random segment of "
-        f"{repeat[0]}-{repeat[1]} tokens from the first half repeats in the second half; they train for {steps} "
-        f"steps of {batch} sequences ({runs[2]['history']['wall_s']:.0f} s and {runs[1]['history']['wall_s']:.0f} "
-        "s).",
-        f"The 2-layer attention-only model learns to use its context: held-out loss {two['first_half']:.2f} on the "
-        f"first half (ln {vocab} = {uniform:.2f}) and {two['second_half']:.2f} on the second, an in-context "
-        f"learning score (late minus early loss) of {icl_score:.2f} nats. The 1-layer model reaches only "
-        f"{one['second_half']:.2f} on the second half (score {one['second_half'] - one['first_half']:.2f}).",
-        f"Head {head} of layer 1 is an induction head: it puts {two['best_induction']:.0%} of its attention on the "
-        f"token after the previous occurrence of the current token, fed by head {prev_head} of layer 0, which puts "
-        f"{two['best_previous']:.0%} on the previous token. The 1-layer model's best head puts "
-        f"{one['best_induction']:.0%} there.",
-        f"The 2-layer model's second-half loss falls by {burst['drop']:.2f} of its {burst['total']:.2f} nats between "
-        f"steps {burst['start']} and {burst['end']}; its best induction score rises fastest between steps "
-        f"{rise['start']} and {rise['end']} (by {-rise['drop']:.2f}).",
-    ]
-    notes = ["The 1-layer model still lowers its second-half loss a little: a single attention layer can raise the "
-             "probability of tokens it has already seen in the context (a 'skip-trigram' copy), but it cannot "
-             "tell which earlier token comes next without knowing what preceded each one, which needs a "
-             "second layer reading what a previous-token head of the first layer wrote.",
-             f"How sudden: the steepest {window} steps hold {burst['share']:.0%} of the fall in second-half loss "
-             "in this run (42-46% in our quick runs with seeds 0 and 1, not the majority: the drop takes about "
-             "100 steps, twice the window). The induction score's own steepest rise can come a few dozen steps "
-             "before the loss's steepest fall (seed 1: steps 260-310 vs 320-370): the head forms first, then the "
-             "loss follows as its attention sharpens.",
-             "The long plateau before the drop (the loss sits at ln V while the previous-token and induction heads "
-             "have not yet formed) lasts a different number of steps for different seeds and learning rates."]
-    return StageResult(headline=("in-context learning score (2 layers)", icl_score), summary=summary, metrics=metrics,
-                       claims=found, plots=plots, notes=notes)
+    positional = best_fixed_offset_score(state["val_starts"], state["block"])
+    return Finding(
+        title="The phase change",
+        metrics={"phase_change": {"loss": burst, "induction": {**rise, "drop": -rise["drop"]}, "window": window,
+                                  "window_share_of_training": window / steps,
+                                  "induction_rise_share_in_loss_window": rise_share}},
+        claims=[claims.claim("in-context.phase_change", f"...often as a sudden phase change: the steepest {window} "
+                             f"steps ({window / steps:.0%} of training) hold at least {share_min:.0%} of the 2-layer "
+                             "model's fall in second-half loss, and in those same steps its induction score makes at "
+                             f"least {rise_min:.0%} of its rise (a steady change would give {window / steps:.0%} of "
+                             "each)", claims.ge("share of the loss drop", burst["share"], share_min),
+                             claims.ge("share of the induction score's rise", rise_share, rise_min))],
+        plots=[ctx.savefig(_curves_plot(ctx, runs, burst, positional), "training_curves.png", "During training: loss "
+                           "on the second half (left) and the best induction score (right) of each model. The shaded "
+                           "band is the 2-layer model's steepest fall; the dotted line is the best score a head that "
+                           "always looks a fixed distance back could reach.")],
+        text=[f"The 2-layer model's second-half loss falls by {burst['drop']:.2f} of its {burst['total']:.2f} nats "
+              f"between steps {burst['start']} and {burst['end']}: the steepest {window} steps hold "
+              f"{burst['share']:.0%} of the fall. Its best induction score rises fastest between steps "
+              f"{rise['start']} and {rise['end']} (up by {rise['drop']:.2f}), and makes {rise_share:.0%} of its rise "
+              "during the loss's steepest fall."])
 
 
 # ----------------------------------------------------------------------------- plots
@@ -408,5 +393,7 @@ def _maps_plot(ctx: Context, maps: np.ndarray, starts: np.ndarray, induction: np
     return fig
 
 
-STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only transformer (not in 1 layer)", run=run,
+STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only transformer (not in 1 layer)",
+              experiments=(train_models, induction_heads, one_layer, phase_change),
+              headline=("in-context learning score (2 layers; lower is better)", "icl_score"),
               title="In-context learning: induction heads and the phase change")
