@@ -134,8 +134,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Load the GPT and tokenizer saved in DIR (by `groundup train gpt`) and print the prompt "
                     "followed by the sampled continuation.")
     p.add_argument("dir", help="run directory written by `groundup train gpt`")
-    p.add_argument("--prompt", default="\n", help="text to continue (every character must be in the vocabulary "
-                                                  "for a char tokenizer; default: a newline)")
+    p.add_argument("--prompt", default=None, help="text to continue (every character must be in the vocabulary "
+                                                  "for a char tokenizer; default: a newline, or token 0 if the "
+                                                  "vocabulary has none)")
     p.add_argument("--max-new-tokens", type=int_range(0, MAX_NEW_TOKENS), default=500, help="tokens to generate")
     p.add_argument("--temperature", type=float_range(0.0, 100.0), default=1.0,
                    help="divide the logits by this; 0 = greedy")
@@ -267,7 +268,7 @@ def sample_command(args: argparse.Namespace) -> int:
     model = FastGPT(cfg)  # the fused twin of the readable GPT (same weights, faster)
     load_checkpoint(directory, model, check_values=not args.no_weight_check)
     try:
-        prompt = tokenizer.encode(args.prompt) if args.prompt else []
+        prompt = tokenizer.encode(args.prompt) if args.prompt is not None else []
     except (UnknownTokenError, KeyError) as err:
         raise UsageError(f"--prompt: {' '.join(str(err).split())}") from None
     prompt = prompt or [start_id(tokenizer)]

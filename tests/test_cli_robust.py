@@ -336,6 +336,16 @@ def _damage(run: Path, how: str) -> list[str]:
         data = bytearray((run / "model.safetensors").read_bytes())
         data[-5] ^= 0xFF
         (run / "model.safetensors").write_bytes(bytes(data))
+    elif how == "short tokenizer":
+        (run / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list("ab")}))
+        (run / "state.json").unlink()
+    elif how == "missing tensor":
+        from safetensors.numpy import save_file
+
+        arrays = weights(run)
+        arrays.pop("ln_f.weight")
+        save_file(arrays, str(run / "model.safetensors"))
+        (run / "state.json").unlink()
     elif how == "/dev/zero":
         (run / "model.safetensors").unlink()
         (run / "model.safetensors").symlink_to("/dev/zero")
@@ -350,6 +360,8 @@ def _damage(run: Path, how: str) -> list[str]:
     ("nan weights, accepted", None),
     ("bit flip", "its sha256 does not match"),
     ("/dev/zero", "not a regular file"),
+    ("missing tensor", "missing from the file: ln_f.weight"),
+    ("short tokenizer", None),            # ids the tokenizer lacks print as U+FFFD, not a KeyError
 ])
 def test_a_refused_checkpoint_is_one_line_and_exit_1(finished_run, tmp_path, how, message):
     run = copy_run(finished_run, tmp_path / "run")
