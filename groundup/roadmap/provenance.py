@@ -20,8 +20,10 @@ from typing import Any
 
 __all__ = ["prose_of", "numbers_in", "measured_values", "unmeasured_numbers"]
 
-# a number not glued to a word (W1, x2, float64, GPT-2 are names, not numbers of a run); in "8x8" the first 8
-_NUMBER = re.compile(r"(?<![\w.^/])(?<![A-Za-z]-)[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?(?!(?!x\d)\w)")
+# A number not glued to a word (W1, x2, float64, GPT-2 are names, not numbers of a run), read whole
+# ("113.7x" is 113.7, never 113); a multiplier "x" may follow it ("149x", and the 8 of "8x8").
+_NUMBER = re.compile(r"(?<![\w.^/])(?<![A-Za-z]-)[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?"
+                     r"(?![.,]?\d)(?=x(?!\w)|x\d|[^\w]|$)")
 
 
 def prose_of(record: dict[str, Any]) -> list[str]:
@@ -39,7 +41,8 @@ def numbers_in(text: str) -> list[str]:
     return [m.group(0).rstrip(",") for m in _NUMBER.finditer(text)]
 
 
-def _walk(value: Any) -> Iterator[float]:
+def _walk(value: Any, text: bool = False) -> Iterator[float]:
+    """The numbers in a JSON value; with ``text``, also those written inside strings (a claim's threshold)."""
     if isinstance(value, bool):
         return
     if isinstance(value, int | float):
@@ -47,11 +50,11 @@ def _walk(value: Any) -> Iterator[float]:
             yield float(value)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _walk(v)
+            yield from _walk(v, text)
     elif isinstance(value, list | tuple):
         for v in value:
-            yield from _walk(v)
-    elif isinstance(value, str):  # a threshold written as text ("MLP >= 0.95") carries its numbers
+            yield from _walk(v, text)
+    elif text and isinstance(value, str):  # a threshold written as text ("MLP >= 0.95") carries its numbers
         for token in numbers_in(value):
             parsed = _parse(token)
             if parsed is not None:
@@ -64,7 +67,7 @@ def measured_values(record: dict[str, Any]) -> list[float]:
     for setting in record.get("settings", {}).values():
         values += list(_walk([setting.get("value"), setting.get("full")]))
     for claim in record.get("claims", []):
-        values += list(_walk(claim.get("values", {}))) + list(_walk(claim.get("threshold")))
+        values += list(_walk(claim.get("values", {}))) + list(_walk(claim.get("threshold"), text=True))
     return values
 
 

@@ -35,11 +35,11 @@ from groundup.models.efficient_attention import (
     sliding_window_attention,
 )
 from groundup.nn.recurrent import unroll_cell
-from groundup.roadmap import claims
-from groundup.roadmap.runner import Context, Stage, StageResult
+from groundup.roadmap import Finding, claims
+from groundup.roadmap.runner import Context, Stage
 
 __all__ = ["STAGE", "fit_exponent", "median_time", "peak_memory", "graph_depth", "attention_variants",
-           "measure_attention", "measure_recurrence"]
+           "measure_attention", "measure_recurrence", "rnn_against_attention", "attention_costs"]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -184,43 +184,65 @@ def _backward_of(call: Callable[[], gu.Tensor]) -> None:
     call().sum().backward()
 
 
-# ----------------------------------------------------------------------------- the stage
-def run(ctx: Context) -> StageResult:
-    # 1. RNN vs attention ----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------- the experiments
+def rnn_against_attention(ctx: Context, state: dict[str, Any]) -> Finding:
+    """The GRU's chain of dependent steps against self-attention's, and their wall times."""
     rnn_lengths = ctx.budget("lengths, GRU vs attention", full=[32, 64, 128, 256, 512, 1024, 2048],
                              quick=[32, 64, 128, 256, 512, 1024], tiny=[8, 16, 32])
     batch, width, heads = 1, 64, 4                                            # one sequence at a time
     repeats = ctx.budget("timing repeats (median)", full=11, quick=9, tiny=1)
+    state["repeats"] = repeats
     rec = measure_recurrence(ctx, rnn_lengths, batch, width, heads, repeats)
     depth_exponent = fit_exponent(rnn_lengths, rec["gru_depth"])
     speedup = rec["gru_s"][-1] / rec["batched_cell_s"][-1]
     min_speedup = ctx.threshold("GRU time / the same cell updates batched, at the longest length, at least",
                                 full=3.0)
-    found = [
-        claims.check(
-            "scaling.sequential_steps", "An RNN must take its T steps one after another; self-attention handles all "
-            "positions at once: the longest chain of dependent operations of a GRU grows in proportion to T, "
-            "that of a self-attention layer does not grow with T",
-            0.95 <= depth_exponent <= 1.05 and len(set(rec["attention_depth"])) == 1,
-            {"GRU depth exponent": depth_exponent, "GRU depth, longest": rec["gru_depth"][-1],
-             "attention depth, longest": rec["attention_depth"][-1]},
-            "GRU depth ~ T^p with p in [0.95, 1.05]; attention depth the same at every length",
-            f"GRU depths {rec['gru_depth']} (p = {depth_exponent:.3f}); attention depths {rec['attention_depth']} "
-            f"for T = {rnn_lengths}"),
-        claims.at_least(
-            "scaling.sequential_cost", f"The sequence is what makes the RNN slow: at T = {rnn_lengths[-1]} the GRU "
-            "(forward + backward) takes several times as long as the very same B*T cell updates done as one "
-            "batched call", "GRU time / batched cell updates", speedup, min_speedup),
-    ]
+    crossover = next((T for T, g, a in zip(rnn_lengths, rec["gru_s"], rec["attention_s"]) if a > g), None)
+    ms = {key: rec[f"{key}_s"][-1] * 1e3 for key in ("gru", "batched_cell", "attention")}
+    return Finding(
+        title="An RNN against self-attention",
+        metrics={"recurrence": {"lengths": list(rnn_lengths), "batch": batch, "width": width, "heads": heads, **rec,
+                                "gru_depth_exponent": depth_exponent, "gru_over_batched": speedup,
+                                "gru_time_exponent": fit_exponent(rnn_lengths, rec["gru_s"]),
+                                "attention_slower_from_length": crossover, "ms_at_longest": ms, "repeats": repeats}},
+        claims=[claims.claim("scaling.sequential_steps", "An RNN must take its T steps one after another; "
+                             "self-attention handles all positions at once: the longest chain of dependent "
+                             "operations of a GRU grows in proportion to T, that of a self-attention layer does not "
+                             "grow with T", claims.near("GRU depth exponent", depth_exponent, 1.0, 0.05),
+                             claims.is_true("attention depth the same at every length",
+                                            len(set(rec["attention_depth"])) == 1,
+                                            {"GRU depth, longest": rec["gru_depth"][-1],
+                                             "attention depth, longest": rec["attention_depth"][-1]})),
+                claims.claim("scaling.sequential_cost", f"The sequence is what makes the RNN slow: at T = "
+                             f"{rnn_lengths[-1]} the GRU (forward + backward) takes several times as long as the very "
+                             "same B*T cell updates done as one batched call",
+                             claims.ge("GRU time / batched cell updates", speedup, min_speedup))],
+        plots=[ctx.savefig(_rnn_plot(ctx, rnn_lengths, rec), "rnn_vs_attention.png", "Forward + backward wall time "
+                           f"(median of {repeats}) of a GRU, a causal self-attention layer (width {width}, {heads} "
+                           f"heads, batch {batch}) and the GRU's cell updates batched into one call (left); the "
+                           "longest chain of dependent operations in each graph (right).")],
+        notes=["On this CPU the depth of the graph, not the wall time, shows the parallelism: a NumPy matmul over T "
+               "positions runs on a couple of cores, so attention's quadratic work catches up with the GRU's T small "
+               "steps: " + (f"the attention layer is slower than the GRU from T = {crossover} on." if crossover else
+                            "the attention layer stays faster than the GRU at every length measured.")
+               + " Attention's advantage is that its work can be spread over many cores at once (a GPU), while the "
+               "GRU's T steps cannot; this run does not measure a GPU."],
+        text=[f"Sequential steps: the GRU's longest chain of dependent operations grows from {rec['gru_depth'][0]} "
+              f"to {rec['gru_depth'][-1]} as T goes from {rnn_lengths[0]} to {rnn_lengths[-1]} "
+              f"(~T^{depth_exponent:.2f}); a self-attention layer's stays at {rec['attention_depth'][-1]}. At T = "
+              f"{rnn_lengths[-1]} the GRU takes {ms['gru']:.1f} ms (forward + backward) against "
+              f"{ms['batched_cell']:.1f} ms for the same cell updates batched ({speedup:.1f}x), and the attention "
+              f"layer {ms['attention']:.1f} ms."])
 
-    # 2. four attentions over length -------------------------------------------------------------------
+
+def attention_costs(ctx: Context, state: dict[str, Any]) -> Finding:
+    """Time and memory against length of full, sliding-window, linear and memory-efficient attention."""
     lengths = ctx.budget("lengths, attention variants", full=[256, 512, 1024, 1448, 2048, 2896, 4096, 5792, 8192],
                          quick=[256, 512, 1024, 1448, 2048, 2896, 4096], tiny=[32, 64, 128])
     fit_from = ctx.budget("fit exponents from length", full=1024, quick=1024, tiny=32)
-    window, chunk, a_heads, head_dim = 64, 128, 2, 32
-    if ctx.tiny:
-        window, chunk = 8, 16
+    window, chunk, a_heads, head_dim = (8, 16, 2, 32) if ctx.tiny else (64, 128, 2, 32)
     variants = attention_variants(window, chunk)
+    repeats = state["repeats"]
     att = measure_attention(ctx, lengths, a_heads, head_dim, repeats, variants)
     fitted = [T for T in lengths if T >= fit_from]
     idx = [lengths.index(T) for T in fitted]
@@ -228,90 +250,54 @@ def run(ctx: Context) -> StageResult:
                         "memory": fit_exponent(fitted, [att[name]["memory_bytes"][i] for i in idx])}
                  for name in variants}
     full_name, window_name, linear_name, chunked_name = variants
-    mem_lo, mem_hi = ctx.threshold("full attention memory exponent, at least", full=1.7), \
-        ctx.threshold("full attention memory exponent, at most", full=2.3)
+    mem_lo = ctx.threshold("full attention memory exponent, at least", full=1.7)
+    mem_hi = ctx.threshold("full attention memory exponent, at most", full=2.3)
     time_min = ctx.threshold("full attention time exponent, at least", full=1.5)
     linear_max = ctx.threshold("linear-cost exponents (time and memory), at most", full=1.3)
     diff_max = ctx.threshold("memory-efficient vs full attention, max abs difference (float32)", full=1e-4)
-    e_full = exponents[full_name]
-    found.append(claims.check(
-        "scaling.full_quadratic", "Full self-attention costs time and memory quadratic in length: fitted "
-        "exponents near 2", mem_lo <= e_full["memory"] <= mem_hi and e_full["time"] >= time_min,
-        {"memory exponent": e_full["memory"], "time exponent": e_full["time"]},
-        f"memory exponent in [{mem_lo:g}, {mem_hi:g}]; time exponent >= {time_min:g}",
-        f"memory ~ T^{e_full['memory']:.2f}, time ~ T^{e_full['time']:.2f} over T = {fitted}"))
+    e_full, e_chunk = exponents[full_name], exponents[chunked_name]
+    worst_diff = max(att[chunked_name]["max_abs_diff"])
+    found = [claims.claim("scaling.full_quadratic", "Full self-attention costs time and memory quadratic in length: "
+                          "fitted exponents near 2", claims.ge("memory exponent", e_full["memory"], mem_lo),
+                          claims.le("memory exponent", e_full["memory"], mem_hi),
+                          claims.ge("time exponent", e_full["time"], time_min))]
     for key, name, what in (("sliding_window", window_name, f"Sliding-window attention (a band of {window} keys)"),
                             ("linear", linear_name, "Linear attention (elu + 1 features, cumulative sums)")):
-        e = exponents[name]
-        found.append(claims.check(
-            f"scaling.{key}_linear", f"{what} grows linearly in length: fitted exponents near 1",
-            e["memory"] <= linear_max and e["time"] <= linear_max,
-            {"memory exponent": e["memory"], "time exponent": e["time"]},
-            f"both exponents <= {linear_max:g}", f"memory ~ T^{e['memory']:.2f}, time ~ T^{e['time']:.2f} over "
-            f"T = {fitted}"))
-    worst_diff = max(att[chunked_name]["max_abs_diff"])
-    e_chunk = exponents[chunked_name]
-    found.append(claims.check(
-        "scaling.memory_efficient_exact", "Memory-efficient exact attention (online softmax over key chunks) gives "
-        "the same outputs as full attention with memory linear in length",
-        worst_diff <= diff_max and e_chunk["memory"] <= linear_max,
-        {"max abs difference from full": worst_diff, "memory exponent": e_chunk["memory"]},
-        f"difference <= {diff_max:g}; memory exponent <= {linear_max:g}",
-        f"largest difference {worst_diff:.2e} over T = {lengths}; memory ~ T^{e_chunk['memory']:.2f} (time "
-        f"~ T^{e_chunk['time']:.2f}: still quadratic work)"))
-
-    # plots, metrics, summary --------------------------------------------------------------------------
-    plots = [
-        ctx.savefig(_rnn_plot(ctx, rnn_lengths, rec), "rnn_vs_attention.png", f"Forward + backward wall time "
-                    f"(median of {repeats}) of a GRU, a causal self-attention layer (width {width}, {heads} heads, "
-                    f"batch {batch}) and the GRU's cell updates batched into one call (left); the longest chain of "
-                    "dependent operations in each graph (right)."),
-        ctx.savefig(_cost_plot(ctx, lengths, fitted, att, exponents, "time_s", "forward time (s)"),
-                    "attention_time.png", f"Forward wall time of each attention (median of {repeats}; batch 1, "
-                    f"{a_heads} heads of {head_dim}); p is the fitted exponent over T >= {fit_from}."),
-        ctx.savefig(_cost_plot(ctx, lengths, fitted, att, exponents, "memory_bytes", "peak memory (bytes)"),
-                    "attention_memory.png", "Peak memory of the NumPy allocations during one forward call "
-                    f"(tracemalloc); p is the fitted exponent over T >= {fit_from}."),
-    ]
-    crossover = next((T for T, g, a in zip(rnn_lengths, rec["gru_s"], rec["attention_s"]) if a > g), None)
-    metrics = {"recurrence": {"lengths": list(rnn_lengths), "batch": batch, "width": width, "heads": heads, **rec,
-                              "gru_depth_exponent": depth_exponent, "gru_over_batched": speedup,
-                              "gru_time_exponent": fit_exponent(rnn_lengths, rec["gru_s"]),
-                              "attention_slower_from_length": crossover},
-               "attention": {"lengths": list(lengths), "fit_lengths": fitted, "heads": a_heads,
-                             "head_dim": head_dim, "window": window, "chunk": chunk,
-                             "variants": att, "exponents": exponents}}
+        found.append(claims.claim(f"scaling.{key}_linear", f"{what} grows linearly in length: fitted exponents near 1",
+                                  claims.le("memory exponent", exponents[name]["memory"], linear_max),
+                                  claims.le("time exponent", exponents[name]["time"], linear_max)))
+    found.append(claims.claim("scaling.memory_efficient_exact", "Memory-efficient exact attention (online softmax "
+                              "over key chunks) gives the same outputs as full attention with memory linear in length",
+                              claims.le("max abs difference from full", worst_diff, diff_max),
+                              claims.le("memory exponent", e_chunk["memory"], linear_max)))
     last = len(lengths) - 1
-    summary = [
-        f"Sequential steps: the GRU's longest chain of dependent operations grows from {rec['gru_depth'][0]} "
-        f"to {rec['gru_depth'][-1]} as T goes from {rnn_lengths[0]} to {rnn_lengths[-1]} (~T^{depth_exponent:.2f}); "
-        f"a self-attention layer's stays at {rec['attention_depth'][-1]}. At T = {rnn_lengths[-1]} the GRU takes "
-        f"{rec['gru_s'][-1] * 1e3:.1f} ms (forward + backward) against {rec['batched_cell_s'][-1] * 1e3:.1f} ms "
-        f"for the same cell updates batched ({speedup:.1f}x), and the attention layer "
-        f"{rec['attention_s'][-1] * 1e3:.1f} ms.",
-        f"Full attention: memory ~ T^{e_full['memory']:.2f}, time ~ T^{e_full['time']:.2f} "
-        f"({att[full_name]['memory_bytes'][last] / 1e6:.0f} MB and {att[full_name]['time_s'][last] * 1e3:.0f} ms at "
-        f"T = {lengths[-1]}). Sliding window: memory ~ T^{exponents[window_name]['memory']:.2f}, time ~ "
-        f"T^{exponents[window_name]['time']:.2f}; linear: memory ~ T^{exponents[linear_name]['memory']:.2f}, time ~ "
-        f"T^{exponents[linear_name]['time']:.2f}.",
-        f"Memory-efficient exact attention matches full attention to {worst_diff:.1e} with memory ~ "
-        f"T^{e_chunk['memory']:.2f} ({att[chunked_name]['memory_bytes'][last] / 1e6:.1f} MB at T = {lengths[-1]}); "
-        f"its time is still ~ T^{e_chunk['time']:.2f}: it saves memory, not work.",
-    ]
-    notes = [
-        "On this CPU the depth of the graph, not the wall time, shows the parallelism: a NumPy matmul over T "
-        "positions runs on a couple of cores, so attention's quadratic work catches up with the GRU's T small "
-        "steps: " + (f"the attention layer is slower than the GRU from T = {crossover} on." if crossover else
-                     "the attention layer stays faster than the GRU at every length measured.")
-        + " Attention's advantage is that its work can be spread over many cores at once (a GPU), while the "
-        "GRU's T steps cannot; this run does not measure a GPU.",
-        "Time is noisy on a shared machine (medians of a few calls); memory, counted by tracemalloc, is exact "
-        "and repeatable. Short lengths are left out of the fits: there fixed per-call costs dominate.",
-        "Linear attention is not the same function as softmax attention (its kernel is elu(q)+1 . elu(k)+1); "
-        "sliding-window attention equals full attention only within the window.",
-    ]
-    return StageResult(headline=("full-attention memory exponent", e_full["memory"]), summary=summary,
-                       metrics=metrics, claims=found, plots=plots, notes=notes)
+    at_longest = {"full_memory_mb": att[full_name]["memory_bytes"][last] / 1e6,
+                  "full_time_ms": att[full_name]["time_s"][last] * 1e3,
+                  "memory_efficient_memory_mb": att[chunked_name]["memory_bytes"][last] / 1e6}
+    plots = [ctx.savefig(_cost_plot(ctx, lengths, fitted, att, exponents, "time_s", "forward time (s)"),
+                         "attention_time.png", f"Forward wall time of each attention (median of {repeats}; batch "
+                         f"of one, {a_heads} heads of {head_dim}); p is the fitted exponent over T >= {fit_from}."),
+             ctx.savefig(_cost_plot(ctx, lengths, fitted, att, exponents, "memory_bytes", "peak memory (bytes)"),
+                         "attention_memory.png", "Peak memory of the NumPy allocations during one forward call "
+                         f"(tracemalloc); p is the fitted exponent over T >= {fit_from}.")]
+    return Finding(
+        title="Four attentions over length", claims=found, plots=plots,
+        metrics={"attention": {"lengths": list(lengths), "fit_lengths": fitted, "heads": a_heads,
+                               "head_dim": head_dim, "window": window, "chunk": chunk, "variants": att,
+                               "exponents": exponents, "at_longest": at_longest}},
+        notes=["Time is noisy on a shared machine (medians of a few calls); memory, counted by tracemalloc, is exact "
+               "and repeatable. Short lengths are left out of the fits: there fixed per-call costs dominate.",
+               "Linear attention is not the same function as softmax attention (its kernel is a product of "
+               "positive elu features of the queries and keys); sliding-window attention equals full attention only "
+               "within the window."],
+        text=[f"Full attention: memory ~ T^{e_full['memory']:.2f}, time ~ T^{e_full['time']:.2f} "
+              f"({at_longest['full_memory_mb']:.0f} MB and {at_longest['full_time_ms']:.0f} ms at T = {lengths[-1]}). "
+              f"Sliding window: memory ~ T^{exponents[window_name]['memory']:.2f}, time ~ "
+              f"T^{exponents[window_name]['time']:.2f}; linear: memory ~ T^{exponents[linear_name]['memory']:.2f}, "
+              f"time ~ T^{exponents[linear_name]['time']:.2f}.",
+              f"Memory-efficient exact attention matches full attention to {worst_diff:.1e} with memory ~ "
+              f"T^{e_chunk['memory']:.2f} ({at_longest['memory_efficient_memory_mb']:.1f} MB at T = {lengths[-1]}); "
+              f"its time is still ~ T^{e_chunk['time']:.2f}: it saves memory, not work."])
 
 
 # ----------------------------------------------------------------------------- plots
@@ -344,4 +330,6 @@ def _cost_plot(ctx: Context, lengths: Sequence[int], fitted: Sequence[int], att:
 
 
 STAGE = Stage("scaling", "RNN vs attention over length; full, sliding-window, linear and memory-efficient attention",
-              run=run, title="Scaling with sequence length: sequential RNNs, quadratic attention, and the fixes")
+              experiments=(rnn_against_attention, attention_costs),
+              headline=("full-attention memory exponent", "attention.exponents.full.memory"),
+              title="Scaling with sequence length: sequential RNNs, quadratic attention, and the fixes")
