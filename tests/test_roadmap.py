@@ -391,3 +391,32 @@ def test_a_tiny_run_is_a_smoke_test_that_exits_0(tmp_path, capsys, fake_registry
     assert "not held  The score is high enough" in out and "FAIL" not in out
     assert "SMOKE" in (tmp_path / "bad" / "report.html").read_text()
     assert main(["run", "crash", "--tiny", "--out", str(tmp_path)]) == 1   # a crash is still an error
+
+
+# ---------------------------------------------------------------------------- the stages' shape
+def _stage_sources() -> dict[str, str]:
+    from pathlib import Path
+
+    folder = Path(stages.__file__).parent
+    return {p.stem: p.read_text() for p in sorted(folder.glob("*.py")) if p.stem != "__init__"}
+
+
+def test_stages_train_through_the_trainer_and_import_no_other_stage():
+    """Hand-written loops only where the loop is the lesson: at most six ``.backward()`` calls in all stages."""
+    import ast
+
+    sources = _stage_sources()
+    assert sum(source.count(".backward()") for source in sources.values()) <= 6
+    for name, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("groundup.roadmap.stages"), f"{name} imports {node.module}"
+            if isinstance(node, ast.FunctionDef) and node.name == "run":
+                assert node.end_lineno - node.lineno + 1 <= 60, f"{name}.run is longer than 60 lines"
+
+
+def test_every_stage_is_a_short_list_of_experiments_or_a_short_run():
+    for stage in load_stages():
+        assert stage.experiments or stage.run is not None
+        if stage.experiments:
+            assert 1 <= len(stage.experiments) <= 8 and stage.headline[1], stage.name
