@@ -2,8 +2,9 @@
 
 Both runs start from groundup's initial weights and draw groundup's batches; the 2-process run
 splits each global batch in halves and DDP averages the gradients. The losses of 20 steps must agree
-to 1e-5, the step-0 evaluation must equal groundup's own GPT on the same batches, and the run
-directory must be one that `groundup sample` reads.
+to 1e-5, and with `groundup train gpt` (groundup's NumPy engine, same flags) to 1e-4; the step-0
+evaluation must equal groundup's own GPT on the same batches, and the run directory must be one
+that `groundup sample` reads.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ def read_metrics(directory) -> tuple[list[float], list[dict]]:
 
 def test_two_process_ddp_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, numpy_run = tmp_path / "one", tmp_path / "two", tmp_path / "numpy"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "groundup.interop.ddp"]
     procs = [subprocess.Popen([*launch, *FLAGS, "--out", str(two)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True),
              subprocess.Popen([sys.executable, "-m", "groundup.interop.ddp", *FLAGS, "--out", str(one)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen([sys.executable, "-m", "groundup.cli", "train", "gpt", *FLAGS, "--out", str(numpy_run)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
@@ -61,6 +64,10 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert [e["iter"] for e in evals_two] == [0, 10, 20]
     for a, b in zip(evals_two, evals_one):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 and abs(a["val_loss"] - b["val_loss"]) < 1e-5
+
+    # and groundup's own engine (`groundup train gpt`, same flags) takes the same steps, to float32 rounding
+    losses_numpy, _ = read_metrics(numpy_run)
+    np.testing.assert_allclose(losses_numpy, losses_one, atol=1e-4, rtol=0)
 
     # step 0 = groundup's own model (same seed, same weights) on the Trainer's fixed evaluation batches
     cfg = GPTConfig.from_dict(json.loads((one / "run.json").read_text())["model"])
