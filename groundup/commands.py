@@ -56,6 +56,8 @@ VAL_FRACTION = 0.1             # the last 10% of the tokens validate
 SAMPLE_CHARS = 200             # tokens of the sample printed at each evaluation
 MAX_NEW_TOKENS = 100_000       # sample: more than this is surely a typo (and hours of work)
 MAX_SEED = 2**32 - 1
+# `groundup bench` targets: the GPT (bench_gpt.py) and the roadmap's families (bench_families.py), or all
+BENCH_CHOICES = ("gpt", "mlp", "cnn", "rnn", "gru", "lstm", "seq2seq", "transformer", "bert", "all")
 
 
 def _model_choices() -> dict[str, tuple[str, ...]]:
@@ -157,14 +159,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "on the same random batches, alternating one step of each after warm-up, in one process "
                     "(torch.set_num_threads(2)); then time generation (200 tokens, batch 1) with and without a "
                     "KV cache. Prints ms/step, tokens/s, peak RSS and the ratio groundup/PyTorch; writes a JSON "
-                    "record. Needs a source checkout (the benchmarks/ directory) and torch.",
+                    "record. Any other family (the roadmap's sizes, benchmarks/bench_families.py), or all of them "
+                    "in one table with `all`: training steps against its PyTorch twin (nn.GRU/LSTM/RNN, "
+                    "nn.Conv2d, SDPA) with copied weights, alternating in one process. Needs a source checkout "
+                    "(the benchmarks/ directory) and torch.",
         formatter_class=HelpFormatter)
-    p.add_argument("what", choices=("gpt",), help="what to benchmark")
+    p.add_argument("what", choices=BENCH_CHOICES, help="what to benchmark: a model family, or all of them")
     p.add_argument("--preset", choices=presets, default="baby", help="model size")
     p.add_argument("--iters", type=int_range(1, 100_000), default=None,
-                   help="timed training steps per framework (default: 40 for baby, 3 for small)")
+                   help="timed training steps per framework (default: 40 for baby, 3 for small; for the other "
+                        "families see benchmarks/bench_families.py DEFAULT_ITERS)")
     p.add_argument("--batch-size", type=int_range(1, 1_000_000), default=None,
-                   help="sequences per step (default: the preset's training batch size)")
+                   help="sequences per step (default: the preset's training batch size; gpt only)")
     p.add_argument("--warmup", type=int_range(0, 100_000), default=None,
                    help="untimed training steps per framework first (default: 3 for baby, 1 for small)")
     p.add_argument("--gen-tokens", type=int_range(1, MAX_NEW_TOKENS), default=200,
@@ -322,17 +328,25 @@ def bench_command(args: argparse.Namespace) -> int:
     """``groundup bench gpt``: time training and generation against PyTorch; print and write the record."""
     from groundup.train.files import write_atomic
 
-    path = Path(args.json) if args.json is not None else Path("runs") / f"bench-gpt-{args.preset}.json"
+    if args.what != "gpt" and args.batch_size is not None:
+        raise UsageError(f"--batch-size applies to `groundup bench gpt` only; {args.what} uses its stage's batch size")
+    default = f"bench-gpt-{args.preset}.json" if args.what == "gpt" else f"bench-{args.what}.json"
+    path = Path(args.json) if args.json is not None else Path("runs") / default
     _check_writable_file(path, "--json")
     if importlib.util.find_spec("torch") is None:
         raise UsageError("`groundup bench` compares against PyTorch, which is not installed: pip install torch "
                          "(CPU wheels: --index-url https://download.pytorch.org/whl/cpu)")
     try:
-        bench = load_benchmark_module("bench_gpt")
+        bench = load_benchmark_module("bench_gpt" if args.what == "gpt" else "bench_families")
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
-    record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size, gen_tokens=args.gen_tokens,
-                       gen_rounds=args.gen_rounds, memory=not args.no_memory, warmup=args.warmup)
+    if args.what != "gpt":
+        families = bench.FAMILIES if args.what == "all" else (args.what,)
+        record = bench.run(families, iters=args.iters, warmup=args.warmup, memory=not args.no_memory)
+    else:
+        record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size,
+                           gen_tokens=args.gen_tokens, gen_rounds=args.gen_rounds, memory=not args.no_memory,
+                           warmup=args.warmup)
     print(bench.format_table(record))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path.parent, path.name, json.dumps(record, indent=1) + "\n")
