@@ -166,7 +166,8 @@ def bench_mlp(n_batches: int, which: Sequence[str] = ("groundup", "torch"), seed
     gu.manual_seed(seed)
     model = MLP(cfg)
     contest = Contest("mlp", f"MLP 64-{'-'.join(map(str, cfg.hidden_sizes))}-10 ReLU, Adam", "samples",
-                      {"in_features": 64, "hidden_sizes": list(cfg.hidden_sizes), "batch_size": MLP_RECIPE["batch_size"]},
+                      {"in_features": 64, "hidden_sizes": list(cfg.hidden_sizes),
+                       "batch_size": MLP_RECIPE["batch_size"]},
                       _digits(n_batches, MLP_RECIPE["batch_size"], seed), lambda b: len(b[0]))
 
     def twin() -> Any:
@@ -371,7 +372,8 @@ def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[]
         advance()
     units = [contest.units(contest.batches[(warmup + i) % len(contest.batches)]) for i in range(iters)]
     per_step = float(np.median(units))
-    result: dict[str, Any] = {"iters": iters, "warmup": warmup, "unit": contest.unit, f"{contest.unit}_per_step": per_step}
+    result: dict[str, Any] = {"iters": iters, "warmup": warmup, "unit": contest.unit,
+                              f"{contest.unit}_per_step": per_step}
     for name in names:
         s = _stats(seconds[name])
         s[f"{contest.unit}_per_s"] = per_step / (s["median_ms"] / 1e3)
@@ -391,7 +393,8 @@ def _gpt_family(iters: int, warmup: int, memory: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"iters": iters, "warmup": warmup, "unit": "tokens",
                               "tokens_per_step": train["tokens_per_step"], "description":
                               "baby GPT 4 layers, 4 heads, 128 dims, context 64, batch 12, AdamW, clip 1 "
-                              "(FastGPT vs PyTorch SDPA)", "config": {"preset": "baby", "batch_size": train["batch_size"]}}
+                              "(FastGPT vs PyTorch SDPA)",
+                              "config": {"preset": "baby", "batch_size": train["batch_size"]}}
     for ours, theirs in (("groundup", "groundup"), ("torch", "torch"), ("torch_explicit", "torch_explicit")):
         s = train[theirs]
         result[ours] = {"median_ms": s["median_ms"], "min_ms": s["min_ms"], "max_ms": s["max_ms"],
@@ -492,7 +495,8 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
                         bar.update(task, completed=warm + n)
                 else:
                     contest = BUILDERS[family](warm + n)
-                    result = time_contest(contest, n, warm, (lambda: bar.advance(task)) if bar else (lambda: None))
+                    tick = (lambda task=task: bar.advance(task)) if bar else (lambda: None)
+                    result = time_contest(contest, n, warm, tick)
                     result.update(description=contest.description, config=contest.config)
             result["load_avg_1m"] = [load_before, machine_load()]
             result["ratio_reliable"] = load_warning(max(result["load_avg_1m"]), cores) is None

@@ -13,7 +13,8 @@ attention calls ``F.scaled_dot_product_attention``) and ``F.scaled_dot_product_a
     models.seq2seq.Seq2Seq (attention)      Seq2Seq        src_embed, encoder, tgt_embed, decoder (a GRUCell:
                                                            ``decoder.weight_ih`` <- ``decoder.weight_ih_l0``), attn, out
     models.transformer_seq2seq              TransformerSeq2Seq  src_embed, tgt_embed, pos.pe, transformer, out
-    models.bert.BERT (MLM loss)             BERT           wte, wpe, wse, ln_embd, blocks.{i}.., mlm_head, pooler, classifier
+    models.bert.BERT (MLM loss)             BERT           wte, wpe, wse, ln_embd, blocks.{i}.., mlm_head,
+                                                           pooler, classifier
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ class _BertAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int):
         super().__init__()
         self.n_head = n_head
-        self.query, self.key, self.value = nn.Linear(n_embd, n_embd), nn.Linear(n_embd, n_embd), nn.Linear(n_embd, n_embd)
+        self.query, self.key = nn.Linear(n_embd, n_embd), nn.Linear(n_embd, n_embd)
+        self.value = nn.Linear(n_embd, n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
