@@ -287,3 +287,32 @@ def test_fuzzed_safetensors_headers_load_cleanly_or_are_refused(header, data_len
         (directory / "state.json").unlink()
         (directory / "model.safetensors").write_bytes(header_bytes(header, data_len, length_field))
         _load_or_refuse(directory, Tiny() if with_model else None)
+
+
+_SAVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import groundup as gu
+from test_checkpoint_robust import Tiny, save_checkpoint
+gu.manual_seed({seed})
+model = Tiny()
+for step in range(25):
+    save_checkpoint({out!r}, model, config=model.cfg, state={{"step": step, "writer": {seed}}})
+"""
+
+
+def test_two_processes_saving_into_one_directory_never_break_it(tmp_path):
+    import subprocess
+    import sys
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    savers = [subprocess.Popen([sys.executable, "-c", _SAVER.format(tests=tests, seed=seed, out=str(tmp_path))],
+                               stderr=subprocess.PIPE, text=True, env=env) for seed in (1, 2)]
+    errors = [p.communicate(timeout=120)[1] for p in savers]
+    assert [p.returncode for p in savers] == [0, 0], errors
+    loaded = Tiny()
+    _, _, state = load_checkpoint(tmp_path, loaded)          # every file matches state.json's sha256
+    gu.manual_seed(state["writer"])
+    np.testing.assert_array_equal(weights(loaded)["fc.weight"], weights(Tiny())["fc.weight"])
+    assert not list(tmp_path.glob(".*"))

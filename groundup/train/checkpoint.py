@@ -40,7 +40,8 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -313,10 +314,37 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Module, config: Any = Non
     record.update(_jsonable(state))
     record_bytes = _json_bytes(record)
 
+    with _exclusive(directory):  # one saver at a time per directory, whatever the process
+        _commit(directory, payloads, record_bytes)
+        for prev in directory.glob(".*.prev"):
+            prev.unlink(missing_ok=True)
+        if optimizer is None:  # a stale optimizer file from an older checkpoint must not be mistaken for this one's
+            (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
+    return directory
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the directory itself, released when the process ends (even by kill -9)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the command line's run-directory lock still applies
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _commit(directory: Path, payloads: dict[str, bytes], record_bytes: bytes) -> None:
+    """Write the temp files, keep the previous set reachable, move the new set in, state.json last."""
+    previous_step, written = None, None
     try:
         _recover(directory)
         previous_step = _committed_step(directory)
-        written = None
         try:
             for name, data in [*payloads.items(), (STATE_FILE, record_bytes)]:
                 written = _tmp(directory, name)
@@ -345,11 +373,6 @@ def save_checkpoint(out_dir: str | os.PathLike, model: Module, config: Any = Non
                                        f"{describe_os_error(err)}; {intact}")
         failure.errno = err.errno
         raise failure from None
-    for prev in directory.glob(".*.prev"):
-        prev.unlink(missing_ok=True)
-    if optimizer is None:  # a stale optimizer file from an older checkpoint must not be mistaken for this one's
-        (directory / OPTIMIZER_FILE).unlink(missing_ok=True)
-    return directory
 
 
 def _keep_previous(main: Path, prev: Path) -> None:
