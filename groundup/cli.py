@@ -5,6 +5,7 @@ stays a table of contents:
     roadmap, run            groundup.roadmap.cli
     train, sample, bench    groundup.commands
     export, import          groundup.interop.cli
+    explore                 groundup.explorer.cli
 
 Errors: bad input is one line ``groundup: error: ...`` and exit status 2; a failure while working
 is one line and exit status 1; Ctrl-C is exit status 130. ``--debug`` (or the environment variable
@@ -20,7 +21,7 @@ import sys
 
 from groundup.cli_options import UsageError
 
-_GROUPS = ("groundup.roadmap.cli", "groundup.commands", "groundup.interop.cli")
+_GROUPS = ("groundup.roadmap.cli", "groundup.commands", "groundup.interop.cli", "groundup.explorer.cli")
 
 
 class ArgumentParser(argparse.ArgumentParser):
