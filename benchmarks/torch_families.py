@@ -20,6 +20,7 @@ attention calls ``F.scaled_dot_product_attention``) and ``F.scaled_dot_product_a
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -153,8 +154,11 @@ class TransformerSeq2Seq(nn.Module):
         self.src_embed = nn.Embedding(src_vocab_size, d_model)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model)
         self.pos = _Positions(pe)
-        self.transformer = nn.Transformer(d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward,
-                                          dropout=0.0, activation=activation, batch_first=True, norm_first=True)
+        with warnings.catch_warnings():          # "enable_nested_tensor is True, but ... norm_first was True"
+            warnings.simplefilter("ignore", UserWarning)
+            self.transformer = nn.Transformer(d_model, nhead, num_encoder_layers, num_decoder_layers,
+                                              dim_feedforward, dropout=0.0, activation=activation, batch_first=True,
+                                              norm_first=True)
         self.out = nn.Linear(d_model, tgt_vocab_size)
 
     def _embed(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:

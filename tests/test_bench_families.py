@@ -1,0 +1,81 @@
+"""benchmarks/bench_families.py: every family's PyTorch twin computes groundup's loss from the copied
+weights (so the bench races the same maths), one update keeps them equal, the timing and the table,
+the load warning, and ``groundup bench FAMILY`` on the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from groundup import cli
+
+pytestmark = pytest.mark.torch
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("torch")
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location("bench_families", BENCH_DIR / "bench_families.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_families"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn", "rnn", "gru", "lstm", "seq2seq", "transformer", "bert"])
+def test_twin_has_groundups_loss_before_and_after_a_step(bench, family):
+    import torch
+
+    torch.set_num_threads(1)
+    contest = bench.BUILDERS[family](2)
+    first, second = contest.batches
+    before = {name: loss(first) for name, loss in contest.losses.items()}
+    np.testing.assert_allclose(before["groundup"], before["torch"], rtol=2e-5)
+    for step in contest.steps.values():
+        step(first)
+    after = {name: loss(second) for name, loss in contest.losses.items()}
+    np.testing.assert_allclose(after["groundup"], after["torch"], rtol=2e-4)   # one Adam update apart: float32
+    assert contest.units(first) > 0 and set(contest.steps) == {"groundup", "torch"}
+
+
+def test_time_contest_and_table(bench):
+    contest = bench.BUILDERS["mlp"](3)
+    result = bench.time_contest(contest, iters=2, warmup=1)
+    assert result["groundup"]["median_ms"] > 0 and result["torch"]["samples_per_s"] > 0
+    assert abs(result["ratio"] - result["torch"]["median_ms"] / result["groundup"]["median_ms"]) < 1e-9
+    result.update(unit="samples", load_avg_1m=[0.2, 0.3], ratio_reliable=True)
+    record = {"date": "now", "families": {"mlp": result},
+              "machine": {"torch": "2", "torch_threads": 2, "cores": 2, "load_avg_1m_at_start": 0.2,
+                          "load_avg_1m_at_end": 0.3}}
+    table = bench.format_table(record)
+    assert "WARNING" not in table and f"{result['ratio']:.2f}" in table
+    record["machine"]["load_avg_1m_at_end"] = 6.0
+    assert "WARNING: load average 6.0" in bench.format_table(record)
+
+
+def test_load_warning_threshold(bench):
+    assert bench.load_warning(1.5, 2) is None
+    assert bench.load_warning(2.5, 2) is not None and "unreliable" in bench.load_warning(2.5, 2)
+
+
+def test_cli_bench_family_writes_a_ratio(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "b.json"
+    assert cli.main(["bench", "mlp", "--iters", "1", "--warmup", "0", "--no-memory", "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    assert record["families"]["mlp"]["ratio"] > 0
+    assert "mlp" in capsys.readouterr().out
+
+
+def test_cli_bench_family_refuses_batch_size(capsys):
+    assert cli.main(["bench", "gru", "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("groundup: error: --batch-size") and len(err.strip().splitlines()) == 1
