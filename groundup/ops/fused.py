@@ -233,18 +233,20 @@ class LayerNorm(Function):
         y, xhat, rstd = K.layer_norm(x2, None if weight is None else weight.reshape(-1),
                                      None if bias is None else bias.reshape(-1), eps)
         self.save_for_backward(xhat, rstd, weight)
-        self.has_bias, self.shape = bias is not None, x.shape
+        self.has_bias, self.shape, self.norm_shape = bias is not None, x.shape, x.shape[x.ndim - n:]
+        self.bias_dtype = bias.dtype if bias is not None else None
         return y.reshape(x.shape)
 
     def backward(self, gz):
         xhat, rstd, weight = self.saved
         dx, dw, db = K.layer_norm_backward(gz.reshape(xhat.shape), xhat, rstd,
                                            None if weight is None else weight.reshape(-1), self.has_bias)
-        grads = [dx.reshape(self.shape)]
+        grads = [dx.reshape(self.shape).astype(xhat.dtype, copy=False)]           # each in its input's dtype
         if weight is not None:
-            grads.append(dw.reshape(weight.shape) if self.needs_input_grad[1] else None)
+            grads.append(dw.reshape(weight.shape).astype(weight.dtype, copy=False)
+                         if self.needs_input_grad[1] else None)
         if self.has_bias:
-            grads.append(db.reshape(weight.shape if weight is not None else self.shape[-1:]))
+            grads.append(db.reshape(self.norm_shape).astype(self.bias_dtype, copy=False))
         return tuple(grads)
 
 

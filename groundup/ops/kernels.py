@@ -108,6 +108,8 @@ def gelu_tanh_with_slope(f: Any, rows: int = 64) -> tuple[Any, Any]:
     each block stay in cache instead of streaming the whole (N, F) array through memory 12 times.
     """
     xp = array_module(f)
+    shape = f.shape
+    f = f.reshape(-1, shape[-1]) if f.ndim >= 2 else f.reshape(1, -1)         # (N, F): rows of the last dim
     n = f.shape[0]
     rows = n if xp is not np else rows
     y, slope = xp.empty_like(f), xp.empty_like(f)
@@ -130,7 +132,7 @@ def gelu_tanh_with_slope(f: Any, rows: int = 64) -> tuple[Any, Any]:
         xp.subtract(1.0, s, out=gb)
         gb *= f2
         gb += s                                                     # s + y (1 - s) 2c (1 + 3a f^2)
-    return y, slope
+    return y.reshape(shape), slope.reshape(shape)
 
 
 # ----------------------------------------------------------------------------- softmax
