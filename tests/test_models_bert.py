@@ -113,6 +113,7 @@ def _hf_model(model: BERT, head: str):
     return torch, hf
 
 
+@pytest.mark.slow  # parity with Hugging Face transformers (B6)
 @pytest.mark.torch
 @pytest.mark.parametrize("head", ["mlm", "classifier"])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
@@ -290,6 +291,7 @@ def test_shapes_tied_weights_and_a_tiny_batch_is_learned():
     assert list(model.classify(idx, mask).detach().numpy().argmax(1)) == list(labels)
 
 
+@pytest.mark.slow  # parity with Hugging Face transformers (B6)
 @pytest.mark.torch
 def test_training_follows_hugging_face_step_for_step():
     """20 Adam steps on the classification loss from equal weights: the same losses as transformers."""
