@@ -17,6 +17,7 @@ Olsson et al. 2022 (induction heads); Meng et al. 2022 (causal tracing); Wang et
 Heimersheim & Nanda 2024 (activation patching).
 """
 
+from groundup.interpret._access import token_losses
 from groundup.interpret.ablation import Ablation, ablate, ablation_hooks, ablation_table, all_parts, parse_part
 from groundup.interpret.attribution import Attribution, direct_logit_attribution
 from groundup.interpret.heads import (
@@ -49,5 +50,5 @@ __all__ = [
     "Patching", "CausalTrace", "activation_patching", "patch_residual", "patch_heads", "run_patched",
     "logit_diff_metric", "answer_prob_metric", "normalise", "causal_trace",
     "head_scores", "attention_patterns", "score_heads", "previous_token_mask", "duplicate_token_mask",
-    "induction_mask", "first_token_mask",
+    "induction_mask", "first_token_mask", "token_losses",
 ]
