@@ -90,9 +90,9 @@ def _promote(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 def _binary(fn: type, a: Operand, b: Operand) -> Tensor:
     """Make both sides tensors of one dtype, then apply ``fn``; name both shapes on a mismatch."""
-    if not is_tensor(a):
+    if not isinstance(a, TensorMethods):    # is_tensor(a), inlined: this runs for every binary op
         a = as_tensor_like(a, b)
-    elif not is_tensor(b):
+    elif not isinstance(b, TensorMethods):
         b = as_tensor_like(b, a)
     if a.dtype != b.dtype:
         a, b = _promote(a, b)
