@@ -69,7 +69,7 @@ def _range_text(low: int | None, high: int | None) -> str:
     return f"an integer >= {low}" if low is not None else f"an integer <= {high}"
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Shows ``(default: X)`` only where there is a real default (not None / False / a required option)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -159,9 +159,14 @@ class _JoinValues(argparse.Action):
 
 
 def dotted_options(parser: argparse.ArgumentParser, prefix: str, cls: type, skip: tuple[str, ...] = (),
-                   choices: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Add ``--PREFIX.FIELD`` for every field of the dataclass ``cls`` (values parsed later, typed)."""
-    choices = choices or {}
+                   choices: dict[str, tuple[str, ...]] | None = None, aliases: dict[str, str] | None = None) -> None:
+    """Add ``--PREFIX.FIELD`` for every field of the dataclass ``cls`` (values parsed later, typed).
+
+    Args:
+        choices: the allowed values of str fields (shown in the help, checked by argparse).
+        aliases: fields that a short flag also sets (``{"max_iters": "--max-iters"}``), named in the help.
+    """
+    choices, aliases = choices or {}, aliases or {}
     title = (f"--{prefix}.FIELD=VALUE overrides ({cls.__name__}; each value is parsed with the field's type: "
              f"true/false for bools, none for optional fields, 0.9,0.95 for pairs)")
     group = parser.add_argument_group(title)
@@ -175,8 +180,10 @@ def dotted_options(parser: argparse.ArgumentParser, prefix: str, cls: type, skip
         if name in choices:
             extra["choices"] = choices[name]
             kind = "{" + ",".join(choices[name]) + "}"
+        text = f"{cls.__name__}.{name}" + (f" (what {aliases[name]} sets: give one of the two)"
+                                            if name in aliases else "")
         group.add_argument(f"--{prefix}.{name}", dest=f"{prefix}__{name}", metavar=kind, default=None,
-                           help=argparse.SUPPRESS if name.startswith("_") else f"{cls.__name__}.{name}", **extra)
+                           help=argparse.SUPPRESS if name.startswith("_") else text, **extra)
 
 
 def collect(args: argparse.Namespace, prefix: str) -> dict[str, str]:

@@ -128,7 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (the periodic losses and samples are still printed)")
     dotted_options(p, "model", GPTConfig, choices=_model_choices())
-    dotted_options(p, "train", TrainConfig, skip=("out_dir",), choices=FIELD_CHOICES)
+    dotted_options(p, "train", TrainConfig, skip=("out_dir",), choices=FIELD_CHOICES,
+                   aliases={"max_iters": "--max-iters", "batch_size": "--batch-size", "lr": "--lr",
+                            "device": "--device", "seed": "--seed", "progress": "--no-progress"})
     p.set_defaults(handler=train_command)
 
     p = subparsers.add_parser(
