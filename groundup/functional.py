@@ -144,15 +144,17 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1) -> Tensor:
-    """2-D convolution (cross-correlation, as torch): (N, C, H, W) * (O, C, kh, kw) -> (N, O, Ho, Wo)."""
-    if groups != 1:
-        raise ValueError(f"conv2d: groups={groups} is not supported (only groups=1)")
+    """2-D convolution (cross-correlation, as torch): (N, C, H, W) * (O, C / groups, kh, kw) -> (N, O, Ho, Wo).
+
+    ``groups`` splits the channels into that many independent convolutions (torch's meaning; C and O
+    divisible by it; groups = C is a depthwise convolution).
+    """
     if isinstance(padding, str):
         if padding != "valid":
             raise ValueError(f"conv2d: padding={padding!r} is not supported; give a number or 'valid'")
         padding = 0
     args = (input, weight) if bias is None else (input, weight, bias)
-    return conv.Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation)
+    return conv.Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:

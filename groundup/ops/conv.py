@@ -1,4 +1,4 @@
-"""2-D convolution (im2col + one GEMM) and max / average pooling over sliding windows.
+"""2-D convolution (im2col + one GEMM, batched over channel groups) and max / average pooling over windows.
 
 Windows are strided views of the padded input (no copies until the GEMM), laid out as
 (N, C, kh, kw, Ho, Wo). Backward scatters each kernel offset's gradient back with one strided
@@ -57,43 +57,55 @@ def _scatter_windows(gwin: Any, padded_shape, padding, stride, dilation, ho: int
 
 
 class Conv2d(Function):
-    """out = conv2d(x, weight) + bias; x (N, C, H, W), weight (O, C, kh, kw) -> (N, O, Ho, Wo)."""
+    """out = conv2d(x, weight) + bias; x (N, C, H, W), weight (O, C / groups, kh, kw) -> (N, O, Ho, Wo).
 
-    def forward(self, x, weight, *bias, stride=1, padding=0, dilation=1):
-        if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
+    With ``groups`` = g the channels split into g independent convolutions (input channels
+    [k C/g, (k+1) C/g) make output channels [k O/g, (k+1) O/g)); all g run as one batched GEMM
+    (g, N*Ho*Wo, C/g*kh*kw) @ (g, C/g*kh*kw, O/g).
+    """
+
+    def forward(self, x, weight, *bias, stride=1, padding=0, dilation=1, groups=1):
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+        if (x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1] * groups
+                or weight.shape[0] % groups):
             raise RuntimeError(f"conv2d: input {tuple(x.shape)} and weight {tuple(weight.shape)} do not "
-                               f"match (expected (N, C, H, W) and (O, C, kh, kw))")
+                               f"match with groups={groups} (expected (N, C, H, W) and (O, C / groups, kh, kw), "
+                               f"O divisible by groups)")
         stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
         n, c, h, w = x.shape
-        o, _, kh, kw = weight.shape
+        o, cg, kh, kw = weight.shape
+        g, og = groups, o // groups
         ho = _out_size(h, kh, stride[0], padding[0], dilation[0], "conv2d")
         wo = _out_size(w, kw, stride[1], padding[1], dilation[1], "conv2d")
         padded = _pad(x, padding)
         win = _windows(padded, kh, kw, ho, wo, stride, dilation)             # (N, C, kh, kw, Ho, Wo)
-        cols = win.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c * kh * kw)  # (N*Ho*Wo, C*kh*kw)
-        w2 = weight.reshape(o, -1)                                           # (O, C*kh*kw)
-        out = cols @ w2.T                                                    # (N*Ho*Wo, O)
+        win = win.reshape(n, g, cg, kh, kw, ho, wo)                          # (N, g, C/g, kh, kw, Ho, Wo)
+        cols = win.transpose(1, 0, 5, 6, 2, 3, 4).reshape(g, n * ho * wo, cg * kh * kw)   # (g, N*Ho*Wo, C/g*kh*kw)
+        w2 = weight.reshape(g, og, cg * kh * kw)                             # (g, O/g, C/g*kh*kw)
+        out = cols @ w2.transpose(0, 2, 1)                                   # (g, N*Ho*Wo, O/g)
+        out = out.transpose(1, 0, 2).reshape(n * ho * wo, o)                 # (N*Ho*Wo, O), groups side by side
         if bias:
             out += bias[0]
         self.save_for_backward(cols, w2)
-        self.meta = (x.shape, weight.shape, padded.shape, stride, padding, dilation, ho, wo)
+        self.meta = (x.shape, weight.shape, padded.shape, stride, padding, dilation, ho, wo, g)
         return out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)              # (N, O, Ho, Wo)
 
     def backward(self, gz):
         cols, w2 = self.saved
-        x_shape, w_shape, padded_shape, stride, padding, dilation, ho, wo = self.meta
+        x_shape, w_shape, padded_shape, stride, padding, dilation, ho, wo, g = self.meta
         n, c = x_shape[:2]
-        o, _, kh, kw = w_shape
-        g2 = gz.transpose(0, 2, 3, 1).reshape(-1, o)                         # (N*Ho*Wo, O)
+        o, cg, kh, kw = w_shape
+        g2 = gz.transpose(0, 2, 3, 1).reshape(-1, g, o // g).transpose(1, 0, 2)   # (g, N*Ho*Wo, O/g)
         gx = gw = gb = None
         if self.needs_input_grad[0]:
-            gcols = (g2 @ w2).reshape(n, ho, wo, c, kh, kw)                  # (N, Ho, Wo, C, kh, kw)
-            gwin = gcols.transpose(0, 3, 4, 5, 1, 2)                         # (N, C, kh, kw, Ho, Wo)
+            gcols = (g2 @ w2).reshape(g, n, ho, wo, cg, kh, kw)             # (g, N, Ho, Wo, C/g, kh, kw)
+            gwin = gcols.transpose(1, 0, 4, 5, 6, 2, 3).reshape(n, c, kh, kw, ho, wo)   # (N, C, kh, kw, Ho, Wo)
             gx = _scatter_windows(gwin, padded_shape, padding, stride, dilation, ho, wo)
         if self.needs_input_grad[1]:
-            gw = (g2.T @ cols).reshape(w_shape)                              # (O, C, kh, kw)
+            gw = (g2.transpose(0, 2, 1) @ cols).reshape(w_shape)            # (g, O/g, C/g*kh*kw) -> (O, C/g, kh, kw)
         if len(self.needs_input_grad) == 3:
-            gb = g2.sum(axis=0) if self.needs_input_grad[2] else None
+            gb = g2.sum(axis=1).reshape(o) if self.needs_input_grad[2] else None   # (g, O/g) -> (O,)
             return gx, gw, gb
         return gx, gw
 
