@@ -6,16 +6,17 @@ holds ``run.lock``: concurrent requests take turns, one forward pass each.
 
     analyze         tokens, the top-k next-token distribution at every position, every head's
                     attention (L, H, T, T) and the per-position loss
-    head_scores     previous-token and induction scores of each (layer, head) on a repeated random
-                    sequence (Olsson et al. 2022)
+    head_scores     previous-token, induction, duplicate- and first-token scores of each (layer, head)
+                    on a repeated random sequence (Olsson et al. 2022)
     logit_lens      each layer's residual stream through ln_f and the unembedding (nostalgebraist 2020)
     attribution     direct logit attribution of one prediction: each head, MLP and the embeddings'
                     share of the logit, through ln_f with its scale frozen (Elhage et al. 2021)
     ablate          the distribution and loss with heads / MLPs switched off (zeroed or mean-ablated)
     stream_tokens   generation one token at a time (KV cache on or off), for server-sent events
 
-The head scores, logit lens, attribution and ablation use ``groundup.interpret`` where it is
-installed, and the hook-point versions here otherwise (they compute the same quantities).
+The head scores, logit lens, attribution and ablation are ``groundup.interpret``'s; this file picks
+the inputs (a repeated random sequence for the detectors, the model's own samples for mean
+ablation) and turns the results into what the page draws.
 
 References: Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"; Olsson et al.
 2022, "In-context Learning and Induction Heads"; nostalgebraist 2020, "interpreting GPT: the logit lens".
@@ -32,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from groundup import interpret
 from groundup.backend import to_numpy
 from groundup.explorer.runs import ExplorerError
-from groundup.tensor import Tensor, no_grad
+from groundup.tensor import no_grad
 
 __all__ = ["LoadedRun", "load_run", "analyze", "head_scores", "logit_lens", "attribution", "ablate",
            "stream_tokens", "MAX_NEW_TOKENS"]
@@ -58,6 +60,7 @@ class LoadedRun:
         self.lock = threading.Lock()
         self._fast: Any = None
         self._head_scores: dict[str, Any] | None = None
+        self._reference: dict[int, np.ndarray] = {}
 
     @property
     def fast(self) -> Any:
@@ -118,8 +121,15 @@ def load_run(directory: Path) -> LoadedRun:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
+    with np.errstate(under="ignore"):               # exp of a very negative logit is 0, as it should be
+        e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) in nats over the last axis (0 log 0 = 0)."""
+    with np.errstate(under="ignore"):
+        return np.maximum((p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300)))).sum(-1), 0.0)
 
 
 def _top(run: LoadedRun, probs: np.ndarray, k: int) -> dict[str, list]:
@@ -155,15 +165,6 @@ def _check_token(run: LoadedRun, token: int, what: str) -> int:
     return token
 
 
-def _interpret() -> Any:
-    """groundup.interpret when it is installed, else None."""
-    try:
-        import groundup.interpret as interpret
-    except ImportError:
-        return None
-    return interpret
-
-
 # ----------------------------------------------------------------------------- analyze
 def analyze(run: LoadedRun, text: str, k: int = 10) -> dict[str, Any]:
     """Tokens, top-k next-token distribution at every position, all attention maps and the loss.
@@ -196,88 +197,57 @@ def detector_sequence(run: LoadedRun, half: int | None = None, seed: int = 0) ->
 
 
 def head_scores(run: LoadedRun) -> dict[str, Any]:
-    """Previous-token and induction score of each head (L, H), on ``detector_sequence``; cached per model.
-
-    previous-token: mean attention from position t to t-1 (t >= 1).
-    induction: mean attention from position t of the second copy to the token after the earlier
-    occurrence of its token, t - half + 1 (Olsson et al.).
-    """
-    if run._head_scores is not None:
-        return run._head_scores
-    idx = detector_sequence(run)
-    half = idx.shape[1] // 2
-    interpret = _interpret()
-    if interpret is not None and hasattr(interpret, "head_scores"):
+    """Each head's detector scores (L, H) on ``detector_sequence`` (``groundup.interpret.head_scores``):
+    previous-token, induction, duplicate-token and first-token; cached per model. NaN becomes None."""
+    if run._head_scores is None:
+        idx = detector_sequence(run)
         with run.lock:
             scores = interpret.head_scores(run.model, idx)
-        prev, induction = _scores_from_interpret(scores, run.cfg.n_layer, run.cfg.n_head)
-    else:
-        with run.lock:
-            maps = run.model.attention_maps(idx)[:, 0].astype(np.float64)          # (L, H, T, T)
-        T = idx.shape[1]
-        rows = np.arange(1, T)
-        prev = maps[:, :, rows, rows - 1].mean(axis=-1)                             # (L, H)
-        rows = np.arange(half, T)
-        induction = maps[:, :, rows, rows - half + 1].mean(axis=-1)                 # (L, H)
-    run._head_scores = {"previous_token": np.round(prev, 4).tolist(), "induction": np.round(induction, 4).tolist(),
-                        "sequence_length": int(idx.shape[1])}
+        run._head_scores = {name: _grid(value) for name, value in scores.items()}
+        run._head_scores["sequence_length"] = int(idx.shape[1])
     return run._head_scores
 
 
-def _scores_from_interpret(scores: Any, n_layer: int, n_head: int) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays (L, H) from groundup.interpret.head_scores's dict (arrays, or {(layer, head): score})."""
-    out = []
-    for key in ("previous_token", "induction"):
-        value = scores[key] if key in scores else scores[next(k for k in scores if key.split("_")[0] in k)]
-        if isinstance(value, dict):
-            grid = np.zeros((n_layer, n_head))
-            for (layer, head), score in value.items():
-                grid[layer, head] = float(score)
-            out.append(grid)
-        else:
-            out.append(np.asarray(value, dtype=np.float64).reshape(n_layer, n_head))
-    return out[0], out[1]
+def _grid(values: np.ndarray) -> list[list[float | None]]:
+    return [[round(float(v), 4) if math.isfinite(v) else None for v in row] for row in np.asarray(values, float)]
 
 
 # ----------------------------------------------------------------------------- logit lens
+def _targets(ids: list[int]) -> np.ndarray:
+    """Next-token targets (1, T) of a text: ids shifted left, -100 (ignored) at the last position."""
+    return np.asarray([ids[1:] + [-100]], dtype=np.int64)
+
+
 def logit_lens(run: LoadedRun, text: str, k: int = 5) -> dict[str, Any]:
-    """The residual stream after the embeddings and after each block, read through ln_f and lm_head.
+    """The residual stream after the embeddings and after each block, read through ln_f and lm_head
+    (``groundup.interpret.logit_lens``).
 
     Returns:
         names (L+1,), top {ids, tokens, probs} each (L+1, T, k), kl_to_final (L+1, T) in nats, and
         target_probs (L+1, T-1): each layer's probability of the token that actually comes next.
     """
     ids = run.encode_context(text)
-    idx = np.asarray([ids], dtype=np.int64)
-    model = run.model
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(run.cfg.n_layer)]
-    with run.lock, no_grad():
-        _, cache = model.run_with_cache(idx, names=names)
-        probs = np.stack([_softmax(model.lm_head(model.ln_f(cache[n])).numpy()[0]) for n in names])  # (L+1, T, V)
-    final = probs[-1]
-    kl = (final * (np.log(np.maximum(final, 1e-300)) - np.log(np.maximum(probs, 1e-300)))).sum(-1)  # (L+1, T)
-    k = min(k, probs.shape[-1])
-    order = np.argsort(-probs, axis=-1, kind="stable")[..., :k]                   # (L+1, T, k)
-    targets = np.asarray(ids[1:])
-    target_probs = probs[:, np.arange(len(targets)), targets] if len(targets) else np.zeros((len(names), 0))
-    return {"names": ["embed"] + [f"block {i}" for i in range(run.cfg.n_layer)],
+    with run.lock:
+        lens = interpret.logit_lens(run.model, np.asarray([ids], dtype=np.int64), _targets(ids), k=k)
+    target_probs = np.exp(-lens.loss[:, :-1]) if lens.loss is not None else np.zeros((len(lens.names), 0))
+    return {"names": ["embed" if n == "embed" else n.replace("blocks.", "block ") for n in lens.names],
             "tokens": [{"id": i, "text": run.token_text(i)} for i in ids],
-            "top": {"ids": order.tolist(),
-                    "tokens": [[[run.token_text(i) for i in row] for row in layer] for layer in order],
-                    "probs": np.round(np.take_along_axis(probs, order, axis=-1), ROUND).tolist()},
-            "kl_to_final": np.round(np.maximum(kl, 0.0), ROUND).tolist(),
+            "top": {"ids": lens.top_ids.tolist(),
+                    "tokens": [[[run.token_text(i) for i in row] for row in layer] for layer in lens.top_ids],
+                    "probs": np.round(lens.top_probs, ROUND).tolist()},
+            "kl_to_final": np.round(lens.kl_to_final, ROUND).tolist(),
             "target_probs": np.round(target_probs, ROUND).tolist()}
 
 
 # ----------------------------------------------------------------------------- attribution
 def attribution(run: LoadedRun, text: str, position: int = -1, token: int | None = None,
                 other: int | None = None) -> dict[str, Any]:
-    """Direct logit attribution of the logit of ``token`` at ``position`` (minus ``other``'s, if given).
+    """Direct logit attribution of the logit of ``token`` (default: the top prediction) at ``position``,
+    minus ``other``'s if given (``groundup.interpret.direct_logit_attribution``).
 
-    The final residual stream is a sum of parts (embeddings, each head's output, each attention
-    bias, each MLP's output); ln_f is linear once its scale 1/sigma is frozen at the value it has,
-    so each part's share of the logit is ((part - mean(part)) / sigma * ln_f.weight) . W_U[token].
-    The shares plus ln_f.bias . W_U[token] add up to the logit exactly. Pre-norm models only.
+    The final residual stream is a sum of parts (embeddings, each head, each MLP); ln_f is linear once
+    its scale is frozen at the value it has, so each part has a share of the logit, and the shares
+    (with 'bias', the biases' share) add up to the logit exactly. Pre-norm models only.
     """
     if run.cfg.norm != "pre":
         raise ExplorerError(422, "direct logit attribution needs a pre-norm model (the residual stream of a "
@@ -285,74 +255,33 @@ def attribution(run: LoadedRun, text: str, position: int = -1, token: int | None
     ids = run.encode_context(text)
     position = _check_position(position, len(ids))
     idx = np.asarray([ids], dtype=np.int64)
-    model, cfg = run.model, run.cfg
-    with run.lock:
-        logits, cache = model.run_with_cache(idx, names=["blocks.0.hook_resid_pre", "blocks.*.attn.hook_result",
-                                                         "blocks.*.hook_mlp_out", f"blocks.{cfg.n_layer - 1}"
-                                                         ".hook_resid_post"])
-    logits_at = logits.numpy()[0, position].astype(np.float64)                     # (V,)
-    token = int(np.argmax(logits_at)) if token is None else _check_token(run, token, "token")
+    if token is None:
+        with run.lock, no_grad():
+            token = int(np.argmax(run.model(idx).numpy()[0, position]))
+    _check_token(run, token, "token")
     if other is not None:
         _check_token(run, other, "other")
-    unembed = to_numpy(model.lm_head.weight.data).astype(np.float64)                      # (V, C)
-    direction = unembed[token] - (unembed[other] if other is not None else 0.0)    # (C,)
-    labels, parts = ["embed"], [cache["blocks.0.hook_resid_pre"].numpy()[0, position]]
-    for i, block in enumerate(model.blocks):
-        result = cache[f"blocks.{i}.attn.hook_result"].numpy()[0, position]         # (H, C)
-        for h in range(cfg.n_head):
-            labels.append(f"L{i}H{h}")
-            parts.append(result[h])
-        if block.attn.proj.bias is not None:
-            labels.append(f"L{i} attn bias")
-            parts.append(to_numpy(block.attn.proj.bias.data))
-        labels.append(f"L{i} MLP")
-        parts.append(cache[f"blocks.{i}.hook_mlp_out"].numpy()[0, position])
-    parts_arr = np.stack(parts).astype(np.float64)                                 # (P, C)
-    final = cache[f"blocks.{cfg.n_layer - 1}.hook_resid_post"].numpy()[0, position].astype(np.float64)
-    sigma = math.sqrt(final.var() + model.ln_f.eps)
-    gamma = to_numpy(model.ln_f.weight.data).astype(np.float64)
-    centered = parts_arr - parts_arr.mean(axis=-1, keepdims=True)
-    values = (centered / sigma * gamma) @ direction                                # (P,)
-    bias = float(to_numpy(model.ln_f.bias.data).astype(np.float64) @ direction) if model.ln_f.bias is not None else 0.0
-    logit = float(logits_at[token] - (logits_at[other] if other is not None else 0.0))
+    with run.lock:
+        result = interpret.direct_logit_attribution(run.model, idx, position, token, other)
     return {"position": position, "token": token, "token_text": run.token_text(token), "other": other,
-            "other_text": run.token_text(other) if other is not None else None, "labels": labels,
-            "values": np.round(values, ROUND).tolist(), "ln_f_bias": round(bias, ROUND),
-            "total": float(values.sum() + bias), "logit": logit}
+            "other_text": run.token_text(other) if other is not None else None, "labels": list(result.labels),
+            "values": np.round(result.values, ROUND).tolist(), "total": float(result.total),
+            "sum": float(result.values.sum()), "scale": float(result.scale)}
 
 
 # ----------------------------------------------------------------------------- ablation
-def _ablation_hooks(run: LoadedRun, heads: list[tuple[int, int]], mlps: list[int], kind: str) -> dict[str, Any]:
-    """{hook name: fn} switching off the given heads (their z, before proj) and MLPs (their output)."""
-    cfg = run.cfg
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
-            raise ExplorerError(422, f"head ({layer}, {head}) does not exist: layers 0..{cfg.n_layer - 1}, "
-                                     f"heads 0..{cfg.n_head - 1}")
-        by_layer.setdefault(layer, []).append(head)
-    for layer in mlps:
-        if not 0 <= layer < cfg.n_layer:
-            raise ExplorerError(422, f"MLP {layer} does not exist: layers 0..{cfg.n_layer - 1}")
+REFERENCE_TEXTS = 16             # texts the model writes itself, for mean ablation
 
-    def off(values: np.ndarray, axis: int) -> np.ndarray:
-        return np.zeros_like(values) if kind == "zero" else np.broadcast_to(
-            values.mean(axis=axis, keepdims=True), values.shape)
 
-    def head_hook(layer_heads: list[int]) -> Any:
-        def fn(z: Tensor, hook: Any) -> Tensor:                                    # z (B, H, T, D)
-            data = z.data.copy()
-            for h in layer_heads:
-                data[:, h] = off(data[:, h], axis=1)                               # mean over positions T
-            return Tensor(data)
-        return fn
+def reference_batch(run: LoadedRun, length: int) -> np.ndarray:
+    """(REFERENCE_TEXTS, length) token ids the model sampled itself (seeded, cached per length): the
+    batch whose mean activation, position by position, replaces a part in mean ablation."""
+    from groundup.commands import start_id
 
-    def mlp_hook(out: Tensor, hook: Any) -> Tensor:                                # (B, T, C)
-        return Tensor(np.ascontiguousarray(off(out.data, axis=1)))
-
-    hooks: dict[str, Any] = {f"blocks.{layer}.attn.hook_z": head_hook(hs) for layer, hs in by_layer.items()}
-    hooks.update({f"blocks.{layer}.hook_mlp_out": mlp_hook for layer in sorted(set(mlps))})
-    return hooks
+    if length not in run._reference:
+        start = np.full((REFERENCE_TEXTS, 1), start_id(run.tokenizer), dtype=np.int64)
+        run._reference[length] = run.model.generate(start, length - 1, temperature=1.0, seed=0).numpy()
+    return run._reference[length]
 
 
 def ablate(run: LoadedRun, text: str, position: int = -1, heads: list[tuple[int, int]] | None = None,
@@ -361,28 +290,39 @@ def ablate(run: LoadedRun, text: str, position: int = -1, heads: list[tuple[int,
 
     ``zero`` replaces a head's output z (before the output projection) or an MLP's output with zeros
     (the same as zeroing that head's columns of attn.proj.weight, or the MLP's proj weight and bias);
-    ``mean`` replaces it with its mean over this text's positions.
+    ``mean`` replaces it with its mean over ``reference_batch`` (texts the model wrote), position by
+    position. The hooks are ``groundup.interpret.ablation_hooks``.
     """
     if kind not in ("zero", "mean"):
         raise ExplorerError(422, f"kind must be 'zero' or 'mean', got {kind!r}")
     heads, mlps = list(heads or []), list(mlps or [])
+    cfg = run.cfg
+    for layer, head in heads:
+        if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
+            raise ExplorerError(422, f"head ({layer}, {head}) does not exist: layers 0..{cfg.n_layer - 1}, "
+                                     f"heads 0..{cfg.n_head - 1}")
+    for layer in mlps:
+        if not 0 <= layer < cfg.n_layer:
+            raise ExplorerError(422, f"MLP {layer} does not exist: layers 0..{cfg.n_layer - 1}")
+    parts = list(dict.fromkeys([f"L{layer}H{head}" for layer, head in heads] + [f"L{layer}MLP" for layer in mlps]))
     ids = run.encode_context(text)
     position = _check_position(position, len(ids))
     idx = np.asarray([ids], dtype=np.int64)
-    hooks = _ablation_hooks(run, heads, mlps, kind)
     with run.lock, no_grad():
         before = _softmax(run.model(idx).numpy()[0])                                # (T, V)
-        with run.model.hooks(hooks):
-            after = _softmax(run.model(idx).numpy()[0])                             # (T, V)
+        after = before
+        if parts:
+            reference = reference_batch(run, len(ids)) if kind == "mean" else None
+            with run.model.hooks(interpret.ablation_hooks(run.model, parts, kind, mean_over=reference)):
+                after = _softmax(run.model(idx).numpy()[0])                         # (T, V)
     loss_before, loss_after = _next_token_losses(before, ids), _next_token_losses(after, ids)
     p, q = before[position], after[position]
-    kl = float((p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300)))).sum())
     k = min(k, p.shape[-1])
     shown = list(dict.fromkeys(np.argsort(-p, kind="stable")[:k].tolist() + np.argsort(-q, kind="stable")[:k].tolist()))
-    return {"position": position, "kind": kind, "heads": [list(h) for h in heads], "mlps": mlps,
+    return {"position": position, "kind": kind, "parts": parts, "heads": [list(h) for h in heads], "mlps": mlps,
             "ids": shown, "tokens": [run.token_text(i) for i in shown],
             "before": np.round(p[shown], ROUND).tolist(), "after": np.round(q[shown], ROUND).tolist(),
-            "kl": max(kl, 0.0), "loss_before": _mean_loss(loss_before), "loss_after": _mean_loss(loss_after),
+            "kl": float(_kl(p, q)), "loss_before": _mean_loss(loss_before), "loss_after": _mean_loss(loss_after),
             "losses_before": np.round(loss_before, ROUND).tolist(),
             "losses_after": np.round(loss_after, ROUND).tolist()}
 

@@ -161,8 +161,8 @@ async function renderAttribution() {
   const t = state.position;
   try {
     const d = await api("/api/attribution", { run: state.run, text: $("#text").value, position: t });
-    $("#dla-label").textContent = `of “${visible(d.token_text)}” at position ${d.position}: logit ${fmt(d.logit, 4)} = ` +
-      `Σ parts ${fmt(d.total - d.ln_f_bias, 4)} + ln_f bias ${fmt(d.ln_f_bias, 3)}`;
+    $("#dla-label").textContent = `of “${visible(d.token_text)}” after position ${d.position}: logit ${fmt(d.total, 4)} = ` +
+      `the sum of the parts' shares ${fmt(d.sum, 4)} (ln_f's scale frozen at ${fmt(d.scale, 3)})`;
     const top = Math.max(...d.values.map(Math.abs), 1e-9);
     $("#dla").replaceChildren(...d.labels.map((label, i) => {
       const v = d.values[i], width = (50 * Math.abs(v) / top).toFixed(1);
@@ -253,9 +253,10 @@ function renderHeads(scores) {
   table.append(el("tr", {}, el("th", { text: "" }), ...Array.from({ length: n_head }, (_, h) => el("th", { text: `head ${h}` }))));
   scores.previous_token.forEach((row, l) => {
     table.append(el("tr", {}, el("th", { text: `layer ${l}` }), ...row.map((prev, h) => {
-      const ind = scores.induction[l][h];
-      const cell = el("td", { title: "previous-token / induction score" }, `prev ${prev.toFixed(2)}\nind ${ind.toFixed(2)}`);
-      cell.style.background = `linear-gradient(90deg, rgba(47,109,179,${prev}) 50%, rgba(30,132,73,${ind}) 50%)`;
+      const ind = scores.induction[l][h], dup = (scores.duplicate_token || [])[l], first = (scores.first_token || [])[l];
+      const cell = el("td", { title: `duplicate-token ${fmt(dup && dup[h], 2)}, first-token ${fmt(first && first[h], 2)}` },
+        `prev ${fmt(prev, 2)}\nind ${fmt(ind, 2)}`);
+      cell.style.background = `linear-gradient(90deg, rgba(47,109,179,${prev || 0}) 50%, rgba(30,132,73,${ind || 0}) 50%)`;
       return cell;
     })));
   });
