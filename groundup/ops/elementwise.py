@@ -104,6 +104,8 @@ class PowScalar(Function):
 
 
 class Neg(Function):
+    """z = -x."""
+
     def forward(self, x):
         return -x
 
@@ -112,6 +114,8 @@ class Neg(Function):
 
 
 class Exp(Function):
+    """z = e ** x; saves z, since dz/dx = z."""
+
     def forward(self, x):
         out = array_module(x).exp(x)
         self.save_for_backward(out)
@@ -123,6 +127,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    """z = log x (natural log); dz/dx = 1 / x."""
+
     def forward(self, x):
         self.save_for_backward(x)
         return array_module(x).log(x)
@@ -133,6 +139,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """z = sqrt(x); saves z, since dz/dx = 1 / (2 z)."""
+
     def forward(self, x):
         out = array_module(x).sqrt(x)
         self.save_for_backward(out)
@@ -144,6 +152,8 @@ class Sqrt(Function):
 
 
 class Rsqrt(Function):
+    """z = 1 / sqrt(x); saves z, since dz/dx = -z^3 / 2."""
+
     def forward(self, x):
         out = 1 / array_module(x).sqrt(x)
         self.save_for_backward(out)
@@ -155,6 +165,8 @@ class Rsqrt(Function):
 
 
 class Tanh(Function):
+    """z = tanh(x); saves z, since dz/dx = 1 - z^2."""
+
     def forward(self, x):
         out = array_module(x).tanh(x)
         self.save_for_backward(out)
@@ -166,6 +178,8 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
+    """z = 1 / (1 + e^-x); saves z, since dz/dx = z (1 - z)."""
+
     def forward(self, x):
         xp = array_module(x)
         # NOTE: 0.5 * (1 + tanh(x / 2)) is sigmoid without overflow for large |x|.
@@ -237,6 +251,8 @@ class Maximum(Function):
 
 
 class Minimum(Function):
+    """NOTE: at ties the gradient is split equally between x and y, as in torch."""
+
     def forward(self, x, y):
         self.save_for_backward(x, y)
         return array_module(x).minimum(x, y)
@@ -290,6 +306,8 @@ class Cast(Function):
 
 
 class Clone(Function):
+    """z = a copy of x that stays in the graph (torch's ``clone``)."""
+
     def forward(self, x):
         return x.copy()
 

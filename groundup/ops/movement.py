@@ -13,6 +13,8 @@ from groundup.function import Function, unbroadcast
 
 
 class Reshape(Function):
+    """The same elements in a new shape; the gradient is reshaped back."""
+
     def forward(self, x, shape: tuple[int, ...] = ()):
         self.in_shape = x.shape
         try:
@@ -26,6 +28,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    """Reorder the axes; the gradient goes through the inverse permutation."""
+
     def forward(self, x, dims: tuple[int, ...] = ()):
         if sorted(d % max(x.ndim, 1) for d in dims) != list(range(x.ndim)):
             raise RuntimeError(f"permute: dims {tuple(dims)} is not a permutation of the "
@@ -41,6 +45,8 @@ class Permute(Function):
 
 
 class Expand(Function):
+    """Broadcast to a bigger shape without copying; the gradient is summed back (unbroadcast)."""
+
     def forward(self, x, shape: tuple[int, ...] = ()):
         xp = array_module(x)
         self.in_shape = x.shape
@@ -77,6 +83,8 @@ class Repeat(Function):
 
 
 class Cat(Function):
+    """Concatenate along ``dim``; each input gets its slice of the gradient."""
+
     def forward(self, *xs, dim: int = 0):
         xp = array_module(*xs)
         ref = xs[0]
@@ -155,6 +163,8 @@ class Triangle(Function):
 
 
 class ToDevice(Function):
+    """Move between NumPy (cpu) and CuPy (cuda); the gradient moves back."""
+
     def forward(self, x, device: str = "cpu"):
         self.src = "cuda" if type(x).__module__.startswith("cupy") else "cpu"
         return to_device(x, device)

@@ -38,6 +38,8 @@ def _expand_back(g: Any, in_shape: tuple[int, ...], axes: tuple[int, ...], keepd
 
 
 class Sum(Function):
+    """Sum over ``dim``; the backward broadcasts the gradient back over the summed dims."""
+
     def forward(self, x, dim: Any = None, keepdim: bool = False):
         self.axes = normalize_dims(dim, x.ndim, "sum")
         self.keepdim, self.in_shape = keepdim, x.shape
@@ -50,6 +52,8 @@ class Sum(Function):
 
 
 class Mean(Function):
+    """Mean over ``dim``: the gradient is spread evenly, 1 / count each."""
+
     def forward(self, x, dim: Any = None, keepdim: bool = False):
         self.axes = normalize_dims(dim, x.ndim, "mean")
         self.keepdim, self.in_shape = keepdim, x.shape
@@ -119,6 +123,8 @@ class Var(Function):
 
 
 class LogSumExp(Function):
+    """log(sum(exp(x))) over ``dim``, shifted by the max; the gradient is softmax(x)."""
+
     def forward(self, x, dim: Any = None, keepdim: bool = False):
         xp = array_module(x)
         self.axes = normalize_dims(dim, x.ndim, "logsumexp")
