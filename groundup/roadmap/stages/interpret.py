@@ -242,6 +242,8 @@ def looks_vs_does(ctx: Context, state: dict[str, Any]) -> Finding:
     worst = [heads[i] for i in np.argsort(-np.abs(rank_looks - rank_does), kind="stable")[:2]]
     matter = does >= 0.5 * does.max()
     elsewhere = [heads[i] for i in np.nonzero(matter & (looks < 0.1))[0]]
+    idle = [heads[i] for i in np.nonzero((looks >= 0.5) & (does <= 0.1 * does.max()))[0]]   # look, but barely matter
+    named = {h: (float(looks[heads.index(h)]), float(does[heads.index(h)])) for h in elsewhere[:1] + idle[:1]}
     fig = ctx.figure(4.6, 3.6)
     ax = fig.subplots()
     ax.scatter(looks, does)
@@ -250,7 +252,8 @@ def looks_vs_does(ctx: Context, state: dict[str, Any]) -> Finding:
     ax.set(xlabel="attention on the token to copy (induction score)", ylabel="loss rise when ablated (nats)")
     metrics = {"looks_vs_does": {"heads": heads, "attention_on_copied_token": looks.tolist(),
                                  "ablation_loss_rise": does.tolist(), "spearman": rho, "most_disagreeing": worst,
-                                 "matter_but_look_elsewhere": elsewhere, "n_matter_look_elsewhere": len(elsewhere)}}
+                                 "matter_but_look_elsewhere": elsewhere, "n_matter_look_elsewhere": len(elsewhere),
+                                 "look_but_barely_matter": idle}}
     return Finding(
         title="Where a head looks is not what it does",
         metrics=metrics,
@@ -263,7 +266,10 @@ def looks_vs_does(ctx: Context, state: dict[str, Any]) -> Finding:
                            "token to be copied against the rise in second-half loss when it is mean-ablated.")],
         text=[f"Across the heads the rank correlation of attention on the copied token and ablation effect is "
               f"{rho:.2f}. The heads whose two ranks disagree most: {', '.join(worst)}. Heads that matter but look "
-              f"elsewhere: {', '.join(elsewhere) or 'none'}."])
+              f"elsewhere: {', '.join(elsewhere) or 'none'}; heads that look at the copied token but barely matter "
+              f"(redundant with another): {', '.join(idle) or 'none'}."]
+        + [f"{h} puts {a:.0%} of its attention on the copied token; ablating it raises the loss by {d:.2f} nats."
+           for h, (a, d) in named.items()])
 
 
 # ----------------------------------------------------------------------------- 3. the logit lens
@@ -405,6 +411,7 @@ def tracing(ctx: Context, state: dict[str, Any]) -> Finding:
                            "attn_effect": effect["attn"].tolist(), "best_mlp_layer": int(layer),
                            "best_mlp_position": FactWorld.POSITIONS[int(position)],
                            "best_mlp_effect": float(effect["mlp"].max()),
+                           "best_mlp_share": float(effect["mlp"].max() / drop),
                            "mlp_at_subject_max": float(at_subject.max()), "mlp_elsewhere_max": float(elsewhere.max()),
                            "subject_resid_restores": subject_resid, "rome_pattern": bool(
                                position == FactWorld.SUBJECT and mid)}}
@@ -417,15 +424,17 @@ def tracing(ctx: Context, state: dict[str, Any]) -> Finding:
         metrics=metrics,
         claims=[claims.claim(
             "interpret.causal_tracing", "Causal tracing locates recall: noise on the subject destroys the answer, "
-            "and restoring the subject's residual stream at one layer brings most of it back",
+            "and restoring a single MLP output (one layer, one position) brings back at least half of it",
             claims.ge("p(answer) lost to the noise", drop, ctx.threshold("p(answer) lost, at least", 0.3)),
-            claims.ge("share restored by the subject's stream at its best layer", subject_resid, 0.5))],
+            claims.ge("share restored by the best single MLP output", m["best_mlp_share"], 0.5))],
         plots=[_trace_plot(ctx, effect)],
         text=[f"Noise on the subject's embedding drops p(answer) from {m['p_clean']:.2f} to {m['p_corrupted']:.2f}. "
-              f"Restoring the subject's residual stream at its best layer restores {subject_resid:.0%} of that. "
-              f"The largest MLP effect ({m['best_mlp_effect']:.2f}) is at layer {m['best_mlp_layer']}, position "
-              f"'{m['best_mlp_position']}': {verdict}; the largest MLP effect at the subject is "
-              f"{m['mlp_at_subject_max']:.2f}, elsewhere {m['mlp_elsewhere_max']:.2f}."])
+              f"The largest MLP effect ({m['best_mlp_effect']:.2f}, {m['best_mlp_share']:.0%} of the drop) is at "
+              f"layer {m['best_mlp_layer']}, position '{m['best_mlp_position']}': {verdict}. The largest MLP effect "
+              f"at the subject is {m['mlp_at_subject_max']:.2f}, elsewhere {m['mlp_elsewhere_max']:.2f}; restoring "
+              f"the subject's own residual stream after a block restores at most {subject_resid:.0%} of the drop "
+              "(restored after a block, it cannot undo what that block's and earlier blocks' attention at later "
+              "positions already read from the noised subject)."])
 
 
 def _trace_plot(ctx: Context, effect: dict[str, np.ndarray]) -> Any:
