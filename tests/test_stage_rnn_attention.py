@@ -166,3 +166,19 @@ def test_char_tokenizer_specials_take_the_first_ids():
     target = CharTokenizer("0123456789-", specials=("<pad>", "<bos>", "<eos>"))
     assert target.id_of("<eos>") == 2 and target.vocab_size == 14 and target.decode(target.encode("1999-")) == "1999-"
     assert CharTokenizer("hello world").encode("hello") == [3, 2, 4, 4, 5]          # no specials: as before
+
+
+def test_train_lm_learns_names_with_the_trainer(tmp_path):
+    """The rnn stage's training (through the Trainer) learns a two-name language far below a uniform guess."""
+    from groundup.roadmap.runner import Context
+
+    codec = rnn_stage.name_codec(["anna", "bob"])
+    x, y = rnn_stage.encode_names(["anna", "bob"] * 32, codec)
+    data = {"x_train": x, "y_train": y, "x_val": x[:2], "y_val": y[:2]}
+    gu.manual_seed(0)
+    model = RNNLM(RNNLMConfig(vocab_size=codec.vocab_size, cell="gru", n_embd=8, hidden_size=16))
+    before = rnn_stage.evaluate_lm(model, x[:2], y[:2])
+    history = rnn_stage.train_lm(Context(out_dir=tmp_path), model, data, iters=60, lr=3e-2, batch_size=8,
+                                 rng=np.random.default_rng(0), description="test", eval_every=20)
+    assert history["eval_iters"] == [20, 40, 60] and len(history["train_loss"]) == 60
+    assert history["val_loss"][-1] < 0.5 * before and model.training   # learned; the mode it had is kept

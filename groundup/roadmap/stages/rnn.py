@@ -100,7 +100,8 @@ def train_lm(ctx: Context, model: RNNLM, data: dict[str, np.ndarray], *, iters: 
     losses: list[float] = []
 
     def get_batch(split: str, _: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return _trim(*(a[rng.integers(0, len(x_train), batch_size)] for a in (x_train, y_train)))
+        rows = rng.integers(0, len(x_train), batch_size)                     # the same names for x and y
+        return _trim(x_train[rows], y_train[rows])
 
     def validate(trainer: Any) -> dict[str, float]:
         return {"val_loss": evaluate_lm(model, data["x_val"], data["y_val"], ctx.device)} if trainer.iter else {}
