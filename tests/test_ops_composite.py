@@ -350,6 +350,8 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
 ELSEWHERE: dict[str, str] = {
     "models.gpt_fast.TransformerStack": "tests/test_gpt_twins.py: FastGPT's fused stack against the readable "
                                         "GPT (engine ops) in float64, values and gradients",
+    "ops.additive_attention.AdditiveAttention": "tests/test_models_seq2seq_fused.py: against AdditiveAttention's "
+                                                "forward (engine ops) and finite differences in float64",
 }
 
 

@@ -83,4 +83,6 @@ FUSED: dict[str, str] = {
     "nn.recurrent.RNNScan": "a whole sequence in one node: the time loop and backprop through time in NumPy",
     "nn.recurrent.GRUScan": "a whole GRU sequence in one node (T steps of dozens of nodes each otherwise)",
     "nn.recurrent.LSTMScan": "a whole LSTM sequence in one node (T steps of dozens of nodes each otherwise)",
+    "ops.additive_attention.AdditiveAttention": "one decoder step of Bahdanau attention in one node (about a dozen "
+                                                "otherwise), for the teacher-forced seq2seq decoder",
 }
