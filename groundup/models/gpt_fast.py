@@ -107,9 +107,9 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     else:
         h1 = x2
     qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"]).reshape(b, T, 3, H, D)  # (b, T, 3, H, D)
+    if opt["cos"] is not None:                                                  # q and k rotated in one call
+        qkv[:, :, :2] = K.apply_rotary(qkv[:, :, :2], opt["cos"], opt["sin"])  # tables (T, 1, 1, D)
     q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))            # each (b, H, T, D)
-    if opt["cos"] is not None:
-        q, k = K.apply_rotary(q, opt["cos"], opt["sin"]), K.apply_rotary(k, opt["cos"], opt["sin"])
     att = q @ k.transpose(0, 1, 3, 2)                                           # (b, H, T, T)
     att *= 1.0 / math.sqrt(D)
     if bias is not None:
@@ -196,12 +196,11 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     datt *= att
     datt *= 1.0 / math.sqrt(D)                                                  # d scores
     dq, dk = datt @ k, datt.transpose(0, 1, 3, 2) @ q                           # each (b, H, T, D)
-    if opt["cos"] is not None:
-        dq = K.apply_rotary(dq, opt["cos"], opt["sin"], sign=-1)
-        dk = K.apply_rotary(dk, opt["cos"], opt["sin"], sign=-1)
     dqkv = xp.empty((b, T, 3, H, D), dtype=gout.dtype)
     for i, d in enumerate((dq, dk, dv)):
         dqkv[:, :, i] = d.transpose(0, 2, 1, 3)                                 # (b, T, H, D)
+    if opt["cos"] is not None:                                                  # rotary's adjoint on dq, dk at once
+        dqkv[:, :, :2] = K.apply_rotary(dqkv[:, :, :2], opt["cos"], opt["sin"], sign=-1)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
     grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C)
     grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
@@ -260,7 +259,7 @@ class TransformerStack(Function):
             params = dict.fromkeys(PARAM_NAMES)
             params.update(zip(names, param_arrays[i:i + len(names)]))
             layers.append(params)
-        cos, sin = rope if rope is not None else (None, None)
+        cos, sin = (rope[0].reshape(T, 1, 1, -1), rope[1].reshape(T, 1, 1, -1)) if rope is not None else (None, None)
         opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, cos=cos, sin=sin, has_bias=has_bias,
                    save=any(self.needs_input_grad), dropout_p=dropout_p)
         parts = chunks(B, on_cpu=xp is np)
