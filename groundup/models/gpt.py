@@ -246,16 +246,19 @@ class GPT(HookedModule):
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> GPT:
-        """Rebuild a model saved by ``save`` or ``groundup train gpt``, as this class (GPT or FastGPT)."""
-        from groundup.train import load_checkpoint
+        """Rebuild a model saved by ``save`` or ``groundup train gpt``, as this class (GPT or FastGPT).
+
+        The model is built from config.json first, so the weights file is checked against it (names,
+        shapes, sizes) before any tensor is read.
+        """
+        from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
 
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"{cls.__name__}.load: no checkpoint directory {directory}")
-        state, config, _ = load_checkpoint(directory)
-        if isinstance(config, dict) and isinstance(config.get("model"), dict):
-            config = config["model"]
-        model = cls(GPTConfig.from_dict(dict(config)))
-        model.load_state_dict(state)
+        saved = read_checkpoint_config(directory)
+        saved = saved["model"] if isinstance(saved.get("model"), dict) else saved
+        model = cls(config_from_dict(GPTConfig, saved, Path(directory) / "config.json"))
+        load_checkpoint(directory, model)
         return model
 
     def as_class(self, cls: type[GPT]) -> GPT:
