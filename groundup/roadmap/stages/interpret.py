@@ -208,8 +208,9 @@ def induction_circuit(ctx: Context, state: dict[str, Any]) -> Finding:
         plots=[_head_score_plot(ctx, scores)],
         text=[f"The detectors name {m['previous_token_head']} as the previous-token head (score "
               f"{m['previous_token_score']:.2f}) and {m['induction_head']} as the induction head (score "
-              f"{m['induction_score']:.2f}). On repeats the model's loss falls from {clean['first_half']:.2f} to "
-              f"{clean['second_half']:.2f} nats. Mean-ablating {m['previous_token_head']} leaves "
+              f"{m['induction_score']:.2f}). The model's loss is {clean['first_half']:.2f} nats on the first half "
+              f"and {clean['second_half']:.2f} on the second, where a segment repeats. Mean-ablating "
+              f"{m['previous_token_head']} leaves "
               f"{m['induction_kept']:.0%} of the induction score and {m['gain_kept']:.0%} of the gain; ablating "
               f"{m['control_head']} leaves {m['control_gain_kept']:.0%} of the gain.",
               f"Path patching keeps {kept['k']:.0%} of the gain when only the keys of layer 1 see the ablation, "
@@ -266,8 +267,8 @@ def looks_vs_does(ctx: Context, state: dict[str, Any]) -> Finding:
                            "token to be copied against the rise in second-half loss when it is mean-ablated.")],
         text=[f"Across the heads the rank correlation of attention on the copied token and ablation effect is "
               f"{rho:.2f}. The heads whose two ranks disagree most: {', '.join(worst)}. Heads that matter but look "
-              f"elsewhere: {', '.join(elsewhere) or 'none'}; heads that look at the copied token but barely matter "
-              f"(redundant with another): {', '.join(idle) or 'none'}."]
+              f"elsewhere: {', '.join(elsewhere) or 'none'}; heads that look at the copied token but barely matter: "
+              f"{', '.join(idle) or 'none'}."]
         + [f"{h} puts {a:.0%} of its attention on the copied token; ablating it raises the loss by {d:.2f} nats."
            for h, (a, d) in named.items()])
 
