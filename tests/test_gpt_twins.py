@@ -237,3 +237,21 @@ def test_gpt_file_is_the_readable_model():
     source = (Path(gu.__file__).parent / "models" / "gpt.py").read_text()
     assert source.count("def forward") >= 4
     assert re.search(r"for block in self\.blocks:\n\s+x = block\(x", source)
+
+
+def test_adamw_inside_the_threads_gives_the_same_weights():
+    """AdamW shares its parameters out over cpu_threads' threads: with the same gradients, the same update."""
+    from groundup.optim import AdamW
+
+    results = []
+    for n in (1, 2):
+        _, fast = pair()
+        opt = AdamW(fast.parameters(), lr=1e-2, weight_decay=0.1)
+        for seed in range(3):
+            opt.zero_grad()
+            fast.loss(tokens((4, 8), seed), tokens((4, 8), seed + 10)).backward()    # outside: one thread
+            with parallel.cpu_threads(n):
+                opt.step()
+        results.append({k: v.copy() for k, v in fast.state_dict().items()})
+    for name in results[0]:
+        np.testing.assert_array_equal(results[1][name], results[0][name], err_msg=name)

@@ -29,6 +29,7 @@ import numpy as np
 
 from groundup.backend import array_module
 from groundup.optim.optimizer import Optimizer, ParamsT
+from groundup.parallel import num_threads, parallel_map
 from groundup.tensor import Tensor, no_grad
 
 __all__ = ["Adam", "AdamW"]
@@ -67,11 +68,16 @@ class Adam(Optimizer):
     @no_grad()
     def step(self) -> None:
         """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped)."""
-        with np.errstate(under="ignore"):  # second moments of tiny gradients underflowing to 0 are not an error
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, group)
+        todo = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+
+        def update(items: list[tuple[Tensor, dict[str, Any]]]) -> None:
+            with np.errstate(under="ignore"):  # second moments of tiny gradients underflowing to 0 are no error
+                for p, group in items:
+                    self._update(p, group)
+
+        # Inside groundup.parallel.cpu_threads the parameters are shared out over the threads (each
+        # update is independent of the others, so the result is the same).
+        parallel_map(update, _share_out(todo, num_threads() if todo and array_module(todo[0][0].data) is np else 1))
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -128,6 +134,17 @@ class Adam(Optimizer):
         xp.multiply(exp_avg, -step_size, out=update)
         update /= denom
         param += update                                          # p - step_size * m / denom
+
+
+def _share_out(items: list[tuple[Tensor, Any]], n: int) -> list[list[tuple[Tensor, Any]]]:
+    """Split ``items`` into n lists of about the same number of elements (largest first, greedy)."""
+    shares: list[list[tuple[Tensor, Any]]] = [[] for _ in range(max(1, min(n, len(items))))]
+    sizes = [0] * len(shares)
+    for item in sorted(items, key=lambda it: -it[0].data.size):
+        i = sizes.index(min(sizes))
+        shares[i].append(item)
+        sizes[i] += item[0].data.size
+    return shares
 
 
 class AdamW(Adam):

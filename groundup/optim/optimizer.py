@@ -16,6 +16,7 @@ the autograd graph, and reuse one scratch buffer so a step allocates almost noth
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -104,10 +105,11 @@ class Optimizer:
     def _scratch_like(self, array: Any, slot: int = 0) -> Any:
         """A scratch array with the shape, dtype and device of ``array`` (a view of a reused buffer).
 
-        NOTE: valid until the next call with the same slot, dtype and device; the update code uses
-        the slots for one parameter at a time, so a step allocates no temporaries.
+        NOTE: valid until the next call with the same slot, dtype and device in the same thread; the
+        update code uses the slots for one parameter at a time, so a step allocates no temporaries
+        (each thread of ``groundup.parallel`` has its own buffers).
         """
-        key = (device_of(array), array.dtype, slot)
+        key = (device_of(array), array.dtype, slot, threading.get_ident())
         buffer = self._scratch.get(key)
         if buffer is None or buffer.size < array.size:
             buffer = array_module(array).empty(array.size, dtype=array.dtype)
