@@ -39,3 +39,10 @@ def test_tiled_max_pool_ties_go_to_the_first_maximum_as_torch() -> None:
     theirs = torch.tensor(x, requires_grad=True)
     (torch.nn.functional.max_pool2d(theirs, 2) * torch.tensor(g)).sum().backward()
     np.testing.assert_array_equal(ours.grad.numpy(), theirs.grad.numpy())
+
+
+def test_tiled_max_pool_propagates_nan() -> None:
+    x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    out = F.max_pool2d(gu.tensor(x), 2).numpy()
+    assert np.isnan(out[0, 0, 0, 0]) and np.isfinite(np.delete(out.reshape(-1), 0)).all()

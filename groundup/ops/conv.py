@@ -117,8 +117,8 @@ class MaxPool2d(Function):
     """Max over each window; the gradient goes to the first maximum of the window.
 
     Windows that tile the input (stride = kernel, no padding or dilation: the usual 2x2 pooling)
-    take a faster path: one copy puts each window's kh*kw values last, the arg-max runs over that
-    contiguous axis, and the backward is a one-hot product and the inverse copy (no scatter).
+    take a faster path: a running maximum over the kh*kw window offsets (each a strided slice of the
+    input), and a backward that writes each offset's share with one multiply (no scatter-add).
     """
 
     def forward(self, x, kernel_size=2, stride=None, padding=0, dilation=1):
@@ -134,10 +134,14 @@ class MaxPool2d(Function):
         self.tiled = stride == (kh, kw) and padding == (0, 0) and dilation == (1, 1)
         if self.tiled:
             tiles = x[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw)        # (N, C, Ho, kh, Wo, kw)
-            win = tiles.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)  # (N, C, Ho, Wo, kh*kw)
-            self.arg = win.argmax(axis=-1)                                           # (N, C, Ho, Wo)
+            out = tiles[:, :, :, 0, :, 0].copy()                                     # (N, C, Ho, Wo)
+            self.arg = xp.zeros(out.shape, dtype=xp.int32)                           # window offset of the max
+            for k in range(1, kh * kw):
+                value = tiles[:, :, :, k // kw, :, k % kw]                          # offset k of every window
+                xp.copyto(self.arg, k, where=value > out)                 # strictly greater: ties keep the first
+                xp.maximum(out, value, out=out)                                      # (a NaN propagates, as torch)
             self.meta = (x.shape, (kh, kw), ho, wo)
-            return win.max(axis=-1)
+            return out
         padded = _pad(x, padding, value=-xp.inf)
         win = _windows(padded, kh, kw, ho, wo, stride, dilation).reshape(n, c, kh * kw, ho, wo)
         self.arg = win.argmax(axis=2)                                        # (N, C, Ho, Wo)
@@ -148,9 +152,9 @@ class MaxPool2d(Function):
         xp = array_module(gz)
         if self.tiled:
             (n, c, h, w), (kh, kw), ho, wo = self.meta
-            first = self.arg[..., None] == xp.arange(kh * kw)                      # (N, C, Ho, Wo, kh*kw) one-hot
-            gwin = (first * gz[..., None]).astype(gz.dtype, copy=False)             # (N, C, Ho, Wo, kh*kw)
-            tiles = gwin.reshape(n, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, kh, Wo, kw)
+            tiles = xp.empty((n, c, ho, kh, wo, kw), dtype=gz.dtype)              # (N, C, Ho, kh, Wo, kw)
+            for k in range(kh * kw):
+                xp.multiply(gz, self.arg == k, out=tiles[:, :, :, k // kw, :, k % kw])   # to each window's max
             if (ho * kh, wo * kw) == (h, w):
                 return tiles.reshape(n, c, h, w)                                   # (N, C, H, W)
             gx = xp.zeros((n, c, h, w), dtype=gz.dtype)                            # rows/columns no window covers
