@@ -10,7 +10,7 @@ Public API: ``Tensor``, ``tensor``, creation functions with torch's names, ``no_
 ``models``.
 """
 
-from groundup import tensor as _tensor_module
+from groundup import functional, nn, optim  # noqa: E402
 from groundup.backend import (
     bool_ as bool,  # noqa: A001 - torch's name
 )
@@ -48,10 +48,6 @@ from groundup.ops.methods import (
 )
 from groundup.random import get_rng_state, manual_seed, set_rng_state
 from groundup.tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
-
-_tensor_module._attach_methods()
-
-from groundup import functional, nn, optim  # noqa: E402
 
 __version__ = "0.1.0"
 

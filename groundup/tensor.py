@@ -368,8 +368,3 @@ def _flat(data: Sequence[Any]) -> Iterator[Any]:
             yield from _flat(d)
         else:
             yield d
-
-
-def _attach_methods() -> None:
-    """Nothing left to do: the methods are defined on ``TensorMethods``. Kept because
-    ``groundup/__init__.py`` still calls it."""

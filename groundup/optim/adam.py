@@ -12,10 +12,9 @@ State per parameter (torch's names): ``step`` (int), ``exp_avg`` (m), ``exp_avg_
 ``max_exp_avg_sq`` with ``amsgrad=True``.
 
 NOTE on speed: each update runs in place on ``p.data`` with reused scratch buffers (no
-temporaries). A single flat buffer over all parameters of a group was measured on the 2-vCPU
-CI machine for the 0.8M-parameter baby GPT: no faster (3.4-3.8 ms vs 3.3 ms), because the
-per-parameter arrays stay in L2 cache across the ~13 passes while 3 MB flat arrays do not, and
-the gradients must first be copied in. So the loop over parameters stays.
+temporaries), one parameter at a time, so each parameter's arrays stay in cache across the ~13
+passes; a single flat buffer measured no faster (BENCHMARKS.md). Inside
+``groundup.parallel.cpu_threads`` the parameters are shared out over the threads.
 
 References: Kingma & Ba 2014, "Adam: A Method for Stochastic Optimization";
 Loshchilov & Hutter 2017, "Decoupled Weight Decay Regularization" (AdamW).

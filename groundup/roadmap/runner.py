@@ -336,7 +336,7 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
 
     NOTE: the roadmap's matrices are small, so a second BLAS thread gains little, while a multithreaded
     BLAS on a busy machine (two pytest workers, another job) spins waiting for threads that are not
-    scheduled: we measured stages running 5x slower that way on two cores.
+    scheduled (BENCHMARKS.md has the measurement).
     """
     from groundup.parallel import cpu_threads
 

@@ -140,7 +140,7 @@ def gpt2_pattern() -> re.Pattern[str]:
     (the regex engine behind Hugging Face tokenizers) uses: tab..carriage return, U+0085, and the
     Zs/Zl/Zp categories. NOTE: Python's own \\s would also match U+001C..U+001F, which Oniguruma does
     not, so we cannot use it. Letters and numbers assigned after Python's Unicode version come from a
-    table (`_NEWER_LETTERS`, `_NEWER_NUMBERS`). The classes are built once, on first use (~0.15 s).
+    table (`_NEWER_LETTERS`, `_NEWER_NUMBERS`). The classes are built once, on first use.
 
     Returns:
         the compiled pattern; `pattern.findall(text)` gives the pre-tokens of `text`.

@@ -45,7 +45,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +239,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop's parts
     def _scope(self) -> AbstractContextManager:
-        """The process-wide settings a run holds while it trains (thread pools); one place to set them."""
-        return nullcontext()
+        """The process-wide settings a run holds while it trains: ``groundup.parallel.cpu_threads()`` (threads
+        for the fused ops, BLAS limits, allocator tuning), restored when ``fit`` returns; nested, a no-op."""
+        from groundup.parallel import cpu_threads
+
+        return cpu_threads()
 
     def _set_lr(self, it: int) -> float:
         lr = self.lr_at(it)
