@@ -14,7 +14,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e ".[test]"  # quiet: setuptools warns about every editable install
+	# compat mode puts this folder on sys.path, so a folder named groundup beside a script cannot
+	# shadow the package; PYTHONWARNINGS keeps setuptools' editable-install warning block quiet
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
