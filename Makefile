@@ -11,11 +11,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast test-profile lint bench clean
 
+# The editable install's compat mode puts this folder on sys.path, so a folder named groundup beside
+# a script cannot shadow the package; PYTHONWARNINGS keeps setuptools' editable-install warning quiet.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat mode puts this folder on sys.path, so a folder named groundup beside a script cannot
-	# shadow the package; PYTHONWARNINGS keeps setuptools' editable-install warning block quiet
 	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e ".[test]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
