@@ -420,3 +420,28 @@ def test_every_stage_is_a_short_list_of_experiments_or_a_short_run():
         assert stage.experiments or stage.run is not None
         if stage.experiments:
             assert 1 <= len(stage.experiments) <= 8 and stage.headline[1], stage.name
+
+
+@pytest.mark.slow
+def test_every_stage_tiny_keeps_its_metric_keys_and_measured_prose(tmp_path):
+    """Every registered stage, tiny: a smoke run whose metrics keep every key the stage wrote before it became
+    a list of experiments (tests/roadmap_metric_keys.json) and whose prose holds only numbers it measured."""
+    from pathlib import Path
+
+    from groundup.roadmap.provenance import unmeasured_numbers
+
+    golden = json.loads((Path(__file__).parent / "roadmap_metric_keys.json").read_text())
+
+    def keys(metrics, prefix=""):
+        out = set()
+        for key, value in metrics.items() if isinstance(metrics, dict) else ():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            out |= {path} | keys(value, path)
+        return out
+
+    for stage in load_stages():
+        record = run_stage(stage, tmp_path, tiny=True)
+        assert record["status"] == "smoke", (stage.name, record.get("traceback", record.get("error")))
+        assert unmeasured_numbers(record) == [], stage.name
+        missing = set(golden.get(stage.name, ())) - keys(record["metrics"])
+        assert not missing, (stage.name, sorted(missing))

@@ -166,7 +166,7 @@ def linear_regression(ctx: Context, state: dict[str, Any]) -> Finding:
         "train_loss_gd": gd_loss[-1], "weight_rel_diff": weight_rel_diff, "test_mse_closed_form": mse["closed"],
         "test_mse_gd": mse["gd"], "test_mse_predict_mean": mse["mean"], "test_r2": 1.0 - mse["closed"] / mse["mean"],
         "gd_loss_curve": gd_loss, "gd_weight_distance_curve": gd_dist, "curve_steps": curve_steps,
-        "n_train": len(train), "n_test": len(test), "n_images": len(images), "image_side": images.shape[1]}}
+        "n_images": len(images), "image_side": images.shape[1]}, "n_train": len(train), "n_test": len(test)}
     return Finding(
         title="Linear regression: the closed form and gradient descent", metrics=metrics,
         claims=[claims.claim("basics.gd_closed_form", "Gradient descent and the closed-form solution of linear "
