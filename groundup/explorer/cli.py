@@ -20,7 +20,11 @@ from pathlib import Path
 
 from groundup.cli_options import HelpFormatter, UsageError, int_range
 
-__all__ = ["add_parser", "register", "explore_command", "is_loopback"]
+__all__ = ["add_parser", "register", "explore_command", "is_loopback", "ServeError"]
+
+
+class ServeError(RuntimeError):
+    """The server cannot start (the port is taken): exit status 1, one line."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +68,7 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as err:
-            raise RuntimeError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port "
+            raise ServeError(f"cannot listen on {host}:{port} ({err.strerror or err}); choose another --port "
                                f"or --host") from None
 
 
