@@ -95,12 +95,12 @@ class RNNScan(Function):
     def forward(self, xi, h0, weight_hh, *bias_hh, nonlinearity: str = "tanh", reverse: bool = False):
         xp = array_module(xi)
         states = xp.empty(xi.shape, dtype=xi.dtype)                   # (T, N, H)
+        if bias_hh:
+            xi = xi + bias_hh[0]                                       # b_hh for every step at once
         h = h0
         for t in _time_order(xi.shape[0], reverse):
             pre = h @ weight_hh.T                                      # (N, H)
             pre += xi[t]
-            if bias_hh:
-                pre += bias_hh[0]
             if nonlinearity == "tanh":
                 xp.tanh(pre, out=states[t])
             else:
@@ -122,7 +122,7 @@ class RNNScan(Function):
         d_pre = xp.empty_like(states)                                  # (T, N, H): dL/d preactivation
         dh = xp.zeros_like(h0)                                         # dL/dh_t through later steps
         for t in reversed(_time_order(states.shape[0], reverse)):
-            dh = dh + grad_states[t]
+            dh += grad_states[t]                                       # dh is this loop's own array
             xp.multiply(dh, slope[t], out=d_pre[t])
             dh = d_pre[t] @ weight_hh                                  # (N, H) -> previous state
         needs = self.needs_input_grad
@@ -144,16 +144,21 @@ class GRUScan(Function):
         states = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
         gates = xp.empty_like(xi)                                      # (T, N, 3H): r, z, n after activation
         hn = xp.empty_like(states)                                     # (T, N, H): W_hn h + b_hn, needed for dr
+        # r and z add b_hr, b_hz to the input's part: fold them into every step at once (b_hn sits inside r * .)
+        xi_rz = xi[..., :2 * hidden] + bias_hh[0][:2 * hidden] if bias_hh else xi[..., :2 * hidden]   # (T, N, 2H)
+        b_hn = bias_hh[0][2 * hidden:] if bias_hh else None
+        gh = xp.empty((batch, 3 * hidden), dtype=xi.dtype)            # (N, 3H): h W_hh.T, one buffer for all steps
         for t in _time_order(steps, reverse):
             h = h0 if t == (steps - 1 if reverse else 0) else states[t + 1 if reverse else t - 1]
-            gh = h @ weight_hh.T                                       # (N, 3H)
-            if bias_hh:
-                gh += bias_hh[0]
+            xp.matmul(h, weight_hh.T, out=gh)                          # (N, 3H)
             rz = gates[t, :, :2 * hidden]
-            xp.add(xi[t, :, :2 * hidden], gh[:, :2 * hidden], out=rz)
+            xp.add(xi_rz[t], gh[:, :2 * hidden], out=rz)
             _sigmoid_(rz)
             r, z, n = rz[:, :hidden], rz[:, hidden:], gates[t, :, 2 * hidden:]
-            hn[t] = gh[:, 2 * hidden:]
+            if b_hn is None:
+                hn[t] = gh[:, 2 * hidden:]
+            else:
+                xp.add(gh[:, 2 * hidden:], b_hn, out=hn[t])
             xp.multiply(r, hn[t], out=n)
             n += xi[t, :, 2 * hidden:]
             xp.tanh(n, out=n)
@@ -180,14 +185,16 @@ class GRUScan(Function):
         d_pre_n = xp.empty_like(states)                                # (T, N, H): dL/d pre_n
         d_gates_h = xp.empty_like(gates)                               # (T, N, 3H): dL/d (h W_hh.T + b_hh)
         dh = xp.zeros_like(h0)
+        back = xp.empty_like(dh)                                       # (N, H): the GEMM's output, one buffer
         for t in reversed(_time_order(states.shape[0], reverse)):
-            dh = dh + grad_states[t]
+            dh += grad_states[t]                                       # dh is this loop's own array
             xp.multiply(dh, to_pre_n[t], out=d_pre_n[t])
             xp.multiply(d_pre_n[t], to_pre_r[t], out=d_gates_h[t, :, :hidden])
             xp.multiply(dh, to_pre_z[t], out=d_gates_h[t, :, hidden:2 * hidden])
             xp.multiply(d_pre_n[t], r[t], out=d_gates_h[t, :, 2 * hidden:])   # n sees r * (W_hn h + b_hn)
             dh *= z[t]
-            dh += d_gates_h[t] @ weight_hh                             # (N, H) -> previous state
+            xp.matmul(d_gates_h[t], weight_hh, out=back)               # (N, H) -> previous state
+            dh += back
         needs = self.needs_input_grad
         d_gates_x = None                                               # (T, N, 3H): dL/d xi, = d_gates_h but for n
         if needs[0]:
@@ -211,13 +218,13 @@ class LSTMScan(Function):
         hc = xp.empty((2, steps, batch, hidden), dtype=xi.dtype)     # (2, T, N, H)
         gates = xp.empty_like(xi)                                      # (T, N, 4H): i, f, g, o after activation
         tanh_c = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
+        if bias_hh:
+            xi = xi + bias_hh[0]                                       # b_hh for every step at once
         h, c = h0, c0
         for t in _time_order(steps, reverse):
             pre = gates[t]
             xp.matmul(h, weight_hh.T, out=pre)                         # (N, 4H)
             pre += xi[t]
-            if bias_hh:
-                pre += bias_hh[0]
             _sigmoid_(pre[:, :2 * hidden])
             xp.tanh(pre[:, 2 * hidden:3 * hidden], out=pre[:, 2 * hidden:3 * hidden])
             _sigmoid_(pre[:, 3 * hidden:])
@@ -248,14 +255,14 @@ class LSTMScan(Function):
         d_pre = xp.empty_like(gates)                                   # (T, N, 4H): dL/d preactivations
         dh, dc = xp.zeros_like(h0), xp.zeros_like(c0)
         for t in reversed(_time_order(hc.shape[1], reverse)):
-            dh = dh + grad_hc[0, t]
-            dc = dc + grad_hc[1, t]
+            dh += grad_hc[0, t]                                        # dh, dc are this loop's own arrays
+            dc += grad_hc[1, t]
             dc += dh * h_to_c[t]
             for k in range(3):
                 xp.multiply(dc, c_to_pre[k][t], out=d_pre[t, :, k * hidden:(k + 1) * hidden])
             xp.multiply(dh, h_to_pre_o[t], out=d_pre[t, :, 3 * hidden:])
             dc *= f[t]                                                 # (N, H) -> previous cell state
-            dh = d_pre[t] @ weight_hh                                  # (N, H) -> previous hidden state
+            xp.matmul(d_pre[t], weight_hh, out=dh)                     # (N, H) -> previous hidden state
         needs = self.needs_input_grad
         weights = (_weight_grads(d_pre, _previous_states(hc[0], h0, reverse), has_bias) if any(needs[3:])
                    else (None,) * (1 + has_bias))
