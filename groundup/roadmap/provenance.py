@@ -3,7 +3,7 @@
 A report that says "the MLP reaches 98.1%" must have measured 0.981 in this run; a sentence
 carrying a number from another run ("42-46% in our quick runs") or a finding never computed is a
 bug this module finds. ``unmeasured_numbers(record)`` reads a metrics.json record and returns the
-numbers in its prose (the findings' text, the summary and the plot captions) that match none of
+numbers in its prose (the findings' text, claim statements, the summary and the plot captions) that match none of
 the run's numbers (metrics, settings, claim values and thresholds), as printed: up to the
 rounding the text shows, or as a percentage (``98.1%`` matches 0.9812).
 
@@ -27,10 +27,12 @@ _NUMBER = re.compile(r"(?<![\w.^/])(?<![A-Za-z]-)[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]
 
 
 def prose_of(record: dict[str, Any]) -> list[str]:
-    """The record's prose: summary paragraphs, findings' text and notes, plot captions, notes."""
+    """The record's prose: summary paragraphs, findings' titles, text and notes, claim statements, plot captions,
+    notes (not a stage's trusted HTML sections: derivations and tables)."""
     texts = list(record.get("summary_text", []))
     for finding in record.get("findings", []):
-        texts += finding.get("text", []) + finding.get("notes", [])
+        texts += [finding.get("title", "")] + finding.get("text", []) + finding.get("notes", [])
+    texts += [c.get("statement", "") for c in record.get("claims", [])]
     texts += [p.get("caption", "") for p in record.get("plots", [])]
     texts += list(record.get("notes", []))
     return texts
