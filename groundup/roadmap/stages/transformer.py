@@ -448,7 +448,7 @@ def residuals_and_layer_norm(ctx: Context, state: dict[str, Any]) -> Finding:
                "residuals but no layer norm the first step's gradients are "
                f"{baselines['first_step_grad_norm_ratio_without_norm']:.2g} times those with both (see the plot), "
                "and Adam's per-parameter scaling makes up for much of that."],
-        text=[f"A {deep_layers}-layer stack reaches validation loss {both['val_loss']:.2f} with residuals and layer "
+        text=[f"The {deep_layers}-layer stack reaches validation loss {both['val_loss']:.2f} with residuals and layer "
               f"norm, {no_res['val_loss']:.2f} without residuals and {no_norm['val_loss']:.2f} without layer norm, "
               f"after {deep_steps} steps."])
 
