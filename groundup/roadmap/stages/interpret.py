@@ -154,7 +154,7 @@ def induction_circuit(ctx: Context, state: dict[str, Any]) -> Finding:
 
     model = AttnOnlyLM(cfg)
     train(ctx, model, batch, steps=steps, lr=3e-3, betas=(0.9, 0.99), grad_clip=1.0, schedule="constant",
-          description="2-layer attention-only model")
+          description="two-layer attention-only model")
     model.eval()
     val = repeated_segments(ctx.budget("held-out repeated sequences", full=128, quick=64, tiny=4), length, vocab,
                             ctx.rng(2))
@@ -200,8 +200,9 @@ def induction_circuit(ctx: Context, state: dict[str, Any]) -> Finding:
             claims.le("repeat gain kept", m["gain_kept"], at_most),
             claims.gt("control: repeat gain kept", m["control_gain_kept"], "repeat gain kept", m["gain_kept"])),
             claims.claim(
-            "interpret.k_composition", "Path patching: when only layer 1's keys see the ablated previous-token head "
-            "the repeat gain collapses; when only its queries or values do, it survives (K-composition)",
+            "interpret.k_composition", "Path patching: when only the second layer's keys see the ablated "
+            "previous-token head the repeat gain collapses; when only its queries or values do, it survives "
+            "(K-composition)",
             claims.le("gain kept, keys ablated", kept["k"], at_most),
             claims.gt("gain kept, queries ablated", kept["q"], "gain kept, keys ablated", kept["k"]),
             claims.gt("gain kept, values ablated", kept["v"], "gain kept, keys ablated", kept["k"]))],
@@ -213,8 +214,8 @@ def induction_circuit(ctx: Context, state: dict[str, Any]) -> Finding:
               f"{m['previous_token_head']} leaves "
               f"{m['induction_kept']:.0%} of the induction score and {m['gain_kept']:.0%} of the gain; ablating "
               f"{m['control_head']} leaves {m['control_gain_kept']:.0%} of the gain.",
-              f"Path patching keeps {kept['k']:.0%} of the gain when only the keys of layer 1 see the ablation, "
-              f"{kept['q']:.0%} for the queries and {kept['v']:.0%} for the values."])
+              f"Path patching keeps {kept['k']:.0%} of the gain when only the keys of the second layer see the "
+              f"ablation, {kept['q']:.0%} for the queries and {kept['v']:.0%} for the values."])
 
 
 def _head_score_plot(ctx: Context, scores: dict[str, np.ndarray]) -> Any:
