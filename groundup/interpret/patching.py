@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from groundup.backend import array_module
 from groundup.interpret._access import (
     as_ids,
     check_model,
@@ -234,7 +235,7 @@ def causal_trace(model: Module, idx: Any, subject: Sequence[int], answer: int, n
     def corrupt(act: Tensor, point: Any) -> Tensor:                           # act (R, T, C), R = groups * S
         data = act.data.copy()
         reps = data.shape[0] // samples
-        data[:, subject] += np.tile(eps, (reps, 1, 1)).astype(data.dtype)     # (R, n_subj, C)
+        data[:, subject] += array_module(data).asarray(np.tile(eps, (reps, 1, 1)), dtype=data.dtype)  # (R, n_subj, C)
         return Tensor(data)
 
     def p_answer(logits: Tensor) -> np.ndarray:
