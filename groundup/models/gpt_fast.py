@@ -91,9 +91,54 @@ def _block_parameters(block: Any, bias: bool) -> list[Tensor]:
 
 
 # ----------------------------------------------------------------------------- one block, raw arrays
+def _rope_tables(cos: Any, sin: Any, n_head: int) -> tuple[Any, Any]:
+    """cos, sin (T, D) -> the tables of ``_rotate_qk``: COS and SIN each (T, 2, H, D), for q and k of every head.
+
+    x' = x COS + swap(x) SIN with swap([x1, x2]) = [x2, x1] and SIN = [-sin, sin] is rotary's
+    x cos + R(x) sin; the q half of both tables is multiplied by 1/sqrt(D), the attention scale.
+    NOTE: the scale rides on the tables for free, instead of a pass over the (T, T) scores (and
+    one over their gradient); tables for every head make the products contiguous over 2 H D.
+    """
+    xp = array_module(cos)
+    T, D = cos.shape
+    half = D // 2
+    signed = xp.concatenate([-sin[:, :half], sin[:, half:]], axis=1)            # (T, D)
+    scale = xp.asarray([1.0 / math.sqrt(D), 1.0], dtype=cos.dtype).reshape(1, 2, 1, 1)
+    shape = (T, 2, n_head, D)
+    cos_t = xp.broadcast_to(cos[:, None, None, :], shape) * scale               # (T, 2, H, D)
+    sin_t = xp.broadcast_to(signed[:, None, None, :], shape) * scale
+    return cos_t, sin_t
+
+
+def _rotate_qk(x: Any, cos_t: Any, sin_t: Any) -> Any:
+    """x (b, T, 2, H, D) q and k (a view) -> x COS + swap(x) SIN, a new (b, T, 2, H, D) array."""
+    xp = array_module(x)
+    half = x.shape[-1] // 2
+    out = xp.multiply(x, cos_t)                                                 # (b, T, 2, H, D)
+    swapped = xp.empty_like(out)
+    swapped[..., :half] = x[..., half:]
+    swapped[..., half:] = x[..., :half]
+    swapped *= sin_t
+    out += swapped
+    return out
+
+
+def _rotate_qk_adjoint(g: Any, cos_t: Any, sin_t: Any, out: Any) -> None:
+    """The adjoint of ``_rotate_qk``: out = g COS + swap(g SIN); g (b, T, 2, H, D) is overwritten."""
+    xp = array_module(g)
+    half = g.shape[-1] // 2
+    xp.multiply(g, cos_t, out=out)
+    g *= sin_t
+    out[..., :half] += g[..., half:]
+    out[..., half:] += g[..., :half]
+
+
 def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: Any, drops: dict[str, Any],
-                   out: Any) -> dict[str, Any]:
-    """One chunk through one block: x (b, T, C) -> writes out (b, T, C); returns what backward needs."""
+                   out: Any, any_key: Any = True) -> dict[str, Any]:
+    """One chunk through one block: x (b, T, C) -> writes out (b, T, C); returns what backward needs.
+
+    ``any_key``: True, or (b, 1, T) bool, where a query row may see at least one key (see ``bias``).
+    """
     xp = array_module(x)
     b, T, C = x.shape
     H = opt["n_head"]
@@ -107,16 +152,25 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     else:
         h1 = x2
     qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"]).reshape(b, T, 3, H, D)  # (b, T, 3, H, D)
-    if opt["cos"] is not None:                                                  # q and k rotated in one call
-        qkv[:, :, :2] = K.apply_rotary(qkv[:, :, :2], opt["cos"], opt["sin"])  # tables (T, 1, 1, D)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))            # each (b, H, T, D)
-    att = q @ k.transpose(0, 1, 3, 2)                                           # (b, H, T, T)
-    att *= 1.0 / math.sqrt(D)
+    if opt["rope"] is not None:                                                 # q and k rotated (and q scaled)
+        qk = _rotate_qk(qkv[:, :, :2], *opt["rope"])                            # (b, T, 2, H, D)
+    else:
+        qk = qkv[:, :, :2]
+        qk[:, :, 0] *= 1.0 / math.sqrt(D)                                       # NOTE: the scale on q, not on q k^T
+    q, k = qk[:, :, 0].transpose(0, 2, 1, 3), qk[:, :, 1].transpose(0, 2, 1, 3)  # each (b, H, T, D)
+    v = qkv[:, :, 2].transpose(0, 2, 1, 3)                                      # (b, H, T, D)
+    att = q @ k.transpose(0, 1, 3, 2)                                           # (b, H, T, T) scores / sqrt(D)
     if bias is not None:
         att += bias
-    att = K.softmax_(att)
+    if not K.softmax_unshifted_(att, any_key):
+        att = q @ k.transpose(0, 1, 3, 2)                                       # rare: recompute, shift by row maxima
+        if bias is not None:
+            att += bias
+        att = K.softmax_(att)
     att_used = att * drops["attn"] if "attn" in drops else att
-    y = (att_used @ v).transpose(0, 2, 1, 3).reshape(N, C)                      # (b, H, T, D) -> (N, C)
+    y = xp.empty((b, T, H, D), dtype=x.dtype)
+    xp.matmul(att_used, v, out=y.transpose(0, 2, 1, 3))                         # (b, H, T, D) written as (b, T, H, D)
+    y = y.reshape(N, C)                                                         # (N, C)
     a = K.linear(y, params["attn.proj.weight"], params["attn.proj.bias"])       # (N, C)
     if "resid1" in drops:
         a *= drops["resid1"]
@@ -188,19 +242,22 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     dy = (da @ params["attn.proj.weight"]).reshape(b, T, H, D).transpose(0, 2, 1, 3)  # (b, H, T, D)
     att, q, k, v = saved["att"], saved["q"], saved["k"], saved["v"]
     att_used = att * drops["attn"] if "attn" in drops else att
-    dv = att_used.transpose(0, 1, 3, 2) @ dy                                    # (b, H, T, D)
+    dqkv = xp.empty((b, T, 3, H, D), dtype=gout.dtype)
+    # NOTE: the matmuls write straight into their places in dqkv (through transposed views), no copies
+    xp.matmul(att_used.transpose(0, 1, 3, 2), dy, out=dqkv[:, :, 2].transpose(0, 2, 1, 3))   # dv (b, H, T, D)
     datt = dy @ v.transpose(0, 1, 3, 2)                                         # (b, H, T, T)
     if "attn" in drops:
         datt *= drops["attn"]
     datt -= xp.einsum("bhts,bhts->bht", datt, att)[..., None]                   # softmax backward, in place
-    datt *= att
-    datt *= 1.0 / math.sqrt(D)                                                  # d scores
-    dq, dk = datt @ k, datt.transpose(0, 1, 3, 2) @ q                           # each (b, H, T, D)
-    dqkv = xp.empty((b, T, 3, H, D), dtype=gout.dtype)
-    for i, d in enumerate((dq, dk, dv)):
-        dqkv[:, :, i] = d.transpose(0, 2, 1, 3)                                 # (b, T, H, D)
-    if opt["cos"] is not None:                                                  # rotary's adjoint on dq, dk at once
-        dqkv[:, :, :2] = K.apply_rotary(dqkv[:, :, :2], opt["cos"], opt["sin"], sign=-1)
+    datt *= att                                                                 # d(scores / sqrt(D))
+    rope = opt["rope"]
+    dqk = xp.empty((b, T, 2, H, D), dtype=gout.dtype) if rope is not None else dqkv[:, :, :2]
+    xp.matmul(datt, k, out=dqk[:, :, 0].transpose(0, 2, 1, 3))                  # d(scaled, rotated q)
+    xp.matmul(datt.transpose(0, 1, 3, 2), q, out=dqk[:, :, 1].transpose(0, 2, 1, 3))  # d(rotated k)
+    if rope is not None:                                                        # rotary's adjoint (and the scale)
+        _rotate_qk_adjoint(dqk, *rope, out=dqkv[:, :, :2])
+    else:
+        dqkv[:, :, 0] *= 1.0 / math.sqrt(D)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
     grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C)
     grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
@@ -259,20 +316,22 @@ class TransformerStack(Function):
             params = dict.fromkeys(PARAM_NAMES)
             params.update(zip(names, param_arrays[i:i + len(names)]))
             layers.append(params)
-        cos, sin = (rope[0].reshape(T, 1, 1, -1), rope[1].reshape(T, 1, 1, -1)) if rope is not None else (None, None)
-        opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, cos=cos, sin=sin, has_bias=has_bias,
+        tables = _rope_tables(rope[0], rope[1], n_head) if rope is not None else None   # each (T, 2, H, D)
+        opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, rope=tables, has_bias=has_bias,
                    save=any(self.needs_input_grad), dropout_p=dropout_p)
         parts = chunks(B, on_cpu=xp is np)
         drops = _draw_dropout((B, T, C), opt, len(layers), rng, x.dtype, xp)
         bias = K.attention_bias(mask, causal and mask is None, T, T, x.dtype, xp)   # (T, T), (B, 1, T, T) or None
+        # rows that may see a key: every row under no mask or the causal one; else (B, 1, T) from the mask
+        any_key = xp.isfinite(bias).any(axis=-1) if bias is not None and bias.ndim == 4 else True
         out = xp.empty_like(x)
 
         def run(part: slice) -> list[dict[str, Any]]:                           # one chunk through every block
             h, saved = x[part], []
-            b = bias[part] if bias is not None and bias.ndim == 4 else bias
+            b, keys = (bias[part], any_key[part]) if bias is not None and bias.ndim == 4 else (bias, any_key)
             for i, params in enumerate(layers):
                 nxt = out[part] if i == len(layers) - 1 else xp.empty_like(h)
-                saved.append(_block_forward(h, params, opt, b, _chunk_masks(drops[i], part, T), nxt))
+                saved.append(_block_forward(h, params, opt, b, _chunk_masks(drops[i], part, T), nxt, keys))
                 h = nxt
             return saved
 

@@ -30,7 +30,8 @@ import numpy as np
 from groundup.backend import array_module
 
 __all__ = ["layer_norm", "layer_norm_backward", "linear", "gelu_tanh", "gelu_tanh_with_slope", "softmax_",
-           "softmax_backward", "causal_mask", "attention_bias", "rotate_half", "apply_rotary", "dropout_mask"]
+           "softmax_unshifted_", "softmax_backward", "causal_mask", "attention_bias", "rotate_half", "apply_rotary",
+           "dropout_mask"]
 
 GELU_C = math.sqrt(2.0 / math.pi)
 GELU_A = 0.044715
@@ -148,6 +149,40 @@ def softmax_(z: Any, axis: int = -1) -> Any:
     total[total == 0] = 1.0
     z /= total
     return z
+
+
+def softmax_unshifted_(z: Any, any_key: Any = True) -> bool:
+    """Softmax over the last axis in place, without subtracting each row's maximum; False if it could not.
+
+    Softmax is shift-invariant, so exp(z) / sum(exp(z)) is the same softmax as ``softmax_`` computes,
+    as long as no exp overflows and no row's exps all underflow. This checks both: the largest entry
+    must be below L = log(finfo.max) / 2 (then a row's sum stays finite), and every row in
+    ``any_key`` (True = every row, or a bool array broadcastable to z.shape[:-1]: rows that have a
+    finite entry) must sum to at least exp(-L) (then its maximum is above -L). A row with no finite
+    entry becomes zeros, as in ``softmax_``. On False, z holds garbage: recompute it and call
+    ``softmax_``.
+    NOTE: a row maximum is a reduction over a short axis, several times slower in NumPy than an
+    ``exp`` over the same array; the single global maximum and the row sums (a matrix-vector
+    product with ones) are cheap.
+    """
+    xp = array_module(z)
+    limit = 0.5 * math.log(float(np.finfo(z.dtype).max))
+    top = float(z.max()) if z.size else 0.0
+    if not top <= limit:                                            # too large, or NaN
+        return False
+    with np.errstate(under="ignore"):
+        xp.exp(z, out=z)
+    n = z.shape[-1]
+    total = z.reshape(-1, n) @ xp.ones(n, dtype=z.dtype)            # (rows,) the row sums
+    total = total.reshape(z.shape[:-1])
+    small = total < math.exp(-limit)
+    if any_key is not True:
+        small &= any_key
+        total[total == 0] = 1.0                                     # rows without keys: zeros
+    if small.any():
+        return False
+    z *= xp.reciprocal(total, out=total)[..., None]
+    return True
 
 
 def softmax_backward(p: Any, dp: Any, axis: int = -1) -> Any:
