@@ -42,6 +42,16 @@ async function api(path, body) {
   if (!response.ok) throw new Error(errorText(data, response.status));
   return data;
 }
+function unpack(packed) {            // {shape, dtype: "float32", data: base64} -> nested arrays [L][H][T][T]
+  const bytes = Uint8Array.from(atob(packed.data), (c) => c.charCodeAt(0));
+  const flat = new Float32Array(bytes.buffer);
+  const build = (offset, dims) => {
+    if (dims.length === 1) return flat.subarray(offset, offset + dims[0]);
+    const stride = dims.slice(1).reduce((a, b) => a * b, 1);
+    return Array.from({ length: dims[0] }, (_, i) => build(offset + i * stride, dims.slice(1)));
+  };
+  return build(0, packed.shape);
+}
 function debounce(fn, ms) {
   let timer = null;
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
@@ -96,6 +106,7 @@ async function analyze() {
     const data = await api("/api/analyze", { run: state.run, text, k: 10 });
     if (request !== state.requestId) return;          // a newer keystroke won
     setStatus("");
+    data.attention = unpack(data.attention);
     state.analysis = data;
     const T = data.tokens.length;
     if (state.position === null || state.position >= T) state.position = T - 1;
