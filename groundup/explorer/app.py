@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,6 +156,11 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
     def _refused(request: Request, err: ExplorerError) -> JSONResponse:
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, err: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input, and JSON has no NaN: a body with NaN would be a 500
+        return _json({"detail": _printable(jsonable_encoder(err.errors()))}, status=422)
+
     def loaded(run_id: str) -> analysis.LoadedRun:
         return cache.get(run_id, registry.get(run_id).path)
 
@@ -266,6 +273,17 @@ def _events(records: Iterator[dict[str, Any]]) -> Iterator[str]:
     except Exception as err:  # noqa: BLE001 - the stream has started: say what broke in it, in one line
         message = " ".join(str(err).split())[:300] or type(err).__name__
         yield f"event: error\ndata: {json.dumps({'detail': message})}\n\n"
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with NaN / inf numbers written as text ('nan', 'inf'), at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _finite(value: Any) -> Any:
