@@ -357,6 +357,7 @@ async function refreshMetrics(reset) {
     } catch (err) { setStatus(err.message); }
   }
   drawChart(ids);
+  renderSamples(ids);
   const live = ids.filter((id) => !state.metrics[id].finished);
   $("#t-live").textContent = live.length ? `following ${live.join(", ")} live (updated ${new Date().toLocaleTimeString()})` : "";
   clearTimeout(state.pollTimer);
@@ -369,6 +370,18 @@ async function refreshMetrics(reset) {
       refreshMetrics(false);
     }, 1500);
   }
+}
+
+function renderSamples(ids) {       // records {"kind": "sample", "iter", "text"}, when the run writes them
+  const cards = [];
+  for (const id of ids) {
+    const samples = (state.metrics[id] ? state.metrics[id].records : []).filter((r) => r.kind === "sample" && typeof r.text === "string");
+    if (!samples.length) continue;
+    const last = samples[samples.length - 1];
+    cards.push(el("div", { class: "panel" }, el("h2", { text: `${id}: sample at iteration ${fmt(last.iter)}` }),
+      el("pre", { class: "sample", text: last.text })));
+  }
+  $("#samples").replaceChildren(...cards);
 }
 
 function niceTicks(low, high, count) {
