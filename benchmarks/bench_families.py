@@ -468,7 +468,6 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
     import torch
 
     import groundup
-    from groundup.parallel import cpu_threads, num_threads
 
     torch.set_num_threads(torch_threads)
     cores = os.cpu_count()
@@ -487,17 +486,12 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
             n = plan[family]
             task = bar.add_task(f"{family:<12}", total=warm + n) if bar else None
             load_before = machine_load()
-            with cpu_threads():                  # the roadmap's and the Trainer's CPU setup
-                record["machine"]["groundup_threads"] = num_threads()
-                if family == "gpt":
-                    result = _gpt_family(n, warm, memory=False)
-                    if bar:
-                        bar.update(task, completed=warm + n)
-                else:
-                    contest = BUILDERS[family](warm + n)
-                    tick = (lambda task=task: bar.advance(task)) if bar else (lambda: None)
-                    result = time_contest(contest, n, warm, tick)
-                    result.update(description=contest.description, config=contest.config)
+            try:
+                result = _time_family(family, n, warm, bar, task, torch, torch_threads, record)
+            except Exception as err:  # noqa: BLE001 - one broken family must not lose the others' figures
+                torch.set_num_threads(torch_threads)
+                record["families"][family] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"}
+                continue
             result["load_avg_1m"] = [load_before, machine_load()]
             result["ratio_reliable"] = load_warning(max(result["load_avg_1m"]), cores) is None
             if memory:
@@ -511,6 +505,26 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
             record["families"][family] = result
     record["machine"]["load_avg_1m_at_end"] = machine_load()
     return record
+
+
+def _time_family(family: str, n: int, warm: int, bar: Any, task: Any, torch: Any, torch_threads: int,
+                 record: dict[str, Any]) -> dict[str, Any]:
+    """One family's timed rounds inside the roadmap's and the Trainer's CPU setup."""
+    from groundup.parallel import cpu_threads, num_threads
+
+    with cpu_threads():
+        record["machine"]["groundup_threads"] = num_threads()
+        if family == "gpt":
+            result = _gpt_family(n, warm, memory=False)
+            torch.set_num_threads(torch_threads)     # bench_gpt sets its own 2 threads
+            if bar:
+                bar.update(task, completed=warm + n)
+            return result
+        contest = BUILDERS[family](warm + n)
+        tick = (lambda: bar.advance(task)) if bar else (lambda: None)
+        result = time_contest(contest, n, warm, tick)
+        result.update(description=contest.description, config=contest.config)
+        return result
 
 
 class _progress:
@@ -551,13 +565,16 @@ def format_table(record: dict[str, Any]) -> str:
              f"load avg {m['load_avg_1m_at_start']:.2f} at start, {m.get('load_avg_1m_at_end', 0.0):.2f} at end; "
              f"{record['date']}"]
     worst = max(m["load_avg_1m_at_start"], m.get("load_avg_1m_at_end", 0.0),
-                *(max(r["load_avg_1m"]) for r in record["families"].values()))
+                *(max(r["load_avg_1m"]) for r in record["families"].values() if "load_avg_1m" in r))
     warning = load_warning(worst, m["cores"])
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
     lines.append(f"{'family':<12}{'groundup ms/step':>24}{'PyTorch ms/step':>24}{'groundup/s':>12}{'PyTorch/s':>12}"
                  f"{'peak RSS MB gu / pt':>22}{'ratio':>8}  load")
     for family, r in record["families"].items():
+        if "error" in r:
+            lines.append(f"{family:<12}failed: {r['error']}")
+            continue
         unit = r["unit"]
         gu, pt = r["groundup"], r["torch"]
         mem = r.get("memory", {})

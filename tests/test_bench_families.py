@@ -79,3 +79,14 @@ def test_cli_bench_family_refuses_batch_size(capsys):
     assert cli.main(["bench", "gru", "--batch-size", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("groundup: error: --batch-size") and len(err.strip().splitlines()) == 1
+
+
+def test_a_failing_family_is_reported_and_the_others_still_run(bench, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setitem(bench.BUILDERS, "cnn", broken)
+    record = bench.run(["cnn", "mlp"], iters=1, warmup=0, memory=False, progress=False)
+    assert record["families"]["cnn"] == {"error": "RuntimeError: no such kernel"}
+    assert record["families"]["mlp"]["ratio"] > 0
+    assert "cnn         failed: RuntimeError: no such kernel" in bench.format_table(record)
