@@ -397,3 +397,15 @@ def test_analysis_of_the_speed_target_shape(runs_root: Path) -> None:
     run = analysis.load_run(runs_root / "tiny")
     out = analysis.analyze(run, (PROMPT * 3)[:32], k=10)
     assert analysis.unpack(out["attention"]).shape == (2, 2, 32, 32) and np.asarray(out["top"]["ids"]).shape == (32, 10)
+
+
+def test_a_byte_level_bpe_run(tmp_path: Path) -> None:
+    data = tmp_path / "text.txt"
+    data.write_text("the café is naïve. " * 80, encoding="utf-8")
+    _train(tmp_path / "bpe", data, "--tokenizer", "bpe", "--bpe-vocab-size", "280")
+    client = TestClient(create_app([tmp_path / "bpe"]))
+    body = client.post("/api/analyze", json={"run": "bpe", "text": "the café 😀"}).json()
+    texts = [t["text"] for t in body["tokens"]]
+    assert "".join(texts[:-4]) == "the café " and texts[-4:] == ["\\xf0", "\\x9f", "\\x98", "\\x80"]
+    done = _events(client.get("/api/generate", params={"run": "bpe", "max_new_tokens": 8, "seed": 1}).text)[-1][1]
+    assert done["n"] == 8

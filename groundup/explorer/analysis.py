@@ -98,9 +98,16 @@ class LoadedRun:
         return ids
 
     def token_text(self, token_id: int) -> str:
+        """The text of one token; a byte-level BPE token that ends inside a character shows its bytes (\\xf0)."""
         from groundup.commands import decode
 
-        return decode(self.tokenizer, [int(token_id)])
+        token_id = int(token_id)
+        if hasattr(self.tokenizer, "id_to_token") and 0 <= token_id < self.tokenizer.vocab_size:
+            try:
+                return self.tokenizer.decode([token_id], errors="backslashreplace")
+            except (KeyError, TypeError, UnicodeError):
+                pass
+        return decode(self.tokenizer, [token_id])
 
     def decode(self, ids: list[int]) -> str:
         from groundup.commands import decode
