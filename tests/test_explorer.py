@@ -409,3 +409,31 @@ def test_a_byte_level_bpe_run(tmp_path: Path) -> None:
     assert "".join(texts[:-4]) == "the café " and texts[-4:] == ["\\xf0", "\\x9f", "\\x98", "\\x80"]
     done = _events(client.get("/api/generate", params={"run": "bpe", "max_new_tokens": 8, "seed": 1}).text)[-1][1]
     assert done["n"] == 8
+
+
+def test_an_attention_only_run_without_a_tokenizer(tmp_path: Path) -> None:
+    from groundup.models.attn_only import AttnOnlyConfig, AttnOnlyLM
+    from groundup.train import save_checkpoint
+
+    cfg = AttnOnlyConfig(vocab_size=12, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    model = AttnOnlyLM(cfg).eval()
+    save_checkpoint(tmp_path / "induction", model, config=cfg)
+    client = TestClient(create_app([tmp_path / "induction"]))
+    assert client.get("/api/run", params={"run": "induction"}).json()["model"] == "AttnOnlyLM"
+    body = client.post("/api/analyze", json={"run": "induction", "text": "3 4 5 3 4"}).json()
+    assert [t["id"] for t in body["tokens"]] == [3, 4, 5, 3, 4] and not body["has_mlp"]
+    maps = model.attention_maps(np.asarray([[3, 4, 5, 3, 4]]))[:, 0]             # (L, H, T, T)
+    np.testing.assert_allclose(analysis.unpack(body["attention"]), maps, atol=1e-6)
+    assert "token ids 0..11" in client.post("/api/analyze", json={"run": "induction", "text": "3 x"}).json()["detail"]
+    dla = client.post("/api/attribution", json={"run": "induction", "text": "3 4 5 3 4"}).json()
+    assert abs(sum(dla["values"]) - dla["total"]) < 1e-3
+    ablated = client.post("/api/ablate", json={"run": "induction", "text": "3 4 5 3 4", "kind": "mean",
+                                               "heads": [{"layer": 1, "head": 0}]})
+    assert ablated.status_code == 200
+    assert client.post("/api/ablate", json={"run": "induction", "text": "3 4", "mlps": [0]}).status_code == 422
+    assert client.get("/api/heads", params={"run": "induction"}).status_code == 200
+    cached = client.get("/api/generate", params={"run": "induction", "prompt": "1 2", "max_new_tokens": 5})
+    assert cached.status_code == 422 and "use_cache" in cached.json()["detail"]
+    done = _events(client.get("/api/generate", params={"run": "induction", "prompt": "1 2", "max_new_tokens": 5,
+                                                       "use_cache": False, "seed": 0}).text)[-1][1]
+    assert done["n"] == 5 and all(0 <= i < 12 for i in done["ids"])

@@ -2,7 +2,7 @@
 
 A FastAPI app (``app.py``: the JSON API with its OpenAPI schema at ``/openapi.json``) serves one static
 page (``static/``: HTML, CSS and JS, no CDN and no build step) on 127.0.0.1. The page looks inside a
-trained GPT (tokens, next-token probabilities, attention, head scores, logit lens, direct logit
+trained GPT or attention-only model (tokens, next-token probabilities, attention, head scores, logit lens, direct logit
 attribution, ablation), streams generation, draws the training curves of one or two runs while they
 train, and lists the roadmap's stages.
 

@@ -25,6 +25,7 @@ References: Elhage et al. 2021, "A Mathematical Framework for Transformer Circui
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import threading
 import time
@@ -46,8 +47,44 @@ MAX_NEW_TOKENS = 2000            # one generation request
 ROUND = 5                        # decimals of the probabilities and weights sent to the page
 
 
+class IdTokenizer:
+    """Text is token ids written out ("3 14 15"): for a run with no tokenizer (a synthetic task)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in text.replace(",", " ").split():
+            if not word.isdigit() or int(word) >= self.vocab_size:
+                raise KeyError(f"this run has no tokenizer: write token ids 0..{self.vocab_size - 1} separated by "
+                               f"spaces ({word[:20]!r} is not one)")
+            ids.append(int(word))
+        return ids
+
+    def decode(self, ids: Any) -> str:
+        return "".join(f"{int(i)} " for i in ids)
+
+
+def _load_model(directory: Path) -> Any:
+    """The readable model of a run: a ``GPT``, or an ``AttnOnlyLM`` when config.json has its fields."""
+    from groundup.models.attn_only import AttnOnlyConfig, AttnOnlyLM
+    from groundup.models.gpt import GPT
+    from groundup.train import load_checkpoint
+    from groundup.train.checkpoint import read_checkpoint_config
+
+    saved = read_checkpoint_config(directory)
+    saved = saved["model"] if isinstance(saved.get("model"), dict) else saved
+    attn_only = {f.name for f in dataclasses.fields(AttnOnlyConfig)}
+    if saved and set(saved) <= attn_only and isinstance(saved.get("norm"), bool):
+        model = AttnOnlyLM(AttnOnlyConfig(**saved))
+        load_checkpoint(directory, model)
+        return model
+    return GPT.load(directory)
+
+
 class LoadedRun:
-    """A run's readable GPT (eval mode), tokenizer and lock; ``stamp`` tells a newer checkpoint apart."""
+    """A run's readable model (eval mode), tokenizer and lock; ``stamp`` tells a newer checkpoint apart."""
 
     def __init__(self, directory: Path):
         from groundup.commands import load_tokenizer
@@ -55,9 +92,14 @@ class LoadedRun:
 
         self.directory = directory
         self.stamp = checkpoint_stamp(directory)
-        self.model = GPT.load(directory).eval()
-        self.tokenizer = load_tokenizer(directory)
+        self.model = _load_model(directory).eval()
+        self.is_gpt = isinstance(self.model, GPT)
         self.cfg = self.model.cfg
+        try:
+            self.tokenizer = load_tokenizer(directory)
+        except FileNotFoundError:
+            self.tokenizer = IdTokenizer(self.cfg.vocab_size)
+        self.has_mlp = all(hasattr(block, "mlp") for block in self.model.blocks)
         self.lock = threading.Lock()
         self._fast: Any = None
         self._head_scores: dict[str, Any] | None = None
@@ -65,8 +107,11 @@ class LoadedRun:
 
     @property
     def fast(self) -> Any:
-        """The fused twin (same weights) for generation without the cache; made on first use."""
+        """The model to rerun the window with for generation without the cache: the GPT's fused twin
+        (same weights), made on first use; the readable model itself for other models."""
         if self._fast is None:
+            if not self.is_gpt:
+                return self.model
             from groundup.models.gpt_fast import FastGPT
 
             self._fast = self.model.as_class(FastGPT).eval()
@@ -209,7 +254,7 @@ def analyze(run: LoadedRun, text: str, k: int = 10) -> dict[str, Any]:
     return {"tokens": [{"id": i, "text": run.token_text(i)} for i in ids], "top": _top(run, probs, k),
             "attention": pack(attention),
             "losses": np.round(losses, ROUND).tolist(), "loss": _mean_loss(losses),
-            "n_layer": run.cfg.n_layer, "n_head": run.cfg.n_head}
+            "n_layer": run.cfg.n_layer, "n_head": run.cfg.n_head, "has_mlp": run.has_mlp}
 
 
 # ----------------------------------------------------------------------------- head scores
@@ -274,7 +319,7 @@ def attribution(run: LoadedRun, text: str, position: int = -1, token: int | None
     its scale is frozen at the value it has, so each part has a share of the logit, and the shares
     (with 'bias', the biases' share) add up to the logit exactly. Pre-norm models only.
     """
-    if run.cfg.norm != "pre":
+    if run.is_gpt and run.cfg.norm != "pre":
         raise ExplorerError(422, "direct logit attribution needs a pre-norm model (the residual stream of a "
                                  "post-norm model is normalised inside every block)")
     ids = run.encode_context(text)
@@ -299,13 +344,18 @@ REFERENCE_TEXTS = 16             # texts the model writes itself, for mean ablat
 
 
 def reference_batch(run: LoadedRun, length: int) -> np.ndarray:
-    """(REFERENCE_TEXTS, length) token ids the model sampled itself (seeded, cached per length): the
-    batch whose mean activation, position by position, replaces a part in mean ablation."""
+    """(REFERENCE_TEXTS, length) token ids the model sampled itself (seeded, cached per length; random
+    ids for a model without a sampler): the batch whose mean activation, position by position,
+    replaces a part in mean ablation."""
     from groundup.commands import start_id
 
     if length not in run._reference:
-        start = np.full((REFERENCE_TEXTS, 1), start_id(run.tokenizer), dtype=np.int64)
-        run._reference[length] = run.model.generate(start, length - 1, temperature=1.0, seed=0).numpy()
+        if run.is_gpt:
+            start = np.full((REFERENCE_TEXTS, 1), start_id(run.tokenizer), dtype=np.int64)
+            run._reference[length] = run.model.generate(start, length - 1, temperature=1.0, seed=0).numpy()
+        else:                                   # no sampler: uniformly random tokens (a synthetic task's inputs)
+            rng = np.random.default_rng(0)
+            run._reference[length] = rng.integers(0, run.cfg.vocab_size, size=(REFERENCE_TEXTS, length))
     return run._reference[length]
 
 
@@ -326,6 +376,8 @@ def ablate(run: LoadedRun, text: str, position: int = -1, heads: list[tuple[int,
         if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
             raise ExplorerError(422, f"head ({layer}, {head}) does not exist: layers 0..{cfg.n_layer - 1}, "
                                      f"heads 0..{cfg.n_head - 1}")
+    if mlps and not run.has_mlp:
+        raise ExplorerError(422, f"this model ({type(run.model).__name__}) has no MLPs to ablate")
     for layer in mlps:
         if not 0 <= layer < cfg.n_layer:
             raise ExplorerError(422, f"MLP {layer} does not exist: layers 0..{cfg.n_layer - 1}")
@@ -356,6 +408,15 @@ def ablate(run: LoadedRun, text: str, position: int = -1, heads: list[tuple[int,
 def stream_tokens(run: LoadedRun, prompt_ids: list[int], max_new_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   use_cache: bool = True) -> Iterator[dict[str, Any]]:
+    """Check the request (ExplorerError now, before any event), then return ``_stream``'s records."""
+    if use_cache and not run.is_gpt:
+        raise ExplorerError(422, f"use_cache: the KV decoder is the GPT's; generate with use_cache=false for "
+                                 f"this {type(run.model).__name__}")
+    return _stream(run, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+
+
+def _stream(run: LoadedRun, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+            top_p: float | None, seed: int | None, use_cache: bool) -> Iterator[dict[str, Any]]:
     """Yield one record per generated token ({index, id, piece, tokens_per_s}), then {done, text, ...}.
 
     The same loop as ``GPT.generate`` (``groundup.models.gpt_decode``: the KV decoder or a rerun of the

@@ -187,6 +187,8 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
             model = loaded(run)
             view["tokenizer"] = {"kind": type(model.tokenizer).__name__, "vocab_size": model.tokenizer.vocab_size}
             view["n_params"] = model.model.num_parameters()
+            view["model"] = type(model.model).__name__
+            view["kv_cache"] = model.is_gpt
         return view
 
     @app.get("/api/metrics", summary="metrics.jsonl records from line `since` on")

@@ -79,6 +79,9 @@ async function selectRun(runId) {
   state.info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch((err) => { setStatus(err.message); return null; });
   renderConfig();
   refreshMetrics(true);
+  const cache = $("#g-cache");
+  cache.disabled = !!state.info && state.info.kv_cache === false;
+  if (cache.disabled) cache.checked = false;
   if (!state.info || !state.info.has_model) {
     for (const id of ["#chips", "#bars", "#attn", "#lens", "#heads", "#dla"]) $(id).replaceChildren();
     return;
@@ -90,7 +93,8 @@ async function selectRun(runId) {
 
 async function sampleDefaultText() {   // a short greedy-ish sample: text the model finds familiar
   const n = Math.max(1, Math.min(48, state.info.config.block_size - 1));
-  const url = `/api/generate?run=${encodeURIComponent(state.run)}&max_new_tokens=${n}&temperature=0.8&seed=0`;
+  const url = `/api/generate?run=${encodeURIComponent(state.run)}&max_new_tokens=${n}&temperature=0.8&seed=0` +
+    `&use_cache=${state.info.kv_cache ? "true" : "false"}`;
   let text = "";
   await streamEvents(url, (event, data) => { if (event === "done") text = data.text; }).catch(() => {});
   $("#text").value = text.slice(0, 200);
@@ -214,8 +218,10 @@ function renderAttention() {
       row.append(el("div", { class: "head" + (selected ? " selected" : "") + (state.offHeads.has(key) ? " off" : "") },
         canvas, el("span", {}, `L${l}H${h} `, off)));
     }
-    row.append(el("button", { class: "off-btn" + (state.offMlps.has(l) ? " on" : ""), "data-ablate-mlp": l,
-      title: `switch MLP ${l} off`, onclick: () => toggle(state.offMlps, l) }, `MLP ${l} off`));
+    if (state.analysis.has_mlp) {
+      row.append(el("button", { class: "off-btn" + (state.offMlps.has(l) ? " on" : ""), "data-ablate-mlp": l,
+        title: `switch MLP ${l} off`, onclick: () => toggle(state.offMlps, l) }, `MLP ${l} off`));
+    }
     rows.push(row);
   }
   $("#attn").replaceChildren(...rows);
