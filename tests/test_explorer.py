@@ -437,3 +437,37 @@ def test_an_attention_only_run_without_a_tokenizer(tmp_path: Path) -> None:
     done = _events(client.get("/api/generate", params={"run": "induction", "prompt": "1 2", "max_new_tokens": 5,
                                                        "use_cache": False, "seed": 0}).text)[-1][1]
     assert done["n"] == 5 and all(0 <= i < 12 for i in done["ids"])
+
+
+def test_the_command_serves_on_loopback_until_interrupted(runs_root: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "groundup.cli", "explore", str(runs_root / "tiny"), "--port",
+                                str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).json() == {"status": "ok"}:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert f"at http://127.0.0.1:{port}/" in out and "Traceback" not in err
+    assert process.returncode in (0, 130)
