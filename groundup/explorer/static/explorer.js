@@ -4,7 +4,7 @@
 
 const $ = (selector) => document.querySelector(selector);
 const state = {
-  runs: [], run: null, info: null, analysis: null, position: null, lineHead: { layer: 0, head: 0 },
+  runs: [], run: null, info: null, compareInfo: null, analysis: null, position: null, lineHead: { layer: 0, head: 0 },
   offHeads: new Set(), offMlps: new Set(), metrics: {}, pollTimer: null, generation: null, requestId: 0,
 };
 
@@ -75,6 +75,7 @@ async function selectRun(runId) {
   state.run = runId;
   state.analysis = null; state.position = null; state.offHeads.clear(); state.offMlps.clear();
   state.lineHead = { layer: 0, head: 0 };
+  if ($("#compare").value === runId) state.compareInfo = null;
   setStatus("");
   state.info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch((err) => { setStatus(err.message); return null; });
   renderConfig();
@@ -439,22 +440,47 @@ function drawChart(ids) {
   }));
 }
 
-function kvTable(rows) {
-  return el("table", { class: "kv" }, ...rows.map(([k, ...vs]) => el("tr", {}, el("td", { text: k }), ...vs.map((v) => el("td", { text: fmt(v, 4) })))));
+function kvTable(rows, header) {
+  const table = el("table", { class: "kv" });
+  if (header) table.append(el("tr", {}, ...header.map((h) => el("th", { text: h }))));
+  for (const [k, ...vs] of rows) {
+    const differs = vs.length > 1 && vs.some((v) => fmt(v, 4) !== fmt(vs[0], 4));
+    table.append(el("tr", { class: differs ? "differs" : "" }, el("td", { text: k }), ...vs.map((v) => el("td", { text: fmt(v, 4) }))));
+  }
+  return table;
+}
+
+function configRows(info) {
+  const rows = new Map(), model = info.config || {}, train = (info.run && info.run.train) || {};
+  for (const [k, v] of Object.entries(model)) rows.set(`model.${k}`, v);
+  for (const [k, v] of Object.entries(train)) if (typeof v !== "object" || v === null) rows.set(`train.${k}`, v);
+  if (info.run) for (const k of ["data", "tokenizer", "preset", "train_tokens", "val_tokens"]) if (k in info.run) rows.set(k, info.run[k]);
+  if (info.tokenizer) rows.set("tokenizer vocabulary", info.tokenizer.vocab_size);
+  if (info.n_params) rows.set("parameters", info.n_params);
+  return rows;
+}
+
+function merged(maps) {               // [[key, value of run A, value of run B], ...] over the keys of both
+  const keys = [...new Set(maps.flatMap((m) => [...m.keys()]))];
+  return keys.map((k) => [k, ...maps.map((m) => m.get(k))]);
 }
 
 function renderConfig() {
-  const info = state.info;
-  if (!info) { $("#config").replaceChildren(); $("#summary").replaceChildren(); return; }
-  const model = info.config || {}, train = (info.run && info.run.train) || {};
-  const rows = Object.entries(model).map(([k, v]) => [`model.${k}`, v]);
-  for (const [k, v] of Object.entries(train)) if (typeof v !== "object" || v === null) rows.push([`train.${k}`, v]);
-  if (info.run) for (const k of ["data", "tokenizer", "preset", "train_tokens", "val_tokens"]) if (k in info.run) rows.push([k, info.run[k]]);
-  if (info.tokenizer) rows.push(["tokenizer vocabulary", info.tokenizer.vocab_size]);
-  if (info.n_params) rows.push(["parameters", info.n_params]);
-  $("#config").replaceChildren(kvTable(rows));
-  const summary = info.summary ? Object.entries(info.summary) : [];
-  $("#summary").replaceChildren(summary.length ? kvTable(summary) : el("p", { class: "muted", text: "no summary.json yet: the run is training or was stopped" }));
+  const infos = [state.info, state.compareInfo].filter(Boolean);
+  if (!infos.length) { $("#config").replaceChildren(); $("#summary").replaceChildren(); return; }
+  const header = infos.length > 1 ? ["", ...infos.map((i) => i.id)] : null;
+  $("#config").replaceChildren(kvTable(merged(infos.map(configRows)), header));
+  const summaries = infos.map((i) => new Map(Object.entries(i.summary || {})));
+  $("#summary").replaceChildren(summaries.some((m) => m.size) ? kvTable(merged(summaries), header)
+    : el("p", { class: "muted", text: "no summary.json yet: the run is training or was stopped" }));
+}
+
+async function selectCompare() {
+  const id = $("#compare").value;
+  state.compareInfo = id && id !== state.run
+    ? await api(`/api/run?run=${encodeURIComponent(id)}`).catch((err) => { setStatus(err.message); return null; }) : null;
+  renderConfig();
+  refreshMetrics(false);
 }
 
 // ------------------------------------------------------------------ roadmap
@@ -494,7 +520,7 @@ function showTab(name) {
 document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   $("#run").addEventListener("change", (e) => selectRun(e.target.value));
-  $("#compare").addEventListener("change", () => refreshMetrics(false));
+  $("#compare").addEventListener("change", selectCompare);
   $("#t-train").addEventListener("change", () => drawChart([state.run, $("#compare").value].filter(Boolean)));
   $("#text").addEventListener("input", debounce(() => { state.position = null; analyze(); }, 250));
   $("#ablate-kind").addEventListener("change", renderPosition);
