@@ -44,3 +44,15 @@ def test_fast_gpt_agrees_with_readable_when_scores_are_huge():
     idx = np.random.default_rng(0).integers(0, 13, (2, 8))
     with gu.no_grad():
         np.testing.assert_allclose(fast(idx).numpy(), model(idx).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_layer_norm_stats_and_xhat_backward_match_layer_norm():
+    rng = np.random.default_rng(2)
+    x, dxhat = rng.standard_normal((5, 8)) * 3 + 1, rng.standard_normal((5, 8))
+    _, xhat, rstd = K.layer_norm(x, None, None, 1e-5)
+    xhat2, rstd2 = K.layer_norm_stats(x, 1e-5)
+    np.testing.assert_allclose(xhat2, xhat, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rstd2, rstd, rtol=1e-12)
+    want, _, _ = K.layer_norm_backward(dxhat, xhat, rstd, None, False)
+    got = K.layer_norm_backward_xhat(dxhat.copy(), xhat2, rstd2)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

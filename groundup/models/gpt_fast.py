@@ -54,16 +54,23 @@ class FastGPT(GPT):
         """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``."""
         cfg = self.cfg
         params = [p for block in self.blocks for p in _block_parameters(block, cfg.bias)]
-        rope = None
-        if cfg.pos_encoding == "rotary":
-            rotary = self.blocks[0].attn.rotary
-            T = x.shape[1]
-            rope = (rotary.cos_cached.data[:T].astype(x.dtype), rotary.sin_cached.data[:T].astype(x.dtype))
+        tables = self._rope_tables(x.shape[1], x.dtype) if cfg.pos_encoding == "rotary" else None
         p = cfg.dropout if self.training else 0.0
         return TransformerStack.apply(
             x, *params, n_head=cfg.n_head, causal=cfg.causal, pre_norm=cfg.norm == "pre",
-            eps=self.blocks[0].ln_1.eps, rope=rope, mask=None if mask is None else mask.data, dropout_p=p,
+            eps=self.blocks[0].ln_1.eps, rope_tables=tables, mask=None if mask is None else mask.data, dropout_p=p,
             rng=random.generator() if p > 0 else None, has_bias=cfg.bias)      # (B, T, C)
+
+    def _rope_tables(self, T: int, dtype: Any) -> tuple[Any, Any]:
+        """The rotary tables of ``TransformerStack`` for T positions, kept while the rotary buffers stay."""
+        rotary = self.blocks[0].attn.rotary
+        key = (rotary.cos_cached.data, rotary.sin_cached.data, T, np.dtype(dtype).str)
+        cached = self.__dict__.get("_rope_cache")
+        if cached is None or any(a is not b for a, b in zip(cached[0][:2], key[:2])) or cached[0][2:] != key[2:]:
+            cos, sin = (t[:T].astype(dtype) for t in key[:2])
+            cached = (key, _rope_tables(cos, sin, self.cfg.n_head))
+            self.__dict__["_rope_cache"] = cached
+        return cached[1]
 
     def forward(self, idx: Any, attention_mask: Any = None) -> Tensor:
         x, mask = self.embed(idx, attention_mask)                               # (B, T, C)
@@ -91,6 +98,38 @@ def _block_parameters(block: Any, bias: bool) -> list[Tensor]:
 
 
 # ----------------------------------------------------------------------------- one block, raw arrays
+def _fold_layer_norm(params: dict[str, Any], norm: str, linear: str, key: str) -> None:
+    """Pre-norm: LayerNorm ``norm`` then Linear ``linear`` as one Linear of xhat, into params[key + ...].
+
+    (xhat w + b) W^T + c = xhat (W diag(w))^T + (W b + c): ``.folded`` = W diag(w), ``.folded_bias``
+    = W b + c. The product of the Linear's output gradient with ``.folded`` is the gradient of xhat.
+    NOTE: the fold saves the pass that scales xhat by w in the forward and the passes of dxhat = dy w
+    and of sum(dy xhat) in the backward; the weight-sized work is done once per step. The gradients
+    of the folded weight G turn back into W's and w's in ``_unfold_gradients``.
+    """
+    weight, w, b = params[linear + ".weight"], params[norm + ".weight"], params[norm + ".bias"]
+    bias = params[linear + ".bias"]
+    if b is not None:
+        bias = weight @ b if bias is None else bias + weight @ b
+    params[key + ".folded"], params[key + ".folded_bias"] = weight * w, bias   # (out, C), (out,) or None
+
+
+def _unfold_gradients(grads: dict[str, Any], params: dict[str, Any], norm: str, linear: str) -> None:
+    """The folded weight's gradient G (in grads[linear.weight]) -> the Linear's W and the norm's w, b.
+
+    The model has biases everywhere or nowhere (``GPTConfig.bias``), so the Linear's bias gradient
+    is there whenever the norm has a bias.
+    """
+    xp = array_module(params[linear + ".weight"])
+    weight, g = params[linear + ".weight"], grads[linear + ".weight"]
+    grads[norm + ".weight"] = xp.einsum("oc,oc->c", weight, g)                  # sum_o W G
+    g *= params[norm + ".weight"]                                               # dW = G diag(w) (+ s b^T)
+    if params[norm + ".bias"] is not None:                                      # s = sum_n dy, the Linear's db
+        s = grads[linear + ".bias"]
+        grads[norm + ".bias"] = s @ weight                                      # s W
+        g += xp.multiply.outer(s, params[norm + ".bias"])
+
+
 def _rope_tables(cos: Any, sin: Any, n_head: int) -> tuple[Any, Any]:
     """cos, sin (T, D) -> the tables of ``_rotate_qk``: COS and SIN each (T, 2, H, D), for q and k of every head.
 
@@ -147,11 +186,13 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     saved: dict[str, Any] = {}
     pre, eps = opt["pre_norm"], opt["eps"]
     # --- attention sub-layer
-    if pre:
-        h1, saved["xhat1"], saved["rstd1"] = K.layer_norm(x2, params["ln_1.weight"], params["ln_1.bias"], eps)
+    if pre:                                                                     # ln_1 folded into qkv's weight
+        h1, saved["rstd1"] = K.layer_norm_stats(x2, eps)                        # h1 = xhat1 (N, C)
+        qkv = K.linear(h1, params["qkv.folded"], params["qkv.folded_bias"])
     else:
         h1 = x2
-    qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"]).reshape(b, T, 3, H, D)  # (b, T, 3, H, D)
+        qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"])
+    qkv = qkv.reshape(b, T, 3, H, D)                                            # (b, T, 3, H, D)
     if opt["rope"] is not None:                                                 # q and k rotated (and q scaled)
         qk = _rotate_qk(qkv[:, :, :2], *opt["rope"])                            # (b, T, 2, H, D)
     else:
@@ -175,14 +216,15 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     if "resid1" in drops:
         a *= drops["resid1"]
     a += x2                                                                     # residual: r1 = x + a
-    if pre:
+    # --- MLP sub-layer
+    if pre:                                                                     # ln_2 folded into fc's weight
         r1 = a
-        h2, saved["xhat2"], saved["rstd2"] = K.layer_norm(r1, params["ln_2.weight"], params["ln_2.bias"], eps)
+        h2, saved["rstd2"] = K.layer_norm_stats(r1, eps)                        # h2 = xhat2 (N, C)
+        f = K.linear(h2, params["fc.folded"], params["fc.folded_bias"])         # (N, 4C)
     else:
         r1, saved["xhat1"], saved["rstd1"] = K.layer_norm(a, params["ln_1.weight"], params["ln_1.bias"], eps)
         h2 = r1
-    # --- MLP sub-layer
-    f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])           # (N, 4C)
+        f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])       # (N, 4C)
     g, slope = K.gelu_tanh_with_slope(f) if opt["save"] else (K.gelu_tanh(f), None)
     del f
     m = K.linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])         # (N, C)
@@ -222,14 +264,14 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
     df = dm @ params["mlp.proj.weight"]                                         # (N, 4C)
     df *= saved["slope"]                                                        # through gelu'(f)
-    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C)
+    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C); pre: of the folded weight
     grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
-    dh2 = df @ params["mlp.fc.weight"]                                          # (N, C)
     if pre:
-        da, grads["ln_2.weight"], grads["ln_2.bias"] = K.layer_norm_backward(
-            dh2, saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
+        dh2 = df @ params["fc.folded"]                                          # (N, C) d xhat2
+        da = K.layer_norm_backward_xhat(dh2, saved["h2"], saved["rstd2"])
         da += d_r1
     else:
+        dh2 = df @ params["mlp.fc.weight"]                                      # (N, C)
         dh2 += d_r1                                                             # r1 = ln_1(x + a) feeds both paths
         da, grads["ln_1.weight"], grads["ln_1.bias"] = K.layer_norm_backward(
             dh2, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
@@ -259,16 +301,14 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     else:
         dqkv[:, :, 0] *= 1.0 / math.sqrt(D)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
-    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C)
+    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C); pre: of the folded weight
     grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
-    dh1 = dqkv2 @ params["attn.qkv.weight"]                                     # (N, C)
     gx = gx_out.reshape(N, C)
     if pre:
-        dx, grads["ln_1.weight"], grads["ln_1.bias"] = K.layer_norm_backward(
-            dh1, saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
-        xp.add(dx, d_x, out=gx)
+        dh1 = dqkv2 @ params["qkv.folded"]                                      # (N, C) d xhat1
+        xp.add(K.layer_norm_backward_xhat(dh1, saved["h1"], saved["rstd1"]), d_x, out=gx)
     else:
-        xp.add(dh1, d_x, out=gx)
+        xp.add(dqkv2 @ params["attn.qkv.weight"], d_x, out=gx)
     return grads
 
 
@@ -299,13 +339,13 @@ class TransformerStack(Function):
 
     Inputs: x, then for each block its parameters in ``PARAM_NAMES`` order (without the biases when
     ``has_bias`` is False). Options: n_head, causal, pre_norm, eps, rope ((cos, sin) each (T, D) or
-    None), mask ((B, 1, T, T) bool, True = may attend, the causal mask folded in; or None), dropout_p
-    and rng (the generator of the dropout masks).
+    None; or ``rope_tables``, the same made by ``_rope_tables``), mask ((B, 1, T, T) bool, True = may
+    attend, the causal mask folded in; or None), dropout_p and rng (the generator of the dropout masks).
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
                 eps: float = 1e-5, rope: tuple[Any, Any] | None = None, mask: Any = None, dropout_p: float = 0.0,
-                rng: Any = None, has_bias: bool = True):
+                rng: Any = None, has_bias: bool = True, rope_tables: tuple[Any, Any] | None = None):
         xp = array_module(x)
         B, T, C = x.shape
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
@@ -316,7 +356,10 @@ class TransformerStack(Function):
             params = dict.fromkeys(PARAM_NAMES)
             params.update(zip(names, param_arrays[i:i + len(names)]))
             layers.append(params)
-        tables = _rope_tables(rope[0], rope[1], n_head) if rope is not None else None   # each (T, 2, H, D)
+            if pre_norm:
+                _fold_layer_norm(params, "ln_1", "attn.qkv", "qkv")
+                _fold_layer_norm(params, "ln_2", "mlp.fc", "fc")
+        tables = rope_tables if rope is None else _rope_tables(rope[0], rope[1], n_head)  # each (T, 2, H, D)
         opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, rope=tables, has_bias=has_bias,
                    save=any(self.needs_input_grad), dropout_p=dropout_p)
         parts = chunks(B, on_cpu=xp is np)
@@ -356,22 +399,32 @@ class TransformerStack(Function):
             return grads
 
         grads_list = parallel_map(run, self.parts, self.saved[-1])
-        total = grads_list[0]
-        for grads in grads_list[1:]:
-            for layer_total, layer in zip(total, grads):
-                for name, g in layer.items():
+
+        def reduce(i: int) -> dict[str, Any]:                                   # layer i: the chunks' sum, unfolded
+            layer_total = grads_list[0][i]
+            for grads in grads_list[1:]:
+                for name, g in grads[i].items():
                     if g is not None:
                         layer_total[name] += g
+            if self.opt["pre_norm"]:
+                _unfold_gradients(layer_total, self.layers[i], "ln_1", "attn.qkv")
+                _unfold_gradients(layer_total, self.layers[i], "ln_2", "mlp.fc")
+            return layer_total
+
+        total = parallel_map(reduce, range(len(self.layers)))                  # the layers shared out over the threads
         return (gx, *(layer[name] for layer in total for name in self.names))
 
 
 # ----------------------------------------------------------------------------- final norm + head + loss
-def _head_forward(x: Any, ln_w: Any, ln_b: Any, weight: Any, targets: Any, eps: float,
+def _head_forward(x: Any, params: dict[str, Any], targets: Any, eps: float,
                   ignore_index: int) -> tuple[float, int, dict[str, Any]]:
-    """One chunk: x (n, C), targets (n,) -> (sum of -log p(target), number of counted rows, saved)."""
+    """One chunk: x (n, C), targets (n,) -> (sum of -log p(target), number of counted rows, saved).
+
+    The final LayerNorm is folded into the output projection (``_fold_layer_norm``).
+    """
     xp = array_module(x)
-    h, xhat, rstd = K.layer_norm(x, ln_w, ln_b, eps)
-    logits = h @ weight.T                                                       # (n, V)
+    xhat, rstd = K.layer_norm_stats(x, eps)
+    logits = K.linear(xhat, params["head.folded"], params["head.folded_bias"])  # (n, V)
     logits -= logits.max(axis=1, keepdims=True)                                # z = logits - max
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
@@ -381,20 +434,20 @@ def _head_forward(x: Any, ln_w: Any, ln_b: Any, weight: Any, targets: Any, eps: 
     total = probs.sum(axis=1, keepdims=True)                                    # (n, 1)
     probs /= total
     nll = xp.log(total[:, 0]) - z_target                                        # -log softmax(z)[target]
-    saved = {"h": h, "xhat": xhat, "rstd": rstd, "probs": probs, "safe": safe, "valid": valid}
+    saved = {"xhat": xhat, "rstd": rstd, "probs": probs, "safe": safe, "valid": valid}
     return float((nll * valid).sum()), int(valid.sum()), saved
 
 
-def _head_backward(scale: float, saved: dict[str, Any], ln_w: Any, weight: Any, has_bias: bool,
+def _head_backward(scale: float, saved: dict[str, Any], params: dict[str, Any], has_bias: bool,
                    gx_out: Any) -> dict[str, Any]:
     xp = array_module(gx_out)
     dlogits = saved["probs"].copy()                                             # softmax - onehot
     dlogits[xp.arange(dlogits.shape[0]), saved["safe"]] -= 1.0
     dlogits *= (saved["valid"] * scale).astype(dlogits.dtype)[:, None]
-    grads = {"weight": dlogits.T @ saved["h"]}                                  # (V, C)
-    dh = dlogits @ weight                                                       # (n, C)
-    gx_out[...], grads["ln_w"], grads["ln_b"] = K.layer_norm_backward(dh, saved["xhat"], saved["rstd"], ln_w,
-                                                                       has_bias)
+    grads = {"head.weight": dlogits.T @ saved["xhat"],                          # (V, C) of the folded weight
+             "head.bias": dlogits.sum(axis=0) if has_bias else None}
+    dh = dlogits @ params["head.folded"]                                        # (n, C) d xhat
+    gx_out[...] = K.layer_norm_backward_xhat(dh, saved["xhat"], saved["rstd"])
     return grads
 
 
@@ -404,7 +457,8 @@ class LMHeadLoss(Function):
 
     Inputs: x (B, T, C), the LayerNorm weight (and bias when ``has_bias``), weight (V, C). Options:
     targets (B, T) ints (``ignore_index`` rows do not count), eps. Returns a 0-d loss. Backward:
-    dlogits = (softmax - onehot(target)) / count, dW = dlogits^T h, dh = dlogits W, then LayerNorm's.
+    dlogits = (softmax - onehot(target)) / count, dW = dlogits^T h, dh = dlogits W, then LayerNorm's
+    (with the LayerNorm folded into W: ``_fold_layer_norm``).
     """
 
     def forward(self, x, *arrays, targets: Any = None, eps: float = 1e-5, ignore_index: int = -100,
@@ -419,11 +473,13 @@ class LMHeadLoss(Function):
             raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
         x2 = x.reshape(B * T, C)                                                # (N, C)
         parts = [slice(p.start * T, p.stop * T) for p in chunks(B, on_cpu=xp is np)]
-        results = parallel_map(lambda p: _head_forward(x2[p], ln_w, ln_b, weight, t[p], eps, ignore_index), parts)
+        params = {"ln.weight": ln_w, "ln.bias": ln_b, "head.weight": weight, "head.bias": None}
+        _fold_layer_norm(params, "ln", "head", "head")
+        results = parallel_map(lambda p: _head_forward(x2[p], params, t[p], eps, ignore_index), parts)
         count, total = sum(r[1] for r in results), sum(r[0] for r in results)
         self.save_for_backward(*arrays, [r[2] for r in results])
         self.parts, self.count, self.shape, self.has_bias = parts, count, x.shape, has_bias
-        self.ln_w, self.weight = ln_w, weight
+        self.params = params
         return xp.asarray(total / count if count else float("nan"), dtype=x.dtype)
 
     def backward(self, gz):
@@ -431,13 +487,14 @@ class LMHeadLoss(Function):
         gx = xp.empty(self.shape, dtype=gz.dtype)
         gx2 = gx.reshape(-1, self.shape[-1])
         scale = float(gz) / self.count if self.count else 0.0
-        grads_list = parallel_map(lambda p, s: _head_backward(scale, s, self.ln_w, self.weight, self.has_bias, gx2[p]),
+        grads_list = parallel_map(lambda p, s: _head_backward(scale, s, self.params, self.has_bias, gx2[p]),
                                   self.parts, self.saved[-1])
         total = grads_list[0]
         for grads in grads_list[1:]:
             for name, g in grads.items():
                 if g is not None:
                     total[name] += g
+        _unfold_gradients(total, self.params, "ln", "head")
         if self.has_bias:
-            return gx, total["ln_w"], total["ln_b"], total["weight"]
-        return gx, total["ln_w"], total["weight"]
+            return gx, total["ln.weight"], total["ln.bias"], total["head.weight"]
+        return gx, total["ln.weight"], total["head.weight"]

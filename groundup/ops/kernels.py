@@ -29,7 +29,8 @@ import numpy as np
 
 from groundup.backend import array_module
 
-__all__ = ["layer_norm", "layer_norm_backward", "linear", "gelu_tanh", "gelu_tanh_with_slope", "softmax_",
+__all__ = ["layer_norm", "layer_norm_backward", "layer_norm_stats", "layer_norm_backward_xhat", "linear",
+           "gelu_tanh", "gelu_tanh_with_slope", "softmax_",
            "softmax_unshifted_", "softmax_backward", "causal_mask", "attention_bias", "rotate_half", "apply_rotary",
            "dropout_mask"]
 
@@ -72,6 +73,43 @@ def layer_norm_backward(dy: Any, xhat: Any, rstd: Any, weight: Any, has_bias: bo
     dxhat -= xhat * mean_dxhat_xhat
     dxhat *= rstd
     return dxhat, dweight, dbias
+
+
+def layer_norm_stats(x: Any, eps: float) -> tuple[Any, Any]:
+    """x (N, C) -> (xhat, rstd (N, 1)): ``layer_norm`` without its weight and bias.
+
+    NOTE: the row means are a matrix-vector product with 1/C (BLAS), cheaper than ``sum(axis=1)``
+    over a short axis.
+    """
+    xp = array_module(x)
+    n = x.shape[1]
+    mean = x @ xp.full(n, 1.0 / n, dtype=x.dtype)                  # (N,)
+    xhat = x - mean[:, None]
+    var = xp.einsum("ij,ij->i", xhat, xhat)                         # (N,)
+    var *= 1.0 / n
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.reciprocal(rstd, out=rstd)
+    rstd = rstd[:, None]                                            # (N, 1)
+    xhat *= rstd
+    return xhat, rstd
+
+
+def layer_norm_backward_xhat(dxhat: Any, xhat: Any, rstd: Any) -> Any:
+    """dx of ``layer_norm_stats`` from the gradient of xhat, in place on dxhat.
+
+    dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)). With the norm's weight folded into the
+    Linear after it (see ``models/gpt_fast.py``), that Linear's backward gives dxhat directly.
+    """
+    xp = array_module(dxhat)
+    n = dxhat.shape[1]
+    mean = dxhat @ xp.full(n, 1.0 / n, dtype=dxhat.dtype)          # (N,)
+    m = xp.einsum("ij,ij->i", dxhat, xhat)[:, None]                 # (N, 1)
+    m *= 1.0 / n
+    dxhat -= mean[:, None]
+    dxhat -= xhat * m
+    dxhat *= rstd
+    return dxhat
 
 
 def linear(x: Any, weight: Any, bias: Any) -> Any:
