@@ -315,6 +315,7 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
         sample = model.generate(np.array([[first]]), min(SAMPLE_CHARS, 4 * T), temperature=0.8, seed=trainer.iter)
         text_out = decode(tokenizer, sample.numpy()[0].tolist())
         print(f"--- sample at iter {info['iter']} ---\n{text_out.strip()}\n---", file=sys.stderr, flush=True)
+        trainer.record({"kind": "sample", "iter": info["iter"], "text": text_out})   # for the explorer, live
 
     trainer = Trainer(model, train_cfg, batch, callbacks=[on_event], model_config=model_cfg, tokens_per_batch=B * T)
 

@@ -97,7 +97,8 @@ def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, 
         assert summary[key] is not None, key
     assert summary["iters"] == 2 and summary["config"]["batch_size"] == 4
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {r["kind"] for r in records} == {"train", "eval"}
+    assert {r["kind"] for r in records} == {"train", "eval", "sample"}        # samples: for the explorer
+    assert all(isinstance(r["text"], str) and r["text"] for r in records if r["kind"] == "sample")
     assert json.loads((out / "config.json").read_text())["n_layer"] == 1
     err = capsys.readouterr().err
     assert "val loss" in err and "sample at iter" in err
