@@ -100,7 +100,7 @@ def the_task(ctx: Context, state: dict[str, Any]) -> Finding:
     task = speaker_task(k=k)
     vocab_size = ctx.budget("BPE vocabulary size", full=1024, quick=1024, tiny=512)
     tokenizer = ByteLevelBPE.train(task.pretrain_text, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    T = ctx.budget("tokens per sequence", full=64, quick=64, tiny=32)
+    T = ctx.budget("tokens per sequence", full=64, quick=48, tiny=32)
     n_test = ctx.budget("test speeches", full=len(task.test_texts), quick=len(task.test_texts), tiny=48)
     test_index = np.sort(ctx.rng(1).permutation(len(task.test_texts))[:n_test])
     text_ids = np.array(tokenizer.encode(task.pretrain_text), dtype=np.int64)
@@ -144,7 +144,7 @@ def the_task(ctx: Context, state: dict[str, Any]) -> Finding:
 def pretraining(ctx: Context, state: dict[str, Any]) -> Finding:
     """Pretrain the BERT (masked LM) and the GPT (next token) on the unlabelled text."""
     T, V, ids, held_out = state["T"], state["tokenizer"].vocab_size, state["text_ids"], state["held_out_ids"]
-    steps = ctx.budget("pretraining steps (each model)", full=3000, quick=400, tiny=3)
+    steps = ctx.budget("pretraining steps (each model)", full=3000, quick=300, tiny=3)
     batch = ctx.budget("pretraining batch", full=32, quick=32, tiny=4)
     bert_cfg = BERTConfig(vocab_size=V, block_size=T, num_labels=len(state["task"].speakers), dropout=0.1,
                           activation="gelu_tanh", **MODEL)
@@ -243,7 +243,7 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
                         tiny=[16, "all"])
     sizes = sorted({min(n_pool, n) if n != "all" else n_pool for n in wanted})
     seeds = ctx.budget("seeds per size", full=3, quick=2, tiny=1)
-    state["finetune_steps"] = ctx.budget("fine-tuning steps", full=300, quick=50, tiny=2)
+    state["finetune_steps"] = ctx.budget("fine-tuning steps", full=200, quick=40, tiny=2)
     summary, best = {}, (-1.0, None, "")
     for family in ("bert", "gpt"):
         results: dict[str, dict[int, list[float]]] = {"pretrained": {}, "scratch": {}}
@@ -270,7 +270,11 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
                                                                 summary[family]["largest_gap_size"]}))
                   for family in summary]
     b, g = summary["bert"], summary["gpt"]
-    return Finding(
+    best_mean = max(max(summary[f][k]["mean"]) for f in summary for k in ("pretrained", "scratch"))
+    notes = ["At this budget no model gets far above the majority answer: the models are small and briefly trained, "
+             "and telling the speakers apart from the opening lines of a speech is hard. The full budget pretrains "
+             "and fine-tunes far longer."] if best_mean < chance + 0.05 else []
+    return Finding(notes=notes,
         title="Fine-tuned against trained from scratch, as labels grow",
         metrics={"sweep": {"sizes": sizes, "seeds": seeds, "steps": state["finetune_steps"], "lr": FINETUNE_LR,
                            "chance_accuracy": chance, **summary}},
@@ -313,6 +317,7 @@ def cheap_finetuning(ctx: Context, state: dict[str, Any]) -> Finding:
     acc = {mode: float(np.mean([r["accuracy"] for r in rs])) for mode, rs in runs.items()}
     trainable = {mode: rs[0]["trainable"] for mode, rs in runs.items()}
     ratio, share = acc["lora"] / max(acc["full"], 1e-12), trainable["lora"] / trainable["full"]
+    chance = state["task"].chance_accuracy
     best_acc, pred, who = state["best"]
     speakers = state["task"].speakers
     cm = np.zeros((len(speakers), len(speakers)), dtype=np.int64)
@@ -323,9 +328,11 @@ def cheap_finetuning(ctx: Context, state: dict[str, Any]) -> Finding:
             "lora_parameter_share": share, "lora_rank": 4, "best_model": who, "best_accuracy": best_acc,
             "confusion": cm.tolist()}},
         claims=[claims.claim("pretrain-finetune.lora", "LoRA on the attention's query and value reaches at least 90% "
-                             "of full fine-tuning's accuracy while training at most 5% of its weights",
+                             "of full fine-tuning's accuracy while training at most 5% of its weights (and full "
+                             "fine-tuning beats the majority answer, so that the comparison means something)",
                              claims.ge("LoRA / full accuracy", ratio, 0.9),
-                             claims.le("LoRA / full trainable", share, 0.05))],
+                             claims.le("LoRA / full trainable", share, 0.05),
+                             claims.gt("full fine-tuning accuracy", acc["full"], "majority answer", chance))],
         plots=[_confusion_plot(ctx, cm, speakers, who, best_acc)],
         text=[f"With all {n} labels, full fine-tuning of the pretrained BERT trains {trainable['full']:,} weights and "
               f"reaches {acc['full']:.1%}; the last block alone {trainable['last']:,} weights, {acc['last']:.1%}; LoRA "
