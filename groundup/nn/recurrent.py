@@ -216,53 +216,60 @@ class LSTMScan(Function):
         xp = array_module(xi)
         steps, batch, hidden = xi.shape[0], xi.shape[1], h0.shape[-1]
         hc = xp.empty((2, steps, batch, hidden), dtype=xi.dtype)     # (2, T, N, H)
-        gates = xp.empty_like(xi)                                      # (T, N, 4H): i, f, g, o after activation
+        gates = xp.empty_like(xi)                                      # (T, N, 4H): sigmoid of i, f, (g), o
+        cell_in = xp.empty((steps, batch, hidden), dtype=xi.dtype)    # (T, N, H): g = tanh(pre_g)
         tanh_c = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
         if bias_hh:
             xi = xi + bias_hh[0]                                       # b_hh for every step at once
+        ig = xp.empty((batch, hidden), dtype=xi.dtype)                 # (N, H): i * g, one buffer
         h, c = h0, c0
         for t in _time_order(steps, reverse):
             pre = gates[t]
             xp.matmul(h, weight_hh.T, out=pre)                         # (N, 4H)
             pre += xi[t]
-            _sigmoid_(pre[:, :2 * hidden])
-            xp.tanh(pre[:, 2 * hidden:3 * hidden], out=pre[:, 2 * hidden:3 * hidden])
-            _sigmoid_(pre[:, 3 * hidden:])
-            i, f, g, o = (pre[:, k * hidden:(k + 1) * hidden] for k in range(4))
+            g = cell_in[t]
+            xp.tanh(pre[:, 2 * hidden:3 * hidden], out=g)
+            # NOTE: one sigmoid over all four gates (4 calls, not 8); g's column block is then unused
+            _sigmoid_(pre)
+            i, f, o = pre[:, :hidden], pre[:, hidden:2 * hidden], pre[:, 3 * hidden:]
             c = hc[1, t]
             c_prev = c0 if t == (steps - 1 if reverse else 0) else hc[1, t + 1 if reverse else t - 1]
             xp.multiply(f, c_prev, out=c)
-            c += i * g
+            xp.multiply(i, g, out=ig)
+            c += ig
             xp.tanh(c, out=tanh_c[t])
             xp.multiply(o, tanh_c[t], out=hc[0, t])
             h = hc[0, t]
-        self.save_for_backward(h0, c0, weight_hh, hc, gates, tanh_c)
+        self.save_for_backward(h0, c0, weight_hh, hc, gates, cell_in, tanh_c)
         self.options = (reverse, bool(bias_hh))
         return hc
 
     def backward(self, grad_hc):
-        h0, c0, weight_hh, hc, gates, tanh_c = self.saved
+        h0, c0, weight_hh, hc, gates, g, tanh_c = self.saved
         reverse, has_bias = self.options
         xp = array_module(hc)
-        hidden = h0.shape[-1]
+        steps, batch, hidden = tanh_c.shape
         c_prev = _previous_states(hc[1], c0, reverse)                  # (T, N, H)
-        i, f, g, o = (gates[..., k * hidden:(k + 1) * hidden] for k in range(4))   # 4 x (T, N, H)
+        i, f, o = gates[..., :hidden], gates[..., hidden:2 * hidden], gates[..., 3 * hidden:]   # 3 x (T, N, H)
         # Local derivatives of c' = f c + i g, h' = o tanh(c') for all steps at once: only the products
         # with the incoming gradients dh, dc must wait for the loop.
         h_to_c = o * (1 - tanh_c * tanh_c)                             # d h' / d c'
-        c_to_pre = [g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)]   # d c' / d pre_i, pre_f, pre_g
+        c_to_pre = xp.empty((steps, batch, 3, hidden), dtype=tanh_c.dtype)   # d c' / d pre_i, pre_f, pre_g
+        xp.multiply(g * i, 1 - i, out=c_to_pre[:, :, 0])
+        xp.multiply(c_prev * f, 1 - f, out=c_to_pre[:, :, 1])
+        xp.multiply(i, 1 - g * g, out=c_to_pre[:, :, 2])
         h_to_pre_o = tanh_c * o * (1 - o)                              # d h' / d pre_o
-        d_pre = xp.empty_like(gates)                                   # (T, N, 4H): dL/d preactivations
+        d_pre = xp.empty((steps, batch, 4, hidden), dtype=tanh_c.dtype)   # (T, N, 4, H): dL/d pre_i, f, g, o
         dh, dc = xp.zeros_like(h0), xp.zeros_like(c0)
-        for t in reversed(_time_order(hc.shape[1], reverse)):
+        for t in reversed(_time_order(steps, reverse)):
             dh += grad_hc[0, t]                                        # dh, dc are this loop's own arrays
             dc += grad_hc[1, t]
             dc += dh * h_to_c[t]
-            for k in range(3):
-                xp.multiply(dc, c_to_pre[k][t], out=d_pre[t, :, k * hidden:(k + 1) * hidden])
-            xp.multiply(dh, h_to_pre_o[t], out=d_pre[t, :, 3 * hidden:])
+            xp.multiply(dc[:, None, :], c_to_pre[t], out=d_pre[t, :, :3])   # i, f, g in one call
+            xp.multiply(dh, h_to_pre_o[t], out=d_pre[t, :, 3])
             dc *= f[t]                                                 # (N, H) -> previous cell state
-            xp.matmul(d_pre[t], weight_hh, out=dh)                     # (N, H) -> previous hidden state
+            xp.matmul(d_pre[t].reshape(batch, 4 * hidden), weight_hh, out=dh)   # (N, H) -> previous hidden state
+        d_pre = d_pre.reshape(steps, batch, 4 * hidden)                # (T, N, 4H), gates side by side
         needs = self.needs_input_grad
         weights = (_weight_grads(d_pre, _previous_states(hc[0], h0, reverse), has_bias) if any(needs[3:])
                    else (None,) * (1 + has_bias))
