@@ -291,3 +291,24 @@ def test_input_errors():
     with pytest.raises(ValueError, match="max_len"):
         model.greedy_decode(src, mask, 0)
     model.loss(src, mask, tgt_in, tgt_out)                                  # the untouched inputs are fine
+
+
+def test_hook_points_read_and_switch_off_the_cross_attention():
+    """Hooks on the encoder-decoder's layers: the documented shapes, and zeroing every decoder layer's
+    cross-attention output by hook makes the logits independent of the source (the encoder is cut off)."""
+    model = _model()
+    model.eval()
+    src, mask, tgt_in, _ = _batch(np.random.default_rng(0))
+    base = model(gu.tensor(src), mask, gu.tensor(tgt_in)).detach().numpy()
+    _, cache = model.run_with_cache(gu.tensor(src), mask, gu.tensor(tgt_in))
+    assert cache["transformer.encoder.layers.0.hook_attn_out"].shape == (3, 7, 16)
+    assert cache["transformer.decoder.layers.0.hook_cross_attn_out"].shape == (3, 5, 16)
+    assert cache["transformer.decoder.layers.0.hook_resid_post"].shape == (3, 5, 16)
+    off = {"transformer.decoder.layers.*.hook_cross_attn_out": lambda act, hook: act * 0.0}
+    other = np.random.default_rng(1).integers(1, 9, src.shape)
+    with model.hooks(off):
+        cut = model(gu.tensor(src), mask, gu.tensor(tgt_in)).detach().numpy()
+        cut_other = model(gu.tensor(other), mask, gu.tensor(tgt_in)).detach().numpy()
+    np.testing.assert_allclose(cut, cut_other, rtol=1e-6, atol=1e-6)          # the source no longer matters
+    assert not np.allclose(cut, base, atol=1e-4)
+    np.testing.assert_array_equal(model(gu.tensor(src), mask, gu.tensor(tgt_in)).detach().numpy(), base)

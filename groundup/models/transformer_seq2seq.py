@@ -43,8 +43,8 @@ from groundup.backend import to_numpy
 from groundup.models.seq2seq import IGNORE_INDEX
 from groundup.nn import init
 from groundup.nn.attention import MultiheadAttention
+from groundup.nn.hooks import HookedModule
 from groundup.nn.layers import Dropout, Embedding, Linear
-from groundup.nn.module import Module
 from groundup.nn.positional import SinusoidalPositionalEncoding
 from groundup.nn.transformer import Transformer, generate_square_subsequent_mask
 from groundup.tensor import Tensor, no_grad
@@ -109,7 +109,7 @@ class TransformerSeq2SeqConfig:
                                  f"{getattr(self, vocab)}")
 
 
-class TransformerSeq2Seq(Module):
+class TransformerSeq2Seq(HookedModule):
     """Pre-norm encoder-decoder transformer with Seq2Seq's interface.
 
     Submodules: ``src_embed`` Embedding(V_src, C), ``tgt_embed`` Embedding(V_tgt, C), ``pos``

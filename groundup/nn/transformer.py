@@ -6,7 +6,10 @@
 
 The decoder layer adds cross-attention to ``memory`` (``multihead_attn``, ``norm3``, ``dropout3``).
 Stacks (TransformerEncoder/Decoder) hold deep copies of the layer under ``layers.{i}``, and
-Transformer joins an encoder and a decoder stack, so a torch checkpoint loads unchanged.
+Transformer joins an encoder and a decoder stack, so a torch checkpoint loads unchanged. Hook points
+(``groundup.nn.hooks``) on each layer: ``hook_attn_out`` (self-attention's output), the decoder's
+``hook_cross_attn_out``, ``hook_mlp_out`` and ``hook_resid_post`` (the layer's output), e.g.
+``transformer.decoder.layers.0.hook_cross_attn_out``.
 
 References: Vaswani et al. 2017, "Attention Is All You Need" (https://arxiv.org/abs/1706.03762);
 Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture"
@@ -25,6 +28,7 @@ from groundup import functional as F
 from groundup.backend import DEFAULT_FLOAT, as_dtype
 from groundup.nn import init
 from groundup.nn.attention import MultiheadAttention, canonical_mask
+from groundup.nn.hooks import HookPoint
 from groundup.nn.layers import Dropout, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.tensor import Tensor
@@ -114,6 +118,7 @@ class TransformerEncoderLayer(Module):
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.activation = _activation_fn(activation)
+        self.hook_attn_out, self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         if device is not None:
             self.to(device)
 
@@ -129,12 +134,12 @@ class TransformerEncoderLayer(Module):
         """
         x = src
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
-            x = x + self._ff_block(self.norm2(x))
+            x = x + self.hook_attn_out(self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal))
+            x = x + self.hook_mlp_out(self._ff_block(self.norm2(x)))
         else:
-            x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
-            x = self.norm2(x + self._ff_block(x))
-        return x
+            x = self.norm1(x + self.hook_attn_out(self._sa_block(x, src_mask, src_key_padding_mask, is_causal)))
+            x = self.norm2(x + self.hook_mlp_out(self._ff_block(x)))
+        return self.hook_resid_post(x)
 
     def _sa_block(self, x: Tensor, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> Tensor:
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
@@ -172,6 +177,8 @@ class TransformerDecoderLayer(Module):
         self.dropout2 = Dropout(dropout)
         self.dropout3 = Dropout(dropout)
         self.activation = _activation_fn(activation)
+        self.hook_attn_out, self.hook_cross_attn_out = HookPoint(), HookPoint()
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
         if device is not None:
             self.to(device)
 
@@ -188,15 +195,21 @@ class TransformerDecoderLayer(Module):
             same shape as ``tgt``.
         """
         x = tgt
+        sa, ff = self.hook_attn_out, self.hook_mlp_out
+
+        def cross(h: Tensor) -> Tensor:
+            return self.hook_cross_attn_out(self._mha_block(h, memory, memory_mask, memory_key_padding_mask,
+                                                            memory_is_causal))
+
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
-            x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
-            x = x + self._ff_block(self.norm3(x))
+            x = x + sa(self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = x + cross(self.norm2(x))
+            x = x + ff(self._ff_block(self.norm3(x)))
         else:
-            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
-            x = self.norm2(x + self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal))
-            x = self.norm3(x + self._ff_block(x))
-        return x
+            x = self.norm1(x + sa(self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+            x = self.norm2(x + cross(x))
+            x = self.norm3(x + ff(self._ff_block(x)))
+        return self.hook_resid_post(x)
 
     def _sa_block(self, x: Tensor, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> Tensor:
         x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
