@@ -343,6 +343,9 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
               f"{_resume_command(args)}", file=sys.stderr)
         return 130
     _print_summary(summary, bpc, out, args)
+    from groundup.roadmap.train_report import write_training_report
+
+    print(f"report: {write_training_report(out, bpc)}")
     return 0
 
 

@@ -2,7 +2,15 @@
 
 Pages are self-contained and work offline: inline CSS, images by relative path (the PNGs
 beside the report), no scripts, no fonts or styles from a CDN. Everything taken from a run
-(text, numbers, captions) is HTML-escaped; only a stage's own ``sections`` are inserted as HTML.
+(text, numbers, captions) is HTML-escaped; only a stage's own ``sections`` (and its static
+"How it works" text) are inserted as HTML. Pages fit a 1280 px window: long values wrap, wide
+tables scroll inside their own box.
+
+A stage's page reads: headline (and which way is better), what it shows, one section per
+finding, "How it works" (the maths), "The code" (the functions behind the numbers, with file,
+lines and the key lines, read from the source now), "Try next" (commands to change one thing),
+then every number measured and the settings. ``render_index`` also lists training runs
+(``groundup train ... --out runs/NAME``; their page is ``groundup.roadmap.train_report``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from typing import Any
 
 from groundup.roadmap.claims import format_value
 
-__all__ = ["render_stage", "render_index", "flatten_metrics"]
+__all__ = ["render_stage", "render_index", "flatten_metrics", "page", "table", "headline_html", "CSS"]
 
 _CSS = """
 body { font: 16px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -34,12 +42,24 @@ nav { font-size: 0.9em; }
 .headline { font-size: 1.25em; margin: 0.6em 0; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 10px 14px; margin: 1em 0; }
 .errorbox { background: #ffebe9; border: 1px solid #cf222e; border-radius: 6px; padding: 10px 14px; }
-table { border-collapse: collapse; width: 100%; margin: 0.8em 0; font-size: 0.93em; }
-th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top; }
+.tablebox { max-width: 100%; overflow-x: auto; margin: 0.8em 0; }
+table { border-collapse: collapse; width: 100%; font-size: 0.93em; }
+th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; }
 th { background: #f6f8fa; }
-td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num { font-variant-numeric: tabular-nums; }
+p, li, figcaption, code { overflow-wrap: anywhere; }
+nav.steps { display: flex; justify-content: space-between; gap: 1em; flex-wrap: wrap; margin: 0.5em 0; }
+.better { color: #59636e; font-size: 0.8em; font-weight: normal; }
+.math { background: #f6f8fa; border-left: 3px solid #8c959f; padding: 8px 12px; white-space: pre-wrap;
+        font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.9em; }
+.coderef { margin: 1em 0; }
+.coderef pre { margin: 0.3em 0; }
+details summary { cursor: pointer; color: #0969da; font-size: 0.92em; }
+.trynext dt { margin-top: 0.6em; }
+.trynext dd { margin-left: 1.2em; color: #1f2328; }
 figure { margin: 1.4em 0; text-align: center; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 4px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; border-radius: 4px; }
 figcaption { color: #59636e; font-size: 0.92em; margin-top: 0.3em; }
 pre { background: #f6f8fa; border-radius: 6px; padding: 12px; overflow-x: auto; font-size: 0.88em;
       line-height: 1.45; }
@@ -51,6 +71,31 @@ _STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "smoke": "SMOK
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], raw: bool = False) -> str:
+    """An HTML table in a box that scrolls sideways on its own (cells are escaped unless ``raw``)."""
+    cell = (lambda v: str(v)) if raw else _esc
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<div class="tablebox"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def headline_html(headline: dict[str, Any]) -> str:
+    """``label: value (lower is better; anchor label value)`` for a headline record."""
+    notes = []
+    if headline.get("better"):
+        notes.append(f"{headline['better']} is better")
+    anchor = headline.get("anchor")
+    if isinstance(anchor, dict) and "value" in anchor:
+        notes.append(f"{anchor.get('label', 'reference')} {_fmt(anchor['value'])}")
+    extra = f' <span class="better">({_esc("; ".join(notes))})</span>' if notes else ""
+    return f"{_esc(headline['label'])}: <b>{_esc(_fmt(headline['value']))}</b>{extra}"
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained HTML page with the reports' style."""
+    return _page(title, body)
 
 
 def _page(title: str, body: str) -> str:
@@ -102,8 +147,8 @@ def _mode_banner(record: dict[str, Any]) -> str:
             "the claims" if mode == "tiny" else
             "a <b>quick run</b> (<code>--quick</code>): smaller training budgets and, where noted, looser "
             "thresholds than a full run")
-    table = (f"<table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th></tr>{rows}</table>"
-             if rows else "")
+    table = (f'<div class="tablebox"><table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th>'
+             f"</tr>{rows}</table></div>" if rows else "")
     return (f'<div class="banner">This is {what}. Run <code>groundup run {_esc(record["stage"])}</code> '
             f"without <code>--quick</code> for the full version.{table}</div>")
 
@@ -116,8 +161,8 @@ def _claims_table(claims: Sequence[dict[str, Any]], smoke: bool) -> str:
                    else _badge("pass" if c["passed"] else "fail"))
         rows.append(f"<tr><td>{verdict}</td><td>{_esc(c['statement'])}</td>"
                     f"<td class=num>{measured}</td><td>{_esc(_fmt(c.get('threshold')))}</td></tr>")
-    return ("<table><tr><th>result</th><th>claim</th><th>measured</th><th>threshold</th></tr>"
-            + "".join(rows) + "</table>")
+    return ('<div class="tablebox"><table><tr><th>result</th><th>claim</th><th>measured</th><th>threshold</th></tr>'
+            + "".join(rows) + "</table></div>")
 
 
 def _figures(plots: Sequence[dict[str, Any]]) -> list[str]:
@@ -144,20 +189,101 @@ def _findings(record: dict[str, Any], finding_sections: Sequence[Sequence[tuple[
     return parts
 
 
+def _set_flags(record: dict[str, Any]) -> str:
+    """`` --set k=v`` for each option given on the command line (not --dataset, which has its own flag)."""
+    options = {k: v for k, v in (record.get("options") or {}).items() if k != "dataset"}
+    dataset = (record.get("options") or {}).get("dataset")
+    flags = f" --dataset {dataset}" if dataset not in (None, "digits") else ""
+    return flags + "".join(f" --set {k}={v}" for k, v in options.items())
+
+
+def _steps_nav(name: str, order: Sequence[str]) -> str:
+    """Previous / all stages / next links (the stage's neighbours in roadmap order)."""
+    links = ['<a href="../index.html">all stages</a>']
+    if name in order:
+        i = list(order).index(name)
+        prev = (f'<a href="../{_esc(order[i - 1])}/report.html">&larr; previous: {_esc(order[i - 1])}</a>'
+                if i > 0 else "<span>first stage</span>")
+        nxt = (f'<a href="../{_esc(order[i + 1])}/report.html">next: {_esc(order[i + 1])} &rarr;</a>'
+               if i + 1 < len(order) else "<span>last stage</span>")
+        links = [prev, links[0], nxt]
+    return '<nav class="steps">' + "".join(links) + "</nav>"
+
+
+def _code_section(stage: Any) -> str:
+    """"The code": each function or class behind the numbers, with file, lines and its key lines."""
+    from groundup.roadmap.code import code_refs
+
+    try:
+        refs = code_refs(stage)
+    except Exception:  # noqa: BLE001 - the rest of the report still renders
+        return ""
+    if not refs:
+        return ""
+    what = {"experiment": "experiment", "helper": "helper it calls", "model": "model it trains",
+            "code": "also used"}
+    parts = ["<h2>The code</h2>",
+             "<p>The functions that produced this page's numbers, read from the source when the report was written. "
+             "Open the file at the lines shown; the key lines are below each name, the whole source under it.</p>"]
+    for ref in refs:
+        width = len(str(ref.end))
+        key = "\n".join(f"{n:>{width}}  {text}" for n, text in ref.key_lines)
+        parts.append(f'<div class="coderef"><b><code>{_esc(ref.name)}</code></b> '
+                     f"<span class=meta>({_esc(what.get(ref.kind, ref.kind))}) "
+                     f"<code>{_esc(ref.file)}:{ref.start}-{ref.end}</code></span>"
+                     f"<pre><code>{_esc(key)}</code></pre>"
+                     f"<details><summary>whole source ({ref.end - ref.start + 1} lines)</summary>"
+                     f"<pre><code>{_esc(ref.source)}</code></pre></details></div>")
+    return "\n".join(parts)
+
+
+def _guide_sections(stage: Any, record: dict[str, Any]) -> list[str]:
+    """"How it works" (static maths) and "Try next" (commands) from the stage's definition."""
+    parts = []
+    how = getattr(stage, "how", ()) or ()
+    if how:
+        parts.append("<h2>How it works</h2>")
+        parts += [p if p.lstrip().startswith("<") else f"<p>{p}</p>" for p in how]
+    tries = getattr(stage, "try_next", ()) or ()
+    options = getattr(stage, "options", ()) or ()
+    if tries or options:
+        parts.append("<h2>Try next</h2><p>Change one thing, run again, and put the two runs side by side with "
+                     f"<code>groundup compare runs/{_esc(record['stage'])} OTHER_RUN</code> (give the second run "
+                     "its own folder with <code>--out</code>).</p>")
+        if tries:
+            parts.append('<dl class="trynext">' + "".join(
+                f"<dt><code>{_esc(command)}</code></dt><dd>{_esc(expect)}</dd>" for command, expect in tries)
+                + "</dl>")
+        if options:
+            rows = [(f"--set {key}=…", help_text) for key, help_text in options]
+            parts.append("<p>Options this stage reads (<code>groundup run "
+                         f"{_esc(record['stage'])} --set KEY=VALUE</code>):</p>" + table(("option", "what"), rows))
+    return parts
+
+
 def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (),
-                 finding_sections: Sequence[Sequence[tuple[str, str]]] = ()) -> str:
+                 finding_sections: Sequence[Sequence[tuple[str, str]]] = (), *, stage: Any = None,
+                 order: Sequence[str] = ()) -> str:
     """The HTML report of one stage run from its metrics.json ``record`` (plus trusted extra sections).
 
     A stage of experiments (``record["findings"]``) gets one section per finding, with that
     finding's text, claims and plots together; ``finding_sections[i]`` are finding i's extra HTML.
+
+    Args:
+        record: the metrics.json record.
+        sections, finding_sections: trusted extra HTML of the stage and of each finding.
+        stage: the ``Stage`` (for "How it works", "The code" and "Try next"); None leaves them out.
+        order: the stage names in roadmap order, for the previous / next links.
     """
     name = record["stage"]
-    parts = ['<nav><a href="../index.html">&larr; all stages</a></nav>',
+    parts = [_steps_nav(name, order),
              f"<h1>{_esc(name)} {_badge(record.get('status'))}</h1>",
              f"<p class=meta>{_esc(record.get('title', ''))}</p>"]
     headline = record.get("headline")
     if headline:
-        parts.append(f'<p class="headline">{_esc(headline["label"])}: <b>{_esc(_fmt(headline["value"]))}</b></p>')
+        parts.append(f'<p class="headline">{headline_html(headline)}</p>')
+    if _set_flags(record):
+        parts.append(f"<p class=meta>options: <code>{_esc(_set_flags(record).strip())}</code></p>")
     parts.append(f"<p class=meta>mode {_esc(record.get('mode'))} &middot; device {_esc(record.get('device'))} "
                  f"&middot; seed {_esc(record.get('seed'))} &middot; {_esc(_fmt(record.get('wall_s', 0.0)))} s "
                  f"&middot; finished {_esc(record.get('finished_at', ''))}</p>")
@@ -182,20 +308,25 @@ def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (
         parts.append(f"<h2>{_esc(title)}</h2>\n{body}")
     if record.get("notes"):
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_esc(n)}</li>" for n in record["notes"]) + "</ul>")
+    if stage is not None:
+        parts += _guide_sections(stage, record)
+        parts.append(_code_section(stage))
     if record.get("metrics"):
         parts.append("<h2>Every number measured</h2><p>The same numbers, unabridged, are in "
                      '<a href="metrics.json">metrics.json</a>.</p>')
         rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td class=num>{_esc(v)}</td></tr>"
                        for k, v in flatten_metrics(record["metrics"]))
-        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+        parts.append(f'<div class="tablebox"><table><tr><th>metric</th><th>value</th></tr>{rows}</table></div>')
     if record.get("settings"):
         rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(s.get('kind', ''))}</td>"
                        f"<td class=num>{_esc(_fmt(s['value']))}</td><td class=num>{_esc(_fmt(s['full']))}</td></tr>"
                        for k, s in record["settings"].items())
-        parts.append("<h2>Settings</h2><table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th>"
-                     f"</tr>{rows}</table>")
-    parts.append(f"<p class=meta>Re-run: <code>groundup run {_esc(name)}"
-                 f"{' --quick' if record.get('quick') else ''} --seed {_esc(record.get('seed'))}</code></p>")
+        parts.append('<h2>Settings</h2><div class="tablebox"><table><tr><th>setting</th><th>kind</th>'
+                     f"<th>this run</th><th>full run</th></tr>{rows}</table></div>")
+    mode_flag = " --tiny" if record.get("tiny") else " --quick" if record.get("quick") else ""
+    parts.append(f"<p class=meta>Re-run: <code>groundup run {_esc(name)}{mode_flag}{_esc(_set_flags(record))} "
+                 f"--seed {_esc(record.get('seed'))}</code></p>")
+    parts.append(_steps_nav(name, order))
     return _page(f"groundup roadmap: {name}", "\n".join(parts))
 
 
@@ -224,6 +355,8 @@ def render_index(out_root: str | os.PathLike, stages: Sequence[Any]) -> str:
                         "<td></td></tr>")
             continue
         headline = rec.get("headline", {}).get("text", rec.get("error", ""))
+        if rec.get("headline", {}).get("better"):
+            headline += f" ({rec['headline']['better']} is better)"
         claims = rec.get("claims", [])
         rows.append(f'<tr><td>{i}</td><td><a href="{_esc(name)}/report.html">{_esc(name)}</a></td>'
                     f"<td>{_esc(summaries.get(name, rec.get('summary', '')))}</td><td>{_badge(rec.get('status'))}</td>"
@@ -233,6 +366,27 @@ def render_index(out_root: str | os.PathLike, stages: Sequence[Any]) -> str:
             "<p>From a single neuron to a GPT, one runnable stage at a time. Each stage trains a small model on "
             "real data, checks claims about it with the numbers it measured, and writes a report with its "
             "plots. Run one with <code>groundup run STAGE</code>, or all with <code>groundup run all</code>.</p>"
-            "<table><tr><th>#</th><th>stage</th><th>what it shows</th><th>status</th><th>headline</th>"
-            "<th>claims</th><th>last run</th></tr>" + "".join(rows) + "</table>")
+            '<div class="tablebox"><table><tr><th>#</th><th>stage</th><th>what it shows</th><th>status</th>'
+            "<th>headline</th><th>claims</th><th>last run</th></tr>" + "".join(rows) + "</table></div>")
+    body += _training_runs(out_root)
     return _page("groundup roadmap", body)
+
+
+def _training_runs(out_root: Path) -> str:
+    """The index's table of training runs (``groundup train ... --out OUT/NAME``), if there are any."""
+    from groundup.roadmap.train_report import find_training_runs, run_summary
+
+    rows = []
+    for run in find_training_runs(out_root):
+        info = run_summary(run)
+        name = run.relative_to(out_root).as_posix()
+        link = (f'<a href="{_esc(name)}/report.html">{_esc(name)}</a>' if (run / "report.html").is_file()
+                else _esc(name))
+        rows.append(f"<tr><td>{link}</td><td>{_esc(info['what'])}</td><td class=num>{_esc(info['loss'])}</td>"
+                    f"<td class=num>{_esc(info['iters'])}</td><td class=num>{_esc(info['time'])}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Training runs</h2><p>Models trained with <code>groundup train</code> into this folder; open one "
+            "to see its curves and a sample, then <code>groundup sample RUN</code>.</p>"
+            '<div class="tablebox"><table><tr><th>run</th><th>model and data</th><th>val loss</th><th>iters</th>'
+            "<th>time</th></tr>" + "".join(rows) + "</table></div>")

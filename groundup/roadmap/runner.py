@@ -93,6 +93,18 @@ class Stage:
         experiments: the stage's experiments ``(ctx, state) -> Finding``, run in order.
         headline: (label, dotted metric path) of the headline number, for a stage of experiments.
         intro: the report's opening paragraphs (no numbers: those belong to findings).
+        better: "lower" or "higher": which way the headline number is good (said beside it).
+        anchor: (label, dotted metric path) of a reference value to read the headline against (a
+            published number the stage records in its metrics); ("", "") for none.
+        how: "How it works": trusted HTML paragraphs with the maths of the stage's mechanism. Static
+            text: it is not part of the run's record, so the provenance check does not read it; keep
+            run numbers out of it.
+        try_next: "Try next": (command, what to expect) pairs, each command runnable as written
+            (``groundup run rnn --set hidden=16``); static text like ``how``.
+        options: the keys ``groundup run STAGE --set KEY=VALUE`` accepts, each with a one-line help;
+            the stage reads them with ``ctx.option(KEY, default)`` (or ``ctx.budget(..., option=KEY)``).
+        code: extra functions or classes for the report's "The code" section (the experiments and the
+            model classes they use are found on their own).
     """
 
     name: str
@@ -102,12 +114,20 @@ class Stage:
     experiments: tuple[Callable[..., Any], ...] = ()
     headline: tuple[str, str] = ("", "")
     intro: tuple[str, ...] = ()
+    better: str = ""
+    anchor: tuple[str, str] = ("", "")
+    how: tuple[str, ...] = ()
+    try_next: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = ()
+    code: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.run is None) == (not self.experiments):
             raise ValueError(f"stage {self.name!r}: give either run= or experiments=, not both or neither")
         if self.experiments and not self.headline[1]:
             raise ValueError(f"stage {self.name!r}: a stage of experiments needs headline=(label, metric path)")
+        if self.better not in ("", "lower", "higher"):
+            raise ValueError(f"stage {self.name!r}: better must be 'lower' or 'higher', not {self.better!r}")
 
     def execute(self, ctx: Context) -> StageResult:
         """Run the stage: its ``run`` function, or its experiments in order."""
@@ -192,7 +212,9 @@ class Context:
         tiny: a seconds-long configuration for tests; numbers are not meaningful.
         device: ``"cpu"`` or ``"cuda"`` (CuPy).
         seed: the run's seed; the runner has already seeded Python, NumPy and groundup with it.
-        options: extra command-line options (``{"dataset": "mnist"}``); stages ignore what they don't use.
+        options: extra command-line options (``{"dataset": "mnist"}`` and ``--set KEY=VALUE`` pairs, values
+            as text); read a ``--set`` key with ``option``; stages ignore what they don't use.
+        settings: every budget, threshold and option the stage read, recorded in metrics.json.
     """
 
     out_dir: Path
@@ -217,10 +239,30 @@ class Context:
             return quick if tiny is None else tiny
         return quick if self.quick else full
 
-    def budget(self, name: str, full: Any, quick: Any, tiny: Any = None) -> Any:
-        """A training budget (epochs, steps, samples) for this mode, recorded in the settings."""
+    def budget(self, name: str, full: Any, quick: Any, tiny: Any = None, option: str = "") -> Any:
+        """A training budget (epochs, steps, samples) for this mode, recorded in the settings.
+
+        With ``option``, ``groundup run STAGE --set OPTION=VALUE`` replaces it in every mode.
+        """
         value = self.pick(full, quick, tiny)
+        if option and option in self.options:
+            value = self.option(option, value)
+            self.settings[name] = {"kind": f"option {option}", "value": value, "full": full}
+            return value
         self.settings[name] = {"kind": "budget", "value": value, "full": full}
+        return value
+
+    def option(self, key: str, default: Any) -> Any:
+        """The value of ``--set KEY=VALUE``, parsed as the type of ``default``; ``default`` when not set.
+
+        A value that was set is recorded in the settings (kind "option"), so the report shows it and
+        its numbers count as this run's.
+        """
+        if key not in self.options:
+            return default
+        raw = self.options[key]
+        value = _parse_option(key, raw, default)
+        self.settings.setdefault(f"--set {key}", {"kind": "option", "value": value, "full": default})
         return value
 
     def threshold(self, name: str, full: float, quick: float | None = None) -> float:
@@ -278,6 +320,25 @@ class Context:
         import groundup as gu
 
         return gu.tensor(np.asarray(array), dtype=dtype, requires_grad=requires_grad, device=self.device)
+
+
+def _parse_option(key: str, raw: Any, default: Any) -> Any:
+    """``raw`` (text from ``--set``) as the type of ``default``; a StageError says what was expected."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise StageError(f"--set {key}={raw}: expected {type(default).__name__} "
+                         f"(like {key}={default})") from None
+    return raw
 
 
 def seed_everything(seed: int) -> None:
@@ -361,7 +422,7 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
         "smoke" for a tiny run that finished (its numbers say nothing, so its claims are shown but
         not judged; ``claims_passed`` still says how they came out), or "error".
     """
-    from groundup.roadmap import report
+    from groundup.roadmap import code, report
 
     out_root = Path(out_root)
     out_dir = out_root / stage.name
@@ -375,7 +436,7 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
     record: dict[str, Any] = {
         "stage": stage.name, "summary": stage.summary, "title": stage.title or stage.summary,
         "mode": ctx.mode, "quick": quick, "tiny": tiny, "device": device, "seed": seed,
-        "options": ctx.options,
+        "options": ctx.options, "code": code.code_records(stage),
     }
     started = time.perf_counter()
     result: StageResult | None = None
@@ -401,17 +462,40 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
         record.update(
             status="smoke" if tiny else "pass" if result.passed else "fail", claims_passed=result.passed,
             findings=[f.to_dict() for f in result.findings],
-            headline={"label": label, "value": value, "text": f"{label} {format_value(float(value))}"},
+            headline=_headline(stage, label, value, result.metrics),
             claims=[c.to_dict() for c in result.claims], metrics=result.metrics, summary_text=result.summary,
             plots=[{"file": p.file, "caption": p.caption} for p in result.plots], notes=result.notes)
     record = _jsonable(record)
     _write_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
+    if all_stages is not None:
+        order = [s.name for s in all_stages]
+    else:
+        from groundup.roadmap.stages import load_stages
+
+        order = [s.name for s in load_stages()]
     _write_atomic(out_dir / "report.html", report.render_stage(
-        record, result.sections if result else [], [f.sections for f in result.findings] if result else []))
+        record, result.sections if result else [], [f.sections for f in result.findings] if result else [],
+        stage=stage, order=order))
     listed = list(all_stages) if all_stages is not None else [stage]
     _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
     _print_outcome(bars, record)
     return record
+
+
+def _headline(stage: Stage, label: str, value: float, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline record: label, value, text, which way is better and the anchor's value (if any)."""
+    headline: dict[str, Any] = {"label": label, "value": value, "text": f"{label} {format_value(float(value))}"}
+    if stage.better:
+        headline["better"] = stage.better
+    anchor_label, anchor_path = stage.anchor
+    if anchor_path:
+        from groundup.roadmap.experiment import metric_at
+
+        try:
+            headline["anchor"] = {"label": anchor_label, "value": float(metric_at(metrics, anchor_path))}
+        except (KeyError, TypeError, ValueError):
+            pass
+    return headline
 
 
 def _print_outcome(bars: _Progress, record: dict[str, Any]) -> None:
