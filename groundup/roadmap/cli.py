@@ -2,11 +2,14 @@
 
     groundup roadmap [--out runs]
     groundup run STAGE|all [--quick] [--device cpu|cuda] [--out runs] [--seed S] [--dataset digits|mnist]
+                           [--set KEY=VALUE ...]
 
 ``run`` prints each claim as a PASS/FAIL line with its numbers, then a summary table and the
 path of ``runs/index.html``; it exits 1 when any claim fails or a stage errors, 2 on bad usage.
-A ``--tiny`` run is a smoke test: its status is "smoke" (claims shown, not judged) and it exits 0
-when every stage ran.
+``--set KEY=VALUE`` changes one thing a stage declares in ``Stage.options`` (``groundup run rnn
+--set hidden=16``); the value is recorded in metrics.json and shown in the report, and a key no
+chosen stage reads is refused. A ``--tiny`` run is a smoke test: its status is "smoke" (claims
+shown, not judged) and it exits 0 when every stage ran.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from groundup.cli_options import UsageError
 from groundup.roadmap.claims import format_value
 from groundup.roadmap.runner import read_metrics, run_stages
 from groundup.roadmap.stages import load_stages
@@ -54,7 +58,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
                    help="image data for the mlp and cnn stages: sklearn's 8x8 digits (bundled) or MNIST "
                         "(downloaded once and cached)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_options",
+                   help="change one of the stage's options, e.g. --set hidden=16 for rnn (repeatable; each "
+                        "report's Try next section lists its options); recorded in metrics.json")
     p.set_defaults(handler=run_command)
+
+
+def parse_set_options(pairs: list[str], chosen: list[Any]) -> dict[str, str]:
+    """``["hidden=16"]`` -> ``{"hidden": "16"}``; a UsageError for a malformed pair or a key no chosen stage reads."""
+    options: dict[str, str] = {}
+    known = {key for stage in chosen for key, _ in getattr(stage, "options", ())}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UsageError(f"--set {pair}: expected KEY=VALUE, e.g. --set hidden=16")
+        if key not in known:
+            names = ", ".join(s.name for s in chosen)
+            offer = ", ".join(sorted(known)) or "none"
+            raise UsageError(f"--set {key}: not an option of {names} (options: {offer})")
+        options[key] = value.strip()
+    return options
 
 
 def roadmap_command(args: argparse.Namespace) -> int:
@@ -110,8 +134,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"groundup run: the roadmap needs {' and '.join(missing)} (plots, digits): "
               "pip install 'groundup[train]'", file=sys.stderr)
         return 2
+    options: dict[str, Any] = {"dataset": args.dataset, **parse_set_options(args.set_options, chosen)}
     console = _console()
-    options = {"dataset": args.dataset}
     records = run_stages(chosen, args.out, console=console, all_stages=stages, quick=args.quick,
                          tiny=args.tiny, device=args.device, seed=args.seed, options=options)
     index = (Path(args.out) / "index.html").resolve()

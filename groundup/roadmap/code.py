@@ -24,10 +24,11 @@ from typing import Any
 __all__ = ["CodeRef", "code_refs", "code_records", "package_root"]
 
 # Lines worth showing inline: a model or config built, a training call, a backward pass or an
-# optimiser step, a loss, a claim checked, the finding returned.
+# optimiser step, a loss, an evaluation (not comments, text, or the claims: the report shows those).
 _KEY = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:Config)?\(|\btrain\w*\(|\.backward\(|\.step\(|clip_grad_norm_|"
-                  r"cross_entropy|softmax\(|\bclaims\.(?:ge|le|gt|lt|close|between)\(|\bmean_loss\(|"
-                  r"\bevaluate\w*\(|\bfit\(")
+                  r"cross_entropy|softmax\(|\bmean_loss\(|\bevaluate\w*\(|\bfit\w*\(|\bgradient\w*\(|"
+                  r"\bmeasure\w*\(|\bprofile\w*\(")
+_SKIP = re.compile(r"""^\s*(?:#|f?["']|claims\.|\*\(claims|[A-Z_]+\s*=|raise\b)""")
 _MAX_KEY_LINES = 10
 
 
@@ -90,12 +91,32 @@ def _key_lines(lines: list[str], start: int, is_class: bool) -> tuple[tuple[int,
         if in_doc or (quotes and stripped.startswith(('"""', "'''", 'r"""'))):
             in_doc = (in_doc + quotes) % 2 == 1 if quotes else in_doc
             continue
-        if stripped.startswith("#") or not _KEY.search(line):
+        if _SKIP.match(line) or not _KEY.search(line) or "Finding(" in line:
             continue
         picked.append((start + i, line.rstrip()))
         if len(picked) > _MAX_KEY_LINES:
             break
+    if len(picked) < 4:  # nothing stands out: the opening lines of the body instead
+        body = _body_lines(lines, start)
+        picked = sorted(set(picked) | set(body[:6]))
     return tuple(picked)
+
+
+def _body_lines(lines: list[str], start: int) -> list[tuple[int, str]]:
+    """(line number, text) of a function's code lines after its docstring (no comments, no blank lines)."""
+    out: list[tuple[int, str]] = []
+    in_doc, seen_code = False, False
+    for i, line in enumerate(lines[1:], 1):
+        stripped = line.strip()
+        quotes = stripped.count('"""') + stripped.count("\'\'\'")
+        if not seen_code and (in_doc or stripped.startswith(('"""', "\'\'\'", 'r"""'))):
+            in_doc = (in_doc + quotes) % 2 == 1
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        seen_code = True
+        out.append((start + i, line.rstrip()))
+    return out
 
 
 def _ref(obj: Any, kind: str) -> CodeRef | None:
@@ -129,6 +150,18 @@ def _names_used(function: Any) -> set[str]:
     return names
 
 
+def _worth_listing(helper: Any) -> bool:
+    """A public helper, or a private one that trains, measures or builds a model (not a table or plot maker)."""
+    name = helper.__name__
+    if not name.startswith("_"):
+        return True
+    if re.search(r"train|fit|grad|loss|evaluat|measure|step", name):
+        return True
+    names = _names_used(helper)
+    return any(inspect.isclass(helper.__globals__.get(n)) and
+               getattr(helper.__globals__.get(n), "__module__", "").startswith("groundup.models") for n in names)
+
+
 def _used_objects(function: Any) -> list[tuple[Any, str]]:
     """(object, kind) for the stage-module helpers and the model classes a function calls by name."""
     module = getattr(function, "__module__", "")
@@ -137,7 +170,7 @@ def _used_objects(function: Any) -> list[tuple[Any, str]]:
         obj = getattr(function, "__globals__", {}).get(name)
         if inspect.isclass(obj) and getattr(obj, "__module__", "").startswith("groundup.models"):
             found.append((obj, "model"))
-        elif inspect.isfunction(obj) and obj.__module__ == module and obj is not function:
+        elif inspect.isfunction(obj) and obj.__module__ == module and obj is not function and _worth_listing(obj):
             found.append((obj, "helper"))
     return found
 

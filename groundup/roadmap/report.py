@@ -23,7 +23,7 @@ from typing import Any
 
 from groundup.roadmap.claims import format_value
 
-__all__ = ["render_stage", "render_index", "flatten_metrics", "page", "table", "headline_html", "CSS"]
+__all__ = ["render_stage", "render_index", "flatten_metrics", "page", "table", "headline_html"]
 
 _CSS = """
 body { font: 16px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -84,8 +84,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], raw: bool = Fals
 def headline_html(headline: dict[str, Any]) -> str:
     """``label: value (lower is better; anchor label value)`` for a headline record."""
     notes = []
-    if headline.get("better"):
-        notes.append(f"{headline['better']} is better")
+    better = headline.get("better")
+    if better:
+        notes.append(f"{better} is better" if better in ("lower", "higher") else str(better))
     anchor = headline.get("anchor")
     if isinstance(anchor, dict) and "value" in anchor:
         notes.append(f"{anchor.get('label', 'reference')} {_fmt(anchor['value'])}")
@@ -247,9 +248,11 @@ def _guide_sections(stage: Any, record: dict[str, Any]) -> list[str]:
     tries = getattr(stage, "try_next", ()) or ()
     options = getattr(stage, "options", ()) or ()
     if tries or options:
-        parts.append("<h2>Try next</h2><p>Change one thing, run again, and put the two runs side by side with "
-                     f"<code>groundup compare runs/{_esc(record['stage'])} OTHER_RUN</code> (give the second run "
-                     "its own folder with <code>--out</code>).</p>")
+        stage_dir = _esc(record["stage"])
+        parts.append("<h2>Try next</h2><p>Change one thing and run again into another runs folder "
+                     "(<code>--out runs/try</code> writes <code>runs/try/"
+                     f"{stage_dir}</code>), then put the two runs side by side with <code>groundup compare "
+                     f"runs/{stage_dir} runs/try/{stage_dir}</code>.</p>")
         if tries:
             parts.append('<dl class="trynext">' + "".join(
                 f"<dt><code>{_esc(command)}</code></dt><dd>{_esc(expect)}</dd>" for command, expect in tries)
@@ -355,8 +358,9 @@ def render_index(out_root: str | os.PathLike, stages: Sequence[Any]) -> str:
                         "<td></td></tr>")
             continue
         headline = rec.get("headline", {}).get("text", rec.get("error", ""))
-        if rec.get("headline", {}).get("better"):
-            headline += f" ({rec['headline']['better']} is better)"
+        better = rec.get("headline", {}).get("better")
+        if better:
+            headline += f" ({better} is better)" if better in ("lower", "higher") else f" ({better})"
         claims = rec.get("claims", [])
         rows.append(f'<tr><td>{i}</td><td><a href="{_esc(name)}/report.html">{_esc(name)}</a></td>'
                     f"<td>{_esc(summaries.get(name, rec.get('summary', '')))}</td><td>{_badge(rec.get('status'))}</td>"

@@ -93,7 +93,8 @@ class Stage:
         experiments: the stage's experiments ``(ctx, state) -> Finding``, run in order.
         headline: (label, dotted metric path) of the headline number, for a stage of experiments.
         intro: the report's opening paragraphs (no numbers: those belong to findings).
-        better: "lower" or "higher": which way the headline number is good (said beside it).
+        better: "lower" or "higher": which way the headline number is good (said beside it as "lower is
+            better"); any other text is shown as written (for a number that is neither, say what it means).
         anchor: (label, dotted metric path) of a reference value to read the headline against (a
             published number the stage records in its metrics); ("", "") for none.
         how: "How it works": trusted HTML paragraphs with the maths of the stage's mechanism. Static
@@ -126,8 +127,6 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: give either run= or experiments=, not both or neither")
         if self.experiments and not self.headline[1]:
             raise ValueError(f"stage {self.name!r}: a stage of experiments needs headline=(label, metric path)")
-        if self.better not in ("", "lower", "higher"):
-            raise ValueError(f"stage {self.name!r}: better must be 'lower' or 'higher', not {self.better!r}")
 
     def execute(self, ctx: Context) -> StageResult:
         """Run the stage: its ``run`` function, or its experiments in order."""
@@ -246,7 +245,7 @@ class Context:
         """
         value = self.pick(full, quick, tiny)
         if option and option in self.options:
-            value = self.option(option, value)
+            value = _parse_option(option, self.options[option], value)
             self.settings[name] = {"kind": f"option {option}", "value": value, "full": full}
             return value
         self.settings[name] = {"kind": "budget", "value": value, "full": full}

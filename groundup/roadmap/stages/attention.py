@@ -103,10 +103,10 @@ def two_models(ctx: Context, state: dict[str, Any]) -> Finding:
     test_pairs = [p for p in date_pairs(n_test, seed=ctx.seed * 1000 + 2) if p[0] not in seen]   # held out
     # NOTE: the summary must be small for the bottleneck to bind once training has converged; a quick run stops
     # long before convergence, when a small summary has not yet learned the longest formats even with attention.
-    hidden = ctx.budget("hidden size (encoder, decoder, summary)", full=24, quick=32, tiny=8)
+    hidden = ctx.budget("hidden size (encoder, decoder, summary)", full=24, quick=32, tiny=8, option="hidden")
     embd = ctx.budget("embedding size", full=32, quick=32, tiny=8)
     attn_size = ctx.budget("attention hidden size", full=32, quick=32, tiny=8)
-    iters = ctx.budget("training steps per model", full=3000, quick=1200, tiny=3)
+    iters = ctx.budget("training steps per model", full=3000, quick=1200, tiny=3, option="steps")
     batch_size = ctx.budget("batch size", full=64, quick=64, tiny=16)
     lr = 3e-3
     models, histories, results = {}, {}, {}
@@ -248,8 +248,32 @@ def alignment(ctx: Context, state: dict[str, Any]) -> Finding:
         text=["The attention weights line up with the input: while writing the year, the attention peak is on the "
               f"year's digits {found['peak_on_year']:.0%} of the time, in the inputs that contain them."])
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "An encoder-decoder without attention squeezes the whole input into one vector, the encoder's last "
+    "state, and the decoder must unfold the output from it. Additive (Bahdanau) attention lets the "
+    "decoder look back at every encoder state at every output step, through a learned score:",
+    '<div class="math">e_{t,j} = vᵀ tanh(W_s s_{t−1} + W_h h_j)\n'
+    'α_{t,j} = exp(e_{t,j}) / Σ_k exp(e_{t,k})      (the alignment: one row per output step)\n'
+    'c_t = Σ_j α_{t,j} h_j,   s_t = GRU([y_{t−1}, c_t], s_{t−1}),   p(y_t) = softmax(W_o [s_t, c_t])</div>',
+    "The context vector c_t is recomputed for each output, so the capacity needed no longer grows with "
+    "the input's length; the weights α are what the alignment maps show. Training is teacher-forced: the "
+    "decoder is fed the true previous token and trained with cross-entropy on the next one.",
+)
+TRY_NEXT = (
+    ("groundup run attention --set hidden=8 --out runs/try",
+     "a tiny summary vector: the model without attention loses most on the longest inputs, while "
+     "attention keeps much of its accuracy."),
+    ("groundup run attention --quick --set steps=300 --out runs/try",
+     "a short training: the alignment maps are blurrier and accuracy on long dates drops for both."),
+)
+
 
 STAGE = Stage("attention", "GRU encoder-decoder with and without additive attention on date translation",
               experiments=(two_models, bottleneck, alignment),
               headline=("attention accuracy, longest inputs", "results.attention.longest_bucket_accuracy"),
-              title="Attention: encoder-decoder on date translation")
+              title="Attention: encoder-decoder on date translation",
+              better="higher",
+              how=HOW, try_next=TRY_NEXT,
+              options=(('hidden', 'hidden size of encoder, decoder and summary'),
+                       ('steps', 'training steps per model')))

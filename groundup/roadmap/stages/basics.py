@@ -192,10 +192,11 @@ def softmax_regression(ctx: Context, state: dict[str, Any]) -> Finding:
     """A linear classifier trained with the Trainer, and scikit-learn's LogisticRegression as the oracle."""
     d = _digits(ctx, state)
     x, labels, train, test = d["x"].astype(np.float32), d["labels"], d["train"], d["test"]
-    epochs = ctx.budget("softmax regression epochs", full=100, quick=60, tiny=3)
+    epochs = ctx.budget("softmax regression epochs", full=100, quick=60, tiny=3, option="epochs")
     target_acc = ctx.threshold("softmax regression test accuracy", full=0.93)
     model = MLP(MLPConfig(in_features=x.shape[1], hidden_sizes=(), num_classes=N_CLASSES))  # no hidden layer
-    history = fit_classifier(ctx, model, x[train], labels[train], x[test], labels[test], epochs=epochs, lr=1e-2,
+    lr = ctx.option("lr", 1e-2)
+    history = fit_classifier(ctx, model, x[train], labels[train], x[test], labels[test], epochs=epochs, lr=lr,
                              batch_size=64, description="softmax regression", rng=ctx.rng(1), seed_offset=1)
     softmax_acc = history["test_accuracy"][-1]
     from sklearn.exceptions import ConvergenceWarning
@@ -321,8 +322,34 @@ def _knn_votes(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: 
     nearest = np.argsort(d2, axis=1)[:, :k]                                 # (N_test, k)
     return np.array([np.bincount(train_y[row], minlength=N_CLASSES).argmax() for row in nearest])
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "Linear regression predicts a number as a weighted sum of the inputs and fits the weights by least "
+    "squares, here by gradient descent on the mean squared error:",
+    '<div class="math">ŷ = X w + b        L(w, b) = (1/N) Σᵢ (ŷᵢ − yᵢ)² + λ‖w‖²\n'
+    'w ← w − η ∂L/∂w,   ∂L/∂w = (2/N) Xᵀ(ŷ − y) + 2λw</div>',
+    "Softmax regression turns one score per class into probabilities and is trained by minimising the "
+    "cross-entropy, whose gradient with respect to the scores is simply prediction minus target:",
+    '<div class="math">z = W x + b,   p_k = exp(z_k) / Σ_j exp(z_j),   L = −log p_y,   ∂L/∂z = p − onehot(y)</div>',
+    "k-means needs no labels: it alternates assigning each point to its nearest centroid and moving each "
+    "centroid to the mean of its points, which never increases the within-cluster sum of squares. PCA "
+    "projects the centred data onto the directions of largest variance, the top right-singular vectors:",
+    '<div class="math">k-means:  cᵢ = argmin_k ‖xᵢ − μ_k‖²,   μ_k = mean{xᵢ : cᵢ = k},   J = Σᵢ ‖xᵢ − μ_cᵢ‖²\n'
+    'PCA:  X − x̄ = U S Vᵀ,   projections = (X − x̄) V[:, :k],   explained variance ∝ S²</div>',
+)
+TRY_NEXT = (
+    ("groundup run basics --set lr=0.1 --out runs/try",
+     "a larger step for softmax regression: the loss falls faster at first, then may bounce; compare the "
+     "test accuracy with this run."),
+    ("groundup run basics --set epochs=5 --out runs/try",
+     "far fewer passes over the data: the softmax model stops short of the scikit-learn oracle."),
+)
+
 
 STAGE = Stage("basics", "supervised vs unsupervised learning on 8x8 digits: regression, softmax, k-means, PCA",
               experiments=(linear_regression, softmax_regression, k_means, principal_components),
               headline=("softmax test accuracy", "softmax_regression.final_test_accuracy"),
-              title="Machine-learning basics: linear and softmax regression, k-means and PCA on digits")
+              title="Machine-learning basics: linear and softmax regression, k-means and PCA on digits",
+              better="higher",
+              how=HOW, try_next=TRY_NEXT,
+              options=(('epochs', 'softmax regression epochs'), ('lr', 'softmax regression learning rate')))

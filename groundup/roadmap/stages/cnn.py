@@ -65,7 +65,7 @@ def _train_both(ctx: Context, state: dict[str, Any]) -> None:
         mlp_epochs = ctx.budget("MLP epochs (MNIST)", full=15, quick=4, tiny=1)
         splits: list[tuple[Any, Any]] = [(None, None)]
     else:
-        epochs = ctx.budget("CNN epochs", full=30, quick=20, tiny=2)
+        epochs = ctx.budget("CNN epochs", full=30, quick=20, tiny=2, option="epochs")
         mlp_epochs = ctx.budget("MLP epochs", full=60, quick=30, tiny=2)
         splits = kfold(len(data["x"]), ctx.budget("cross-validation folds", full=5, quick=3, tiny=2), ctx.seed)
     config = CNNConfig(image_size=data["x"].shape[1], channels=CNN_RECIPE["channels"])
@@ -202,8 +202,31 @@ def shifts(ctx: Context, state: dict[str, Any]) -> Finding:
               f"and the MLP {drop['mlp']:.1%}: the MLP has one weight per pixel position, while the CNN's filters "
               "find a stroke wherever it is."])
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "A convolution slides one small filter over the whole image: the same weights are used at every "
+    "position (weight sharing), so a filter that detects an edge detects it anywhere, and the layer has "
+    "far fewer parameters than a dense layer over the same pixels:",
+    '<div class="math">y[c_out, i, j] = b[c_out] + Σ_{c_in} Σ_{u,v} W[c_out, c_in, u, v] · x[c_in, i+u, j+v]\n'
+    'parameters: C_out·C_in·k·k + C_out   (a dense layer: (C_out·H·W)·(C_in·H·W))</div>',
+    "Its gradient is a convolution too: the gradient of a weight sums over every position it was used "
+    "at, and the gradient of the input is the output gradient convolved with the flipped filter. "
+    "groundup computes the forward pass as one matrix product (im2col: every k×k patch becomes a row). "
+    "Max pooling keeps the largest value in each window, which makes the features tolerate small shifts.",
+    '<div class="math">∂L/∂W[c_out, c_in, u, v] = Σ_{i,j} δy[c_out, i, j] · x[c_in, i+u, j+v]</div>',
+)
+TRY_NEXT = (
+    ("groundup run cnn --set epochs=3 --out runs/try",
+     "a short training: the CNN's accuracy drops, and the learned filters look noisier."),
+    ("groundup run cnn --dataset mnist --quick --out runs/try",
+     "real 28x28 digits, where weight sharing matters more: the gap in parameters to the MLP grows."),
+)
+
 
 STAGE = Stage("cnn", "small CNN on digits: weight sharing, learned filters, robustness to shifts",
               experiments=(weight_sharing, filters, shifts),
               headline=("CNN test accuracy", "classification.cnn_test_accuracy"),
-              title="Convolutional networks: fewer parameters, local filters, shifted digits")
+              title="Convolutional networks: fewer parameters, local filters, shifted digits",
+              better="higher",
+              how=HOW, try_next=TRY_NEXT,
+              options=(('epochs', 'CNN epochs (digits)'),))

@@ -207,9 +207,9 @@ def train_model(ctx: Context, cfg: AttnOnlyConfig, steps: int, batch: int, lr: f
 def train_models(ctx: Context, state: dict[str, Any]) -> Finding:
     """Train a 2-layer and a 1-layer attention-only model on the same batches; their loss at each position."""
     vocab = 64
-    block = ctx.budget("context length", full=64, quick=64, tiny=16)
+    block = ctx.budget("context length", full=64, quick=64, tiny=16, option="context")
     repeat = (3 * block // 8, block // 2)                                      # segment length 24..32 at 64
-    steps = ctx.budget("training steps per model", full=1500, quick=500, tiny=4)
+    steps = ctx.budget("training steps per model", full=1500, quick=500, tiny=4, option="steps")
     batch = ctx.budget("batch size", full=32, quick=32, tiny=4)
     n_val = ctx.budget("held-out sequences", full=256, quick=64, tiny=4)
     eval_every = max(1, steps // ctx.budget("evaluations during training", full=150, quick=50, tiny=2))
@@ -392,8 +392,36 @@ def _maps_plot(ctx: Context, maps: np.ndarray, starts: np.ndarray, induction: np
             ax.set_yticks([])
     return fig
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "On random tokens whose second half repeats the first, nothing can be predicted in the first half, "
+    "but in the second half a model that looks back can copy. An induction head does that with two "
+    "heads in two layers: a previous-token head in layer one writes \"the token before me was A\" into each "
+    "position; in layer two, the head at the current token B… searches (query = current token) for "
+    "positions whose previous token matches, and copies the token found there:",
+    '<div class="math">…  A  B  …  A  →  predict B\n'
+    'layer 1: head attends i → i−1  (K-composition: the layer-two keys read it)\n'
+    'layer 2: score(i, j) high when token_{j−1} = token_i,   output copies token_j</div>',
+    "One layer of attention cannot compose two heads, so it cannot form the circuit. The in-context "
+    "learning score measures how much later tokens gain from the context: the loss late in the sequence "
+    "minus the loss early in it (negative when the model learns in context; lower is better). The "
+    "induction score of a head is its mean attention from each repeated token to the token after its "
+    "first occurrence.",
+    '<div class="math">ICL score = mean loss(late positions) − mean loss(early positions)</div>',
+)
+TRY_NEXT = (
+    ("groundup run in-context --quick --set steps=150 --out runs/try",
+     "a short training, before or at the phase change: the two-layer model's score is close to the "
+     "one-layer model's."),
+    ("groundup run in-context --quick --set context=32 --out runs/try",
+     "shorter sequences: a shorter repeated segment to copy from, and a smaller in-context gain."),
+)
+
 
 STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only transformer (not in 1 layer)",
               experiments=(train_models, induction_heads, one_layer, phase_change),
-              headline=("in-context learning score (2 layers; lower is better)", "icl_score"),
-              title="In-context learning: induction heads and the phase change")
+              headline=("in-context learning score (2 layers)", "icl_score"),
+              title="In-context learning: induction heads and the phase change",
+              better="lower",
+              how=HOW, try_next=TRY_NEXT,
+              options=(('steps', 'training steps per model'), ('context', 'context length')))

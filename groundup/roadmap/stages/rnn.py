@@ -213,9 +213,9 @@ def language_models(ctx: Context, state: dict[str, Any]) -> Finding:
     data = {}
     for split, names in (("train", train_names), ("val", val_names), ("test", test_names)):
         data[f"x_{split}"], data[f"y_{split}"] = encode_names(names, codec)
-    hidden = ctx.budget("hidden size (all three cells)", full=128, quick=128, tiny=16)
+    hidden = ctx.budget("hidden size (all three cells)", full=128, quick=128, tiny=16, option="hidden")
     embd = ctx.budget("embedding size", full=64, quick=64, tiny=8)
-    iters = ctx.budget("training steps per model", full=4000, quick=700, tiny=4)
+    iters = ctx.budget("training steps per model", full=4000, quick=700, tiny=4, option="steps")
     batch_size = ctx.budget("batch size (names)", full=64, quick=64, tiny=16)
     lr = 3e-3
     window_len = ctx.budget("gradient-profile window (characters)", full=40, quick=40, tiny=25)
@@ -455,8 +455,39 @@ def exploding_gradients(ctx: Context, state: dict[str, Any]) -> Finding:
               f"{lengths[idx]}-character windows. Plain SGD then reaches a validation loss of "
               f"{no_clip['val_loss']:.2f} without clipping and {clipped['val_loss']:.2f} with clip_grad_norm_(1.0)."])
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "A recurrent network reads one token at a time and carries a hidden state; the same weights are used "
+    "at every step:",
+    '<div class="math">h_t = tanh(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),   logits_t = W_out h_t</div>',
+    "Backpropagation through time multiplies one Jacobian per step, so the gradient that reaches a state "
+    "k steps back shrinks (vanishes) or grows (explodes) geometrically with k, depending on whether the "
+    "recurrent Jacobians have norm below or above one:",
+    '<div class="math">∂h_t/∂h_{t−k} = Π_{s=t−k+1..t} diag(1 − h_s²) W_hh,   ‖·‖ ≲ (σ_max(W_hh))ᵏ</div>',
+    "Gated cells add a path along which the state is copied rather than squashed. The GRU mixes the old "
+    "state and a candidate with an update gate z; the LSTM keeps a cell c that is only scaled by the forget "
+    "gate f and added to:",
+    '<div class="math">GRU:  r = σ(W_r[x, h]),  z = σ(W_z[x, h]),  n = tanh(W_n x + r ⊙ (U_n h)),  '
+    'h′ = (1 − z) ⊙ n + z ⊙ h\n'
+    'LSTM: i, f, g, o = σ, σ, tanh, σ of (W_ih x + W_hh h + b)\n'
+    '      c′ = f ⊙ c + i ⊙ g,   h′ = o ⊙ tanh(c′),   ∂c′/∂c = f</div>',
+    "Clipping rescales the whole gradient when its norm exceeds a bound, so one exploding step cannot "
+    "throw the weights away: g ← g · min(1, τ / ‖g‖).",
+)
+TRY_NEXT = (
+    ("groundup run rnn --set hidden=16 --out runs/try",
+     "a much smaller memory: every cell's test loss rises, and the gated cells' lead over the vanilla RNN "
+     "may shrink."),
+    ("groundup run rnn --quick --set steps=200 --out runs/try",
+     "a short training: the losses stay well above makemore's, closer to its bigram model."),
+)
+
 
 STAGE = Stage("rnn", "RNN, GRU, LSTM char models on names; vanishing and exploding gradients, clipping",
               experiments=(language_models, vanishing_gradients, exploding_gradients),
               headline=("GRU test loss", "language_models.results.gru.test_loss"),
-              title="Recurrent networks: RNN, GRU, LSTM")
+              title="Recurrent networks: RNN, GRU, LSTM",
+              better="lower",
+              anchor=('makemore transformer', 'language_models.makemore_test_losses.transformer'),
+              how=HOW, try_next=TRY_NEXT,
+              options=(('hidden', 'hidden size of all three cells'), ('steps', 'training steps per model')))

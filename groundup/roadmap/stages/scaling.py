@@ -190,7 +190,7 @@ def rnn_against_attention(ctx: Context, state: dict[str, Any]) -> Finding:
     rnn_lengths = ctx.budget("lengths, GRU vs attention", full=[32, 64, 128, 256, 512, 1024, 2048],
                              quick=[32, 64, 128, 256, 512, 1024], tiny=[8, 16, 32])
     batch, width, heads = 1, 64, 4                                            # one sequence at a time
-    repeats = ctx.budget("timing repeats (median)", full=11, quick=9, tiny=1)
+    repeats = ctx.budget("timing repeats (median)", full=11, quick=9, tiny=1, option="repeats")
     state["repeats"] = repeats
     rec = measure_recurrence(ctx, rnn_lengths, batch, width, heads, repeats)
     depth_exponent = fit_exponent(rnn_lengths, rec["gru_depth"])
@@ -328,8 +328,35 @@ def _cost_plot(ctx: Context, lengths: Sequence[int], fitted: Sequence[int], att:
     ax.legend(fontsize=8)
     return fig
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "An RNN does O(T) sequential steps: step t needs step t−1, so a long sequence cannot be spread over "
+    "parallel hardware. Attention computes every position at once, but full attention forms a T × T "
+    "score matrix per head:",
+    '<div class="math">time ∝ T² · D,   memory ∝ T²   (S = Q Kᵀ / √D is T × T)\n'
+    'a cost c ∝ Tᵖ is a straight line of slope p on log-log axes: p = Δlog c / Δlog T</div>',
+    "The fixes trade something for the quadratic term. Sliding-window attention lets each position see "
+    "only the last w keys (cost ∝ T·w). Linear attention replaces the softmax with a feature map φ so the "
+    "product can be regrouped (cost ∝ T·D²), changing the model. Memory-efficient attention computes the "
+    "exact softmax in blocks of keys with a running maximum and sum (FlashAttention's online softmax), so "
+    "the T × T matrix is never stored:",
+    '<div class="math">linear:  out_i = φ(q_i)ᵀ (Σ_j φ(k_j) v_jᵀ) / φ(q_i)ᵀ Σ_j φ(k_j)\n'
+    'online softmax per block B:  m′ = max(m, max S_B),  ℓ′ = e^{m−m′} ℓ + Σ e^{S_B − m′},  '
+    'o′ = e^{m−m′} o + e^{S_B − m′} V_B</div>',
+)
+TRY_NEXT = (
+    ("groundup run scaling --quick --set repeats=3 --out runs/try",
+     "fewer timing repeats: faster, with noisier timings and fitted exponents (memory exponents barely move)."),
+    ("groundup run scaling --device cuda --quick --out runs/try",
+     "the same measurements on a GPU (needs CuPy): attention's parallelism shows much more strongly against "
+     "the RNN."),
+)
+
 
 STAGE = Stage("scaling", "RNN vs attention over length; full, sliding-window, linear and memory-efficient attention",
               experiments=(rnn_against_attention, attention_costs),
               headline=("full-attention memory exponent", "attention.exponents.full.memory"),
-              title="Scaling with sequence length: sequential RNNs, quadratic attention, and the fixes")
+              title="Scaling with sequence length: sequential RNNs, quadratic attention, and the fixes",
+              better="memory grows as length to this power: quadratic attention is near two, the fixes near one",
+              how=HOW, try_next=TRY_NEXT,
+              options=(('repeats', 'timing repeats (median)'),))

@@ -232,7 +232,7 @@ def scaled_dot_products(ctx: Context, state: dict[str, Any]) -> Finding:
 
 def gpt_on_shakespeare(ctx: Context, state: dict[str, Any]) -> Finding:
     """The baby GPT trained with nanoGPT's CPU recipe (the Trainer's defaults), as the fused twin."""
-    iters = ctx.budget("GPT training steps", full=2000, quick=500, tiny=3)
+    iters = ctx.budget("GPT training steps", full=2000, quick=500, tiny=3, option="steps")
     eval_batches = ctx.budget("GPT validation batches of 32 x 64", full=40, quick=15, tiny=1)
     text = load_text("shakespeare")
     tokenizer = CharTokenizer(text)
@@ -414,7 +414,7 @@ def train_deep_stacks(ctx: Context, splits: dict[str, np.ndarray], vocab_size: i
 def residuals_and_layer_norm(ctx: Context, state: dict[str, Any]) -> Finding:
     """The same deep stack with and without residual connections and layer norm."""
     splits, vocab_size = state["splits"], state["tokenizer"].vocab_size
-    deep_layers = ctx.budget("deep stack layers", full=8, quick=8, tiny=2)
+    deep_layers = ctx.budget("deep stack layers", full=8, quick=8, tiny=2, option="deep_layers")
     deep_size = {"n_layer": deep_layers, "n_embd": ctx.budget("deep stack width", full=64, quick=32, tiny=16),
                  "block_size": ctx.budget("deep stack context", full=64, quick=32, tiny=16)}
     deep_steps = ctx.budget("deep stack training steps per variant", full=200, quick=80, tiny=2)
@@ -573,9 +573,42 @@ def _ablation_table(ablation: dict[str, Any]) -> str:
             "set to zero):</p><table><tr><th>switched off</th><th>attention</th><th>feed-forward</th></tr>"
             + rows + "</table>")
 
+# Report guide: static text, not part of the run's record (the provenance check reads only the record).
+HOW = (
+    "Scaled dot-product attention compares every query with every key; dividing by √D keeps the scores' "
+    "variance near one, so the softmax does not saturate as the head dimension grows. A mask sets the "
+    "scores a position may not see to −∞ before the softmax (causal: nothing from the future):",
+    '<div class="math">Attention(Q, K, V) = softmax(Q Kᵀ / √D + M) V,   M_{ij} = 0 if j ≤ i else −∞\n'
+    'multi-head: head_h = Attention(X W_q^h, X W_k^h, X W_v^h),   MHA(X) = [head_1 … head_H] W_o</div>',
+    "Attention by itself is permutation-equivariant: shuffling the tokens shuffles the outputs, so order "
+    "must be added, with a learned or sinusoidal table added to the embeddings, or by rotating queries "
+    "and keys by a position-dependent angle (rotary), which makes scores depend on i − j.",
+    '<div class="math">learned: x_i = E[token_i] + P[i]      rotary: q_i ↦ R(iθ) q_i,  k_j ↦ R(jθ) k_j,  '
+    '⟨R(iθ)q, R(jθ)k⟩ = ⟨q, R((j−i)θ)k⟩</div>',
+    "A pre-norm block adds each sub-layer's output to a residual stream; layer norm rescales each "
+    "position's vector to zero mean and unit variance before a sub-layer. The residual path gives the "
+    "gradient an identity route through a deep stack:",
+    '<div class="math">x ← x + MHA(LN(x)),   x ← x + MLP(LN(x)),   MLP(u) = W₂ gelu(W₁ u)\n'
+    'LN(u) = γ ⊙ (u − mean(u)) / √(var(u) + ε) + β,   ∂x_L/∂x_l = I + Σ (sub-layer terms)</div>',
+)
+TRY_NEXT = (
+    ("groundup run transformer --quick --set steps=100 --out runs/try",
+     "a GPT trained for a few steps: the validation loss stays far above this run's and the sample is "
+     "mostly noise."),
+    ("groundup run transformer --quick --set deep_layers=4 --out runs/try",
+     "a shallower stack in the residual and layer-norm experiment: the variants without residuals or "
+     "layer norm suffer less than in a deep stack."),
+    ("groundup train gpt --preset baby --out runs/gpt-baby",
+     "the same GPT as a training run of its own, with a report and a checkpoint to sample from."),
+)
+
 
 STAGE = Stage("transformer", "the transformer's parts measured, a GPT on Tiny Shakespeare, an encoder-decoder on "
               "dates", experiments=(scaled_dot_products, gpt_on_shakespeare, masks_and_positions, heads, ablations,
                                     residuals_and_layer_norm, encoder_decoder),
               headline=("GPT validation loss", "gpt.val_loss"),
-              title="The transformer: attention, masks, positions, heads, residuals, a GPT")
+              title="The transformer: attention, masks, positions, heads, residuals, a GPT",
+              better="lower",
+              anchor=('uniform guess', 'gpt.uniform_loss'),
+              how=HOW, try_next=TRY_NEXT,
+              options=(('steps', 'GPT training steps'), ('deep_layers', 'layers of the deep stack')))
