@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from groundup import functional as F
-from groundup.backend import array_module
+from groundup.backend import array_module, to_numpy
 from groundup.models.shared import check_token_ids
 from groundup.nn import init
 from groundup.nn.hooks import HookedModule, HookPoint
@@ -303,14 +303,14 @@ class BERT(HookedModule):
             idx: (B, T) input ids (with [MASK] / random / kept tokens at the chosen positions).
             labels: (B, T) the original ids at the chosen positions, -100 elsewhere.
         """
-        target = labels.data if isinstance(labels, Tensor) else np.asarray(labels)
+        target = to_numpy(labels.data) if isinstance(labels, Tensor) else np.asarray(labels)
         if target.dtype.kind not in "iu":
             raise TypeError(f"BERT.loss: labels must be integer token ids, got dtype {target.dtype}")
         x = self.features(idx, attention_mask, token_type_ids)                  # (B, T, C)
         B, T, C = x.shape
         if tuple(target.shape) != (B, T):
             raise ValueError(f"BERT.loss: labels of shape {tuple(target.shape)} do not match idx of shape {(B, T)}")
-        flat = np.asarray(target).reshape(B * T)
+        flat = target.reshape(B * T)                                           # chosen positions found on the host
         chosen = np.nonzero(flat != -100)[0]
         if len(chosen) == 0:
             raise ValueError("BERT.loss: no position has a label (all labels are -100)")

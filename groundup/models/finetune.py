@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from groundup import functional as F
-from groundup.backend import array_module
+from groundup.backend import array_module, to_numpy
 from groundup.models.bert import BERT
 from groundup.models.gpt import GPT
 from groundup.nn import init
@@ -86,12 +86,11 @@ class GPTClassifier(Module):
 
     def forward(self, idx: Any, attention_mask: Any = None) -> Tensor:
         """idx (B, T) right-padded, attention_mask (B, T) -> logits (B, num_labels) at each row's last real token."""
-        ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
-        B, T = ids.shape
+        B, T = (idx.data if isinstance(idx, Tensor) else np.asarray(idx)).shape
         if attention_mask is None:
             last = np.full(B, T - 1)
         else:
-            mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask, bool)
+            mask = to_numpy(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask).astype(bool)
             last = mask.sum(axis=1) - 1                                         # (B,) right padding
             if (last < 0).any():
                 raise ValueError("GPTClassifier: a row of attention_mask has no real token")
