@@ -36,9 +36,10 @@ from groundup.models.bert import BERT, BERTConfig
 from groundup.models.finetune import BERTClassifier, GPTClassifier, prepare_finetuning
 from groundup.models.gpt import GPTConfig
 from groundup.models.gpt_fast import FastGPT
+from groundup.nn import Linear
 from groundup.roadmap import Finding, claims
 from groundup.roadmap.runner import Context, Stage
-from groundup.roadmap.training import EpochBatches, train
+from groundup.roadmap.training import EpochBatches, classification_loss, train
 from groundup.tokenizers.bpe import ByteLevelBPE
 
 __all__ = ["STAGE", "encode_speeches", "accuracy", "sweep_summary", "the_task", "pretraining", "labels_sweep",
@@ -236,6 +237,29 @@ def finetune(ctx: Context, state: dict[str, Any], family: str, pretrained: bool,
     return {"accuracy": acc, "pred": pred, "trainable": trainable, "wall_s": trainer.wall_s()}
 
 
+def bag_of_tokens(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
+    """log(1 + count) of every token id in each row (N, V), float32: what a linear model reads without order."""
+    counts = np.zeros((len(ids), vocab_size), dtype=np.float32)                 # (N, V)
+    rows = np.nonzero(mask)[0]
+    np.add.at(counts, (rows, ids[mask]), 1.0)
+    return np.log1p(counts)
+
+
+def bag_of_tokens_accuracy(ctx: Context, state: dict[str, Any], n: int, seed: int) -> float:
+    """A reference with no pretraining and no order: logistic regression on token counts, same labelled speeches."""
+    train_ids, train_mask, test_ids, test_mask = state["data"]["gpt"]
+    V, labels = state["tokenizer"].vocab_size, state["task"].train_labels
+    picked = labelled_subset(labels, n, ctx.rng(100 + seed))
+    gu.manual_seed(ctx.seed * 100 + seed)
+    model = Linear(V, len(state["task"].speakers))
+    x = bag_of_tokens(train_ids[picked], train_mask[picked], V)
+    train(ctx, model, EpochBatches((x, labels[picked]), min(64, n), ctx.rng(200 + seed)), steps=state["bow_steps"],
+          lr=1e-2, weight_decay=0.01, loss_fn=classification_loss, seed_offset=seed, description=f"bag of tokens, {n}")
+    with gu.no_grad():
+        pred = model(gu.Tensor(bag_of_tokens(test_ids, test_mask, V))).numpy().argmax(1)
+    return float(np.mean(pred == state["test_labels"]))
+
+
 def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
     """Pretrained vs from scratch at every labelled-set size and seed, for the BERT and the GPT."""
     n_pool = len(state["task"].train_texts)
@@ -244,6 +268,8 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
     sizes = sorted({min(n_pool, n) if n != "all" else n_pool for n in wanted})
     seeds = ctx.budget("seeds per size", full=3, quick=2, tiny=1)
     state["finetune_steps"] = ctx.budget("fine-tuning steps", full=200, quick=40, tiny=2)
+    state["bow_steps"] = ctx.budget("bag-of-tokens steps", full=200, quick=100, tiny=2)
+    bow = [float(np.mean([bag_of_tokens_accuracy(ctx, state, n, s) for s in range(seeds)])) for n in sizes]
     summary, best = {}, (-1.0, None, "")
     for family in ("bert", "gpt"):
         results: dict[str, dict[int, list[float]]] = {"pretrained": {}, "scratch": {}}
@@ -277,8 +303,8 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
     return Finding(notes=notes,
         title="Fine-tuned against trained from scratch, as labels grow",
         metrics={"sweep": {"sizes": sizes, "seeds": seeds, "steps": state["finetune_steps"], "lr": FINETUNE_LR,
-                           "chance_accuracy": chance, **summary}},
-        claims=claim_list, plots=[_sweep_plot(ctx, summary, sizes, chance)],
+                           "chance_accuracy": chance, "bag_of_tokens": bow, **summary}},
+        claims=claim_list, plots=[_sweep_plot(ctx, summary, sizes, chance, bow)],
         text=[f"Each point is the mean test accuracy over {seeds} seed{'s' if seeds > 1 else ''} (bars: lowest to "
               f"highest); every run trains "
               f"for {state['finetune_steps']} steps of AdamW on a class-balanced labelled set, the pretrained "
@@ -288,10 +314,12 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
               f"against {g['scratch']['mean'][0]:.1%}; with all {sizes[-1]} labels {b['pretrained']['mean'][-1]:.1%} "
               f"against {b['scratch']['mean'][-1]:.1%} (BERT) and {g['pretrained']['mean'][-1]:.1%} against "
               f"{g['scratch']['mean'][-1]:.1%} (GPT). The BERT's gain is largest at {b['largest_gap_size']} labels, "
-              f"the GPT's at {g['largest_gap_size']}; the majority answer scores {chance:.1%}."])
+              f"the GPT's at {g['largest_gap_size']}; the majority answer scores {chance:.1%}.",
+              f"For reference, a logistic regression on token counts (no pretraining, no word order) trained on the "
+              f"same speeches scores {bow[0]:.1%} with {sizes[0]} labels and {bow[-1]:.1%} with {sizes[-1]}."])
 
 
-def _sweep_plot(ctx: Context, summary: dict[str, Any], sizes: list[int], chance: float) -> Any:
+def _sweep_plot(ctx: Context, summary: dict[str, Any], sizes: list[int], chance: float, bow: list[float]) -> Any:
     fig = ctx.figure(6.4, 4.0)
     ax = fig.subplots()
     for family, color in (("bert", "tab:blue"), ("gpt", "tab:orange")):
@@ -300,6 +328,7 @@ def _sweep_plot(ctx: Context, summary: dict[str, Any], sizes: list[int], chance:
             mean = np.array(s["mean"])
             ax.errorbar(sizes, mean, yerr=[mean - np.array(s["min"]), np.array(s["max"]) - mean], color=color,
                         ls=style, marker="o", capsize=3, label=f"{family.upper()} {kind}")
+    ax.plot(sizes, bow, color="gray", marker="s", ls="-.", label="bag of tokens (logistic regression)")
     ax.axhline(chance, color="gray", ls="--", label="majority answer")
     ax.set_xscale("log")
     ax.set(xlabel="labelled speeches", ylabel="test accuracy", title="Who is speaking?")
