@@ -3,6 +3,7 @@
 Each command group lives in its own module and registers its subcommands here, so this file
 stays a table of contents:
     roadmap, run            groundup.roadmap.cli
+    compare                 groundup.roadmap.compare
     train, sample, bench    groundup.commands
     export, import          groundup.interop.cli
     explore                 groundup.explorer.cli
@@ -21,7 +22,8 @@ import sys
 
 from groundup.cli_options import UsageError
 
-_GROUPS = ("groundup.roadmap.cli", "groundup.commands", "groundup.interop.cli", "groundup.explorer.cli")
+_GROUPS = ("groundup.roadmap.cli", "groundup.roadmap.compare", "groundup.commands", "groundup.interop.cli",
+           "groundup.explorer.cli")
 
 
 class ArgumentParser(argparse.ArgumentParser):

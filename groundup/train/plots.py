@@ -35,7 +35,7 @@ def plot_metrics(records: Iterable[Mapping[str, Any]], path: str | os.PathLike, 
     fig = Figure(figsize=(8, 6))
     FigureCanvasAgg(fig)
     # fixed margins instead of tight_layout, which draws the figure twice
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.94, bottom=0.08, hspace=0.08)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.94, bottom=0.08, hspace=0.08)  # room for "learning rate"
     ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     if train:
         ax_loss.plot([r["iter"] for r in train], [r["loss"] for r in train], color="tab:blue", alpha=0.35,
@@ -48,9 +48,10 @@ def plot_metrics(records: Iterable[Mapping[str, Any]], path: str | os.PathLike, 
             ax_loss.plot(xs, ys, "o-", color=color, markersize=3, label=f"{key.split('_')[0]} (eval)")
     ax_loss.set_ylabel("loss")
     if train or evals:
-        ax_loss.legend(loc="upper right")
+        ax_loss.legend(loc="best")  # wherever it covers the fewest points
     ax_loss.grid(alpha=0.3)
     ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # 1e-4, not 0.000100: short tick labels
     ax_lr.set_xlabel("iteration")
     ax_lr.grid(alpha=0.3)
     if title:
