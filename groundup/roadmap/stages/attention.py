@@ -84,10 +84,12 @@ def _heatmaps(ctx: Context, examples: list[tuple[str, str, str, np.ndarray]]) ->
     for ax, (text, iso, pred, w) in zip(axes, examples):
         steps = len(pred) + 1 if len(pred) < TARGET_LEN + 1 else TARGET_LEN + 1
         shown = w[:steps]                                                 # (outputs, source characters)
-        ax.imshow(shown, cmap="Greys", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(text)), list(text), fontsize=7, fontfamily="monospace")
+        image = ax.imshow(shown, cmap="Greys", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(text)), list(text), fontsize=9, fontfamily="monospace")
         ax.set_yticks(range(steps), list(pred) + ["<eos>"] if len(pred) < steps else list(pred[:steps]),
-                      fontsize=7, fontfamily="monospace")
+                      fontsize=9, fontfamily="monospace")
+        ax.set(xlabel="input character", ylabel="output")
+        fig.colorbar(image, ax=ax, label="weight", fraction=0.025, pad=0.01)
         ax.set_title(f"{text!r} -> {pred!r}" + ("" if pred == iso else f" (target {iso!r})"), fontsize=8)
     return fig
 

@@ -379,17 +379,24 @@ def _maps_plot(ctx: Context, maps: np.ndarray, starts: np.ndarray, induction: np
     fig = ctx.figure(2.4 * H, 2.5 * L)
     axes = np.atleast_2d(fig.subplots(L, H))
     first, second, _ = starts
+    ticks = sorted({0, int(first), int(second), T - 1})  # the segment starts: where copying can begin
+    image = None
     for layer in range(L):
         for head in range(H):
             ax = axes[layer, head]
-            ax.imshow(maps[layer, 0, head], cmap="Greys", vmin=0, vmax=1)
+            image = ax.imshow(maps[layer, 0, head], cmap="Greys", vmin=0, vmax=1)
             for pos in (first, second):
                 ax.axvline(pos - 0.5, color="C0", ls="--", lw=0.6)
                 ax.axhline(pos - 0.5, color="C0", ls="--", lw=0.6)
             ax.set_title(f"L{layer} H{head}: ind {induction[layer, head]:.2f}, prev {previous[layer, head]:.2f}",
-                         fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
+                         fontsize=8)
+            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+            ax.set_yticks(ticks, [str(t) for t in ticks], fontsize=8)
+            if layer == L - 1:
+                ax.set_xlabel("key position", fontsize=8)
+            if head == 0:
+                ax.set_ylabel("query position", fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="attention weight", shrink=0.7)
     return fig
 
 # Report guide: static text, not part of the run's record (the provenance check reads only the record).

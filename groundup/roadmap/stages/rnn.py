@@ -413,7 +413,7 @@ def exploding_gradients(ctx: Context, state: dict[str, Any]) -> Finding:
     blowup_floor = ctx.threshold("exploding: gradient norm ratio (x4 vs default) at least", full=100.0)
     margin = ctx.threshold("clipping: no-clip val loss exceeds clipped by at least", full=0.2, quick=0.2)
     diverged = not math.isfinite(no_clip["val_loss"])
-    fig = ctx.figure(11, 4.0)
+    fig = ctx.figure(11, 4.6)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     for label, values in norm_vs_length.items():
         ax1.loglog(lengths, values, "o-", label=label)
@@ -424,7 +424,7 @@ def exploding_gradients(ctx: Context, state: dict[str, Any]) -> Finding:
         ax2.plot(smooth(r["train_loss"], 5), color=color, label=f"{label} (val {r['val_loss']:.2f})")
         ax3.semilogy(r["grad_norm"], color=color, lw=0.8, label=label)
     ax2.set(xlabel="SGD step", ylabel="training loss", title=f"training (lr {sgd_lr:g})", ylim=(1.8, 4.5))
-    ax2.legend(fontsize=7)
+    fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)  # off the curves
     ax3.axhline(1.0, color="0.4", ls=":", lw=1)
     ax3.set(xlabel="SGD step", ylabel="gradient norm (before clipping)", title="gradient norm per step")
     return Finding(

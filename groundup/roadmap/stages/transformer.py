@@ -522,16 +522,24 @@ def _attention_grid(ctx: Context, maps: np.ndarray, text: str) -> Any:
     fig = ctx.figure(2.6 * H, 2.6 * L)
     axes = np.atleast_2d(fig.subplots(L, H))
     labels = [c if c not in "\n " else {"\n": "\\n", " ": "_"}[c] for c in text[:T]]
+    every = max(1, -(-T // 12))                # at most a dozen labelled ticks per axis: readable at 8 pt
+    ticks = list(range(0, T, every))
+    image = None
     for layer in range(L):
         for head in range(H):
             ax = axes[layer, head]
-            ax.imshow(maps[layer, head], cmap="Greys", vmin=0, vmax=1)
-            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            image = ax.imshow(maps[layer, head], cmap="Greys", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
             if ctx.tiny:
                 ax.set(xticks=[], yticks=[])
             else:
-                ax.set_xticks(range(T), labels, fontsize=5)
-                ax.set_yticks(range(T), labels, fontsize=5)
+                ax.set_xticks(ticks, [f"{labels[i]}" for i in ticks], fontsize=8, fontfamily="monospace")
+                ax.set_yticks(ticks, [f"{labels[i]}" for i in ticks], fontsize=8, fontfamily="monospace")
+            if layer == L - 1:
+                ax.set_xlabel("key (attended to)", fontsize=8)
+            if head == 0:
+                ax.set_ylabel("query", fontsize=8)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="attention weight", shrink=0.6)
     return fig
 
 
@@ -549,14 +557,14 @@ def _ablation_plot(ctx: Context, ablation: dict[str, Any]) -> Any:
 
 
 def _deep_plot(ctx: Context, deep: dict[str, Any]) -> Any:
-    fig = ctx.figure(9, 3.6)
+    fig = ctx.figure(9, 4.2)
     left, right = fig.subplots(1, 2)
     for k, (name, r) in enumerate(deep.items()):
         left.plot(smooth(r["train_loss"], 10), color=f"C{k}", label=f"{name} (val {r['val_loss']:.2f})")
         right.semilogy(np.arange(len(r["grad_norms_at_init"])), r["grad_norms_at_init"], "o-", color=f"C{k}")
     left.set(xlabel="step", ylabel="training loss", title="training")
     right.set(xlabel="layer (0 = nearest the input)", ylabel="gradient norm at step 0", title="gradient per layer")
-    left.legend(fontsize=7)
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8)  # off the curves
     return fig
 
 
