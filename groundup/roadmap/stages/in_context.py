@@ -379,7 +379,11 @@ def _maps_plot(ctx: Context, maps: np.ndarray, starts: np.ndarray, induction: np
     fig = ctx.figure(2.4 * H, 2.5 * L)
     axes = np.atleast_2d(fig.subplots(L, H))
     first, second, _ = starts
-    ticks = sorted({0, int(first), int(second), T - 1})  # the segment starts: where copying can begin
+    ticks: list[int] = []
+    for tick in (int(first), int(second), 0, T - 1):  # the segment starts first: where copying can begin
+        if all(abs(tick - kept) >= T / 8 for kept in ticks):
+            ticks.append(tick)
+    ticks.sort()
     image = None
     for layer in range(L):
         for head in range(H):
