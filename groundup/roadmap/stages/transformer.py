@@ -564,7 +564,7 @@ def _deep_plot(ctx: Context, deep: dict[str, Any]) -> Any:
         right.semilogy(np.arange(len(r["grad_norms_at_init"])), r["grad_norms_at_init"], "o-", color=f"C{k}")
     left.set(xlabel="step", ylabel="training loss", title="training")
     right.set(xlabel="layer (0 = nearest the input)", ylabel="gradient norm at step 0", title="gradient per layer")
-    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize=8)  # off the curves
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)  # off the curves
     return fig
 
 
