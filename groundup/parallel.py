@@ -12,8 +12,10 @@ Inside it (CPU only):
     fight the Python threads for the cores; ``blas_threads()`` lifts the limit for single-thread work;
   * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
     not pay page faults for the same activations every step;
-  * Python's thread switch interval shortened, so a thread waiting for the GIL gets it sooner.
-Everything is restored on exit. ``n`` defaults to the usable cores (at most 8), capped by
+  * Python's thread switch interval shortened, so a thread waiting for the GIL gets it sooner;
+  * where the platform forks (Linux), ``n - 1`` worker processes, started on first use by
+    ``worker_processes()``, that the fused GPT stack sends its chunks to (see ``Worker``).
+Everything is restored (and the workers stopped) on exit. ``n`` defaults to the usable cores (at most 8), capped by
 ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``GROUNDUP_NUM_THREADS`` when set; with n = 1
 (or without threadpoolctl) nothing changes at all. BENCHMARKS.md has what each setting buys.
 """
@@ -21,14 +23,17 @@ Everything is restored on exit. ``n`` defaults to the usable cores (at most 8), 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
+import mmap
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks"]
+__all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks", "worker_processes", "Worker"]
 
 # NOTE: the threads hand the GIL back and forth between NumPy calls; Python's default 5 ms switch
 # interval makes a thread that wants it wait too long (measured: a baby-GPT step 8% faster at 1 ms).
@@ -37,6 +42,7 @@ SWITCH_INTERVAL_S = 0.001
 _pool: ThreadPoolExecutor | None = None
 _size = 1                                    # threads of the innermost active context (1 = none)
 _blas: list[tuple[Any, int]] = []           # (BLAS library controller, its own thread count) in the active context
+_procs: dict[str, Any] | None = None         # the active context's worker processes: {"workers": list | None}
 
 
 def default_threads() -> int:
@@ -76,7 +82,7 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
 
     Nested contexts keep the outer one's settings unless they name another ``n``.
     """
-    global _pool, _size, _blas
+    global _pool, _size, _blas, _procs
     if n is None and _size > 1:
         yield _size
         return
@@ -87,25 +93,28 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
         from threadpoolctl import ThreadpoolController
     except ImportError:                                              # cannot limit BLAS: stay single-threaded
         n = 1
-    saved = (_pool, _size, _blas)
+    saved = (_pool, _size, _blas, _procs)
     if n == 1:
-        _pool, _size, _blas = None, 1, []
+        _pool, _size, _blas, _procs = None, 1, [], None
         try:
             yield 1
         finally:
-            _pool, _size, _blas = saved
+            _pool, _size, _blas, _procs = saved
         return
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
     _set_blas(libs, one=True)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
-    _pool, _size, _blas = pool, n, libs
+    procs: dict[str, Any] = {"workers": None}
+    _pool, _size, _blas, _procs = pool, n, libs, procs
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         yield n
     finally:
-        _pool, _size, _blas = saved
+        _pool, _size, _blas, _procs = saved
+        for worker in procs["workers"] or []:
+            worker.stop()
         sys.setswitchinterval(interval)
         pool.shutdown(wait=True)
         _set_blas(libs, one=False)
@@ -171,3 +180,138 @@ def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]
     for helper in helpers:
         helper.result()
     return results
+
+
+# ----------------------------------------------------------------------------- worker processes
+# NOTE: why processes. Two Python threads hand the GIL to each other around every NumPy call, and a
+# GPT chunk makes hundreds of short calls, so the threads wait for each other: measured on 2 cores,
+# two processes each run a baby-GPT half-batch step as fast as one process alone, two threads do not.
+# A worker is forked (it inherits the loaded modules and the BLAS limit), reads its inputs from
+# and writes its outputs to shared anonymous memory, and keeps whatever state its functions keep
+# (a chunk's saved activations) between calls.
+_ARENA_IN, _ARENA_OUT = 1 << 30, 1 << 29     # bytes of address space per worker (touched only as used)
+_ALIGN = 64
+_MAP_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0
+
+
+class Worker:
+    """One forked worker process: ``submit(fn, arrays, meta, region)`` then ``result()``, one call at a time.
+
+    ``fn`` is "module:function"; the worker calls ``function(state, arrays, meta)`` with ``arrays``
+    as read-only views of the shared input arena and ``state`` a dict that persists in the worker;
+    it returns (dict of arrays, meta), copied to the output arena. The input arena has ``REGIONS``
+    regions: a call's inputs stay valid in the worker until the caller writes to that region again
+    (so a worker may keep views of them instead of copies). ``result()`` gives views of the output
+    arena, valid until the next ``submit``.
+    """
+
+    REGIONS = 3
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        flags = mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+        self.arena_in, self.arena_out = mmap.mmap(-1, _ARENA_IN, flags=flags), mmap.mmap(-1, _ARENA_OUT, flags=flags)
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.arena_in, self.arena_out), daemon=True,
+                                name="groundup-worker")
+        self.proc.start()
+        child.close()
+        self.pending = False
+
+    def fits(self, arrays: dict[str, Any]) -> bool:
+        return sum(a.nbytes + _ALIGN for a in arrays.values()) <= _ARENA_IN // self.REGIONS
+
+    def submit(self, fn: str, arrays: dict[str, Any], meta: dict[str, Any], region: int = 0) -> None:
+        import numpy as np
+
+        if self.pending:
+            raise RuntimeError("Worker.submit: the previous call's result was not collected")
+        if not self.fits(arrays):
+            raise MemoryError("Worker.submit: the inputs do not fit an arena region (check fits() first)")
+        specs, offset = {}, region * (_ARENA_IN // self.REGIONS)
+        for name, a in arrays.items():
+            view = np.ndarray(a.shape, a.dtype, buffer=self.arena_in, offset=offset)
+            view[...] = a
+            specs[name] = (offset, a.shape, a.dtype.str)
+            offset += -(-a.nbytes // _ALIGN) * _ALIGN
+        self.conn.send((fn, specs, meta))
+        self.pending = True
+
+    def result(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        import numpy as np
+
+        self.pending = False
+        status, specs, meta = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"groundup worker process failed:\n{meta}")
+        return {name: np.ndarray(shape, dtype, buffer=self.arena_out, offset=off)
+                for name, (off, shape, dtype) in specs.items()}, meta
+
+    def call(self, fn: str, arrays: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.submit(fn, arrays, meta)
+        return self.result()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(None)
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+        self.conn.close()
+
+
+def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
+    """The worker's loop: one call per message until None or the pipe closes."""
+    import numpy as np
+
+    global _pool, _size, _blas, _procs
+    _pool, _size, _blas, _procs = None, 1, [], None          # the parent's pool threads do not exist here
+    state: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        fn_name, specs, meta = msg
+        try:
+            module, _, attr = fn_name.partition(":")
+            fn = getattr(importlib.import_module(module), attr)
+            arrays = {}
+            for name, (off, shape, dtype) in specs.items():
+                view = np.ndarray(shape, dtype, buffer=arena_in, offset=off)
+                view.flags.writeable = False
+                arrays[name] = view
+            out, out_meta = fn(state, arrays, meta)
+            out_specs, offset = {}, 0
+            for name, a in out.items():
+                a = np.asarray(a)
+                if offset + a.nbytes > _ARENA_OUT:
+                    raise MemoryError(f"worker output {name} {a.shape} does not fit the output arena")
+                np.ndarray(a.shape, a.dtype, buffer=arena_out, offset=offset)[...] = a
+                out_specs[name] = (offset, a.shape, a.dtype.str)
+                offset += -(-a.nbytes // _ALIGN) * _ALIGN
+            conn.send(("ok", out_specs, out_meta))
+        except Exception:                                    # reported to the caller, who raises
+            conn.send(("error", {}, traceback.format_exc()))
+
+
+def worker_processes() -> list[Worker]:
+    """Inside ``cpu_threads(n)`` with n > 1 where processes fork: its n - 1 workers (started on the
+    first call); elsewhere an empty list (callers then use ``parallel_map``)."""
+    if _procs is None or not hasattr(os, "fork") or sys.platform != "linux":
+        return []
+    if _procs["workers"] is None:
+        _procs["workers"] = []
+        try:
+            for _ in range(_size - 1):
+                _procs["workers"].append(Worker())
+        except (OSError, ValueError):                        # no shared memory to map: stay with threads
+            for worker in _procs["workers"]:
+                worker.stop()
+            _procs["workers"] = []
+    return _procs["workers"]

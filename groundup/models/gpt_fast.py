@@ -19,7 +19,9 @@ twice instead of twice per block. Outside that context everything runs in the ca
 
 from __future__ import annotations
 
+import itertools
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from groundup.backend import array_module
 from groundup.function import Function
 from groundup.models.gpt import GPT
 from groundup.ops import kernels as K
-from groundup.parallel import chunks, parallel_map
+from groundup.parallel import chunks, parallel_map, worker_processes
 from groundup.tensor import Tensor
 
 __all__ = ["FastGPT", "TransformerStack", "LMHeadLoss", "PARAM_NAMES"]
@@ -184,11 +186,14 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     D, N = C // H, b * T
     x2 = x.reshape(N, C)                                                        # (N, C)
     saved: dict[str, Any] = {}
-    pre, eps = opt["pre_norm"], opt["eps"]
+    pre, fold, eps = opt["pre_norm"], opt["fold"], opt["eps"]
     # --- attention sub-layer
-    if pre:                                                                     # ln_1 folded into qkv's weight
+    if fold:                                                                    # ln_1 folded into qkv's weight
         h1, saved["rstd1"] = K.layer_norm_stats(x2, eps)                        # h1 = xhat1 (N, C)
         qkv = K.linear(h1, params["qkv.folded"], params["qkv.folded_bias"])
+    elif pre:
+        h1, saved["xhat1"], saved["rstd1"] = K.layer_norm(x2, params["ln_1.weight"], params["ln_1.bias"], eps)
+        qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"])
     else:
         h1 = x2
         qkv = K.linear(h1, params["attn.qkv.weight"], params["attn.qkv.bias"])
@@ -217,10 +222,14 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
         a *= drops["resid1"]
     a += x2                                                                     # residual: r1 = x + a
     # --- MLP sub-layer
-    if pre:                                                                     # ln_2 folded into fc's weight
+    if fold:                                                                    # ln_2 folded into fc's weight
         r1 = a
         h2, saved["rstd2"] = K.layer_norm_stats(r1, eps)                        # h2 = xhat2 (N, C)
         f = K.linear(h2, params["fc.folded"], params["fc.folded_bias"])         # (N, 4C)
+    elif pre:
+        r1 = a
+        h2, saved["xhat2"], saved["rstd2"] = K.layer_norm(r1, params["ln_2.weight"], params["ln_2.bias"], eps)
+        f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])       # (N, 4C)
     else:
         r1, saved["xhat1"], saved["rstd1"] = K.layer_norm(a, params["ln_1.weight"], params["ln_1.bias"], eps)
         h2 = r1
@@ -248,7 +257,7 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     b, T, C = saved["shape"]
     H = opt["n_head"]
     D, N = C // H, b * T
-    drops, has_bias, pre = saved["drops"], opt["has_bias"], opt["pre_norm"]
+    drops, has_bias, pre, fold = saved["drops"], opt["has_bias"], opt["pre_norm"], opt["fold"]
     grads: dict[str, Any] = {}
     g_out = gout.reshape(N, C)                                                  # (N, C)
     # --- MLP sub-layer (and ln_2 for post-norm)
@@ -264,11 +273,15 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
     df = dm @ params["mlp.proj.weight"]                                         # (N, 4C)
     df *= saved["slope"]                                                        # through gelu'(f)
-    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C); pre: of the folded weight
+    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C); of the folded one if fold
     grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
-    if pre:
+    if fold:
         dh2 = df @ params["fc.folded"]                                          # (N, C) d xhat2
         da = K.layer_norm_backward_xhat(dh2, saved["h2"], saved["rstd2"])
+        da += d_r1
+    elif pre:
+        da, grads["ln_2.weight"], grads["ln_2.bias"] = K.layer_norm_backward(
+            df @ params["mlp.fc.weight"], saved["xhat2"], saved["rstd2"], params["ln_2.weight"], has_bias)
         da += d_r1
     else:
         dh2 = df @ params["mlp.fc.weight"]                                      # (N, C)
@@ -301,12 +314,16 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     else:
         dqkv[:, :, 0] *= 1.0 / math.sqrt(D)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
-    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C); pre: of the folded weight
+    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C); of the folded one if fold
     grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
     gx = gx_out.reshape(N, C)
-    if pre:
+    if fold:
         dh1 = dqkv2 @ params["qkv.folded"]                                      # (N, C) d xhat1
         xp.add(K.layer_norm_backward_xhat(dh1, saved["h1"], saved["rstd1"]), d_x, out=gx)
+    elif pre:
+        dx, grads["ln_1.weight"], grads["ln_1.bias"] = K.layer_norm_backward(
+            dqkv2 @ params["attn.qkv.weight"], saved["xhat1"], saved["rstd1"], params["ln_1.weight"], has_bias)
+        xp.add(dx, d_x, out=gx)
     else:
         xp.add(dqkv2 @ params["attn.qkv.weight"], d_x, out=gx)
     return grads
@@ -351,16 +368,19 @@ class TransformerStack(Function):
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
         if not param_arrays or len(param_arrays) % len(names):
             raise RuntimeError(f"TransformerStack: expected {len(names)} parameters per block, got {len(param_arrays)}")
+        # NOTE: folding costs weight-sized work once per call, and saves row-sized work: it pays from
+        # about 4 C rows (not for a generated token's forward)
+        fold = pre_norm and B * T >= 4 * C
         layers = []
         for i in range(0, len(param_arrays), len(names)):
             params = dict.fromkeys(PARAM_NAMES)
             params.update(zip(names, param_arrays[i:i + len(names)]))
             layers.append(params)
-            if pre_norm:
+            if fold:
                 _fold_layer_norm(params, "ln_1", "attn.qkv", "qkv")
                 _fold_layer_norm(params, "ln_2", "mlp.fc", "fc")
         tables = rope_tables if rope is None else _rope_tables(rope[0], rope[1], n_head)  # each (T, 2, H, D)
-        opt = dict(n_head=n_head, pre_norm=pre_norm, eps=eps, rope=tables, has_bias=has_bias,
+        opt = dict(n_head=n_head, pre_norm=pre_norm, fold=fold, eps=eps, rope=tables, has_bias=has_bias,
                    save=any(self.needs_input_grad), dropout_p=dropout_p)
         parts = chunks(B, on_cpu=xp is np)
         drops = _draw_dropout((B, T, C), opt, len(layers), rng, x.dtype, xp)
@@ -370,15 +390,28 @@ class TransformerStack(Function):
         out = xp.empty_like(x)
 
         def run(part: slice) -> list[dict[str, Any]]:                           # one chunk through every block
-            h, saved = x[part], []
             b, keys = (bias[part], any_key[part]) if bias is not None and bias.ndim == 4 else (bias, any_key)
-            for i, params in enumerate(layers):
-                nxt = out[part] if i == len(layers) - 1 else xp.empty_like(h)
-                saved.append(_block_forward(h, params, opt, b, _chunk_masks(drops[i], part, T), nxt, keys))
-                h = nxt
-            return saved
+            return _chunk_forward(x[part], layers, opt, b, keys, [_chunk_masks(m, part, T) for m in drops], out[part])
 
-        chunk_saved = parallel_map(run, parts)
+        self.remote = None
+        workers = worker_processes() if xp is np and len(parts) > 1 else []
+        requests = _remote_requests(x, layers, opt, bias, any_key, drops, parts) if workers else None
+        if requests is not None and all(w.fits(r) for w, r in zip(workers, requests)):
+            # chunks 1.. go to the worker processes, chunk 0 runs here meanwhile
+            key = next(_REMOTE_KEYS)
+            region = _free_region(workers[0]) if opt["save"] else 2
+            meta = {"key": key, "opt": {k: v for k, v in opt.items() if k != "rope"}, "n_layer": len(layers),
+                    "param_keys": list(layers[0]), "copy": region == 2}
+            for worker, request in zip(workers, requests):
+                worker.submit(f"{__name__}:_remote_forward", request, meta, region)
+                if region < 2:
+                    worker.__dict__.setdefault("gpt_regions", {})[region] = weakref.ref(self)
+            chunk_saved = [run(parts[0])] + [None] * len(requests)
+            for worker, part in zip(workers, parts[1:]):
+                out[part] = worker.result()[0]["out"]
+            self.remote = (workers, key) if opt["save"] else None
+        else:
+            chunk_saved = parallel_map(run, parts)
         # NOTE: the parameters are saved too, so that the engine catches an in-place update between
         # this forward and its backward; the engine releases ``saved`` after the backward.
         self.save_for_backward(*param_arrays, chunk_saved)
@@ -390,15 +423,23 @@ class TransformerStack(Function):
         gx = xp.empty_like(gout)
 
         def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            grads: list[dict[str, Any]] = [{}] * len(self.layers)
-            g = gout[part]
-            for i in reversed(range(len(self.layers))):
-                nxt = gx[part] if i == 0 else xp.empty_like(g)
-                grads[i] = _block_backward(g, saved[i], self.layers[i], self.opt, nxt)
-                g = nxt
-            return grads
+            return _chunk_backward(gout[part], saved, self.layers, self.opt, gx[part])
 
-        grads_list = parallel_map(run, self.parts, self.saved[-1])
+        if self.remote is not None:
+            workers, key = self.remote
+            for worker, part in zip(workers, self.parts[1:]):
+                worker.submit(f"{__name__}:_remote_backward", {"gout": gout[part]}, {"key": key}, 2)
+            grads_list = [run(self.parts[0], self.saved[-1][0])]
+            for worker, part in zip(workers, self.parts[1:]):
+                res = worker.result()[0]                                        # views, valid until its next call
+                regions = worker.__dict__.get("gpt_regions", {})
+                for region in [r for r, ref in regions.items() if ref() is self]:
+                    del regions[region]                                         # its inputs may be overwritten now
+                gx[part] = res["gx"]
+                grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
+                                   for i in range(len(self.layers))])
+        else:
+            grads_list = parallel_map(run, self.parts, self.saved[-1])
 
         def reduce(i: int) -> dict[str, Any]:                                   # layer i: the chunks' sum, unfolded
             layer_total = grads_list[0][i]
@@ -406,13 +447,122 @@ class TransformerStack(Function):
                 for name, g in grads[i].items():
                     if g is not None:
                         layer_total[name] += g
-            if self.opt["pre_norm"]:
+            if self.opt["fold"]:
                 _unfold_gradients(layer_total, self.layers[i], "ln_1", "attn.qkv")
                 _unfold_gradients(layer_total, self.layers[i], "ln_2", "mlp.fc")
             return layer_total
 
         total = parallel_map(reduce, range(len(self.layers)))                  # the layers shared out over the threads
         return (gx, *(layer[name] for layer in total for name in self.names))
+
+
+def _chunk_forward(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
+                   masks: list[dict[str, Any]], out: Any) -> list[dict[str, Any]]:
+    """One chunk x (b, T, C) through every block, the last one writing ``out``; each block's saved."""
+    xp = array_module(x)
+    h, saved = x, []
+    for i, params in enumerate(layers):
+        nxt = out if i == len(layers) - 1 else xp.empty_like(h)
+        saved.append(_block_forward(h, params, opt, bias, masks[i], nxt, any_key))
+        h = nxt
+    return saved
+
+
+def _chunk_backward(gout: Any, saved: list[dict[str, Any]], layers: list[dict[str, Any]], opt: dict[str, Any],
+                    gx: Any) -> list[dict[str, Any]]:
+    """One chunk's gradients through every block, last to first, the first one writing ``gx``."""
+    xp = array_module(gout)
+    grads: list[dict[str, Any]] = [{}] * len(layers)
+    g = gout
+    for i in reversed(range(len(layers))):
+        nxt = gx if i == 0 else xp.empty_like(g)
+        grads[i] = _block_backward(g, saved[i], layers[i], opt, nxt)
+        g = nxt
+    return grads
+
+
+# ----------------------------------------------------------------------------- chunks in worker processes
+_REMOTE_KEYS = itertools.count()
+
+
+def _free_region(worker: Any) -> int:
+    """An input region (0 or 1) of ``worker`` that no pending forward's saved chunk still reads; else 2,
+    the scratch region, whose inputs the worker then copies."""
+    regions = worker.__dict__.get("gpt_regions", {})
+    for region in (0, 1):
+        ref = regions.get(region)
+        if ref is None or ref() is None:
+            return region
+    return 2
+_REMOTE_KEEP = 8              # saved chunks a worker keeps (oldest dropped): forwards whose backward never came
+
+
+_FOLDED_KEYS = ("qkv.folded", "qkv.folded_bias", "attn.proj.weight", "attn.proj.bias", "fc.folded", "fc.folded_bias",
+                  "mlp.proj.weight", "mlp.proj.bias")                        # what a folded block reads
+
+
+def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
+                     drops: list[dict[str, Any]], parts: list[slice]) -> list[dict[str, Any]]:
+    """The arrays each worker needs for chunks 1..: its x, every layer's (folded) parameters, the
+    rotary tables, its dropout masks, attention bias and key rows."""
+    T = x.shape[1]
+    keys = _FOLDED_KEYS if opt["fold"] else PARAM_NAMES
+    shared = {f"L{i}:{name}": params[name] for i, params in enumerate(layers) for name in keys
+              if params.get(name) is not None}
+    if opt["rope"] is not None:
+        shared["rope.cos"], shared["rope.sin"] = opt["rope"]
+    requests = []
+    for part in parts[1:]:
+        request = dict(shared, x=x[part])
+        for i, masks in enumerate(drops):
+            for name, m in _chunk_masks(masks, part, T).items():
+                request[f"M{i}:{name}"] = m
+        if bias is not None:
+            request["bias"] = bias[part] if bias.ndim == 4 else bias
+        if any_key is not True:
+            request["any_key"] = any_key[part]
+        requests.append(request)
+    return requests
+
+
+def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[str, Any]) -> tuple[dict, dict]:
+    """In a worker: one chunk's forward; keeps its saved activations under meta["key"] for
+    ``_remote_backward``. The arrays are views of the shared arena; the caller leaves their region
+    alone until that backward, or sends them in the scratch region with meta["copy"] (copied here)."""
+    n_layer, opt = meta["n_layer"], dict(meta["opt"])
+    keep = np.array if meta["copy"] else (lambda a: a)
+    layers: list[dict[str, Any]] = [dict.fromkeys(meta["param_keys"]) for _ in range(n_layer)]
+    masks: list[dict[str, Any]] = [{} for _ in range(n_layer)]
+    for name, a in arrays.items():
+        kind, _, rest = name.partition(":")
+        if kind.startswith("L"):
+            layers[int(kind[1:])][rest] = keep(a)
+        elif kind.startswith("M"):
+            masks[int(kind[1:])][rest] = keep(a)
+    opt["rope"] = (keep(arrays["rope.cos"]), keep(arrays["rope.sin"])) if "rope.cos" in arrays else None
+    x = np.array(arrays["x"])                                                   # post-norm saves it
+    out = np.empty_like(x)
+    saved = _chunk_forward(x, layers, opt, arrays.get("bias"), arrays.get("any_key", True), masks, out)
+    if opt["save"]:
+        state[meta["key"]] = (layers, opt, saved)
+        for old in sorted(state)[:-_REMOTE_KEEP]:
+            del state[old]
+    return {"out": out}, {}
+
+
+def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[str, Any]) -> tuple[dict, dict]:
+    """In a worker: the backward of the chunk saved under meta["key"]: its gx and parameter gradients."""
+    if meta["key"] not in state:
+        raise RuntimeError("TransformerStack: this forward's saved chunk was dropped by its worker "
+                           f"(it keeps the last {_REMOTE_KEEP}); call backward sooner")
+    layers, opt, saved = state.pop(meta["key"])
+    gout = np.array(arrays["gout"])
+    gx = np.empty_like(gout)
+    grads = _chunk_backward(gout, saved, layers, opt, gx)
+    out = {"gx": gx}
+    for i, layer in enumerate(grads):
+        out.update((f"{i}:{name}", g) for name, g in layer.items() if g is not None)
+    return out, {}
 
 
 # ----------------------------------------------------------------------------- final norm + head + loss
