@@ -45,10 +45,12 @@ nav { font-size: 0.9em; }
 .tablebox { max-width: 100%; overflow-x: auto; margin: 0.8em 0; }
 table { border-collapse: collapse; width: 100%; font-size: 0.93em; }
 th, td { border: 1px solid #d0d7de; padding: 6px 9px; text-align: left; vertical-align: top;
-         overflow-wrap: anywhere; }
+         overflow-wrap: break-word; }
 th { background: #f6f8fa; }
 td.num { font-variant-numeric: tabular-nums; }
-p, li, figcaption, code { overflow-wrap: anywhere; }
+td.wrap, td code { overflow-wrap: anywhere; }
+.badge { white-space: nowrap; }
+p, li, dd, dt, figcaption, code { overflow-wrap: anywhere; }
 nav.steps { display: flex; justify-content: space-between; gap: 1em; flex-wrap: wrap; margin: 0.5em 0; }
 .better { color: #59636e; font-size: 0.8em; font-weight: normal; }
 .math { background: #f6f8fa; border-left: 3px solid #8c959f; padding: 8px 12px; white-space: pre-wrap;
@@ -77,7 +79,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], raw: bool = Fals
     """An HTML table in a box that scrolls sideways on its own (cells are escaped unless ``raw``)."""
     cell = (lambda v: str(v)) if raw else _esc
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td class="wrap">{cell(v)}</td>' for v in row) + "</tr>" for row in rows)
     return f'<div class="tablebox"><table><tr>{head}</tr>{body}</table></div>'
 
 
@@ -317,7 +319,7 @@ def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (
     if record.get("metrics"):
         parts.append("<h2>Every number measured</h2><p>The same numbers, unabridged, are in "
                      '<a href="metrics.json">metrics.json</a>.</p>')
-        rows = "".join(f"<tr><td><code>{_esc(k)}</code></td><td class=num>{_esc(v)}</td></tr>"
+        rows = "".join(f'<tr><td><code>{_esc(k)}</code></td><td class="num wrap">{_esc(v)}</td></tr>'
                        for k, v in flatten_metrics(record["metrics"]))
         parts.append(f'<div class="tablebox"><table><tr><th>metric</th><th>value</th></tr>{rows}</table></div>')
     if record.get("settings"):

@@ -88,7 +88,9 @@ def run_summary(directory: str | os.PathLike) -> dict[str, str]:
     info = read_training_run(directory)
     run, summary = info["run"], info["summary"]
     model = run.get("model", {})
-    what = (f"GPT {run.get('preset', '')} ({model.get('n_layer', '?')} layers, {model.get('n_embd', '?')} wide) "
+    layers = model.get("n_layer", "?")
+    what = (f"GPT {run.get('preset', '')} ({layers} layer{'' if layers == 1 else 's'}, "
+            f"{model.get('n_embd', '?')} wide) "
             f"on {run.get('data', '?')}, {run.get('tokenizer', '?')} tokens")
     loss = _num(summary.get("val_loss"))
     if isinstance(summary.get("val_bits_per_char"), int | float):
@@ -113,7 +115,9 @@ def render_training(directory: str | os.PathLike, bits_per_char: float | None = 
     esc = _esc
     name = d.name
     bpc = bits_per_char if bits_per_char is not None else summary.get("val_bits_per_char")
-    parts = ['<nav class="steps"><a href="../index.html">all runs</a></nav>',
+    parent = d.resolve().parent
+    listed = parent.name == "runs" or (parent / "index.html").is_file()  # the index that lists this run
+    parts = ['<nav class="steps"><a href="../index.html">all runs</a></nav>' if listed else "",
              f"<h1>{esc(name)} <span class=\"badge none\">training run</span></h1>"]
     model = run.get("model", {})
     parts.append(f"<p class=meta>GPT, preset {esc(run.get('preset', '?'))}, trained on {esc(run.get('data', '?'))} "
