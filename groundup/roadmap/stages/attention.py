@@ -275,7 +275,7 @@ STAGE = Stage("attention", "GRU encoder-decoder with and without additive attent
               experiments=(two_models, bottleneck, alignment),
               headline=("attention accuracy, longest inputs", "results.attention.longest_bucket_accuracy"),
               title="Attention: encoder-decoder on date translation",
-              better="higher",
+              better="higher", anchor=("without attention", "results.plain.longest_bucket_accuracy"),
               how=HOW, try_next=TRY_NEXT,
               options=(('hidden', 'hidden size of encoder, decoder and summary'),
                        ('steps', 'training steps per model')))

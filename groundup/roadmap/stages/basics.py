@@ -351,5 +351,7 @@ STAGE = Stage("basics", "supervised vs unsupervised learning on 8x8 digits: regr
               headline=("softmax test accuracy", "softmax_regression.final_test_accuracy"),
               title="Machine-learning basics: linear and softmax regression, k-means and PCA on digits",
               better="higher",
+              anchor=("scikit-learn's LogisticRegression",
+                      "softmax_regression.sklearn_logistic_regression_test_accuracy"),
               how=HOW, try_next=TRY_NEXT,
               options=(('epochs', 'softmax regression epochs'), ('lr', 'softmax regression learning rate')))

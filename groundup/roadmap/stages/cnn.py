@@ -227,6 +227,6 @@ STAGE = Stage("cnn", "small CNN on digits: weight sharing, learned filters, robu
               experiments=(weight_sharing, filters, shifts),
               headline=("CNN test accuracy", "classification.cnn_test_accuracy"),
               title="Convolutional networks: fewer parameters, local filters, shifted digits",
-              better="higher",
+              better="higher", anchor=("the MLP", "classification.mlp_test_accuracy"),
               how=HOW, try_next=TRY_NEXT,
               options=(('epochs', 'CNN epochs (digits)'),))

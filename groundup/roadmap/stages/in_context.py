@@ -433,6 +433,6 @@ STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only tr
               experiments=(train_models, induction_heads, one_layer, phase_change),
               headline=("in-context learning score (2 layers)", "icl_score"),
               title="In-context learning: induction heads and the phase change",
-              better="lower",
+              better="lower", anchor=("one layer", "1_layer.icl_score"),
               how=HOW, try_next=TRY_NEXT,
               options=(('steps', 'training steps per model'), ('context', 'context length')))

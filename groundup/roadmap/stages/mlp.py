@@ -356,6 +356,6 @@ STAGE = Stage("mlp", "feedforward net on digits: XOR, MLP vs linear, backprop by
               experiments=(xor, digits, backprop_by_hand),
               headline=("MLP test accuracy", "classification.mlp_test_accuracy"),
               title="Feedforward networks and backpropagation",
-              better="higher",
+              better="higher", anchor=("the linear model", "classification.linear_test_accuracy"),
               how=HOW, try_next=TRY_NEXT,
               options=(('hidden', 'MLP hidden units'), ('epochs', 'MLP epochs (digits)')))
