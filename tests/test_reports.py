@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,14 @@ def test_a_stage_run_lists_its_code_in_metrics(tmp_path):
     for ref in record["code"]:
         assert (package_root() / ref["file"]).is_file()
         assert ref["lines"][0] <= ref["lines"][1]
+
+
+@pytest.mark.parametrize("stage", [s for s in load_stages() if s.anchor[1]], ids=lambda s: s.name)
+def test_every_headline_anchor_names_a_metric_the_stage_records(stage, tmp_path):
+    """The anchor is among the metric keys the stage is known to write (tests/roadmap_metric_keys.json), or,
+    for a key newer than that list, in the record of a tiny run."""
+    keys = json.loads((Path(__file__).parent / "roadmap_metric_keys.json").read_text())
+    assert stage.better in ("lower", "higher")
+    if stage.anchor[1] not in keys[stage.name]:
+        record = run_stage(stage, tmp_path, tiny=True)
+        assert record["headline"]["anchor"]["label"] == stage.anchor[0], record["headline"]
