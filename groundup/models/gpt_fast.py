@@ -601,6 +601,14 @@ def _head_backward(scale: float, saved: dict[str, Any], params: dict[str, Any], 
     return grads
 
 
+_SMALL_HEAD = 1 << 19         # logits (rows x vocabulary) below which the head runs in one thread
+
+
+def _in_this_thread(fn: Any, *arg_lists: Any) -> list[Any]:
+    """``parallel_map``'s contract in the calling thread, BLAS left as it is."""
+    return [fn(*args) for args in zip(*arg_lists)]
+
+
 class LMHeadLoss(Function):
     """Mean next-token cross-entropy of ``layer_norm(x) @ weight.T``: the final LayerNorm, the (tied)
     output projection and the loss in one op, split over the threads like the blocks.
@@ -622,10 +630,14 @@ class LMHeadLoss(Function):
         if bad.any():
             raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
         x2 = x.reshape(B * T, C)                                                # (N, C)
-        parts = [slice(p.start * T, p.stop * T) for p in chunks(B, on_cpu=xp is np)]
+        # NOTE: a small head (baby: 768 x 65 logits) runs faster in the calling thread than split
+        # over the threads, whose hand-offs cost more than its work
+        small = xp is np and B * T * V <= _SMALL_HEAD
+        parts = [slice(p.start * T, p.stop * T) for p in chunks(B, on_cpu=xp is np and not small)]
+        self.map = _in_this_thread if small else parallel_map
         params = {"ln.weight": ln_w, "ln.bias": ln_b, "head.weight": weight, "head.bias": None}
         _fold_layer_norm(params, "ln", "head", "head")
-        results = parallel_map(lambda p: _head_forward(x2[p], params, t[p], eps, ignore_index), parts)
+        results = self.map(lambda p: _head_forward(x2[p], params, t[p], eps, ignore_index), parts)
         count, total = sum(r[1] for r in results), sum(r[0] for r in results)
         self.save_for_backward(*arrays, [r[2] for r in results])
         self.parts, self.count, self.shape, self.has_bias = parts, count, x.shape, has_bias
@@ -637,8 +649,8 @@ class LMHeadLoss(Function):
         gx = xp.empty(self.shape, dtype=gz.dtype)
         gx2 = gx.reshape(-1, self.shape[-1])
         scale = float(gz) / self.count if self.count else 0.0
-        grads_list = parallel_map(lambda p, s: _head_backward(scale, s, self.params, self.has_bias, gx2[p]),
-                                  self.parts, self.saved[-1])
+        grads_list = self.map(lambda p, s: _head_backward(scale, s, self.params, self.has_bias, gx2[p]),
+                              self.parts, self.saved[-1])
         total = grads_list[0]
         for grads in grads_list[1:]:
             for name, g in grads.items():
