@@ -130,7 +130,7 @@ def _ref(obj: Any, kind: str) -> CodeRef | None:
         return None
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__qualname__", getattr(target, "__name__", repr(target)))
-    if kind in ("experiment", "helper"):
+    if kind in ("experiment", "helper") or not inspect.isclass(target):  # a function: say its module
         name = f"{module.rsplit('.', 1)[-1]}.{name}"
     return CodeRef(name=name, kind=kind, module=module, file=_relative(file), start=start,
                    end=start + len(lines) - 1, key_lines=_key_lines(lines, start, inspect.isclass(target)),
@@ -168,7 +168,8 @@ def _used_objects(function: Any) -> list[tuple[Any, str]]:
     found = []
     for name in sorted(_names_used(function)):
         obj = getattr(function, "__globals__", {}).get(name)
-        if inspect.isclass(obj) and getattr(obj, "__module__", "").startswith("groundup.models"):
+        in_models = getattr(obj, "__module__", "") or ""
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and in_models.startswith("groundup.models"):
             found.append((obj, "model"))
         elif inspect.isfunction(obj) and obj.__module__ == module and obj is not function and _worth_listing(obj):
             found.append((obj, "helper"))

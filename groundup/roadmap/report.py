@@ -223,7 +223,7 @@ def _code_section(stage: Any) -> str:
         return ""
     if not refs:
         return ""
-    what = {"experiment": "experiment", "helper": "helper it calls", "model": "model it trains",
+    what = {"experiment": "experiment", "helper": "helper it calls", "model": "model code it uses",
             "code": "also used"}
     parts = ["<h2>The code</h2>",
              "<p>The functions that produced this page's numbers, read from the source when the report was written. "

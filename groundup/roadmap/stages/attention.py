@@ -26,7 +26,7 @@ import numpy as np
 
 import groundup as gu
 from groundup.data import DATE_FORMATS, date_pairs, format_date
-from groundup.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from groundup.models.seq2seq import AdditiveAttention, Seq2Seq, Seq2SeqConfig
 from groundup.roadmap import Finding, claims
 from groundup.roadmap.plots import smooth
 from groundup.roadmap.runner import Context, Stage
@@ -276,6 +276,6 @@ STAGE = Stage("attention", "GRU encoder-decoder with and without additive attent
               headline=("attention accuracy, longest inputs", "results.attention.longest_bucket_accuracy"),
               title="Attention: encoder-decoder on date translation",
               better="higher", anchor=("without attention", "results.plain.longest_bucket_accuracy"),
-              how=HOW, try_next=TRY_NEXT,
+              how=HOW, try_next=TRY_NEXT, code=(AdditiveAttention,),
               options=(('hidden', 'hidden size of encoder, decoder and summary'),
                        ('steps', 'training steps per model')))

@@ -18,6 +18,7 @@ import numpy as np
 
 from groundup.models.cnn import CNN, CNNConfig
 from groundup.models.mlp import MLP
+from groundup.nn.conv import Conv2d, MaxPool2d
 from groundup.roadmap import Finding, claims
 from groundup.roadmap.classify import (
     MLP_RECIPE,
@@ -228,5 +229,5 @@ STAGE = Stage("cnn", "small CNN on digits: weight sharing, learned filters, robu
               headline=("CNN test accuracy", "classification.cnn_test_accuracy"),
               title="Convolutional networks: fewer parameters, local filters, shifted digits",
               better="higher", anchor=("the MLP", "classification.mlp_test_accuracy"),
-              how=HOW, try_next=TRY_NEXT,
+              how=HOW, try_next=TRY_NEXT, code=(Conv2d, MaxPool2d),
               options=(('epochs', 'CNN epochs (digits)'),))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 import groundup as gu
-from groundup.models.attn_only import AttnOnlyConfig, AttnOnlyLM
+from groundup.models.attn_only import AttnBlock, AttnOnlyConfig, AttnOnlyLM
 from groundup.roadmap import Finding, claims
 from groundup.roadmap.runner import Context, Stage
 from groundup.roadmap.training import train
@@ -434,5 +434,5 @@ STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only tr
               headline=("in-context learning score (2 layers)", "icl_score"),
               title="In-context learning: induction heads and the phase change",
               better="lower", anchor=("one layer", "1_layer.icl_score"),
-              how=HOW, try_next=TRY_NEXT,
+              how=HOW, try_next=TRY_NEXT, code=(AttnBlock,),
               options=(('steps', 'training steps per model'), ('context', 'context length')))

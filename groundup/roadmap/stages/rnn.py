@@ -30,6 +30,7 @@ from groundup import functional as F
 from groundup import optim
 from groundup.data import names_splits, pad_sequences
 from groundup.models.rnn_lm import IGNORE_INDEX, RNNLM, RNNLMConfig
+from groundup.nn import recurrent as recurrent_cells
 from groundup.nn import unroll_cell
 from groundup.nn.utils import clip_grad_norm_
 from groundup.roadmap import Finding, claims
@@ -490,4 +491,6 @@ STAGE = Stage("rnn", "RNN, GRU, LSTM char models on names; vanishing and explodi
               better="lower",
               anchor=('makemore transformer', 'language_models.makemore_test_losses.transformer'),
               how=HOW, try_next=TRY_NEXT,
+              code=(recurrent_cells._rnn_step, recurrent_cells._gru_step, recurrent_cells._lstm_step,
+                    clip_grad_norm_),
               options=(('hidden', 'hidden size of all three cells'), ('steps', 'training steps per model')))

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 import groundup as gu
+from groundup import functional as F
 from groundup.data import get_batch, load_text
 from groundup.models.deep_stack import DeepStackConfig, DeepStackLM
-from groundup.models.gpt import GPT, GPTConfig
+from groundup.models.gpt import GPT, Block, CausalSelfAttention, GPTConfig
 from groundup.models.gpt_fast import FastGPT
 from groundup.models.transformer_seq2seq import TransformerSeq2Seq, TransformerSeq2SeqConfig
 from groundup.roadmap import Finding, claims
@@ -619,4 +620,5 @@ STAGE = Stage("transformer", "the transformer's parts measured, a GPT on Tiny Sh
               better="lower",
               anchor=('uniform guess', 'gpt.uniform_loss'),
               how=HOW, try_next=TRY_NEXT,
+              code=(CausalSelfAttention, Block, F.scaled_dot_product_attention, F.layer_norm),
               options=(('steps', 'GPT training steps'), ('deep_layers', 'layers of the deep stack')))
