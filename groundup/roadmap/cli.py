@@ -81,6 +81,15 @@ def parse_set_options(pairs: list[str], chosen: list[Any]) -> dict[str, str]:
     return options
 
 
+def _headline_text(rec: dict[str, Any]) -> str:
+    """The headline as text, with which way is better ("GRU test loss 2.01, lower is better")."""
+    headline = rec.get("headline", {})
+    text = headline.get("text", rec.get("error", ""))
+    if headline.get("better") in ("lower", "higher"):
+        text += f", {headline['better']} is better"
+    return text
+
+
 def roadmap_command(args: argparse.Namespace) -> int:
     """Print the stages in order with the last run's status and headline metric."""
     stages = load_stages()
@@ -92,7 +101,7 @@ def roadmap_command(args: argparse.Namespace) -> int:
             last = "not run yet"
         else:
             status = rec.get("status", "?").upper()
-            what = rec.get("headline", {}).get("text", rec.get("error", ""))
+            what = _headline_text(rec)
             last = f"{status} {what} ({rec.get('mode', '?')}, {format_value(float(rec.get('wall_s', 0.0)))} s)"
         rows.append((str(i), stage.name, stage.summary, last))
     if console is None:
@@ -147,7 +156,7 @@ def _print_summary(console: Any, records: list[dict[str, Any]], index: Path) -> 
     rows = []
     for rec in records:
         claims = rec.get("claims", [])
-        headline = rec.get("headline", {}).get("text", rec.get("error", ""))
+        headline = _headline_text(rec)
         rows.append((rec["stage"], rec["status"].upper(), headline,
                      f"{sum(c['passed'] for c in claims)}/{len(claims)}", f"{rec['wall_s']:.1f} s"))
     total = sum(r["wall_s"] for r in records)
