@@ -34,6 +34,18 @@ Rules the tests hold a stage to:
   (``groundup/roadmap/classify.py``, ``groundup/roadmap/plots.py``) or lower (``groundup.data``).
 - ``headline`` names a metric by its dotted path; the runner reads the value from the metrics.
 
+What the report shows beyond the findings, from the ``Stage`` itself:
+- "The code": found on its own (``groundup/roadmap/code.py``): each experiment, the models and the
+  stage-module helpers it calls, with file, lines and key lines read from the source at report time;
+  ``code=(fn_or_class, ...)`` adds the mechanism a stage is about (``code=(AdditiveAttention,)``).
+- ``better="lower"`` / ``"higher"`` and ``anchor=(label, dotted metric path)`` beside the headline.
+- ``how=(...)``: "How it works", static HTML with the maths; ``try_next=((command, expectation), ...)``:
+  "Try next". Neither is part of the run's record, so the provenance rule does not read them: keep
+  this run's numbers out of them.
+- ``options=(("hidden", "hidden size"), ...)``: the keys of ``groundup run STAGE --set KEY=VALUE``; read
+  one with ``ctx.option("hidden", 128)`` or ``ctx.budget(name, full, quick, tiny, option="hidden")``. A
+  value that was set is recorded in the settings (metrics.json, the report, ``groundup compare``).
+
 A stage may still define ``run(ctx) -> StageResult`` itself (``Stage(name, summary, run=...)``);
 ``run_experiments`` is what the runner calls for a stage given as experiments.
 """
