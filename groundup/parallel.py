@@ -199,7 +199,8 @@ class Worker:
 
     ``fn`` is "module:function"; the worker calls ``function(state, arrays, meta)`` with ``arrays``
     as read-only views of the shared input arena and ``state`` a dict that persists in the worker;
-    it returns (dict of arrays, meta), copied to the output arena. The input arena has ``REGIONS``
+    it returns (dict of arrays, meta), copied to the output arena (except arrays it made with
+    ``state["alloc"](shape, dtype)``, which are there already). The input arena has ``REGIONS``
     regions: a call's inputs stay valid in the worker until the caller writes to that region again
     (so a worker may keep views of them instead of copies). ``result()`` gives views of the output
     arena, valid until the next ``submit``.
@@ -278,6 +279,20 @@ def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
         if msg is None:
             return
         fn_name, specs, meta = msg
+        made: dict[int, int] = {}                            # id of an array made in the output arena -> offset
+        top = [0]
+
+        def alloc(shape: Any, dtype: Any, made: dict[int, int] = made, top: list[int] = top) -> Any:
+            dtype = np.dtype(dtype)
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            if top[0] + nbytes > _ARENA_OUT:
+                raise MemoryError(f"worker output {tuple(shape)} does not fit the output arena")
+            view = np.ndarray(shape, dtype, buffer=arena_out, offset=top[0])
+            made[id(view)] = top[0]
+            top[0] += -(-nbytes // _ALIGN) * _ALIGN
+            return view
+
+        state["alloc"] = alloc
         try:
             module, _, attr = fn_name.partition(":")
             fn = getattr(importlib.import_module(module), attr)
@@ -287,14 +302,14 @@ def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
                 view.flags.writeable = False
                 arrays[name] = view
             out, out_meta = fn(state, arrays, meta)
-            out_specs, offset = {}, 0
+            out_specs = {}
             for name, a in out.items():
                 a = np.asarray(a)
-                if offset + a.nbytes > _ARENA_OUT:
-                    raise MemoryError(f"worker output {name} {a.shape} does not fit the output arena")
-                np.ndarray(a.shape, a.dtype, buffer=arena_out, offset=offset)[...] = a
-                out_specs[name] = (offset, a.shape, a.dtype.str)
-                offset += -(-a.nbytes // _ALIGN) * _ALIGN
+                if id(a) not in made:
+                    view = alloc(a.shape, a.dtype)
+                    view[...] = a
+                    a = view
+                out_specs[name] = (made[id(a)], a.shape, a.dtype.str)
             conn.send(("ok", out_specs, out_meta))
         except Exception:                                    # reported to the caller, who raises
             conn.send(("error", {}, traceback.format_exc()))

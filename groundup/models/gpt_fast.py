@@ -250,6 +250,14 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
     return saved
 
 
+def _weight_grad(dy: Any, x: Any, opt: dict[str, Any]) -> Any:
+    """dW = dy^T x (out, in), made by ``opt["alloc"]`` when a worker process gives one (its output arena)."""
+    alloc = opt.get("alloc")
+    if alloc is None:
+        return dy.T @ x
+    return array_module(dy).matmul(dy.T, x, out=alloc((dy.shape[1], x.shape[1]), dy.dtype))
+
+
 def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], opt: dict[str, Any],
                     gx_out: Any) -> dict[str, Any]:
     """Gradients for one chunk: gout (b, T, C) -> writes gx_out (b, T, C); returns the parameter grads."""
@@ -269,11 +277,11 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     d_r1 = dm                                                                   # reaches r1 by the residual
     if "resid2" in drops:
         dm = dm * drops["resid2"]
-    grads["mlp.proj.weight"] = dm.T @ saved["g"]                                # (C, 4C)
+    grads["mlp.proj.weight"] = _weight_grad(dm, saved["g"], opt)               # (C, 4C)
     grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
     df = dm @ params["mlp.proj.weight"]                                         # (N, 4C)
     df *= saved["slope"]                                                        # through gelu'(f)
-    grads["mlp.fc.weight"] = df.T @ saved["h2"]                                 # (4C, C); of the folded one if fold
+    grads["mlp.fc.weight"] = _weight_grad(df, saved["h2"], opt)                # (4C, C); of the folded one if fold
     grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
     if fold:
         dh2 = df @ params["fc.folded"]                                          # (N, C) d xhat2
@@ -292,7 +300,7 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     # --- attention sub-layer
     if "resid1" in drops:
         da = da * drops["resid1"]
-    grads["attn.proj.weight"] = da.T @ saved["y"]                               # (C, C)
+    grads["attn.proj.weight"] = _weight_grad(da, saved["y"], opt)              # (C, C)
     grads["attn.proj.bias"] = da.sum(axis=0) if has_bias else None
     dy = (da @ params["attn.proj.weight"]).reshape(b, T, H, D).transpose(0, 2, 1, 3)  # (b, H, T, D)
     att, q, k, v = saved["att"], saved["q"], saved["k"], saved["v"]
@@ -314,7 +322,7 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     else:
         dqkv[:, :, 0] *= 1.0 / math.sqrt(D)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
-    grads["attn.qkv.weight"] = dqkv2.T @ saved["h1"]                            # (3C, C); of the folded one if fold
+    grads["attn.qkv.weight"] = _weight_grad(dqkv2, saved["h1"], opt)           # (3C, C); of the folded one if fold
     grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
     gx = gx_out.reshape(N, C)
     if fold:
@@ -545,7 +553,7 @@ def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[st
     saved = _chunk_forward(x, layers, opt, arrays.get("bias"), arrays.get("any_key", True), masks, out)
     if opt["save"]:
         state[meta["key"]] = (layers, opt, saved)
-        for old in sorted(state)[:-_REMOTE_KEEP]:
+        for old in sorted(k for k in state if isinstance(k, int))[:-_REMOTE_KEEP]:
             del state[old]
     return {"out": out}, {}
 
@@ -556,8 +564,9 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
         raise RuntimeError("TransformerStack: this forward's saved chunk was dropped by its worker "
                            f"(it keeps the last {_REMOTE_KEEP}); call backward sooner")
     layers, opt, saved = state.pop(meta["key"])
+    opt = dict(opt, alloc=state["alloc"])                                       # NOTE: gradients made in place, no copy
     gout = np.array(arrays["gout"])
-    gx = np.empty_like(gout)
+    gx = state["alloc"](gout.shape, gout.dtype)
     grads = _chunk_backward(gout, saved, layers, opt, gx)
     out = {"gx": gx}
     for i, layer in enumerate(grads):
