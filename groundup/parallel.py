@@ -29,6 +29,7 @@ import mmap
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -217,7 +218,9 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, self.arena_in, self.arena_out), daemon=True,
                                 name="groundup-worker")
-        self.proc.start()
+        with warnings.catch_warnings():                      # 3.12+ warns on fork with threads: the child only
+            warnings.simplefilter("ignore", DeprecationWarning)  # runs NumPy code, never the parent's threads
+            self.proc.start()
         child.close()
         self.pending = False
 
@@ -244,7 +247,11 @@ class Worker:
         import numpy as np
 
         self.pending = False
-        status, specs, meta = self.conn.recv()
+        try:
+            status, specs, meta = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"groundup worker process {self.proc.pid} exited "
+                               f"(exit code {self.proc.exitcode})") from exc
         if status != "ok":
             raise RuntimeError(f"groundup worker process failed:\n{meta}")
         return {name: np.ndarray(shape, dtype, buffer=self.arena_out, offset=off)
@@ -262,6 +269,9 @@ class Worker:
             self.proc.terminate()
             self.proc.join()
         self.conn.close()
+        for arena in (self.arena_in, self.arena_out):
+            with contextlib.suppress(BufferError):           # views still alive: unmapped when they go
+                arena.close()
 
 
 def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:

@@ -8,9 +8,10 @@ hooks and interpretability use ``GPT`` (``FastGPT`` refuses hooks rather than sk
 Why fuse: composed from engine ops a GPT block is ~40 graph nodes that each allocate their output and
 their gradient. Here the forward and backward of the whole stack are written over raw arrays with
 2-D ``(B*T, C)`` GEMMs and in-place elementwise work (the kernels of ``groundup.ops.kernels``). Inside
-``groundup.parallel.cpu_threads()`` the batch is split into one chunk per thread and each thread
-takes its chunk through every block, forward and then backward, so a step waits for the threads
-twice instead of twice per block. Outside that context everything runs in the calling thread.
+``groundup.parallel.cpu_threads()`` the batch is split into one chunk per thread and each chunk goes
+through every block, forward and then backward, so a step waits for the others twice instead of
+twice per block: chunk 0 in the calling thread, the others in the context's worker processes (where
+the platform forks; else in its threads). Outside that context everything runs in the calling thread.
 
     pre-norm:   x = x + drop(proj(attention(ln_1(x))));   x = x + drop(mlp(ln_2(x)))
     post-norm:  x = ln_1(x + drop(proj(attention(x))));   x = ln_2(x + drop(mlp(x)))
