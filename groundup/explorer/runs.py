@@ -90,7 +90,8 @@ def read_metrics(path: Path, since: int = 0) -> tuple[list[dict[str, Any]], int]
 
 
 def _is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in _RUN_FILES) and not (path / "report.html").is_file()
+    # a stage's folder holds metrics.json; a training run may hold a report.html of its own
+    return any((path / name).is_file() for name in _RUN_FILES) and not (path / "metrics.json").is_file()
 
 
 class Registry:
