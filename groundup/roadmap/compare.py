@@ -176,20 +176,23 @@ def compare_runs(run_a: dict[str, Any], run_b: dict[str, Any]) -> dict[str, Any]
     settings = _rows(run_a["settings"], run_b["settings"])
     settings.sort(key=lambda r: not r[4])
     claims = []
+    judged = {run["status"] != "smoke" for run in (run_a, run_b)}
+    words = ("PASS", "FAIL") if judged == {True} else ("held", "not held")  # a smoke run's claims are not judged
     for name in list(run_a["claims"]) + [s for s in run_b["claims"] if s not in run_a["claims"]]:
         ca, cb = run_a["claims"].get(name), run_b["claims"].get(name)
         statement = (ca or cb)[2]
-        claims.append((statement, _claim_text(ca), _claim_text(cb), (ca or (None,))[0] != (cb or (None,))[0]))
+        claims.append((statement, _claim_text(ca, words), _claim_text(cb, words),
+                       (ca or (None,))[0] != (cb or (None,))[0]))
     return {"headline": (ha[0] if ha[0] == hb[0] else f"{ha[0]} / {hb[0]}", _fmt(ha[1]), _fmt(hb[1]),
                          _diff(ha[1], hb[1]), ha[2] or hb[2]),
             "settings": settings, "claims": claims, "numbers": _rows(run_a["numbers"], run_b["numbers"])}
 
 
-def _claim_text(claim: tuple[Any, str, str] | None) -> str:
+def _claim_text(claim: tuple[Any, str, str] | None, words: tuple[str, str]) -> str:
     if claim is None:
         return "–"
     passed, detail, _ = claim
-    return f"{'held' if passed else 'not held'} ({detail})"
+    return f"{words[0] if passed else words[1]} ({detail})"
 
 
 def _text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int = 38) -> str:

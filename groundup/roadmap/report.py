@@ -153,7 +153,7 @@ def _mode_banner(record: dict[str, Any]) -> str:
     table = (f'<div class="tablebox"><table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th>'
              f"</tr>{rows}</table></div>" if rows else "")
     return (f'<div class="banner">This is {what}. Run <code>groundup run {_esc(record["stage"])}</code> '
-            f"without <code>--quick</code> for the full version.{table}</div>")
+            f"without <code>{'--tiny' if mode == 'tiny' else '--quick'}</code> for the full version.{table}</div>")
 
 
 def _claims_table(claims: Sequence[dict[str, Any]], smoke: bool) -> str:
