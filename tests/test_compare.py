@@ -51,6 +51,7 @@ def test_two_training_runs_side_by_side_with_bits_per_character(tmp_path, capsys
     for name in ("char", "bpe"):
         report = (runs / name / "report.html").read_text()
         assert "bits per character" in report and "groundup sample" in report and 'src="loss.png"' in report
+        assert "<h2>The code</h2>" in report and "groundup/models/gpt.py:" in report
     index = (runs / "index.html").read_text()
     assert 'href="char/report.html"' in index and 'href="bpe/report.html"' in index
     capsys.readouterr()

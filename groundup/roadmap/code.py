@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CodeRef", "code_refs", "code_records", "package_root"]
+__all__ = ["CodeRef", "code_refs", "code_records", "refs_for", "package_root"]
 
 # Lines worth showing inline: a model or config built, a training call, a backward pass or an
 # optimiser step, a loss, an evaluation (not comments, text, or the claims: the report shows those).
@@ -205,6 +205,12 @@ def code_refs(stage: Any) -> list[CodeRef]:
             seen.add(id(obj))
             ordered.append((obj, "code"))
     refs = [_ref(obj, kind) for obj, kind in ordered]
+    return [r for r in refs if r is not None]
+
+
+def refs_for(objects: list[tuple[Any, str]]) -> list[CodeRef]:
+    """``CodeRef``s of (object, kind) pairs, in order (those whose source cannot be read are left out)."""
+    refs = [_ref(obj, kind) for obj, kind in objects]
     return [r for r in refs if r is not None]
 
 

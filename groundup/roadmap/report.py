@@ -221,10 +221,15 @@ def _code_section(stage: Any) -> str:
         refs = code_refs(stage)
     except Exception:  # noqa: BLE001 - the rest of the report still renders
         return ""
+    return code_html(refs)
+
+
+def code_html(refs: Sequence[Any]) -> str:
+    """"The code" section for ``groundup.roadmap.code.CodeRef``s ("" for none)."""
     if not refs:
         return ""
     what = {"experiment": "experiment", "helper": "helper it calls", "model": "model code it uses",
-            "code": "also used"}
+            "code": "also used", "command": "the command"}
     parts = ["<h2>The code</h2>",
              "<p>The functions that produced this page's numbers, read from the source when the report was written. "
              "Open the file at the lines shown; the key lines are below each name, the whole source under it.</p>"]

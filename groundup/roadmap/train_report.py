@@ -157,6 +157,7 @@ def render_training(directory: str | os.PathLike, bits_per_char: float | None = 
     config_rows += [(f"train.{k}", str(v)) for k, v in run.get("train", {}).items()]
     if config_rows:
         parts.append("<h2>Config</h2>" + table(("setting", "value"), config_rows))
+    parts.append(_code())
     quoted = shlex.quote(str(d))
     prompt = ' --prompt "ROMEO:"' if run.get("data") == "shakespeare" else ""
     parts.append("<h2>Next</h2><dl class=\"trynext\">"
@@ -167,6 +168,24 @@ def render_training(directory: str | os.PathLike, bits_per_char: float | None = 
                  f"<dt><code>groundup compare {esc(quoted)} OTHER_RUN</code></dt><dd>put another run beside this one "
                  "(its numbers, settings and curves)</dd></dl>")
     return page(f"groundup training run: {name}", "\n".join(parts))
+
+
+def _code() -> str:
+    """"The code": the command's training function, the Trainer's loop, the GPT it trains (readable and fast)."""
+    from groundup.models.gpt import GPT, Block, CausalSelfAttention
+    from groundup.models.gpt_fast import FastGPT
+    from groundup.roadmap.code import refs_for
+    from groundup.roadmap.report import code_html
+    from groundup.train import Trainer
+    from groundup.train_cli import _train
+
+    try:
+        refs = refs_for([(_train, "command"), (Trainer.fit, "code"), (GPT, "model"), (Block, "model"),
+                         (CausalSelfAttention, "model"), (FastGPT, "model")])
+    except Exception:  # noqa: BLE001 - the page still renders without it
+        return ""
+    return code_html(refs).replace("The functions that produced this page's numbers",
+                                   "The functions that trained this model", 1)
 
 
 def _esc(value: Any) -> str:
