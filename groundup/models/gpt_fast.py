@@ -53,14 +53,16 @@ class FastGPT(GPT):
     def run_with_cache(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self.hooks({})
 
-    def stack(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``."""
+    def stack(self, x: Tensor, mask: Tensor | None, head: dict[str, Any] | None = None,
+              head_arrays: list[Tensor] = ()) -> Tensor:
+        """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``.
+        With ``head`` (see ``TransformerStack``): the mean loss of ln_f, lm_head after them."""
         cfg = self.cfg
         params = [p for block in self.blocks for p in _block_parameters(block, cfg.bias)]
         tables = self._rope_tables(x.shape[1], x.dtype) if cfg.pos_encoding == "rotary" else None
         p = cfg.dropout if self.training else 0.0
         return TransformerStack.apply(
-            x, *params, n_head=cfg.n_head, causal=cfg.causal, pre_norm=cfg.norm == "pre",
+            x, *params, *head_arrays, head=head, n_head=cfg.n_head, causal=cfg.causal, pre_norm=cfg.norm == "pre",
             eps=self.blocks[0].ln_1.eps, rope_tables=tables, mask=None if mask is None else mask.data, dropout_p=p,
             rng=random.generator() if p > 0 else None, has_bias=cfg.bias)      # (B, T, C)
 
@@ -82,7 +84,12 @@ class FastGPT(GPT):
     def loss(self, idx: Any, targets: Any, attention_mask: Any = None) -> Tensor:
         """Mean next-token cross-entropy (-100 = ignore): ln_f, lm_head and the loss as one fused op."""
         t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-        x = self.stack(*self.embed(idx, attention_mask))                        # (B, T, C)
+        if tuple(t.shape) == tuple(np.shape(idx.data if isinstance(idx, Tensor) else idx)) and t.dtype.kind in "iu":
+            x, loss = self._loss_in_workers(idx, t, attention_mask)
+            if loss is not None:
+                return loss
+        else:
+            x = self.stack(*self.embed(idx, attention_mask))                    # (B, T, C)
         if tuple(t.shape) != tuple(x.shape[:2]):
             raise ValueError(f"FastGPT.loss: targets {tuple(t.shape)} must match idx {tuple(x.shape[:2])}")
         if t.dtype.kind not in "iu":
@@ -90,6 +97,17 @@ class FastGPT(GPT):
         ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
         return LMHeadLoss.apply(x, *ln, self.lm_head.weight, targets=array_module(x.data).asarray(t),
                                 eps=self.ln_f.eps, has_bias=self.ln_f.bias is not None)
+
+    def _loss_in_workers(self, idx: Any, t: Any, attention_mask: Any) -> Tensor | None:
+        """The stack, ln_f, lm_head and the loss as one op when its chunks go to worker processes (each
+        then takes its chunk through the head too: no stack output to send back); else None."""
+        x, mask = self.embed(idx, attention_mask)                               # (B, T, C)
+        if array_module(x.data) is not np or len(chunks(x.shape[0])) < 2 or not worker_processes():
+            return self.stack(x, mask), None
+        ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
+        head = dict(targets=np.asarray(t), eps=self.ln_f.eps, has_bias=self.ln_f.bias is not None,
+                    n_arrays=len(ln) + 1)
+        return None, self.stack(x, mask, head=head, head_arrays=[*ln, self.lm_head.weight])
 
 
 def _block_parameters(block: Any, bias: bool) -> list[Tensor]:
@@ -371,10 +389,13 @@ class TransformerStack(Function):
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
                 eps: float = 1e-5, rope: tuple[Any, Any] | None = None, mask: Any = None, dropout_p: float = 0.0,
-                rng: Any = None, has_bias: bool = True, rope_tables: tuple[Any, Any] | None = None):
+                rng: Any = None, has_bias: bool = True, rope_tables: tuple[Any, Any] | None = None,
+                head: dict[str, Any] | None = None):
         xp = array_module(x)
         B, T, C = x.shape
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
+        head_arrays = param_arrays[len(param_arrays) - head["n_arrays"]:] if head else ()
+        param_arrays = param_arrays[:len(param_arrays) - len(head_arrays)]
         if not param_arrays or len(param_arrays) % len(names):
             raise RuntimeError(f"TransformerStack: expected {len(names)} parameters per block, got {len(param_arrays)}")
         # NOTE: folding costs weight-sized work once per call, and saves row-sized work: it pays from
@@ -402,33 +423,59 @@ class TransformerStack(Function):
             b, keys = (bias[part], any_key[part]) if bias is not None and bias.ndim == 4 else (bias, any_key)
             return _chunk_forward(x[part], layers, opt, b, keys, [_chunk_masks(m, part, T) for m in drops], out[part])
 
-        self.remote = None
+        self.remote, self.head = None, None
+        if head:
+            self.head = _head_setup(head, head_arrays, x.shape)
+            out2, t, rows = out.reshape(B * T, C), self.head["targets"], [slice(p.start * T, p.stop * T) for p in parts]
+
+            def run_head(i: int) -> tuple[float, int, dict[str, Any]]:
+                return _head_forward(out2[rows[i]], self.head["params"], t[rows[i]], head["eps"], -100)
         workers = worker_processes() if xp is np and len(parts) > 1 else []
-        requests = _remote_requests(x, layers, opt, bias, any_key, drops, parts) if workers else None
+        requests = _remote_requests(x, layers, opt, bias, any_key, drops, parts, self.head) if workers else None
         if requests is not None and all(w.fits(r) for w, r in zip(workers, requests)):
             # chunks 1.. go to the worker processes, chunk 0 runs here meanwhile
             key = next(_REMOTE_KEYS)
             region = _free_region(workers[0]) if opt["save"] else 2
             meta = {"key": key, "opt": {k: v for k, v in opt.items() if k != "rope"}, "n_layer": len(layers),
-                    "param_keys": list(layers[0]), "copy": region == 2}
+                    "param_keys": list(layers[0]), "copy": region == 2,
+                    "head": head and {"eps": head["eps"], "has_bias": head["has_bias"], "C": C}}
             for worker, request in zip(workers, requests):
                 worker.submit(f"{__name__}:_remote_forward", request, meta, region)
                 if region < 2:
                     worker.__dict__.setdefault("gpt_regions", {})[region] = weakref.ref(self)
             chunk_saved = [run(parts[0])] + [None] * len(requests)
+            head_results = [run_head(0)] if head else []
             for worker, part in zip(workers, parts[1:]):
-                out[part] = worker.result()[0]["out"]
+                res, res_meta = worker.result()
+                if head:
+                    head_results.append((res_meta["nll"], res_meta["count"], None))
+                else:
+                    out[part] = res["out"]
             self.remote = (workers, key) if opt["save"] else None
         else:
             chunk_saved = parallel_map(run, parts)
+            head_results = parallel_map(run_head, range(len(parts))) if head else []
+        if head:
+            count, total = sum(r[1] for r in head_results), sum(r[0] for r in head_results)
+            self.head.update(count=count, saved=[r[2] for r in head_results])
+            out = xp.asarray(total / count if count else float("nan"), dtype=x.dtype)
         # NOTE: the parameters are saved too, so that the engine catches an in-place update between
         # this forward and its backward; the engine releases ``saved`` after the backward.
-        self.save_for_backward(*param_arrays, chunk_saved)
+        self.save_for_backward(*param_arrays, *head_arrays, chunk_saved)
         self.layers, self.opt, self.names, self.parts = layers, opt, names, parts
         return out
 
     def backward(self, gout):
         xp = array_module(gout)
+        head, head_grads = self.head, []
+        if head:                                                                # gout is d loss: first the head's
+            scale = float(gout) / head["count"] if head["count"] else 0.0
+            B, T, C = head["shape"]
+            gout = xp.empty(head["shape"], dtype=gout.dtype)
+            gout2, rows = gout.reshape(B * T, C), [slice(p.start * T, p.stop * T) for p in self.parts]
+
+            def run_head(i: int) -> dict[str, Any]:
+                return _head_backward(scale, head["saved"][i], head["params"], head["has_bias"], gout2[rows[i]])
         gx = xp.empty_like(gout)
 
         def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -437,7 +484,10 @@ class TransformerStack(Function):
         if self.remote is not None:
             workers, key = self.remote
             for worker, part in zip(workers, self.parts[1:]):
-                worker.submit(f"{__name__}:_remote_backward", {"gout": gout[part]}, {"key": key}, 2)
+                request, meta = ({}, {"key": key, "scale": scale}) if head else ({"gout": gout[part]}, {"key": key})
+                worker.submit(f"{__name__}:_remote_backward", request, meta, 2)
+            if head:
+                head_grads.append(run_head(0))
             grads_list = [run(self.parts[0], self.saved[-1][0])]
             for worker, part in zip(workers, self.parts[1:]):
                 res = worker.result()[0]                                        # views, valid until its next call
@@ -447,7 +497,11 @@ class TransformerStack(Function):
                 gx[part] = res["gx"]
                 grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
                                    for i in range(len(self.layers))])
+                if head:
+                    head_grads.append({"head.weight": res["H:head.weight"], "head.bias": res.get("H:head.bias")})
         else:
+            if head:
+                head_grads = parallel_map(run_head, range(len(self.parts)))
             grads_list = parallel_map(run, self.parts, self.saved[-1])
 
         def reduce(i: int) -> dict[str, Any]:                                   # layer i: the chunks' sum, unfolded
@@ -462,7 +516,17 @@ class TransformerStack(Function):
             return layer_total
 
         total = parallel_map(reduce, range(len(self.layers)))                  # the layers shared out over the threads
-        return (gx, *(layer[name] for layer in total for name in self.names))
+        grads = (gx, *(layer[name] for layer in total for name in self.names))
+        if not head:
+            return grads
+        h_total = head_grads[0]
+        for g in head_grads[1:]:
+            for name, a in g.items():
+                if a is not None:
+                    h_total[name] += a
+        _unfold_gradients(h_total, head["params"], "ln", "head")
+        extra = [h_total["ln.weight"]] + ([h_total["ln.bias"]] if head["has_bias"] else []) + [h_total["head.weight"]]
+        return (*grads, *extra)
 
 
 def _chunk_forward(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
@@ -510,8 +574,24 @@ _FOLDED_KEYS = ("qkv.folded", "qkv.folded_bias", "attn.proj.weight", "attn.proj.
                   "mlp.proj.weight", "mlp.proj.bias")                        # what a folded block reads
 
 
+def _head_setup(head: dict[str, Any], arrays: tuple[Any, ...], shape: tuple[int, int, int]) -> dict[str, Any]:
+    """``TransformerStack``'s head: ln_f (weight, bias when has_bias) and lm_head's weight (V, C), folded;
+    the targets (B*T,) checked as ``LMHeadLoss`` does."""
+    ln_w, ln_b, weight = (arrays[0], arrays[1], arrays[2]) if head["has_bias"] else (arrays[0], None, arrays[1])
+    B, T, _ = shape
+    V = weight.shape[0]
+    t = array_module(weight).asarray(head["targets"]).reshape(B * T)
+    bad = (t != -100) & ((t < 0) | (t >= V))
+    if bad.any():
+        raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
+    params = {"ln.weight": ln_w, "ln.bias": ln_b, "head.weight": weight, "head.bias": None}
+    _fold_layer_norm(params, "ln", "head", "head")
+    return {"params": params, "targets": t, "has_bias": head["has_bias"], "shape": shape}
+
+
 def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
-                     drops: list[dict[str, Any]], parts: list[slice]) -> list[dict[str, Any]]:
+                     drops: list[dict[str, Any]], parts: list[slice], head: dict[str, Any] | None = None,
+                     ) -> list[dict[str, Any]]:
     """The arrays each worker needs for chunks 1..: its x, every layer's (folded) parameters, the
     rotary tables, its dropout masks, attention bias and key rows."""
     T = x.shape[1]
@@ -530,6 +610,11 @@ def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], 
             request["bias"] = bias[part] if bias.ndim == 4 else bias
         if any_key is not True:
             request["any_key"] = any_key[part]
+        if head:                                                                # the worker's chunk goes on to the loss
+            request["H:head.folded"] = head["params"]["head.folded"]
+            if head["params"]["head.folded_bias"] is not None:
+                request["H:head.folded_bias"] = head["params"]["head.folded_bias"]
+            request["targets"] = head["targets"][part.start * T:part.stop * T]
         requests.append(request)
     return requests
 
@@ -552,11 +637,19 @@ def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[st
     x = np.array(arrays["x"])                                                   # post-norm saves it
     out = np.empty_like(x)
     saved = _chunk_forward(x, layers, opt, arrays.get("bias"), arrays.get("any_key", True), masks, out)
+    head = meta.get("head")
+    if head:
+        hparams = {"head.folded": keep(arrays["H:head.folded"]), "head.folded_bias": None}
+        if "H:head.folded_bias" in arrays:
+            hparams["head.folded_bias"] = keep(arrays["H:head.folded_bias"])
+        nll, count, hsaved = _head_forward(out.reshape(-1, out.shape[-1]), hparams, np.array(arrays["targets"]),
+                                           head["eps"], -100)
+        saved = saved + [(hparams, hsaved, head["has_bias"])]
     if opt["save"]:
         state[meta["key"]] = (layers, opt, saved)
         for old in sorted(k for k in state if isinstance(k, int))[:-_REMOTE_KEEP]:
             del state[old]
-    return {"out": out}, {}
+    return ({}, {"nll": nll, "count": count}) if head else ({"out": out}, {})
 
 
 def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[str, Any]) -> tuple[dict, dict]:
@@ -566,10 +659,18 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
                            f"(it keeps the last {_REMOTE_KEEP}); call backward sooner")
     layers, opt, saved = state.pop(meta["key"])
     opt = dict(opt, alloc=state["alloc"])                                       # NOTE: gradients made in place, no copy
-    gout = np.array(arrays["gout"])
+    out = {}
+    if "scale" in meta:                                                         # the head's backward first
+        (hparams, hsaved, has_bias), saved = saved[-1], saved[:-1]
+        b, T, C = saved[-1]["shape"]
+        gout = np.empty((b, T, C), dtype=hparams["head.folded"].dtype)
+        hgrads = _head_backward(meta["scale"], hsaved, hparams, has_bias, gout.reshape(b * T, C))
+        out.update((f"H:{name}", g) for name, g in hgrads.items() if g is not None)
+    else:
+        gout = np.array(arrays["gout"])
     gx = state["alloc"](gout.shape, gout.dtype)
     grads = _chunk_backward(gout, saved, layers, opt, gx)
-    out = {"gx": gx}
+    out["gx"] = gx
     for i, layer in enumerate(grads):
         out.update((f"{i}:{name}", g) for name, g in layer.items() if g is not None)
     return out, {}
