@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "measured numbers) and write OUT/STAGE/{metrics.json,*.png,report.html} "
                                           "and OUT/index.html. Exits 1 if any claim fails.")
     p.add_argument("stage", help="stage name (see `groundup roadmap`) or 'all'")
-    p.add_argument("--quick", action="store_true", help="smaller budgets (most stages under a minute on two cores, the transformer stage a few), stated in "
+    p.add_argument("--quick", action="store_true", help="smaller budgets (most stages under a minute on two cores, "
+                   "the transformer stage a few), stated in "
                                                         "the report")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke test; its numbers are meaningless")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda needs CuPy and a GPU")
@@ -132,7 +133,8 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.stage in by_name:
         chosen = [by_name[args.stage]]
     else:
-        print(f"groundup: error: run: no stage {args.stage!r}; available: {', '.join(by_name)} (or 'all')", file=sys.stderr)
+        print(f"groundup: error: run: no stage {args.stage!r}; available: {', '.join(by_name)} (or 'all')",
+              file=sys.stderr)
         return 2
     if args.device == "cuda" and not gu.cuda_is_available():
         print("groundup run: --device cuda needs CuPy and a visible CUDA GPU (pip install 'groundup[gpu]'); "
