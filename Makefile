@@ -27,8 +27,14 @@ demo: $(STAMP)
 	echo "  .venv/bin/groundup train gpt --data shakespeare --preset baby --max-iters 2000 --out runs/gpt-baby"; \
 	echo "  .venv/bin/groundup sample runs/gpt-baby --prompt 'ROMEO:' --max-new-tokens 200"; \
 	echo "  .venv/bin/groundup explore runs/gpt-baby --open       # look inside it in the browser"; \
-	if [ $$status -ne 0 ]; then echo ""; echo "Some claims did not hold in this run (marked FAIL above; each report says what was measured)."; fi; \
+	if [ $$status -eq 1 ] && $(BIN)/python -c "$$DEMO_CHECK"; then \
+	  echo ""; echo "Every stage ran; some claims did not hold in this run (FAIL above: each report shows what was measured)."; \
+	  status=0; fi; \
 	exit $$status
+
+# `groundup run` exits 1 both when a claim does not hold and when a stage crashes; the demo has done
+# its job in the first case (a claim is reported as measured, never forced), not in the second.
+export DEMO_CHECK := import glob, json, sys; r = [json.load(open(p)).get("status") for p in glob.glob("runs/*/metrics.json")]; sys.exit(0 if r and "error" not in r else 1)
 
 PYTEST := OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 
