@@ -239,9 +239,13 @@ def test_gpt_file_is_the_readable_model():
     assert re.search(r"for block in self\.blocks:\n\s+x = block\(x", source)
 
 
-def test_adamw_inside_the_threads_gives_the_same_weights():
+def test_adamw_inside_the_threads_gives_the_same_weights(monkeypatch):
     """AdamW shares its parameters out over cpu_threads' threads: with the same gradients, the same update."""
-    from groundup.optim import AdamW
+    from groundup.optim import AdamW, adam
+
+    monkeypatch.setattr(adam, "SHARE_OUT_MIN", 0)            # share out even this tiny model's update
+    shared = []
+    monkeypatch.setattr(adam, "_share_out", lambda items, n, f=adam._share_out: shared.append(n) or f(items, n))
 
     results = []
     for n in (1, 2):
@@ -253,5 +257,6 @@ def test_adamw_inside_the_threads_gives_the_same_weights():
             with parallel.cpu_threads(n):
                 opt.step()
         results.append({k: v.copy() for k, v in fast.state_dict().items()})
+    assert 2 in shared                                       # the threaded path ran
     for name in results[0]:
         np.testing.assert_array_equal(results[1][name], results[0][name], err_msg=name)

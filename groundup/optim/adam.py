@@ -76,7 +76,12 @@ class Adam(Optimizer):
 
         # Inside groundup.parallel.cpu_threads the parameters are shared out over the threads (each
         # update is independent of the others, so the result is the same).
-        parallel_map(update, _share_out(todo, num_threads() if todo and array_module(todo[0][0].data) is np else 1))
+        # NOTE: handing work to a thread costs tens of microseconds, more than updating a small model
+        # (the roadmap's MLPs and CNNs): below SHARE_OUT_MIN elements the calling thread does it all.
+        threads = num_threads() if todo and array_module(todo[0][0].data) is np else 1
+        if sum(p.data.size for p, _ in todo) < SHARE_OUT_MIN:
+            threads = 1
+        parallel_map(update, _share_out(todo, threads))
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
@@ -133,6 +138,9 @@ class Adam(Optimizer):
         xp.multiply(exp_avg, -step_size, out=update)
         update /= denom
         param += update                                          # p - step_size * m / denom
+
+
+SHARE_OUT_MIN = 1 << 16     # parameters' elements from which an update is shared out over the threads
 
 
 def _share_out(items: list[tuple[Tensor, Any]], n: int) -> list[list[tuple[Tensor, Any]]]:
