@@ -60,9 +60,14 @@ def image_grid(ctx: Context, images: np.ndarray, titles: list[str], filename: st
     return ctx.savefig(fig, filename, caption)
 
 
-def plot_confusion(ctx: Context, cm: np.ndarray, filename: str, caption: str, title: str = "") -> Plot:
-    """A confusion matrix (rows: true class, columns: predicted) with its counts, saved as ``filename``."""
-    fig = ctx.figure(5.4, 4.8)
+def plot_confusion(ctx: Context, cm: np.ndarray, filename: str, caption: str, title: str = "",
+                   labels: list[str] | None = None, what: str = "digit") -> Plot:
+    """A confusion matrix (rows: true class, columns: predicted) with its counts, saved as ``filename``.
+
+    ``labels`` names the classes (default 0..K-1); ``what`` is the axes' noun ("digit", "speaker").
+    """
+    k = cm.shape[0]
+    fig = ctx.figure(5.4, 4.8) if labels is None else ctx.figure(6.0, 5.2)
     ax = fig.subplots()
     shown = ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
@@ -70,7 +75,10 @@ def plot_confusion(ctx: Context, cm: np.ndarray, filename: str, caption: str, ti
             if cm[i, j]:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set(xlabel="predicted digit", ylabel="true digit", xticks=range(10), yticks=range(10), title=title)
+    ax.set(xlabel=f"predicted {what}", ylabel=f"true {what}", xticks=range(k), yticks=range(k), title=title)
+    if labels is not None:
+        ax.set_xticklabels(labels, rotation=60, fontsize=7)
+        ax.set_yticklabels(labels, fontsize=7)
     fig.colorbar(shown, ax=ax)
     return ctx.savefig(fig, filename, caption)
 

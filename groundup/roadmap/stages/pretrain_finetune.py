@@ -38,6 +38,7 @@ from groundup.models.gpt import GPTConfig
 from groundup.models.gpt_fast import FastGPT
 from groundup.nn import Linear
 from groundup.roadmap import Finding, claims
+from groundup.roadmap.plots import plot_confusion
 from groundup.roadmap.runner import Context, Stage
 from groundup.roadmap.training import EpochBatches, classification_loss, train
 from groundup.tokenizers.bpe import ByteLevelBPE
@@ -370,21 +371,9 @@ def cheap_finetuning(ctx: Context, state: dict[str, Any]) -> Finding:
 
 
 def _confusion_plot(ctx: Context, cm: np.ndarray, speakers: list[str], who: str, acc: float) -> Any:
-    fig = ctx.figure(6.0, 5.2)
-    ax = fig.subplots()
-    shown = ax.imshow(cm, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
-    short = [s.title()[:10] for s in speakers]
-    ax.set(xticks=range(len(speakers)), yticks=range(len(speakers)), xlabel="predicted speaker", ylabel="true speaker")
-    ax.set_xticklabels(short, rotation=60, fontsize=7)
-    ax.set_yticklabels(short, fontsize=7)
-    fig.colorbar(shown, ax=ax)
-    return ctx.savefig(fig, "confusion.png", f"Test confusion matrix of the best model with all labels ({who}, "
-                       f"accuracy {acc:.1%}): rows are the true speakers, columns the predicted ones.")
+    return plot_confusion(ctx, cm, "confusion.png", f"Test confusion matrix of the best model with all labels "
+                          f"({who}, accuracy {acc:.1%}): rows are the true speakers, columns the predicted ones.",
+                          labels=[s.title()[:10] for s in speakers], what="speaker")
 
 
 # ----------------------------------------------------------------------------- 5. names
