@@ -214,3 +214,35 @@ def assert_matches_torch(shapes: Sequence[Input], torch_fn: Callable[..., Any],
             assert o.grad is not None, f"{where}: missing (torch has one)"
             assert o.grad.dtype == np.dtype(dtype), f"{where}: dtype {o.grad.dtype}"
             np.testing.assert_allclose(to_numpy(o.grad.data), t.grad.numpy(), atol=atol, rtol=rtol, err_msg=where)
+
+
+# ----------------------------------------------------------------------------- browser tests
+def browser_or_reason() -> tuple[str | None, str]:
+    """(path of a Chromium that Playwright can drive, "") or (None, why not)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return None, "Playwright for Python is not installed (pip install playwright; no browser download needed)"
+    for candidate in (os.environ.get("GROUNDUP_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate, ""
+    return None, "no Chromium found (apt-get install -y chromium, or set GROUNDUP_CHROMIUM to its path)"
+
+
+def require_browser(what: str) -> str:
+    """Chromium's path; else fail when GROUNDUP_REQUIRE_BROWSER is set (CI), or skip with a loud warning."""
+    import os
+    import warnings
+
+    chromium, missing = browser_or_reason()
+    if chromium is None:
+        if os.environ.get("GROUNDUP_REQUIRE_BROWSER", "") not in ("", "0"):
+            pytest.fail(f"GROUNDUP_REQUIRE_BROWSER is set but the {what} cannot run: {missing}")
+        warnings.warn(f"{what} NOT RUN: {missing}", stacklevel=2)
+        pytest.skip(f"{what} not run: {missing}")
+    return chromium

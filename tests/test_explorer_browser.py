@@ -16,39 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-def _browser_or_reason() -> tuple[str | None, str]:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return None, "Playwright for Python is not installed (pip install playwright; no browser download needed)"
-    for candidate in (os.environ.get("GROUNDUP_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
-                      shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file():
-            return candidate, ""
-    return None, "no Chromium found (apt-get install -y chromium, or set GROUNDUP_CHROMIUM to its path)"
-
-
-CHROMIUM, MISSING = _browser_or_reason()
+from helpers import require_browser
 
 
 def _require_browser() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("GROUNDUP_REQUIRE_BROWSER", "") not in ("", "0"):
-            pytest.fail(f"GROUNDUP_REQUIRE_BROWSER is set but the browser test cannot run: {MISSING}")
-        warnings.warn(f"explorer browser test NOT RUN: {MISSING}", stacklevel=2)
-        pytest.skip(f"explorer browser test not run: {MISSING}")
-    return CHROMIUM
+    return require_browser("explorer browser test")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +88,7 @@ def test_the_page_in_chromium(served: tuple[str, Path], artifacts: Path) -> None
     url, root = served
     prompt = "the cat sat on the mat"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1600})
             errors: list[str] = []

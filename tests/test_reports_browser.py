@@ -13,27 +13,20 @@ them the test skips saying what is missing; with GROUNDUP_REQUIRE_BROWSER=1 it f
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import pytest
-from test_explorer_browser import _browser_or_reason
+from helpers import require_browser
 
 from groundup.cli import main
 from groundup.roadmap import load_stages, run_stage
 
-CHROMIUM, MISSING = _browser_or_reason()
 WIDTH = 1280
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
 
 
 def _require_browser() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("GROUNDUP_REQUIRE_BROWSER", "") not in ("", "0"):
-            pytest.fail(f"GROUNDUP_REQUIRE_BROWSER is set but the report browser test cannot run: {MISSING}")
-        warnings.warn(f"report browser test NOT RUN: {MISSING}", stacklevel=2)
-        pytest.skip(f"report browser test not run: {MISSING}")
-    return CHROMIUM
+    return require_browser("report browser test")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +63,7 @@ def test_every_report_page_fits_1280px_and_every_image_loads(site):
     assert {s.name for s in load_stages()} | {"gpt-tiny", "compare"} <= names
     problems = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": 900})
             for path in pages:
