@@ -507,6 +507,38 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
     return record
 
 
+def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, warmup: int | None = None,
+                 memory: bool = True, progress: bool = True, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
+    """``run`` ``runs`` times in a row; each family's row is its median run (by ratio), with every run's
+    ratio in ``ratio_runs`` (the memory probes run in the first run only). One run returns ``run``'s record."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    records = [run(families, iters, warmup, memory=memory and i == 0, progress=progress, torch_threads=torch_threads)
+               for i in range(runs)]
+    if runs == 1:
+        return records[0]
+    combined: dict[str, Any] = {**records[0], "runs": runs, "families": {}}
+    combined["machine"] = {**records[0]["machine"], "load_avg_1m_at_end": records[-1]["machine"]["load_avg_1m_at_end"]}
+    for family in families:
+        rows = [r["families"][family] for r in records]
+        ok = [row for row in rows if "error" not in row]
+        if not ok:
+            combined["families"][family] = rows[0]
+            continue
+        by_ratio = sorted(ok, key=lambda row: row["ratio"])
+        median_row = dict(by_ratio[(len(by_ratio) - 1) // 2])          # lower median for an even count
+        if "memory" in rows[0]:
+            median_row["memory"] = rows[0]["memory"]
+        median_row["ratio_runs"] = [row["ratio"] for row in ok]
+        median_row["load_avg_1m"] = [min(v for row in ok for v in row["load_avg_1m"]),
+                                     max(v for row in ok for v in row["load_avg_1m"])]
+        median_row["ratio_reliable"] = all(row["ratio_reliable"] for row in ok)
+        if len(ok) < len(rows):
+            median_row["failed_runs"] = len(rows) - len(ok)
+        combined["families"][family] = median_row
+    return combined
+
+
 def _time_family(family: str, n: int, warm: int, bar: Any, task: Any, torch: Any, torch_threads: int,
                  record: dict[str, Any]) -> dict[str, Any]:
     """One family's timed rounds inside the roadmap's and the Trainer's CPU setup."""
@@ -585,6 +617,11 @@ def format_table(record: dict[str, Any]) -> str:
                      + f"{pt['median_ms']:>9.2f} [{pt['min_ms']:.1f}-{pt['max_ms']:.1f}]".ljust(24)
                      + f"{gu[f'{unit}_per_s']:>12,.0f}{pt[f'{unit}_per_s']:>12,.0f}{rss:>22}"
                      + f"{r['ratio']:>8.2f}  {max(r['load_avg_1m']):.1f}{flag}")
+    runs = [f"{family} {' / '.join(f'{x:.2f}' for x in r['ratio_runs'])}" for family, r in record["families"].items()
+            if "ratio_runs" in r]
+    if runs:
+        lines.append(f"each row is the median of {record.get('runs', len(runs))} runs by ratio; every run's ratio: "
+                     + "; ".join(runs))
     lines.append("rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
                  "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); (!) = taken under load")
     if "gpt" in record["families"] and "ratio_vs_explicit" in record["families"]["gpt"]:
@@ -601,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--torch-threads", type=int, default=TORCH_THREADS)
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole run; each row is the median run")
     parser.add_argument("--memory-probe", choices=("groundup", "torch"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -608,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         _probe_main(args.family, args.memory_probe, args.probe_steps)
         return 0
     families = FAMILIES if args.family == "all" else (args.family,)
-    record = run(families, args.iters, args.warmup, memory=not args.no_memory, torch_threads=args.torch_threads)
+    record = run_repeated(families, args.runs, args.iters, args.warmup, memory=not args.no_memory,
+                          torch_threads=args.torch_threads)
     print(format_table(record))
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")

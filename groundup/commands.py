@@ -180,6 +180,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gen-rounds", type=int_range(1, 1000), default=3,
                    help="alternating rounds of each generation contender")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one subprocess each)")
+    p.add_argument("--runs", type=int_range(1, 100), default=1,
+                   help="repeat the whole benchmark N times; each family's row is its median run, with every "
+                        "run's ratio listed (not gpt alone)")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the record here (default: runs/bench-gpt-PRESET.json)")
     p.set_defaults(handler=bench_command)
@@ -330,6 +333,8 @@ def bench_command(args: argparse.Namespace) -> int:
     """``groundup bench gpt``: time training and generation against PyTorch; print and write the record."""
     from groundup.train.files import write_atomic
 
+    if args.what == "gpt" and args.runs != 1:
+        raise UsageError("--runs applies to the families and `all`; for the GPT alone raise --iters")
     if args.what != "gpt" and args.batch_size is not None:
         raise UsageError(f"--batch-size applies to `groundup bench gpt` only; {args.what} uses its stage's batch size")
     default = f"bench-gpt-{args.preset}.json" if args.what == "gpt" else f"bench-{args.what}.json"
@@ -344,7 +349,8 @@ def bench_command(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if args.what != "gpt":
         families = bench.FAMILIES if args.what == "all" else (args.what,)
-        record = bench.run(families, iters=args.iters, warmup=args.warmup, memory=not args.no_memory)
+        record = bench.run_repeated(families, args.runs, iters=args.iters, warmup=args.warmup,
+                                    memory=not args.no_memory)
     else:
         record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size,
                            gen_tokens=args.gen_tokens, gen_rounds=args.gen_rounds, memory=not args.no_memory,

@@ -90,3 +90,34 @@ def test_a_failing_family_is_reported_and_the_others_still_run(bench, monkeypatc
     assert record["families"]["cnn"] == {"error": "RuntimeError: no such kernel"}
     assert record["families"]["mlp"]["ratio"] > 0
     assert "cnn         failed: RuntimeError: no such kernel" in bench.format_table(record)
+
+
+def test_repeated_runs_report_the_median_run_and_every_ratio(bench, monkeypatch):
+    ratios = iter([1.5, 0.5, 1.0])
+
+    def fake_run(families, iters=None, warmup=None, memory=True, progress=True, torch_threads=2):
+        ratio = next(ratios)
+        row = {"ratio": ratio, "unit": "samples", "load_avg_1m": [0.1, ratio], "ratio_reliable": True,
+               "groundup": {"median_ms": 1.0 / ratio, "min_ms": 1.0, "max_ms": 2.0, "samples_per_s": ratio},
+               "torch": {"median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0, "samples_per_s": 1.0}}
+        if memory:
+            row["memory"] = {"groundup": {"peak_rss_mb": 10.0}, "torch": {"peak_rss_mb": 20.0}}
+        return {"date": "now", "families": {"mlp": row},
+                "machine": {"torch": "2", "torch_threads": 2, "cores": 2, "load_avg_1m_at_start": 0.1,
+                            "load_avg_1m_at_end": ratio}}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    record = bench.run_repeated(["mlp"], 3)
+    row = record["families"]["mlp"]
+    assert row["ratio"] == 1.0 and row["ratio_runs"] == [1.5, 0.5, 1.0]
+    assert row["memory"]["groundup"]["peak_rss_mb"] == 10.0          # the probes of the first run
+    assert row["load_avg_1m"] == [0.1, 1.5] and record["runs"] == 3
+    table = bench.format_table(record)
+    assert "median of 3 runs" in table and "mlp 1.50 / 0.50 / 1.00" in table
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        bench.run_repeated(["mlp"], 0)
+
+
+def test_cli_bench_gpt_refuses_runs(capsys):
+    assert cli.main(["bench", "gpt", "--runs", "3"]) == 2
+    assert capsys.readouterr().err.startswith("groundup: error: --runs applies")
