@@ -3,6 +3,8 @@ tested through the ops that call them)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,56 @@ def test_layer_norm_stats_and_xhat_backward_match_layer_norm():
     want, _, _ = K.layer_norm_backward(dxhat, xhat, rstd, None, False)
     got = K.layer_norm_backward_xhat(dxhat.copy(), xhat2, rstd2)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _gelu_exact(x):
+    """GELU and its derivative in float64 from math.erf: the oracle for both kernels' paths."""
+    x = np.asarray(x, dtype=np.float64)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    return x * cdf, cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def test_gelu_erf_float32_is_exact_to_float32_rounding():
+    """The A&S 7.1.26 path: |Phi error| <= 1.5e-7, so |y error| <= 2e-7 max(1, |x|), over +-12 and tiny x."""
+    x = np.concatenate([np.linspace(-12, 12, 48_001), [0.0, -0.0, 1e-30, -1e-8, 3e-4]]).astype(np.float32)
+    y, slope = K.gelu_erf_with_slope(x.reshape(-1, 7))
+    want_y, want_slope = _gelu_exact(x)
+    assert y.dtype == slope.dtype == np.float32 and y.shape == (x.size // 7, 7)
+    assert np.all(np.abs(y.reshape(-1) - want_y) <= 2e-7 * np.maximum(1.0, np.abs(x)))
+    np.testing.assert_allclose(slope.reshape(-1), want_slope, rtol=0, atol=5e-7)
+    assert y.reshape(-1)[x.size - 5] == 0.0 and abs(slope.reshape(-1)[x.size - 5] - 0.5) <= 6e-8   # one ulp
+
+
+def test_gelu_erf_float64_is_exact():
+    x = np.random.default_rng(3).standard_normal((6, 5)) * 4
+    y, slope = K.gelu_erf_with_slope(x)
+    want_y, want_slope = _gelu_exact(x)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, want_y, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(slope, want_slope, rtol=1e-14, atol=1e-15)
+
+
+def test_gelu_erf_blocks_do_not_change_the_result():
+    x = (np.random.default_rng(4).standard_normal((2, 11, 9)) * 3).astype(np.float32)
+    y, slope = K.gelu_erf_with_slope(x)
+    for rows in (1, 4, 21, 100):                                 # blocks with a remainder, one block
+        y2, slope2 = K.gelu_erf_with_slope(x, rows=rows)
+        assert y2.shape == x.shape
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(slope2, slope)
+
+
+def test_gelu_exact_matches_torch_in_float32():
+    torch = pytest.importorskip("torch")
+    import groundup as gu
+    from groundup import functional as F
+
+    x = (np.random.default_rng(5).standard_normal((64, 96)) * 3).astype(np.float32)
+    g = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.gelu(xt).backward(torch.tensor(g))
+    xg = gu.tensor(x, requires_grad=True)
+    out = F.gelu(xg)
+    out.backward(gu.tensor(g))
+    np.testing.assert_allclose(out.detach().numpy(), torch.nn.functional.gelu(xt).detach().numpy(), rtol=0, atol=3e-6)
+    np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), rtol=0, atol=3e-6)

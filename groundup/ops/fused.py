@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from groundup.backend import array_module, erf
+from groundup.backend import array_module
 from groundup.function import Function
 from groundup.ops import kernels as K
 
@@ -254,27 +254,20 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 class GELU(Function):
-    """GELU: x * Phi(x) exactly (erf), or GPT-2's tanh approximation (``kernels.gelu_tanh_with_slope``)."""
+    """GELU: x * Phi(x) exactly (``kernels.gelu_erf_with_slope``), or GPT-2's tanh approximation
+    (``kernels.gelu_tanh_with_slope``). Either kernel also gives the slope, so the backward is one multiply."""
 
     def forward(self, x, approximate: str = "none"):
-        self.approximate = approximate
-        if approximate == "tanh":
-            y, slope = K.gelu_tanh_with_slope(x)
-            self.save_for_backward(slope)
-            return y
-        if approximate != "none":
+        if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-        cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2.0))))
-        self.save_for_backward(x, cdf)
-        return x * cdf
+        kernel = K.gelu_tanh_with_slope if approximate == "tanh" else K.gelu_erf_with_slope
+        y, slope = kernel(x)
+        self.save_for_backward(slope)
+        return y
 
     def backward(self, gz):
-        if self.approximate == "tanh":
-            (slope,) = self.saved
-            return gz * slope
-        x, cdf = self.saved
-        pdf = array_module(x).exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-        return gz * (cdf + x * pdf)
+        (slope,) = self.saved
+        return gz * slope
 
 
 class Linear(Function):
