@@ -8,10 +8,8 @@ Inside it (CPU only):
   * a pool of ``n - 1`` worker threads; the fused GPT ops split the batch into ``n`` chunks, each
     thread taking its chunk through every block (NumPy releases the GIL in BLAS and ufunc loops,
     so elementwise work that BLAS cannot parallelise uses every core too);
-  * NumPy's BLAS keeps its own threads for work that runs in one Python thread (a large GEMM of
-    the engine then uses every core, as PyTorch's intra-op threads do), and is limited to 1 thread
-    (threadpoolctl) while work is shared out (``parallel_map``, ``single_blas()``), because its
-    spinning worker threads would fight the Python threads and the worker processes for the cores;
+  * NumPy's BLAS limited to 1 thread (threadpoolctl), because its spinning worker threads would
+    fight the Python threads for the cores; ``blas_threads()`` lifts the limit for single-thread work;
   * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
     not pay page faults for the same activations every step;
   * Python's thread switch interval shortened, so a thread waiting for the GIL gets it sooner;
@@ -30,15 +28,13 @@ import itertools
 import mmap
 import os
 import sys
-import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["cpu_threads", "blas_threads", "single_blas", "num_threads", "parallel_map", "chunks", "worker_processes",
-           "Worker"]
+__all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks", "worker_processes", "Worker"]
 
 # NOTE: the threads hand the GIL back and forth between NumPy calls; Python's default 5 ms switch
 # interval makes a thread that wants it wait too long (measured: a baby-GPT step 8% faster at 1 ms).
@@ -48,8 +44,6 @@ _pool: ThreadPoolExecutor | None = None
 _size = 1                                    # threads of the innermost active context (1 = none)
 _blas: list[tuple[Any, int]] = []           # (BLAS library controller, its own thread count) in the active context
 _procs: dict[str, Any] | None = None         # the active context's worker processes: {"workers": list | None}
-_single = [0]                                # depth of the active single_blas() regions (BLAS at 1 while > 0)
-_single_lock = threading.Lock()
 
 
 def default_threads() -> int:
@@ -109,17 +103,17 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
             _pool, _size, _blas, _procs = saved
         return
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    _set_blas(libs, one=True)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
     procs: dict[str, Any] = {"workers": None}
-    _pool, _size, _blas, _procs, single = pool, n, libs, procs, _single[0]
+    _pool, _size, _blas, _procs = pool, n, libs, procs
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         yield n
     finally:
         _pool, _size, _blas, _procs = saved
-        _single[0] = single                                          # an exception may have left a region open
         for worker in procs["workers"] or []:
             worker.stop()
         sys.setswitchinterval(interval)
@@ -135,31 +129,9 @@ def _set_blas(libs: list[tuple[Any, int]], one: bool) -> None:
 
 
 @contextlib.contextmanager
-def single_blas() -> Iterator[None]:
-    """Inside ``cpu_threads``, BLAS at one thread while the block runs: for work that other Python
-    threads or worker processes run beside (``parallel_map`` enters it). Regions nest."""
-    if not _blas:
-        yield
-        return
-    libs = _blas
-    with _single_lock:
-        _single[0] += 1
-        if _single[0] == 1:
-            _set_blas(libs, one=True)
-    try:
-        yield
-    finally:
-        with _single_lock:
-            _single[0] -= 1
-            if _single[0] == 0:
-                _set_blas(libs, one=False)
-
-
-@contextlib.contextmanager
 def blas_threads() -> Iterator[None]:
-    """Inside ``cpu_threads``, give BLAS its own threads back for work that runs in one Python thread,
-    also inside a ``single_blas()`` region (outside one it has them already)."""
-    if not _blas or _single[0] == 0:
+    """Inside ``cpu_threads``, give BLAS its own threads back for work that runs in one Python thread."""
+    if not _blas:
         yield
         return
     libs = _blas
@@ -167,7 +139,7 @@ def blas_threads() -> Iterator[None]:
     try:
         yield
     finally:
-        _set_blas(libs, one=_single[0] > 0)
+        _set_blas(libs, one=True)
 
 
 def num_threads() -> int:
@@ -204,13 +176,10 @@ def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]
                 return
             results[i] = fn(*jobs[i])
 
-    with single_blas():
-        helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
-        try:
-            drain()
-        finally:
-            for helper in helpers:
-                helper.result()
+    helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
+    drain()
+    for helper in helpers:
+        helper.result()
     return results
 
 
@@ -218,7 +187,7 @@ def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]
 # NOTE: why processes. Two Python threads hand the GIL to each other around every NumPy call, and a
 # GPT chunk makes hundreds of short calls, so the threads wait for each other: measured on 2 cores,
 # two processes each run a baby-GPT half-batch step as fast as one process alone, two threads do not.
-# A worker is forked (it inherits the loaded modules; it limits its BLAS to 1 thread), reads its inputs from
+# A worker is forked (it inherits the loaded modules and the BLAS limit), reads its inputs from
 # and writes its outputs to shared anonymous memory, and keeps whatever state its functions keep
 # (a chunk's saved activations) between calls.
 _ARENA_IN, _ARENA_OUT = 1 << 30, 1 << 29     # bytes of address space per worker (touched only as used)
@@ -311,11 +280,6 @@ def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
 
     global _pool, _size, _blas, _procs
     _pool, _size, _blas, _procs = None, 1, [], None          # the parent's pool threads do not exist here
-    with contextlib.suppress(ImportError):                   # its chunk runs beside the parent's: one BLAS thread
-        from threadpoolctl import ThreadpoolController
-
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-            lib.set_num_threads(1)
     state: dict[str, Any] = {}
     while True:
         try:

@@ -108,31 +108,14 @@ def test_loss_changes_nothing_in_the_process_outside_the_context():
     assert _blas_threads() == before and parallel.num_threads() == 1
 
 
-def test_context_limits_blas_only_while_work_is_shared_and_restores_it_on_exit():
+def test_context_limits_blas_inside_and_restores_it_on_exit():
     before = _blas_threads()
     with parallel.cpu_threads(2):
         assert parallel.num_threads() == 2
-        assert _blas_threads() == before                     # one Python thread: BLAS keeps its threads
-        inside = parallel.parallel_map(lambda i: _blas_threads(), range(4))
-        assert all(n == 1 for seen in inside for n in seen)  # shared out over threads: BLAS at 1
-        assert _blas_threads() == before
-        with parallel.single_blas():
-            assert all(n == 1 for n in _blas_threads())
-            with parallel.single_blas():                     # regions nest
-                pass
-            assert all(n == 1 for n in _blas_threads())
-            with parallel.blas_threads():                    # work in one thread inside a region
-                assert _blas_threads() == before
-            assert all(n == 1 for n in _blas_threads())
-        assert _blas_threads() == before
+        assert all(n == 1 for n in _blas_threads())
         with parallel.cpu_threads():                         # nested: keeps the outer settings
             assert parallel.num_threads() == 2
     assert _blas_threads() == before and parallel.num_threads() == 1
-    with parallel.cpu_threads(2), parallel.single_blas():   # an exception inside a region restores BLAS
-        with pytest.raises(RuntimeError), parallel.single_blas():
-            raise RuntimeError("boom")
-        assert all(n == 1 for n in _blas_threads())
-    assert _blas_threads() == before
     with pytest.raises(RuntimeError), parallel.cpu_threads(2):
         raise RuntimeError("boom")
     assert _blas_threads() == before and parallel.num_threads() == 1
