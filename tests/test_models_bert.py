@@ -237,6 +237,32 @@ def test_padding_has_no_influence_on_real_positions():
     assert not np.array_equal(a[~mask], b[~mask])                               # the padded positions did change
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_attention_equals_the_written_out_one_with_padding_and_dropout(dropout):
+    """No hook on hook_pattern: one fused op; a hook there: scores, mask, softmax, @ v. Same loss and
+    gradients (float64), with padded keys and, in training, the same attention dropout draws."""
+    model = tiny(dropout=dropout).double().train()
+    randomise(model, seed=3)
+    idx, mask, segments = batch()
+    labels = np.where(mask & (np.arange(9)[None, :] % 3 == 0), idx, -100)
+
+    def loss_and_grads():
+        gu.manual_seed(7)
+        model.zero_grad()
+        loss = model.loss(idx, labels, mask, segments)
+        loss.backward()
+        return loss.item(), {n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None}
+
+    seen = []
+    fused_loss, fused_grads = loss_and_grads()
+    with model.hooks({"blocks.*.attn.hook_pattern": lambda act, hook: seen.append(hook.name)}):
+        loss, grads = loss_and_grads()
+    assert seen == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]   # the explicit path ran
+    assert loss == pytest.approx(fused_loss, rel=1e-12) and len(grads) == len(fused_grads) > 20
+    for name, g in grads.items():
+        np.testing.assert_allclose(fused_grads[name], g, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_hook_points_are_named_by_module_path_with_the_documented_shapes():
     model = tiny().eval()
     idx, mask, segments = batch(B=2, T=7)

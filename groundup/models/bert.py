@@ -9,7 +9,8 @@
 Unlike a GPT, every position attends to every other (no causal mask); only padding is masked
 out, through ``attention_mask`` (B, T), True (1) at real tokens. The attention is written out
 (scores, mask, softmax, weighted sum) so that every step has a hook point named by its module
-path, as in TransformerLens:
+path, as in TransformerLens; while no hook is on ``hook_pattern``, the same steps run as one fused
+op (``F.scaled_dot_product_attention``, tested equal to the written-out form):
 
     hook_embed                          (B, T, C)   the embeddings entering block 0
     blocks.{i}.hook_resid_pre           (B, T, C)   the block's input
@@ -150,11 +151,16 @@ class SelfAttention(Module):
         q = self.hook_q(self.query(x).reshape(B, T, H, D).transpose(1, 2))      # (B, H, T, D)
         k = self.hook_k(self.key(x).reshape(B, T, H, D).transpose(1, 2))        # (B, H, T, D)
         v = self.hook_v(self.value(x).reshape(B, T, H, D).transpose(1, 2))      # (B, H, T, D)
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))               # (B, H, T, T)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask, float("-inf"))               # padded keys get weight 0
-        pattern = self.hook_pattern(F.softmax(scores, dim=-1))                  # (B, H, T, T) rows sum to 1
-        z = self.hook_z(self.attn_dropout(pattern) @ v)                         # (B, H, T, D)
+        if self.hook_pattern.active:        # someone reads or edits the weights: compute them explicitly
+            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))           # (B, H, T, T)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, float("-inf"))           # padded keys get weight 0
+            pattern = self.hook_pattern(F.softmax(scores, dim=-1))              # (B, H, T, T) rows sum to 1
+            z = self.attn_dropout(pattern) @ v                                  # (B, H, T, D)
+        else:                               # the same steps (and dropout draws) in one fused op
+            p = self.attn_dropout.p if self.training else 0.0
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)   # (B, H, T, D)
+        z = self.hook_z(z)                                                      # (B, H, T, D)
         y = z.transpose(1, 2).reshape(B, T, C)                                  # (B, T, C) heads side by side
         return self.hook_result(self.proj(y))                                   # (B, T, C)
 
