@@ -245,6 +245,30 @@ def test_mha_dropout_drops_and_rescales_weights_in_training_only():
     assert out.shape == (N, L, E)
 
 
+@pytest.mark.parametrize("case", MHA_CASES)
+def test_mha_fused_path_equals_the_readable_path(case):
+    """need_weights=False (one PackedAttention node) against need_weights=True (the softmax written out),
+    in float64 and in training mode with attention dropout: one seed draws the same dropout masks."""
+    arrays, extra, diff = mha_case(case, True)      # an is_causal hint: the fused path uses its own causal mask
+    gu.manual_seed(3)
+    mha = nn.MultiheadAttention(E, H, dropout=0.3, batch_first=True).to(dtype=np.float64)
+    weight = rand(N, L, E)
+    results = []
+    for need_weights in (False, True):
+        tensors = {k: gu.tensor(a, requires_grad=k in diff) for k, a in arrays.items()}
+        mha.zero_grad()
+        gu.manual_seed(11)
+        out, _ = mha_call(extra, need_weights, True)(mha, tensors)
+        (out * gu.tensor(weight)).sum().backward()
+        results.append([out.detach().numpy()] + [tensors[k].grad.numpy() for k in diff]
+                       + [p.grad.numpy() for p in mha.parameters()])
+    for got, want in zip(*results, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    mha.eval()
+    clean, _ = mha_call(extra, False, True)(mha, {k: gu.tensor(a) for k, a in arrays.items()})
+    assert not np.allclose(clean.detach().numpy(), results[0][0])   # dropout did drop weights
+
+
 def test_mha_argument_errors():
     with pytest.raises(ValueError, match="kdim"):
         nn.MultiheadAttention(E, H, kdim=4)

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from groundup import backend, creation
+from groundup import backend, creation, random
 from groundup import functional as F
 from groundup.nn import init
 from groundup.nn.layers import Linear
 from groundup.nn.module import Module, Parameter
+from groundup.ops.packed_attention import PackedAttention
 from groundup.tensor import Tensor
 
 __all__ = ["MultiheadAttention"]
@@ -56,12 +57,6 @@ def canonical_mask(mask: Any, name: str, dtype: Any, device: str) -> Any:
     if raw.dtype.kind == "f":
         return raw.astype(dtype, copy=False)
     raise TypeError(f"only bool and floating types of {name} are supported, got dtype {raw.dtype}")
-
-
-def causal_bias(q_len: int, k_len: int, dtype: Any, xp: Any = np) -> Any:
-    """(L, S) additive bias that blocks keys after the query's position (top-left aligned, as torch's
-    ``is_causal``): row i may attend to columns 0..i."""
-    return xp.triu(xp.full((q_len, k_len), -xp.inf, dtype=dtype), 1)
 
 
 class MultiheadAttention(Module):
@@ -137,8 +132,9 @@ class MultiheadAttention(Module):
             query: (L, N, E), or (N, L, E) with batch_first, or unbatched (L, E).
             key, value: (S, N, E), or (N, S, E) with batch_first, or unbatched (S, E).
             key_padding_mask: (N, S) or unbatched (S,); bool True = ignore that key, float = added.
-            need_weights: also return the attention weights (explicit softmax path); otherwise use
-                the fused ``F.scaled_dot_product_attention`` and return None.
+            need_weights: also return the attention weights (the explicit softmax path, written with
+                Tensor ops); otherwise run the same maths as one node (``ops.packed_attention``: the
+                head split, scaled dot-product attention and head merge) and return None.
             attn_mask: (L, S) or (N * num_heads, L, S) (unbatched: (num_heads, L, S));
                 bool True = NOT allowed, float = added to the scores.
             average_attn_weights: average the returned weights over heads.
@@ -166,29 +162,31 @@ class MultiheadAttention(Module):
                                f"{value.shape}")
         if key.shape[0] != n:
             raise RuntimeError(f"MultiheadAttention: query has batch size {n} but key has {key.shape[0]}")
-        bias = self._merged_bias(key_padding_mask, attn_mask, is_causal, need_weights, batched, n, q_len,
-                                 k_len, query.dtype, query.device)
-
-        q, k, v = self._in_projection(query, key, value, same_qkv, same_kv)   # (N, L, E), (N, S, E), (N, S, E)
-        h, d = self.num_heads, self.head_dim
-        q = q.reshape(n, q_len, h, d).transpose(1, 2)                          # (N, H, L, D)
-        k = k.reshape(n, k_len, h, d).transpose(1, 2)                          # (N, H, S, D)
-        v = v.reshape(n, k_len, h, d).transpose(1, 2)                          # (N, H, S, D)
+        bias, causal = self._merged_bias(key_padding_mask, attn_mask, is_causal, need_weights, batched, n, q_len,
+                                         k_len, query.dtype, query.device)
         dropout_p = self.dropout if self.training else 0.0
+        packed = self._packed_in_projection(query, key, value, same_qkv, same_kv)  # (N, L, 3E) | q, kv | q, k, v
 
         weights = None
-        if need_weights:
+        if need_weights:                                                       # the readable reference
+            q, k, v = _unpack(packed)                                          # (N, L, E), (N, S, E), (N, S, E)
+            h, d = self.num_heads, self.head_dim
+            q = q.reshape(n, q_len, h, d).transpose(1, 2)                      # (N, H, L, D)
+            k = k.reshape(n, k_len, h, d).transpose(1, 2)                      # (N, H, S, D)
+            v = v.reshape(n, k_len, h, d).transpose(1, 2)                      # (N, H, S, D)
             scores = (q * (1.0 / math.sqrt(d))) @ k.transpose(-2, -1)          # (N, H, L, S)
             if bias is not None:
                 scores = scores + Tensor(bias)
             weights = F.softmax(scores, dim=-1)                                # (N, H, L, S)
             weights = F.dropout(weights, dropout_p, training=dropout_p > 0)
             out = weights @ v                                                  # (N, H, L, D)
+            out = out.transpose(1, 2).reshape(n, q_len, e)                     # (N, L, E)
             if average_attn_weights:
                 weights = weights.mean(dim=1)                                  # (N, L, S)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)  # (N, H, L, D)
-        out = out.transpose(1, 2).reshape(n, q_len, e)                         # (N, L, E)
+        else:                                                                  # the same maths as one node
+            rng = random.generator() if dropout_p > 0 else None
+            out = PackedAttention.apply(*packed, num_heads=self.num_heads, mask=bias, is_causal=causal,
+                                        dropout_p=dropout_p, rng=rng)         # (N, L, E)
         out = self.out_proj(out)                                               # (N, L, E)
 
         if not batched:
@@ -199,25 +197,25 @@ class MultiheadAttention(Module):
         return out, weights
 
     # ------------------------------------------------------------ helpers
-    def _in_projection(self, query: Tensor, key: Tensor, value: Tensor, same_qkv: bool,
-                       same_kv: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v = query W_q^T + b_q, key W_k^T + b_k, value W_v^T + b_v, with one GEMM for
-        self-attention and one for key/value when they are the same tensor (as torch)."""
+    def _packed_in_projection(self, query: Tensor, key: Tensor, value: Tensor, same_qkv: bool,
+                              same_kv: bool) -> tuple[Tensor, ...]:
+        """The in-projection with one GEMM for self-attention and one for key/value when they are the
+        same tensor (as torch): (qkv,) (N, L, 3E); or (q, kv) (N, L, E), (N, S, 2E); or (q, k, v)."""
         w, b, e = self.in_proj_weight, self.in_proj_bias, self.embed_dim
         if same_qkv:
-            q, k, v = F.linear(query, w, b).chunk(3, dim=-1)                   # 3 x (N, L, E)
-            return q, k, v
+            return (F.linear(query, w, b),)                                    # (N, L, 3E)
         q = F.linear(query, w[:e], b[:e] if b is not None else None)            # (N, L, E)
         if same_kv:
-            k, v = F.linear(key, w[e:], b[e:] if b is not None else None).chunk(2, dim=-1)  # 2 x (N, S, E)
-            return q, k, v
+            return q, F.linear(key, w[e:], b[e:] if b is not None else None)    # (N, L, E), (N, S, 2E)
         k = F.linear(key, w[e:2 * e], b[e:2 * e] if b is not None else None)   # (N, S, E)
         v = F.linear(value, w[2 * e:], b[2 * e:] if b is not None else None)   # (N, S, E)
         return q, k, v
 
     def _merged_bias(self, key_padding_mask: Any, attn_mask: Any, is_causal: bool, need_weights: bool,
-                     batched: bool, n: int, q_len: int, k_len: int, dtype: Any, device: str) -> Any:
-        """One additive bias broadcastable to (N, H, L, S) from both masks (torch's merge), or None."""
+                     batched: bool, n: int, q_len: int, k_len: int, dtype: Any,
+                     device: str) -> tuple[Any, bool]:
+        """One additive bias broadcastable to (N, H, L, S) from both masks (torch's merge) or None, and
+        whether the causal mask is to be applied instead (torch's is_causal fast path)."""
         h = self.num_heads
         padding = canonical_mask(key_padding_mask, "key_padding_mask", dtype, device)
         if padding is not None:
@@ -226,9 +224,7 @@ class MultiheadAttention(Module):
             raise RuntimeError("MultiheadAttention: is_causal=True is a hint and needs attn_mask too (torch's "
                                "rule); pass attn_mask=generate_square_subsequent_mask(L)")
         if is_causal and padding is None and not need_weights:
-            # torch: the hint wins and attn_mask is not even read (it is assumed to be this mask)
-            xp = backend.cupy_or_none() if device == "cuda" else np
-            return causal_bias(q_len, k_len, dtype, xp)[None, None]            # (1, 1, L, S)
+            return None, True      # torch: the hint wins and attn_mask is not even read (assumed causal)
         bias = canonical_mask(attn_mask, "attn_mask", dtype, device)
         if bias is not None:
             if bias.ndim == 2:
@@ -243,8 +239,8 @@ class MultiheadAttention(Module):
                                        f"but should be {want}")
                 bias = bias.reshape(n, h, q_len, k_len)                        # (N, H, L, S)
         if padding is None:
-            return bias
-        return padding if bias is None else bias + padding
+            return bias, False
+        return (padding if bias is None else bias + padding), False
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Any,
                       attn_mask: Any) -> bool:
@@ -272,6 +268,17 @@ class MultiheadAttention(Module):
             raise RuntimeError(f"MultiheadAttention: attn_mask must be 2D (L, S) or 3D (N*num_heads, L, S), "
                                f"got shape {_shape(attn_mask)}")
         return qd == 3
+
+
+def _unpack(packed: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v from ``_packed_in_projection``'s output."""
+    if len(packed) == 1:
+        q, k, v = packed[0].chunk(3, dim=-1)                                   # 3 x (N, L, E)
+        return q, k, v
+    if len(packed) == 2:
+        k, v = packed[1].chunk(2, dim=-1)                                      # 2 x (N, S, E)
+        return packed[0], k, v
+    return packed
 
 
 def _shape(mask: Any) -> tuple[int, ...]:
