@@ -93,3 +93,17 @@ def test_conv2d_input_grad_keeps_the_input_layout() -> None:
         F.conv2d(leaf, gu.tensor(w), padding=1).sum().backward()
         grads.append(leaf.grad.numpy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("const", [(0, 1), (0, 2), (1,)])
+def test_conv2d_bias_column_gradients_match_torch_when_some_inputs_are_constant(const) -> None:
+    """The bias rides in the GEMM as one more weight column; its gradient alone (frozen weight),
+    the weight's alone (constant bias) and both with a constant input, grouped."""
+    pytest.importorskip("torch")
+    import torch.nn.functional as TF
+
+    def run(f):
+        return lambda x, w, b: f.conv2d(x, w, b, padding=1, groups=2)
+
+    assert_matches_torch([(3, 4, 5, 5), (6, 2, 3, 3), (6,)], run(TF), run(F), const=const)

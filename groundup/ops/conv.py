@@ -98,14 +98,18 @@ class Conv2d(Function):
         padded = xp.zeros((c, h + 2 * ph, w + 2 * pw, n), dtype=x.dtype)   # (C, Hp, Wp, N)
         padded[:, ph:ph + h, pw:pw + w] = x.transpose(1, 2, 3, 0)          # (N, C, H, W) -> (C, H, W, N)
         groups_in = padded.reshape(g, cg, *padded.shape[1:])                # (g, C/g, Hp, Wp, N)
-        cols = xp.empty((g, kh, kw, cg, ho, wo, n), dtype=x.dtype)          # (g, kh, kw, C/g, Ho, Wo, N)
+        k = kh * kw * cg
+        cols = xp.empty((g, k + len(bias), ho * wo * n), dtype=x.dtype)     # (g, K (+ 1), Ho*Wo*N)
+        patch = cols[:, :k].reshape(g, kh, kw, cg, ho, wo, n)               # (g, kh, kw, C/g, Ho, Wo, N), a view
         for i, j in _offsets(kh, kw):
-            cols[:, i, j] = groups_in[:, :, _rows(i, dilation[0], stride[0], ho), _rows(j, dilation[1], stride[1], wo)]
-        cols = cols.reshape(g, kh * kw * cg, ho * wo * n)                   # (g, kh*kw*C/g, Ho*Wo*N)
-        w2 = weight.reshape(g, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(g, og, kh * kw * cg)   # (g, O/g, K)
-        out = (w2 @ cols).reshape(o, ho * wo * n)                           # (O, Ho*Wo*N), groups stacked
+            patch[:, i, j] = groups_in[:, :, _rows(i, dilation[0], stride[0], ho), _rows(j, dilation[1], stride[1], wo)]
+        w2 = weight.reshape(g, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(g, og, k)   # (g, O/g, K)
         if bias:
-            out += bias[0][:, None]
+            # NOTE: the bias is one more column of w2 against a row of ones in cols: the GEMM adds it and
+            # the weight gradient's GEMM also gives its gradient (saves an add and a sum over Ho*Wo*N)
+            cols[:, k] = 1
+            w2 = xp.concatenate([w2, bias[0].reshape(g, og, 1)], axis=2)    # (g, O/g, K + 1)
+        out = (w2 @ cols).reshape(o, ho * wo * n)                           # (O, Ho*Wo*N), groups stacked
         self.save_for_backward(cols, w2)
         self.meta = (x.shape, weight.shape, stride, padding, dilation, ho, wo, g)
         self.batch_last = _batch_last(x)
@@ -117,9 +121,11 @@ class Conv2d(Function):
         (n, c, h, w), w_shape, stride, padding, dilation, ho, wo, g = self.meta
         o, cg, kh, kw = w_shape
         g2 = xp.ascontiguousarray(gz.transpose(1, 2, 3, 0)).reshape(g, o // g, ho * wo * n)   # (g, O/g, Ho*Wo*N)
+        k = kh * kw * cg
         gx = gw = gb = None
         if self.needs_input_grad[0]:
-            gcols = (w2.transpose(0, 2, 1) @ g2).reshape(g, kh, kw, cg, ho, wo, n)   # (g, kh, kw, C/g, Ho, Wo, N)
+            gcols = w2[:, :, :k].transpose(0, 2, 1) @ g2                   # (g, K, Ho*Wo*N), no bias column
+            gcols = gcols.reshape(g, kh, kw, cg, ho, wo, n)                 # (g, kh, kw, C/g, Ho, Wo, N)
             ph, pw = padding
             grad = xp.zeros((g, cg, h + 2 * ph, w + 2 * pw, n), dtype=gz.dtype)   # (g, C/g, Hp, Wp, N)
             for i, j in _offsets(kh, kw):                                   # col2im: the adjoint of the copies
@@ -128,12 +134,13 @@ class Conv2d(Function):
             gx = grad.transpose(3, 0, 1, 2)                                 # (N, C, H, W), a view
             if not self.batch_last:                                         # x's layout: see _batch_last
                 gx = xp.ascontiguousarray(gx)
-        if self.needs_input_grad[1]:
+        if any(self.needs_input_grad[1:]):
             # NOTE: cols @ g2^T, then transposed, is ~2x faster than g2 @ cols^T here (OpenBLAS, K = Ho*Wo*N)
-            gw = (cols @ g2.transpose(0, 2, 1)).reshape(g, kh, kw, cg, o // g)      # (g, kh, kw, C/g, O/g)
+            gwb = cols @ g2.transpose(0, 2, 1)                              # (g, K (+ 1), O/g): weight (and bias)
+            gw = gwb[:, :k].reshape(g, kh, kw, cg, o // g)                  # (g, kh, kw, C/g, O/g)
             gw = xp.ascontiguousarray(gw.transpose(0, 4, 3, 1, 2)).reshape(w_shape)   # (O, C/g, kh, kw)
         if len(self.needs_input_grad) == 3:
-            gb = g2.sum(axis=2).reshape(o) if self.needs_input_grad[2] else None      # (g, O/g) -> (O,)
+            gb = gwb[:, k].reshape(o) if self.needs_input_grad[2] else None  # (g, O/g) -> (O,)
             return gx, gw, gb
         return gx, gw
 
