@@ -6,6 +6,8 @@ the same numbers on NumPy and CuPy.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def generator() -> np.random.Generator:
     """The global generator."""
     return _generator
+
+
+@contextlib.contextmanager
+def fork_rng(seed: int) -> Iterator[np.random.Generator]:
+    """Inside the block the global generator is a fresh one seeded with ``seed``; the previous one is
+    restored, untouched, on exit (as ``torch.random.fork_rng`` followed by a seed)."""
+    global _generator
+    saved = _generator
+    _generator = np.random.default_rng(int(seed))
+    try:
+        yield _generator
+    finally:
+        _generator = saved
 
 
 def normal_array(shape: tuple[int, ...], mean: float, std: float, dtype: Any, device: str) -> Any:
