@@ -51,6 +51,8 @@ FAMILIES = ("mlp", "cnn", "rnn", "gru", "lstm", "seq2seq", "transformer", "gpt",
 DEFAULT_ITERS = {"mlp": 200, "cnn": 60, "rnn": 40, "gru": 40, "lstm": 40, "seq2seq": 20, "transformer": 20,
                  "gpt": 30, "bert": 20}
 DEFAULT_WARMUP = 3
+# families whose step is large enough for DataParallel over worker processes to pay (a third contender)
+DP_FAMILIES = ("rnn", "gru", "lstm", "seq2seq", "transformer", "bert")
 TORCH_THREADS = 2                               # BENCHMARKS.md: torch.set_num_threads(2) on the 2-core machine
 
 Batch = tuple[np.ndarray, ...]
@@ -125,13 +127,42 @@ def _adam(framework: str, model: Any, lr: float, weight_decay: float | None = No
     return optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
 
 
+def _groundup_dp_step(model: Any, opt: Any, count: Callable[..., Any], clip: float | None) -> Callable[[Batch], None]:
+    """groundup's step with the forward and backward split by rows over worker processes (``DataParallel``)."""
+    import groundup as gu
+    from groundup.nn.utils import clip_grad_norm_
+    from groundup.train import DataParallel
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    split = DataParallel(model, count=count)
+
+    def step(batch: Batch) -> None:
+        opt.zero_grad()
+        split(*(gu.tensor(a) if a.dtype != bool else a for a in batch))
+        if clip is not None:
+            clip_grad_norm_(params, clip)
+        opt.step()
+
+    return step
+
+
 def _contenders(contest: Contest, which: Sequence[str], gu_model: Any, gu_loss: Callable[..., Any],
-                make_twin: Callable[[], Any], opt_args: dict[str, Any], clip: float | None) -> Contest:
-    """Add the groundup step and (a copy of its weights in) the PyTorch twin's step.
+                make_twin: Callable[[], Any], opt_args: dict[str, Any], clip: float | None,
+                count: Callable[..., Any] | None = None) -> Contest:
+    """Add the groundup step, (with ``count``, the loss's items per block) groundup's step split over
+    worker processes on a copy of the model, and (a copy of its weights in) the PyTorch twin's step.
 
     A twin whose parameter names differ from groundup's lists the differences in its ``RENAME``."""
+    import copy
+
     import groundup as gu
 
+    if "groundup_dp" in which and count is not None:
+        dp_model = copy.deepcopy(gu_model)                           # the same initial weights, its own updates
+        contest.steps["groundup_dp"] = _groundup_dp_step(dp_model, _adam("groundup", dp_model, **opt_args), count,
+                                                         clip)
+        contest.losses["groundup_dp"] = lambda batch: float(dp_model.loss(*(gu.tensor(a) if a.dtype != bool else a
+                                                                            for a in batch)).item())
     if "groundup" in which:
         contest.steps["groundup"] = _groundup_step(gu_model, _adam("groundup", gu_model, **opt_args), gu_loss, clip)
         contest.losses["groundup"] = lambda batch: float(gu_loss(*(gu.tensor(a) if a.dtype != bool else a
@@ -196,6 +227,11 @@ def bench_cnn(n_batches: int, which: Sequence[str] = ("groundup", "torch"), seed
     return _contenders(contest, which, model, model.loss, twin, {"lr": CNN_RECIPE["lr"]}, None)
 
 
+def _count_targets(*batch: np.ndarray) -> int:
+    """The items a language model's or a decoder's mean loss counts: targets (the last array) that are not padding."""
+    return int((batch[-1] != IGNORE_INDEX).sum())
+
+
 def _names_batches(n_batches: int, batch_size: int, seed: int) -> tuple[list[Batch], int]:
     """Batches of names as the rnn stage feeds them: "." + name -> name + ".", all-padding columns cut."""
     from groundup.data import names_splits
@@ -238,7 +274,7 @@ def bench_recurrent(cell: str, n_batches: int, which: Sequence[str] = ("groundup
         return torch_families.RNNLM(vocab, cell, 64, 128)
 
     return _contenders(contest, which, model, model.loss, twin,
-                       {"lr": 3e-3, "weight_decay": 0.01, "betas": (0.9, 0.99)}, 1.0)
+                       {"lr": 3e-3, "weight_decay": 0.01, "betas": (0.9, 0.99)}, 1.0, count=_count_targets)
 
 
 def _date_batches(n_batches: int, batch_size: int, seed: int) -> tuple[list[Batch], Any]:
@@ -275,7 +311,7 @@ def bench_seq2seq(n_batches: int, which: Sequence[str] = ("groundup", "torch"), 
         import torch_families
         return torch_families.Seq2Seq(cfg.src_vocab_size, cfg.tgt_vocab_size, 32, 24, 32)
 
-    return _contenders(contest, which, model, model.loss, twin, {"lr": 3e-3}, 1.0)
+    return _contenders(contest, which, model, model.loss, twin, {"lr": 3e-3}, 1.0, count=_count_targets)
 
 
 def bench_transformer(n_batches: int, which: Sequence[str] = ("groundup", "torch"), seed: int = 0) -> Contest:
@@ -298,7 +334,7 @@ def bench_transformer(n_batches: int, which: Sequence[str] = ("groundup", "torch
         return torch_families.TransformerSeq2Seq(cfg.src_vocab_size, cfg.tgt_vocab_size, 64, 4, 2, 2, 128,
                                                  cfg.activation, model.pos.pe.numpy())
 
-    return _contenders(contest, which, model, model.loss, twin, {"lr": 5e-3}, 1.0)
+    return _contenders(contest, which, model, model.loss, twin, {"lr": 5e-3}, 1.0, count=_count_targets)
 
 
 BERT_BATCH, BERT_T, BERT_VOCAB = 16, 64, 70
@@ -335,7 +371,8 @@ def bench_bert(n_batches: int, which: Sequence[str] = ("groundup", "torch"), see
         import torch_families
         return torch_families.BERT(cfg)
 
-    return _contenders(contest, which, model, model.loss, twin, {"lr": 1e-3, "weight_decay": 0.01}, 1.0)
+    return _contenders(contest, which, model, model.loss, twin, {"lr": 1e-3, "weight_decay": 0.01}, 1.0,
+                       count=lambda idx, labels, mask: int((labels != -100).sum()))
 
 
 BUILDERS: dict[str, Callable[..., Contest]] = {
@@ -382,6 +419,8 @@ def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[]
         rounds = np.asarray(seconds["torch"]) / np.asarray(seconds["groundup"])
         result["ratio"] = result["torch"]["median_ms"] / result["groundup"]["median_ms"]
         result["ratio_rounds_min_max"] = [float(rounds.min()), float(rounds.max())]
+    if "groundup_dp" in result and "torch" in result:
+        result["ratio_dp"] = result["torch"]["median_ms"] / result["groundup_dp"]["median_ms"]
     return result
 
 
@@ -530,6 +569,9 @@ def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, w
         if "memory" in rows[0]:
             median_row["memory"] = rows[0]["memory"]
         median_row["ratio_runs"] = [row["ratio"] for row in ok]
+        if all("ratio_dp" in row for row in ok):
+            median_row["ratio_dp_runs"] = [row["ratio_dp"] for row in ok]
+            median_row["ratio_dp"] = float(np.median(median_row["ratio_dp_runs"]))
         median_row["load_avg_1m"] = [min(v for row in ok for v in row["load_avg_1m"]),
                                      max(v for row in ok for v in row["load_avg_1m"])]
         median_row["ratio_reliable"] = all(row["ratio_reliable"] for row in ok)
@@ -552,7 +594,8 @@ def _time_family(family: str, n: int, warm: int, bar: Any, task: Any, torch: Any
             if bar:
                 bar.update(task, completed=warm + n)
             return result
-        contest = BUILDERS[family](warm + n)
+        which = ("groundup", "groundup_dp", "torch") if family in DP_FAMILIES else ("groundup", "torch")
+        contest = BUILDERS[family](warm + n, which)
         tick = (lambda: bar.advance(task)) if bar else (lambda: None)
         result = time_contest(contest, n, warm, tick)
         result.update(description=contest.description, config=contest.config)
@@ -602,7 +645,7 @@ def format_table(record: dict[str, Any]) -> str:
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
     lines.append(f"{'family':<12}{'groundup ms/step':>24}{'PyTorch ms/step':>24}{'groundup/s':>12}{'PyTorch/s':>12}"
-                 f"{'peak RSS MB gu / pt':>22}{'ratio':>8}  load")
+                 f"{'peak RSS MB gu / pt':>22}{'ratio':>8}{'x2 proc':>9}  load")
     for family, r in record["families"].items():
         if "error" in r:
             lines.append(f"{family:<12}failed: {r['error']}")
@@ -616,12 +659,16 @@ def format_table(record: dict[str, Any]) -> str:
         lines.append(f"{family:<12}{gu['median_ms']:>9.2f} [{gu['min_ms']:.1f}-{gu['max_ms']:.1f}]".ljust(36)
                      + f"{pt['median_ms']:>9.2f} [{pt['min_ms']:.1f}-{pt['max_ms']:.1f}]".ljust(24)
                      + f"{gu[f'{unit}_per_s']:>12,.0f}{pt[f'{unit}_per_s']:>12,.0f}{rss:>22}"
-                     + f"{r['ratio']:>8.2f}  {max(r['load_avg_1m']):.1f}{flag}")
+                     + f"{r['ratio']:>8.2f}" + (f"{r['ratio_dp']:>9.2f}" if "ratio_dp" in r else f"{'-':>9}")
+                     + f"  {max(r['load_avg_1m']):.1f}{flag}")
     runs = [f"{family} {' / '.join(f'{x:.2f}' for x in r['ratio_runs'])}" for family, r in record["families"].items()
             if "ratio_runs" in r]
     if runs:
         lines.append(f"each row is the median of {record.get('runs', len(runs))} runs by ratio; every run's ratio: "
                      + "; ".join(runs))
+    if any("ratio_dp" in r for r in record["families"].values()):
+        lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
+                     "(groundup.train.DataParallel), PyTorch's time / its time")
     lines.append("rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
                  "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); (!) = taken under load")
     if "gpt" in record["families"] and "ratio_vs_explicit" in record["families"]["gpt"]:

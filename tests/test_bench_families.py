@@ -121,3 +121,20 @@ def test_repeated_runs_report_the_median_run_and_every_ratio(bench, monkeypatch)
 def test_cli_bench_gpt_refuses_runs(capsys):
     assert cli.main(["bench", "gpt", "--runs", "3"]) == 2
     assert capsys.readouterr().err.startswith("groundup: error: --runs applies")
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer", "bert"])
+def test_split_contender_trains_like_groundup(bench, family):
+    from groundup.parallel import cpu_threads, worker_processes
+
+    with cpu_threads(2):
+        assert worker_processes()
+        contest = bench.BUILDERS[family](2, ("groundup", "groundup_dp"))
+        first, second = contest.batches
+        before = {name: loss(first) for name, loss in contest.losses.items()}
+        assert before["groundup"] == before["groundup_dp"]                  # same weights (a copy)
+        for step in contest.steps.values():
+            step(first)
+        after = {name: loss(second) for name, loss in contest.losses.items()}
+    np.testing.assert_allclose(after["groundup_dp"], after["groundup"], rtol=1e-4)   # one step apart: float32
+    assert after["groundup"] != before["groundup"]
