@@ -242,3 +242,42 @@ def test_an_error_in_one_block_leaves_the_grads_and_the_workers_as_they_were():
         assert all(p.grad is None for p in model.parameters())
         loss = step(x, y)                                                   # the worker answers the next call
     assert loss == pytest.approx(_one_pass(model, (x, y))[0], rel=1e-12)
+
+
+def test_trainer_with_data_parallel_follows_the_one_process_trajectory(tmp_path):
+    from groundup.models.rnn_lm import RNNLM, RNNLMConfig
+    from groundup.train import TrainConfig, Trainer
+
+    x_all, y_all = _lm_batch(rows=64, seed=3)
+
+    def get_batch(split, rng):
+        rows = rng.integers(0, 64, 8)
+        return x_all[rows], y_all[rows]
+
+    def train(**kwargs):
+        gu.manual_seed(0)
+        model = RNNLM(RNNLMConfig(vocab_size=11, cell="gru", n_embd=4, hidden_size=6)).double()
+        cfg = TrainConfig(max_iters=6, lr=1e-2, eval_interval=3, eval_iters=1, progress=False)
+        losses = []
+        trainer = Trainer(model, cfg, get_batch, default_callbacks=False,
+                          callbacks=[lambda t, event, info: losses.append(info["loss"]) if event == "step" else None],
+                          **kwargs)
+        with cpu_threads(2):                                                # fit's own context nests inside
+            trainer.fit()
+            assert worker_processes()
+        return losses, {n: p.data.copy() for n, p in model.named_parameters()}
+
+    blocks = []
+
+    def count(x, y):
+        blocks.append(len(x))
+        return (y != -1).sum()
+
+    (plain, w_plain), (split, w_split) = train(), train(data_parallel=count)
+    assert blocks == [4, 4] * 6                                             # every step split in two blocks
+    np.testing.assert_allclose(split, plain, rtol=1e-10)
+    for name in w_plain:
+        np.testing.assert_allclose(w_split[name], w_plain[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    with pytest.raises(ValueError, match="cannot split a loss_fn"):
+        Trainer(RNNLM(RNNLMConfig(vocab_size=11)), TrainConfig(), get_batch, loss_fn=lambda m, b: m.loss(*b),
+                data_parallel=True)

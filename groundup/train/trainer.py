@@ -62,6 +62,7 @@ from groundup.tensor import Tensor
 from groundup.train.callbacks import default_callbacks as _default_callbacks
 from groundup.train.checkpoint import STATE_FILE, _model_config, load_checkpoint, save_checkpoint
 from groundup.train.config import TrainConfig
+from groundup.train.data_parallel import DataParallel
 from groundup.train.evaluation import evaluating, mean_loss
 from groundup.train.files import append_line, write_atomic
 
@@ -111,14 +112,23 @@ class Trainer:
             train/val loss (it runs under ``evaluating``: eval mode, no graph, RNG restored); its dict is
             the "eval" record. Give it "val_loss" to have ``best_val_loss`` tracked.
         default_callbacks: False leaves out throughput, metrics log, progress bar and checkpoints.
+        data_parallel: split each step's forward and backward by rows over worker processes
+            (``groundup.train.DataParallel``; on the CPU inside ``cpu_threads``, which ``fit`` enters):
+            True when the loss is a mean over rows, or ``count(*batch_block) -> number`` of the items it
+            averages over (e.g. targets that are not padding). Needs ``model.loss`` (not ``loss_fn``).
     """
 
     def __init__(self, model: Module, config: TrainConfig, get_batch: Callable[[str, np.random.Generator], Any],
                  loss_fn: Callable[[Module, tuple], Tensor] | None = None, callbacks: Iterable[Callback] = (),
                  model_config: Any = None, tokens_per_batch: int | None = None, optimizer: Optimizer | None = None,
-                 evaluate: Callable[[Trainer], dict[str, float]] | None = None, default_callbacks: bool = True):
+                 evaluate: Callable[[Trainer], dict[str, float]] | None = None, default_callbacks: bool = True,
+                 data_parallel: bool | Callable[..., Any] = False):
         self.config = config
         self.model = model.to(config.device)
+        if data_parallel and loss_fn is not None:
+            raise ValueError("Trainer: data_parallel splits model.loss(*batch); it cannot split a loss_fn")
+        self.split = (DataParallel(self.model, count=None if data_parallel is True else data_parallel)
+                      if data_parallel else None)
         self.get_batch = get_batch
         self.loss_fn = loss_fn
         self.evaluate_fn = evaluate
@@ -168,10 +178,7 @@ class Trainer:
                     started = time.perf_counter()
                     lr = self._set_lr(self.iter)
                     batch = self._batch("train", self.rng)
-                    loss = self._loss(batch)
-                    loss_value = self._finite(loss, lr)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss_value = self._forward_backward(batch, lr)
                     grad_norm = clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
                     self.optimizer.step()
                     self.iter += 1
@@ -251,8 +258,19 @@ class Trainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
-    def _finite(self, loss: Tensor, lr: float) -> float:
-        value = float(loss.item())
+    def _forward_backward(self, batch: tuple[Tensor, ...], lr: float) -> float:
+        """The batch's loss (checked finite) with its gradients in the parameters' fresh ``.grad``."""
+        if self.split is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._finite(self.split(*batch), lr)   # NOTE: a non-finite loss stops before the update
+        loss = self._loss(batch)
+        value = self._finite(loss, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return value
+
+    def _finite(self, loss: Tensor | float, lr: float) -> float:
+        value = float(loss.item()) if isinstance(loss, Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(f"Trainer: the loss is {value} at iteration {self.iter} "
                                      f"(lr {lr:.3g}); lower the learning rate or check the data")
