@@ -87,7 +87,8 @@ def train(ctx: Any, model: Module, get_batch: Callable[[str, np.random.Generator
           eval_every: int | None = None, schedule: str = "cosine", min_lr: float | None = None, warmup: int = 0,
           grad_clip: float = 0.0, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
           seed_offset: int = 0, callbacks: Sequence[Any] = (),
-          status: Callable[[dict[str, Any]], str] | None = None) -> Trainer:
+          status: Callable[[dict[str, Any]], str] | None = None,
+          data_parallel: bool | Callable[..., Any] = False) -> Trainer:
     """Train ``model`` for ``steps`` optimizer steps with the Trainer, on the run's device and seed.
 
     Args:
@@ -101,6 +102,7 @@ def train(ctx: Any, model: Module, get_batch: Callable[[str, np.random.Generator
         evaluate: ``evaluate(trainer) -> dict`` every ``eval_every`` steps and at the end (default: none).
         seed_offset: the Trainer's seed is ``ctx.seed * 1000 + seed_offset`` (dropout, its own generator).
         callbacks: more Trainer callbacks; ``status(eval_info) -> str`` is shown beside the bar.
+        data_parallel: the Trainer's (each step split by rows over worker processes on the CPU).
 
     Returns:
         the Trainer after ``fit`` (``trainer.history`` holds the evaluations, ``evals`` reads them).
@@ -111,6 +113,7 @@ def train(ctx: Any, model: Module, get_batch: Callable[[str, np.random.Generator
                          device=ctx.device, seed=ctx.seed * 1000 + seed_offset, progress=False, out_dir=None)
     trainer = Trainer(model, config, get_batch, loss_fn=loss_fn, optimizer=optimizer,
                       evaluate=evaluate if evaluate is not None else (lambda t: {}),
-                      callbacks=[StageProgress(ctx, description, steps, status), *callbacks])
+                      callbacks=[StageProgress(ctx, description, steps, status), *callbacks],
+                      data_parallel=data_parallel)
     trainer.fit()
     return trainer

@@ -111,7 +111,8 @@ def train_lm(ctx: Context, model: RNNLM, data: dict[str, np.ndarray], *, iters: 
                     description=description, evaluate=validate, eval_every=eval_every, seed_offset=seed_offset,
                     optimizer=optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01),
                     callbacks=[lambda t, event, info: losses.append(info["loss"]) if event == "step" else None],
-                    status=lambda info: f"val {info['val_loss']:.3f}")
+                    status=lambda info: f"val {info['val_loss']:.3f}",
+                    data_parallel=lambda x, y: (y != IGNORE_INDEX).sum())   # the loss's mean is over real tokens
     curve = evals(trainer, "iter", "val_loss")
     return {"train_loss": losses, "eval_iters": curve["iter"], "val_loss": curve["val_loss"],
             "wall_s": trainer.wall_s()}
