@@ -18,6 +18,10 @@ straight into their packed places. The maths is SDPA's (see ``ops/attention.py``
 NOTE: the softmax first tries ``kernels.softmax_unshifted_`` (no row maxima: a reduction over a
 short axis costs several exps in NumPy) and falls back to the shifted ``softmax_`` when an exp
 could overflow or a row could underflow; the row sums of the backward are matrix-vector products.
+The products q k^T and g v^T read k^T and v^T from contiguous copies (the scale folded into k's):
+OpenBLAS multiplies these small per-head matrices about 2x slower through a transposed view. The
+backward's row sums use rowsum(dattn * attn) = rowsum(g * out) per head (FlashAttention's identity;
+it holds with dropout too, out being the dropped weights times v), D-long rows instead of S-long.
 """
 
 from __future__ import annotations
@@ -63,10 +67,11 @@ class PackedAttention(Function):
         n, _, q_len, d = q.shape
         self.scale = scale = 1.0 / math.sqrt(d) if scale is None else scale
         bias = K.attention_bias(mask, is_causal, q_len, k.shape[2], q.dtype, xp)
+        k_t = xp.empty((n, num_heads, d, k.shape[2]), dtype=k.dtype)           # (N, H, D, S): see NOTE
+        xp.multiply(k.swapaxes(-1, -2), scale, out=k_t)                       # k^T * scale
 
         def scores() -> Any:
-            s = q @ k.swapaxes(-1, -2)                                         # (N, H, L, S)
-            s *= scale
+            s = q @ k_t                                                        # (N, H, L, S) = q k^T * scale
             if bias is not None:
                 s += bias
             return s
@@ -75,9 +80,9 @@ class PackedAttention(Function):
         if not K.softmax_unshifted_(attn):
             attn = K.softmax_(scores())                                        # rows with no key: zeros
         self.keep = K.dropout_mask(rng, attn.shape, dropout_p, q.dtype, xp) if dropout_p > 0 else None
-        self.save_for_backward(*packed, attn)         # the inputs too: the engine then catches in-place edits
         out = xp.empty((n, q_len, width), dtype=q.dtype)                      # (N, L, E)
         xp.matmul(attn * self.keep if self.keep is not None else attn, v, out=self._heads(out, 0))
+        self.save_for_backward(*packed, attn, out)    # the inputs too: the engine then catches in-place edits
         return out
 
     def _heads(self, a: Any, col: int) -> Any:
@@ -88,7 +93,7 @@ class PackedAttention(Function):
         return a.reshape(n, length, c // d, d)[:, :, first:first + self.num_heads].transpose(0, 2, 1, 3)
 
     def backward(self, gz):
-        *packed, attn = self.saved
+        *packed, attn, out = self.saved
         xp = array_module(gz)
         q, k, v = (self._heads(packed[i], col) for i, col in self.slots)         # (N, H, L|S, D)
         g = self._heads(gz, 0)                                                  # (N, H, L, D) view
@@ -100,12 +105,14 @@ class PackedAttention(Function):
             xp.matmul(dropped.swapaxes(-1, -2), g, out=gv)                      # (N, H, S, D)
         if gq is None and gk is None:
             return tuple(grads)
-        gattn = g @ v.swapaxes(-1, -2)                                          # (N, H, L, S)
+        gattn = g @ xp.ascontiguousarray(v.swapaxes(-1, -2))                   # (N, H, L, D) @ (N, H, D, S)
         if self.keep is not None:
             gattn *= self.keep
-        s_len = attn.shape[-1]
-        rows = (gattn * attn).reshape(-1, s_len) @ xp.ones(s_len, dtype=attn.dtype)   # (N H L,) row sums
-        gattn -= rows.reshape(*attn.shape[:-1], 1)
+        # rowsum(dattn * attn) = rowsum(g * out_h): a D-long dot per row instead of an S-long one
+        n, q_len, width = gz.shape
+        d = width // self.num_heads
+        rows = (gz * out).reshape(-1, d) @ xp.ones(d, dtype=gz.dtype)          # (N L H,)
+        gattn -= rows.reshape(n, q_len, self.num_heads).transpose(0, 2, 1)[..., None]   # (N, H, L, 1)
         gattn *= attn                                                           # d(scores + bias)
         gattn *= self.scale                                                     # d(q k^T)
         if gq is not None:
