@@ -9,8 +9,8 @@
 Unlike a GPT, every position attends to every other (no causal mask); only padding is masked
 out, through ``attention_mask`` (B, T), True (1) at real tokens. The attention is written out
 (scores, mask, softmax, weighted sum) so that every step has a hook point named by its module
-path, as in TransformerLens; while no hook is on ``hook_pattern``, the same steps run as one fused
-op (``F.scaled_dot_product_attention``, tested equal to the written-out form):
+path, as in TransformerLens; while no hook is on q, k, v, the pattern or z, the same maths runs
+as one node from the projections to the merged heads (``ops.packed_attention``, tested equal):
 
     hook_embed                          (B, T, C)   the embeddings entering block 0
     blocks.{i}.hook_resid_pre           (B, T, C)   the block's input
@@ -45,12 +45,15 @@ from typing import Any
 import numpy as np
 
 from groundup import functional as F
+from groundup import random
 from groundup.backend import array_module, to_numpy
+from groundup.creation import cat
 from groundup.models.shared import check_token_ids
 from groundup.nn import init
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
+from groundup.ops.packed_attention import PackedAttention
 from groundup.tensor import Tensor
 
 __all__ = ["BERTConfig", "BERT", "Block", "SelfAttention", "MLP", "MLMHead", "HF_KEY_MAP", "hf_config",
@@ -148,21 +151,35 @@ class SelfAttention(Module):
         """x (B, T, C); key_mask (B, 1, 1, T) bool array (True = may be attended to) or None -> (B, T, C)."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
+        if not any(h.active for h in (self.hook_q, self.hook_k, self.hook_v, self.hook_pattern, self.hook_z)):
+            return self.hook_result(self.proj(self._fused(x, key_mask)))        # the same maths in one node
         q = self.hook_q(self.query(x).reshape(B, T, H, D).transpose(1, 2))      # (B, H, T, D)
         k = self.hook_k(self.key(x).reshape(B, T, H, D).transpose(1, 2))        # (B, H, T, D)
         v = self.hook_v(self.value(x).reshape(B, T, H, D).transpose(1, 2))      # (B, H, T, D)
-        if self.hook_pattern.active:        # someone reads or edits the weights: compute them explicitly
-            scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))           # (B, H, T, T)
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask, float("-inf"))           # padded keys get weight 0
-            pattern = self.hook_pattern(F.softmax(scores, dim=-1))              # (B, H, T, T) rows sum to 1
-            z = self.attn_dropout(pattern) @ v                                  # (B, H, T, D)
-        else:                               # the same steps (and dropout draws) in one fused op
-            p = self.attn_dropout.p if self.training else 0.0
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)   # (B, H, T, D)
-        z = self.hook_z(z)                                                      # (B, H, T, D)
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))               # (B, H, T, T)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask, float("-inf"))               # padded keys get weight 0
+        pattern = self.hook_pattern(F.softmax(scores, dim=-1))                  # (B, H, T, T) rows sum to 1
+        z = self.hook_z(self.attn_dropout(pattern) @ v)                         # (B, H, T, D)
         y = z.transpose(1, 2).reshape(B, T, C)                                  # (B, T, C) heads side by side
         return self.hook_result(self.proj(y))                                   # (B, T, C)
+
+    def _fused(self, x: Tensor, key_mask: Any) -> Tensor:
+        """The projections and the attention above, heads merged, as few graph nodes: (B, T, C).
+
+        Plain Linear layers make q | k | v in one GEMM (their weights side by side); others (e.g.
+        LoRA-wrapped) are called one by one. ``PackedAttention`` reads the heads through strided
+        views and draws the attention dropout as the written-out path does.
+        """
+        if type(self.query) is type(self.key) is type(self.value) is Linear:
+            weight = cat([self.query.weight, self.key.weight, self.value.weight])   # (3C, C)
+            bias = cat([self.query.bias, self.key.bias, self.value.bias])           # (3C,)
+            packed: tuple[Tensor, ...] = (F.linear(x, weight, bias),)               # (B, T, 3C) q | k | v
+        else:
+            packed = (self.query(x), self.key(x), self.value(x))                    # each (B, T, C)
+        p = self.attn_dropout.p if self.training else 0.0
+        return PackedAttention.apply(*packed, num_heads=self.n_head, mask=key_mask, dropout_p=p,
+                                     rng=random.generator() if p > 0 else None)     # (B, T, C)
 
 
 class MLP(Module):
@@ -281,10 +298,13 @@ class BERT(HookedModule):
                 check_token_ids(token_type_ids, "BERT", "token_type_ids", cfg.block_size, cfg.type_vocab_size))
             x = x + self.wse(Tensor(segments))                                  # (B, T, C)
         x = self.hook_embed(self.dropout(self.ln_embd(x)))                      # (B, T, C)
-        key_mask = self._key_mask(attention_mask, B, T, xp)                     # (B, 1, 1, T) or None
+        return self.ln_f(self.encode(x, self._key_mask(attention_mask, B, T, xp)))   # (B, T, C)
+
+    def encode(self, x: Tensor, key_mask: Any = None) -> Tensor:
+        """The blocks: x (B, T, C) and key_mask (B, 1, 1, T) bool or None -> (B, T, C)."""
         for block in self.blocks:
             x = block(x, key_mask)                                              # (B, T, C)
-        return self.ln_f(x)                                                     # (B, T, C)
+        return x
 
     def forward(self, idx: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
         """Masked-LM logits (B, T, V) at every position."""
