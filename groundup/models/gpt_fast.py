@@ -253,7 +253,10 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
         r1, saved["xhat1"], saved["rstd1"] = K.layer_norm(a, params["ln_1.weight"], params["ln_1.bias"], eps)
         h2 = r1
         f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])       # (N, 4C)
-    g, slope = K.gelu_tanh_with_slope(f) if opt["save"] else (K.gelu_tanh(f), None)
+    if opt.get("activation", "tanh") == "erf":                                  # exact GELU (BERT)
+        g, slope = K.gelu_erf_with_slope(f)
+    else:                                                                       # GPT-2's tanh approximation
+        g, slope = K.gelu_tanh_with_slope(f) if opt["save"] else (K.gelu_tanh(f), None)
     del f
     m = K.linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])         # (N, C)
     if "resid2" in drops:
@@ -384,13 +387,17 @@ class TransformerStack(Function):
     Inputs: x, then for each block its parameters in ``PARAM_NAMES`` order (without the biases when
     ``has_bias`` is False). Options: n_head, causal, pre_norm, eps, rope ((cos, sin) each (T, D) or
     None; or ``rope_tables``, the same made by ``_rope_tables``), mask ((B, 1, T, T) bool, True = may
-    attend, the causal mask folded in; or None), dropout_p and rng (the generator of the dropout masks).
+    attend, the causal mask folded in; or None), dropout_p and rng (the generator of the dropout masks),
+    activation ('tanh': GELU's tanh form, as GPT-2; 'erf': the exact GELU, as BERT).
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
                 eps: float = 1e-5, rope: tuple[Any, Any] | None = None, mask: Any = None, dropout_p: float = 0.0,
                 rng: Any = None, has_bias: bool = True, rope_tables: tuple[Any, Any] | None = None,
-                head: dict[str, Any] | None = None):
+                head: dict[str, Any] | None = None, activation: str = "tanh"):
+        if activation not in ("tanh", "erf"):
+            raise ValueError(f"TransformerStack: activation must be 'tanh' (GELU's tanh form) or 'erf' (exact), "
+                             f"got {activation!r}")
         xp = array_module(x)
         B, T, C = x.shape
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
@@ -411,7 +418,7 @@ class TransformerStack(Function):
                 _fold_layer_norm(params, "ln_2", "mlp.fc", "fc")
         tables = rope_tables if rope is None else _rope_tables(rope[0], rope[1], n_head)  # each (T, 2, H, D)
         opt = dict(n_head=n_head, pre_norm=pre_norm, fold=fold, eps=eps, rope=tables, has_bias=has_bias,
-                   save=any(self.needs_input_grad), dropout_p=dropout_p)
+                   save=any(self.needs_input_grad), dropout_p=dropout_p, activation=activation)
         parts = chunks(B, on_cpu=xp is np)
         drops = _draw_dropout((B, T, C), opt, len(layers), rng, x.dtype, xp)
         bias = K.attention_bias(mask, causal and mask is None, T, T, x.dtype, xp)   # (T, T), (B, 1, T, T) or None

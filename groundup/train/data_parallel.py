@@ -36,7 +36,7 @@ import numpy as np
 
 from groundup import random as gu_random
 from groundup.nn.module import Module
-from groundup.parallel import chunks, worker_processes
+from groundup.parallel import chunks, cpu_threads, worker_processes
 from groundup.tensor import Tensor
 
 __all__ = ["DataParallel"]
@@ -109,7 +109,7 @@ class DataParallel:
         try:
             if counts[0] > 0:                            # block 0 here meanwhile
                 items = [Tensor(a) if w else a for a, w in zip(blocks[0], wrap)]
-                with gu_random.fork_rng(seeds[0]):
+                with cpu_threads(1), gu_random.fork_rng(seeds[0]):   # the model's own splitting stays off
                     loss = self._block(items, weights[0])
         except BaseException as err:                     # noqa: BLE001 - re-raised below, once the workers answered
             error = err

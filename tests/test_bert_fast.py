@@ -1,0 +1,95 @@
+"""FastBERT, the fused twin of the readable BERT: the same loss, logits and every gradient in float64
+(post- and pre-norm, exact and tanh GELU, padding, dropout with the same masks), over the threads
+and worker processes of ``cpu_threads``, with LoRA (the readable blocks), hooks refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import groundup as gu
+from groundup.models.bert import BERT, BERTConfig
+from groundup.models.bert_fast import FastBERT
+from groundup.parallel import cpu_threads
+
+
+def _pair(**overrides):
+    cfg = BERTConfig(**{**dict(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.0), **overrides})
+    gu.manual_seed(0)
+    readable = BERT(cfg).double()
+    fast = FastBERT(cfg).double()
+    fast.load_state_dict(readable.state_dict())
+    return readable, fast
+
+
+def _batch(rows=3, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(5, 20, (rows, 8))
+    labels = np.where(rng.random((rows, 8)) < 0.4, idx, -100)
+    labels[:, 0] = idx[:, 0]
+    mask = np.ones((rows, 8), dtype=bool)
+    mask[1, 5:] = False                                                     # a padded row
+    return idx, labels, mask
+
+
+def _loss_and_grads(model, batch, seed=7):
+    model.zero_grad()
+    gu.manual_seed(seed)                                                    # the dropout masks' generator
+    loss = model.loss(*batch)
+    loss.backward()
+    return float(loss.item()), {n: p.grad.data.copy() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("norm", ["post", "pre"])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fast_equals_readable_in_float64(activation, norm, dropout):
+    readable, fast = _pair(activation=activation, norm=norm, dropout=dropout)
+    batch = _batch()
+    (la, ga), (lb, gb) = _loss_and_grads(readable, batch), _loss_and_grads(fast, batch)
+    assert lb == pytest.approx(la, rel=1e-12)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_logits_and_classification_equal_readable():
+    readable, fast = _pair()
+    readable.eval(), fast.eval()
+    idx, _, mask = _batch()
+    np.testing.assert_allclose(fast(idx, mask).data, readable(idx, mask).data, rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(fast.classify(idx, mask).data, readable.classify(idx, mask).data, rtol=1e-11)
+
+
+def test_split_over_threads_and_workers_equals_one_pass():
+    readable, fast = _pair(dropout=0.1)
+    batch = _batch(rows=6, seed=1)
+    la, ga = _loss_and_grads(readable, batch)
+    with cpu_threads(2):                                                    # the stack's chunks split the batch
+        lb, gb = _loss_and_grads(fast, batch)
+    assert lb == pytest.approx(la, rel=1e-12)
+    for name in ga:
+        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_lora_wrapped_attention_runs_the_readable_blocks():
+    from groundup.nn.lora import apply_lora
+
+    readable, fast = _pair()
+    for model in (readable, fast):
+        gu.manual_seed(3)
+        apply_lora(model, targets=("query", "value"), r=2)
+    fast.load_state_dict(readable.state_dict())
+    batch = _batch()
+    (la, ga), (lb, gb) = _loss_and_grads(readable, batch), _loss_and_grads(fast, batch)
+    assert lb == pytest.approx(la, rel=1e-12) and ga.keys() == gb.keys()
+
+
+def test_hooks_are_refused_and_as_class_gives_the_readable_twin():
+    readable, fast = _pair()
+    with pytest.raises(TypeError, match="as_class"):
+        fast.hooks({"blocks.0.hook_resid_post": lambda x, hook: x})
+    back = fast.as_class(BERT)
+    assert type(back) is BERT and back.training == fast.training
+    idx, labels, mask = _batch()
+    assert back.loss(idx, labels, mask).item() == pytest.approx(fast.loss(idx, labels, mask).item(), rel=1e-12)
