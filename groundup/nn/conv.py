@@ -1,8 +1,8 @@
 """Convolution and pooling layers with torch.nn's names, arguments, parameters and default init.
 
 Conv2d, MaxPool2d and AvgPool2d are thin Modules over ``F.conv2d``, ``F.max_pool2d`` and
-``F.avg_pool2d`` (im2col + one GEMM, in ``groundup.ops.conv``). Grouped convolution is composed
-here from one ``F.conv2d`` per group. Reference: https://cs231n.github.io/convolutional-networks/
+``F.avg_pool2d`` (im2col + one GEMM, batched over channel groups, in ``groundup.ops.conv``).
+Reference: https://cs231n.github.io/convolutional-networks/
 """
 
 from __future__ import annotations
@@ -92,17 +92,9 @@ class Conv2d(Module):
             x, padding = self._same_padding(x)
         else:
             padding = (0, 0) if self.padding == "valid" else self.padding
-        options = dict(stride=self.stride, padding=padding, dilation=self.dilation)
-        if self.groups == 1:
-            return F.conv2d(x, self.weight, self.bias, **options)
-        # NOTE: grouped convolution = one convolution per channel group, concatenated on channels.
-        c_in, c_out = self.in_channels // self.groups, self.out_channels // self.groups
-        outs = []
-        for g in range(self.groups):
-            bias = None if self.bias is None else self.bias[g * c_out:(g + 1) * c_out]
-            outs.append(F.conv2d(x[:, g * c_in:(g + 1) * c_in], self.weight[g * c_out:(g + 1) * c_out], bias,
-                                 **options))                  # (N, C_out / groups, H_out, W_out)
-        return creation.cat(outs, dim=1)                      # (N, C_out, H_out, W_out)
+        # groups > 1: one convolution per channel group, batched into one GEMM by F.conv2d
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=padding, dilation=self.dilation,
+                        groups=self.groups)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
