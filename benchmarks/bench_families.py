@@ -12,7 +12,7 @@ Families and sizes (those of the roadmap stages, groundup/roadmap/stages/*.py):
     transformer  pre-norm encoder-decoder, d_model 64, 4 heads, 2 + 2 layers, feed-forward 128,
                  batch 64 of dates, Adam, clip 1                                     (stage transformer)
     bert         BERT 2 layers, 4 heads, 128 dims (post-norm, exact GELU), batch 16 x 64 tokens, 15% MLM
-                 labels, some rows padded, AdamW, clip 1 (BERTConfig's defaults; no stage trains it yet)
+                 labels, some rows padded, AdamW, clip 1 (BERTConfig's defaults), FastBERT (the fused twin)
     gpt          the baby GPT, FastGPT against PyTorch with SDPA (benchmarks/bench_gpt.py)
 
 Method (BENCHMARKS.md "Method"): both contenders start from the same weights (groundup's, copied
@@ -52,7 +52,7 @@ DEFAULT_ITERS = {"mlp": 200, "cnn": 60, "rnn": 40, "gru": 40, "lstm": 40, "seq2s
                  "gpt": 30, "bert": 20}
 DEFAULT_WARMUP = 3
 # families whose step is large enough for DataParallel over worker processes to pay (a third contender)
-DP_FAMILIES = ("rnn", "gru", "lstm", "seq2seq", "transformer", "bert")
+DP_FAMILIES = ("rnn", "gru", "lstm", "seq2seq", "transformer")
 TORCH_THREADS = 2                               # BENCHMARKS.md: torch.set_num_threads(2) on the 2-core machine
 
 Batch = tuple[np.ndarray, ...]
@@ -357,12 +357,14 @@ def _bert_batches(n_batches: int, seed: int) -> list[Batch]:
 def bench_bert(n_batches: int, which: Sequence[str] = ("groundup", "torch"), seed: int = 0) -> Contest:
     """BERTConfig's default size (2 layers, 4 heads, 128 dims), MLM loss, batch 16 x 64, AdamW 1e-3, clip 1."""
     import groundup as gu
-    from groundup.models.bert import BERT, BERTConfig
+    from groundup.models.bert import BERTConfig
+    from groundup.models.bert_fast import FastBERT
 
     cfg = BERTConfig(vocab_size=BERT_VOCAB, block_size=BERT_T, dropout=0.0)
     gu.manual_seed(seed)
-    model = BERT(cfg)
-    contest = Contest("bert", f"BERT {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dims, MLM, AdamW, clip 1",
+    model = FastBERT(cfg)                                            # the fused twin, as the GPT row's FastGPT
+    contest = Contest("bert", f"BERT {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dims, MLM, AdamW, clip 1 "
+                      "(FastBERT)",
                       "tokens", {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
                                  "block_size": BERT_T, "batch_size": BERT_BATCH}, _bert_batches(n_batches, seed),
                       lambda b: int(b[0].size))

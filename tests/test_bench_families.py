@@ -123,7 +123,7 @@ def test_cli_bench_gpt_refuses_runs(capsys):
     assert capsys.readouterr().err.startswith("groundup: error: --runs applies")
 
 
-@pytest.mark.parametrize("family", ["lstm", "transformer", "bert"])
+@pytest.mark.parametrize("family", ["lstm", "seq2seq", "transformer"])
 def test_split_contender_trains_like_groundup(bench, family):
     from groundup.parallel import cpu_threads, worker_processes
 
