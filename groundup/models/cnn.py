@@ -15,45 +15,14 @@ Reference: LeCun et al., "Gradient-based learning applied to document recognitio
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from groundup import creation, nn
 from groundup import functional as F
-from groundup.nn import init
+from groundup import nn
 from groundup.tensor import Tensor
 
 __all__ = ["CNNConfig", "CNN"]
-
-
-class _Conv2d(nn.Module):
-    """Fallback for ``nn.Conv2d`` (same parameter names and init) when groundup.nn does not have it."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0):
-        super().__init__()
-        self.padding = padding
-        self.weight = nn.Parameter(creation.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(creation.empty(out_channels))
-        bound = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)  # torch: kaiming_uniform_(a=sqrt(5))
-        init.uniform_(self.weight, -bound, bound)
-        init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
-
-
-class _MaxPool2d(nn.Module):
-    def __init__(self, kernel_size: int):
-        super().__init__()
-        self.kernel_size = kernel_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, self.kernel_size)
-
-
-_Conv: Any = getattr(nn, "Conv2d", _Conv2d)
-_Pool: Any = getattr(nn, "MaxPool2d", _MaxPool2d)
 
 
 @dataclass(frozen=True)
@@ -98,8 +67,8 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         width = config.in_channels
         for channels in config.channels:
-            layers += [_Conv(width, channels, config.kernel_size, padding=config.kernel_size // 2), nn.ReLU(),
-                       _Pool(2)]
+            layers += [nn.Conv2d(width, channels, config.kernel_size, padding=config.kernel_size // 2), nn.ReLU(),
+                       nn.MaxPool2d(2)]
             width = channels
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width * config.feature_size ** 2, config.num_classes)
