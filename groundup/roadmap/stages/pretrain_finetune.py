@@ -32,7 +32,8 @@ import groundup as gu
 from groundup.data import names_splits
 from groundup.data.masking import mask_tokens
 from groundup.data.speakers import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, labelled_subset, speaker_task
-from groundup.models.bert import BERT, BERTConfig
+from groundup.models.bert import BERTConfig
+from groundup.models.bert_fast import FastBERT
 from groundup.models.finetune import BERTClassifier, GPTClassifier, prepare_finetuning
 from groundup.models.gpt import GPTConfig
 from groundup.models.gpt_fast import FastGPT
@@ -156,7 +157,7 @@ def pretraining(ctx: Context, state: dict[str, Any]) -> Finding:
     unigram = np.bincount(ids, minlength=V) / len(ids)
     unigram_loss = float(-np.mean(np.log(np.maximum(unigram[held_out], 1e-12))))   # a model that ignores context
     gu.manual_seed(ctx.seed)
-    bert, rng = BERT(bert_cfg), ctx.rng(4)
+    bert, rng = FastBERT(bert_cfg), ctx.rng(4)                               # BERT's fused twin, as FastGPT
     bert_trainer = train(ctx, bert, lambda split, _: _mlm_batch(ids, T, batch, rng, V), steps=steps, lr=2e-3,
                          warmup=min(100, steps // 10), weight_decay=0.01, grad_clip=1.0, description="BERT masked LM",
                          evaluate=lambda t: {"val_loss": float(t.model.loss(*mlm_eval).item())},
@@ -209,7 +210,7 @@ def _names_batches(ids: np.ndarray, T: int, rng: np.random.Generator) -> Any:
 def _classifier(state: dict[str, Any], family: str, pretrained: bool, seed: int) -> Any:
     gu.manual_seed(seed)
     if family == "bert":
-        body = BERT(state["bert_cfg"])
+        body = FastBERT(state["bert_cfg"])                                      # the readable blocks under LoRA
         if pretrained:
             body.load_state_dict(state["bert"])
         body.reset_classifier()
