@@ -169,6 +169,39 @@ def test_scan_backward_matches_finite_differences(scan, gates, options, reverse,
     check_grad(lambda *args: scan.apply(*args, reverse=reverse, **options), *_scan_inputs(gates, bias))
 
 
+SCANS = pytest.mark.parametrize("scan,gates,options", [
+    (RNNScan, 1, {"nonlinearity": "tanh"}), (GRUScan, 3, {}), (LSTMScan, 4, {}),
+], ids=["rnn", "gru", "lstm"])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@SCANS
+def test_scan_with_both_biases_matches_finite_differences(scan, gates, options, reverse):
+    """bias_hh then bias_ih (the layers' path: xi without b_ih), and a zero h0 (c0), whose term the
+    weight gradient skips: every input's gradient, including both biases'."""
+    inputs = _scan_inputs(gates, bias=True)
+    inputs[1] = np.zeros_like(inputs[1])                                  # h0 = 0 (as in a language model)
+    inputs.append(np.random.standard_normal(gates * SCAN_H) * 0.5)      # bias_ih
+    check_grad(lambda *args: scan.apply(*args, reverse=reverse, **options), *inputs)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@SCANS
+def test_scan_adds_bias_ih_as_if_it_were_in_xi(scan, gates, options, reverse):
+    """scan(xi, ..., b_hh, b_ih) = scan(xi + b_ih, ..., b_hh), and so are the gradients (float64)."""
+    *head, b_hh = _scan_inputs(gates, bias=True)
+    b_ih = np.random.standard_normal(gates * SCAN_H)
+    results = []
+    for fold in (False, True):
+        args = [gu.tensor(a, requires_grad=True) for a in (*head, b_hh, b_ih)]
+        xi = args[0] + args[-1] if fold else args[0]
+        out = scan.apply(xi, *args[1:-1], *(() if fold else args[-1:]), reverse=reverse, **options)
+        (out * gu.tensor(np.linspace(-1, 1, out.numel()).reshape(out.shape))).sum().backward()
+        results.append([out.detach().numpy(), *(a.grad.numpy() for a in args)])
+    for ours, folded in zip(*results):
+        np.testing.assert_allclose(ours, folded, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["GRU", "LSTM"])
 def test_small_layer_matches_finite_differences(name):
     """A whole 2-layer bidirectional layer in float64: input, initial state(s) and every parameter."""

@@ -69,50 +69,90 @@ def _time_order(length: int, reverse: bool) -> range:
     return range(length - 1, -1, -1) if reverse else range(length)
 
 
-def _previous_states(states: Any, h0: Any, reverse: bool) -> Any:
-    """(T, N, H) array whose row t is the state that step t started from (h0 for the first step)."""
-    xp = array_module(states)
-    if reverse:
-        return xp.concatenate([states[1:], h0[None]], axis=0)   # (T, N, H): step t reads state t+1
-    return xp.concatenate([h0[None], states[:-1]], axis=0)       # (T, N, H): step t reads state t-1
+def _step_links(reverse: bool) -> tuple[slice, slice, int]:
+    """(later, earlier, first): step ``later[k]`` starts from the state of step ``earlier[k]``; step
+    ``first`` (computed first) starts from h0. Indexing (T, ...) arrays with these avoids copying the
+    states into a (T, ...) array of previous states."""
+    return (slice(None, -1), slice(1, None), -1) if reverse else (slice(1, None), slice(None, -1), 0)
 
 
-def _weight_grads(d_gates_h: Any, h_prev: Any, has_bias: bool) -> tuple[Any, ...]:
-    """dL/d weight_hh (G*H, H) as one GEMM over all steps, and dL/d bias_hh (G*H,)."""
-    gate_width, hidden = d_gates_h.shape[-1], h_prev.shape[-1]
-    d_weight = d_gates_h.reshape(-1, gate_width).T @ h_prev.reshape(-1, hidden)   # (G*H, H)
-    return (d_weight, d_gates_h.sum(axis=(0, 1))) if has_bias else (d_weight,)
+def _gate_major(a: Any, gates: int) -> Any:
+    """View of a (T, N, G*H) array as (T, G, N, H): element [t, k] is gate k of step t, an (N, H) block.
+
+    NOTE: the scans keep their own gates gate-major, so that every gate of a step is one contiguous
+    (N, H) block: NumPy runs an (N, H) column block of an (N, G*H) array one row at a time, about
+    twice as slowly. ``xi`` itself is only read through this view, one step at a time, while it is in
+    cache (a gate-major copy of all of it up front costs more than the per-step reads save).
+    """
+    steps, batch, width = a.shape
+    return a.reshape(steps, batch, gates, width // gates).transpose(0, 2, 1, 3)   # (T, N, G, H) -> (T, G, N, H)
+
+
+def _gate_blocks_t(weight_hh: Any, order: tuple[int, ...]) -> Any:
+    """weight_hh (G*H, H) -> (G, H, H), block k = W_{order[k]}.T (contiguous): ``h @ blocks`` is (G, N, H)."""
+    xp = array_module(weight_hh)
+    hidden = weight_hh.shape[1]
+    blocks = weight_hh.reshape(len(order), hidden, hidden)[list(order)]          # (G, H, H) copy, gates reordered
+    return xp.ascontiguousarray(blocks.transpose(0, 2, 1))                       # (G, H, H): W_k.T
+
+
+def _weight_grads(d_gates: Any, states: Any, h0: Any, reverse: bool, has_bias: bool) -> tuple[Any, Any]:
+    """(dL/d weight_hh (G*H, H), dL/d bias_hh (G*H,) or None) from d_gates (T, N, G*H) and the states (T, N, H).
+
+    Step t reads the state of the step before it (h0 for the first step): one GEMM for the steps that
+    read a computed state, one more for the first step unless h0 is zero (as in a language model).
+    """
+    width, hidden = d_gates.shape[-1], states.shape[-1]
+    later, earlier, first = _step_links(reverse)
+    d_weight = d_gates[later].reshape(-1, width).T @ states[earlier].reshape(-1, hidden)   # (G*H, H)
+    if h0.any():
+        d_weight += d_gates[first].T @ h0                                        # (G*H, N) @ (N, H)
+    return d_weight, _sum_rows(d_gates) if has_bias else None
+
+
+def _sum_rows(a: Any) -> Any:
+    """a (..., K) summed over every leading axis -> (K,). NOTE: a GEMV with ones, twice as fast as sum here."""
+    xp = array_module(a)
+    flat = a.reshape(-1, a.shape[-1])                                            # (rows, K)
+    return xp.ones(flat.shape[0], dtype=a.dtype) @ flat
+
+
+def _bias_grads(d_bias_hh: Any, d_bias_ih: Any, count: int) -> tuple[Any, ...]:
+    """The gradients of a scan's ``count`` trailing bias inputs: (), (b_hh,) or (b_hh, b_ih)."""
+    return (d_bias_hh, d_bias_ih)[:count]
 
 
 class RNNScan(Function):
     """All hidden states of one Elman RNN layer direction: h_t = act(xi_t + h_{t-1} @ W_hh.T + b_hh).
 
     Inputs: ``xi`` (T, N, H), the input projections x_t @ W_ih.T + b_ih of every step; ``h0`` (N, H);
-    ``weight_hh`` (H, H); optional ``bias_hh`` (H,). Options: ``nonlinearity`` 'tanh' | 'relu',
+    ``weight_hh`` (H, H); optional ``bias_hh`` (H,), optionally followed by ``bias_ih`` (H,) (then ``xi``
+    is x_t @ W_ih.T without b_ih: see ``_RNNBase._scan``). Options: ``nonlinearity`` 'tanh' | 'relu',
     ``reverse`` (run from t = T-1 down to 0). Output: (T, N, H), h_t in time order.
     """
 
-    def forward(self, xi, h0, weight_hh, *bias_hh, nonlinearity: str = "tanh", reverse: bool = False):
+    def forward(self, xi, h0, weight_hh, *biases, nonlinearity: str = "tanh", reverse: bool = False):
         xp = array_module(xi)
         states = xp.empty(xi.shape, dtype=xi.dtype)                   # (T, N, H)
-        if bias_hh:
-            xi = xi + bias_hh[0]                                       # b_hh for every step at once
+        bias = sum(biases[1:], biases[0]) if biases else None          # (H,): b_hh (+ b_ih)
         h = h0
         for t in _time_order(xi.shape[0], reverse):
             pre = h @ weight_hh.T                                      # (N, H)
             pre += xi[t]
+            if bias is not None:
+                pre += bias                                            # NOTE: per step, in cache: cheaper than xi + b
             if nonlinearity == "tanh":
                 xp.tanh(pre, out=states[t])
             else:
                 xp.maximum(pre, 0, out=states[t])
             h = states[t]
         self.save_for_backward(h0, weight_hh, states)
-        self.options = (nonlinearity, reverse, bool(bias_hh))
+        self.options = (nonlinearity, reverse, len(biases))
         return states
 
     def backward(self, grad_states):
         h0, weight_hh, states = self.saved
-        nonlinearity, reverse, has_bias = self.options
+        nonlinearity, reverse, n_bias = self.options
         xp = array_module(states)
         # d h_t / d pre_t for every step at once (it does not depend on the incoming gradient)
         if nonlinearity == "tanh":
@@ -126,156 +166,188 @@ class RNNScan(Function):
             xp.multiply(dh, slope[t], out=d_pre[t])
             dh = d_pre[t] @ weight_hh                                  # (N, H) -> previous state
         needs = self.needs_input_grad
-        weights = (_weight_grads(d_pre, _previous_states(states, h0, reverse), has_bias) if any(needs[2:])
-                   else (None,) * (1 + has_bias))
-        return (d_pre if needs[0] else None, dh if needs[1] else None, *weights)
+        d_weight, d_bias = _weight_grads(d_pre, states, h0, reverse, n_bias > 0) if any(needs[2:]) else (None, None)
+        d_biases = _bias_grads(d_bias, None if d_bias is None else d_bias.copy(), n_bias)   # b_ih: same values
+        return (d_pre if needs[0] else None, dh if needs[1] else None, d_weight, *d_biases)
 
 
 class GRUScan(Function):
     """All hidden states of one GRU layer direction (torch's equations, gates r, z, n).
 
     Inputs: ``xi`` (T, N, 3H) = x_t @ W_ih.T + b_ih for every step; ``h0`` (N, H); ``weight_hh`` (3H, H);
-    optional ``bias_hh`` (3H,). Option ``reverse``. Output: (T, N, H), h_t in time order.
+    optional ``bias_hh`` (3H,), optionally followed by ``bias_ih`` (3H,) (then ``xi`` is x_t @ W_ih.T
+    without b_ih). Option ``reverse``. Output: (T, N, H), h_t in time order.
+    Inside, the gates are kept gate-major, (T, 3, N, H), so that each gate of a step is contiguous.
     """
 
-    def forward(self, xi, h0, weight_hh, *bias_hh, reverse: bool = False):
+    def forward(self, xi, h0, weight_hh, *biases, reverse: bool = False):
         xp = array_module(xi)
         steps, batch, hidden = xi.shape[0], xi.shape[1], h0.shape[-1]
         states = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
-        gates = xp.empty_like(xi)                                      # (T, N, 3H): r, z, n after activation
-        hn = xp.empty_like(states)                                     # (T, N, H): W_hn h + b_hn, needed for dr
-        # r and z add b_hr, b_hz to the input's part: fold them into every step at once (b_hn sits inside r * .)
-        xi_rz = xi[..., :2 * hidden] + bias_hh[0][:2 * hidden] if bias_hh else xi[..., :2 * hidden]   # (T, N, 2H)
-        b_hn = bias_hh[0][2 * hidden:] if bias_hh else None
-        gh = xp.empty((batch, 3 * hidden), dtype=xi.dtype)            # (N, 3H): h W_hh.T, one buffer for all steps
-        weight_t = xp.ascontiguousarray(weight_hh.T)                   # (H, 3H): NOTE: ~25% faster GEMMs than W.T
+        x_gates = _gate_major(xi, 3)                                   # (T, 3, N, H) view
+        gates = xp.empty(x_gates.shape, dtype=xi.dtype)                # (T, 3, N, H): r, z, n after activation
+        gh = xp.empty_like(gates)                                      # (T, 3, N, H): h W_hh.T + b_hh (hn: for dr)
+        bias = biases[0].reshape(3, 1, hidden).copy() if biases else None   # (3, 1, H): b_hh
+        bias_in = None                                                 # (H,): b_in, added to x's part of n
+        if len(biases) == 2:
+            bias[:2] += biases[1].reshape(3, 1, hidden)[:2]            # b_ir, b_iz join b_hr, b_hz
+            bias_in = biases[1][2 * hidden:]
+        weight_t = _gate_blocks_t(weight_hh, (0, 1, 2))                # (3, H, H)
+        h = h0
         for t in _time_order(steps, reverse):
-            h = h0 if t == (steps - 1 if reverse else 0) else states[t + 1 if reverse else t - 1]
-            xp.matmul(h, weight_t, out=gh)                             # (N, 3H)
-            rz = gates[t, :, :2 * hidden]
-            xp.add(xi_rz[t], gh[:, :2 * hidden], out=rz)
+            xp.matmul(h, weight_t, out=gh[t])                          # (N, H) @ (3, H, H) -> (3, N, H)
+            if bias is not None:
+                gh[t] += bias
+            rz = xp.add(gh[t, :2], x_gates[t, :2], out=gates[t, :2])   # (2, N, H)
             _sigmoid_(rz)
-            r, z, n = rz[:, :hidden], rz[:, hidden:], gates[t, :, 2 * hidden:]
-            if b_hn is None:
-                hn[t] = gh[:, 2 * hidden:]
-            else:
-                xp.add(gh[:, 2 * hidden:], b_hn, out=hn[t])
-            xp.multiply(r, hn[t], out=n)
-            n += xi[t, :, 2 * hidden:]
+            r, z, n = gates[t]
+            xp.multiply(r, gh[t, 2], out=n)                            # NOTE: r gates W_hn h + b_hn
+            n += x_gates[t, 2]
+            if bias_in is not None:
+                n += bias_in
             xp.tanh(n, out=n)
             h_next = states[t]                                         # (1 - z) n + z h, as torch: (h - n) z + n
             xp.subtract(h, n, out=h_next)
             h_next *= z
             h_next += n
-        self.save_for_backward(h0, weight_hh, states, gates, hn)
-        self.options = (reverse, bool(bias_hh))
+            h = h_next
+        self.save_for_backward(h0, weight_hh, states, gates, gh)
+        self.options = (reverse, len(biases))
         return states
 
     def backward(self, grad_states):
-        h0, weight_hh, states, gates, hn = self.saved
-        reverse, has_bias = self.options
+        h0, weight_hh, states, gates, gh = self.saved
+        reverse, n_bias = self.options
         xp = array_module(states)
-        hidden = h0.shape[-1]
-        h_prev = _previous_states(states, h0, reverse)                 # (T, N, H)
-        r, z, n = gates[..., :hidden], gates[..., hidden:2 * hidden], gates[..., 2 * hidden:]   # 3 x (T, N, H)
+        steps, batch, hidden = states.shape
+        later, earlier, first = _step_links(reverse)
+        r, z, n, hn = gates[:, 0], gates[:, 1], gates[:, 2], gh[:, 2]      # 4 x (T, N, H)
         # Local derivatives of h' = n + z (h - n), n = tanh(pre_n), pre_n = xi_n + r * hn, for all steps at
         # once: only the products with the incoming gradient dh must wait for the loop.
-        to_pre_n = (1 - z) * (1 - n * n)                               # d h' / d pre_n
-        to_pre_z = (h_prev - n) * z * (1 - z)                          # d h' / d pre_z
-        to_pre_r = hn * r * (1 - r)                                    # d pre_n / d pre_r
+        slope = 1 - gates[:, :2]                                       # (T, 2, N, H)
+        slope *= gates[:, :2]                                          # sigmoid' of r, z
+        to_pre_r = slope[:, 0]
+        to_pre_r *= hn                                                 # d pre_n / d pre_r
+        to_pre_z = slope[:, 1]                                         # d h' / d pre_z = (h - n) z (1 - z)
+        h_minus_n = xp.empty_like(states)                              # (T, N, H)
+        xp.subtract(states[earlier], n[later], out=h_minus_n[later])
+        xp.subtract(h0, n[first], out=h_minus_n[first])
+        to_pre_z *= h_minus_n
+        to_pre_n = xp.multiply(n, n, out=h_minus_n)                    # d h' / d pre_n = (1 - z) (1 - n^2)
+        xp.subtract(1, to_pre_n, out=to_pre_n)
+        to_pre_n *= 1 - z
         d_pre_n = xp.empty_like(states)                                # (T, N, H): dL/d pre_n
-        d_gates_h = xp.empty_like(gates)                               # (T, N, 3H): dL/d (h W_hh.T + b_hh)
+        d_gates_h = xp.empty((steps, batch, 3, hidden), dtype=states.dtype)   # (T, N, 3, H): dL/d (h W_hh.T + b_hh)
         dh = xp.zeros_like(h0)
         back = xp.empty_like(dh)                                       # (N, H): the GEMM's output, one buffer
-        for t in reversed(_time_order(states.shape[0], reverse)):
+        for t in reversed(_time_order(steps, reverse)):
             dh += grad_states[t]                                       # dh is this loop's own array
             xp.multiply(dh, to_pre_n[t], out=d_pre_n[t])
-            xp.multiply(d_pre_n[t], to_pre_r[t], out=d_gates_h[t, :, :hidden])
-            xp.multiply(dh, to_pre_z[t], out=d_gates_h[t, :, hidden:2 * hidden])
-            xp.multiply(d_pre_n[t], r[t], out=d_gates_h[t, :, 2 * hidden:])   # n sees r * (W_hn h + b_hn)
+            xp.multiply(d_pre_n[t], to_pre_r[t], out=d_gates_h[t, :, 0])
+            xp.multiply(dh, to_pre_z[t], out=d_gates_h[t, :, 1])
+            xp.multiply(d_pre_n[t], r[t], out=d_gates_h[t, :, 2])     # n sees r * (W_hn h + b_hn)
             dh *= z[t]
-            xp.matmul(d_gates_h[t], weight_hh, out=back)               # (N, H) -> previous state
+            xp.matmul(d_gates_h[t].reshape(batch, 3 * hidden), weight_hh, out=back)   # (N, H) -> previous state
             dh += back
+        d_gates_h = d_gates_h.reshape(steps, batch, 3 * hidden)        # (T, N, 3H), gates side by side
         needs = self.needs_input_grad
         d_gates_x = None                                               # (T, N, 3H): dL/d xi, = d_gates_h but for n
-        if needs[0]:
+        if needs[0] or n_bias == 2:
             d_gates_x = d_gates_h.copy()
             d_gates_x[..., 2 * hidden:] = d_pre_n
-        weights = _weight_grads(d_gates_h, h_prev, has_bias) if any(needs[2:]) else (None,) * (1 + has_bias)
-        return (d_gates_x, dh if needs[1] else None, *weights)
+        d_weight, d_bias = _weight_grads(d_gates_h, states, h0, reverse, n_bias > 0) if any(needs[2:]) else (None, None)
+        d_bias_ih = _sum_rows(d_gates_x) if n_bias == 2 and needs[4] else None
+        return (d_gates_x if needs[0] else None, dh if needs[1] else None, d_weight,
+                *_bias_grads(d_bias, d_bias_ih, n_bias))
+
+
+# LSTMScan keeps its gates in the order i, f, o, g: the three sigmoids are one contiguous block
+_LSTM_ORDER = (0, 1, 3, 2)
 
 
 class LSTMScan(Function):
     """All hidden and cell states of one LSTM layer direction (torch's equations, gates i, f, g, o).
 
     Inputs: ``xi`` (T, N, 4H) = x_t @ W_ih.T + b_ih for every step; ``h0``, ``c0`` (N, H);
-    ``weight_hh`` (4H, H); optional ``bias_hh`` (4H,). Option ``reverse``.
+    ``weight_hh`` (4H, H); optional ``bias_hh`` (4H,), optionally followed by ``bias_ih`` (4H,) (then
+    ``xi`` is x_t @ W_ih.T without b_ih). Option ``reverse``.
     Output: (2, T, N, H): [0] holds h_t and [1] holds c_t, in time order (one Function has one output).
+    Inside, the gates are kept gate-major in the order i, f, o, g, (T, 4, N, H): each gate of a step is
+    contiguous and the three sigmoids are one block.
     """
 
-    def forward(self, xi, h0, c0, weight_hh, *bias_hh, reverse: bool = False):
+    def forward(self, xi, h0, c0, weight_hh, *biases, reverse: bool = False):
         xp = array_module(xi)
         steps, batch, hidden = xi.shape[0], xi.shape[1], h0.shape[-1]
         hc = xp.empty((2, steps, batch, hidden), dtype=xi.dtype)     # (2, T, N, H)
-        gates = xp.empty_like(xi)                                      # (T, N, 4H): sigmoid of i, f, (g), o
-        cell_in = xp.empty((steps, batch, hidden), dtype=xi.dtype)    # (T, N, H): g = tanh(pre_g)
         tanh_c = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
-        if bias_hh:
-            xi = xi + bias_hh[0]                                       # b_hh for every step at once
+        x_gates = _gate_major(xi, 4)                                   # (T, 4, N, H) view, gates i, f, g, o
+        gates = xp.empty(x_gates.shape, dtype=xi.dtype)                # (T, 4, N, H): i, f, o, g after activation
+        bias = sum(biases[1:], biases[0]).reshape(4, 1, hidden)[list(_LSTM_ORDER)] if biases else None   # (4, 1, H)
+        weight_t = _gate_blocks_t(weight_hh, _LSTM_ORDER)             # (4, H, H)
         ig = xp.empty((batch, hidden), dtype=xi.dtype)                 # (N, H): i * g, one buffer
-        weight_t = xp.ascontiguousarray(weight_hh.T)                   # (H, 4H): NOTE: ~25% faster GEMMs than W.T
-        h, c = h0, c0
+        h, c_prev = h0, c0
         for t in _time_order(steps, reverse):
             pre = gates[t]
-            xp.matmul(h, weight_t, out=pre)                            # (N, 4H)
-            pre += xi[t]
-            g = cell_in[t]
-            xp.tanh(pre[:, 2 * hidden:3 * hidden], out=g)
-            # NOTE: one sigmoid over all four gates (4 calls, not 8); g's column block is then unused
-            _sigmoid_(pre)
-            i, f, o = pre[:, :hidden], pre[:, hidden:2 * hidden], pre[:, 3 * hidden:]
+            xp.matmul(h, weight_t, out=pre)                            # (N, H) @ (4, H, H) -> (4, N, H)
+            pre[:2] += x_gates[t, :2]                                  # i, f
+            pre[2:] += x_gates[t, 3:1:-1]                              # o, g
+            if bias is not None:
+                pre += bias
+            _sigmoid_(pre[:3])                                         # i, f, o in one block
+            i, f, o, g = pre
+            xp.tanh(g, out=g)
             c = hc[1, t]
-            c_prev = c0 if t == (steps - 1 if reverse else 0) else hc[1, t + 1 if reverse else t - 1]
             xp.multiply(f, c_prev, out=c)
             xp.multiply(i, g, out=ig)
             c += ig
             xp.tanh(c, out=tanh_c[t])
             xp.multiply(o, tanh_c[t], out=hc[0, t])
-            h = hc[0, t]
-        self.save_for_backward(h0, c0, weight_hh, hc, gates, cell_in, tanh_c)
-        self.options = (reverse, bool(bias_hh))
+            h, c_prev = hc[0, t], c
+        self.save_for_backward(h0, c0, weight_hh, hc, gates, tanh_c)
+        self.options = (reverse, len(biases))
         return hc
 
     def backward(self, grad_hc):
-        h0, c0, weight_hh, hc, gates, g, tanh_c = self.saved
-        reverse, has_bias = self.options
+        h0, c0, weight_hh, hc, gates, tanh_c = self.saved
+        reverse, n_bias = self.options
         xp = array_module(hc)
         steps, batch, hidden = tanh_c.shape
-        c_prev = _previous_states(hc[1], c0, reverse)                  # (T, N, H)
-        i, f, o = gates[..., :hidden], gates[..., hidden:2 * hidden], gates[..., 3 * hidden:]   # 3 x (T, N, H)
+        later, earlier, first = _step_links(reverse)
+        i, f, o, g = gates[:, 0], gates[:, 1], gates[:, 2], gates[:, 3]   # 4 x (T, N, H)
         # Local derivatives of c' = f c + i g, h' = o tanh(c') for all steps at once: only the products
         # with the incoming gradients dh, dc must wait for the loop.
-        h_to_c = o * (1 - tanh_c * tanh_c)                             # d h' / d c'
-        c_to_pre = xp.empty((steps, batch, 3, hidden), dtype=tanh_c.dtype)   # d c' / d pre_i, pre_f, pre_g
-        xp.multiply(g * i, 1 - i, out=c_to_pre[:, :, 0])
-        xp.multiply(c_prev * f, 1 - f, out=c_to_pre[:, :, 1])
-        xp.multiply(i, 1 - g * g, out=c_to_pre[:, :, 2])
-        h_to_pre_o = tanh_c * o * (1 - o)                              # d h' / d pre_o
-        d_pre = xp.empty((steps, batch, 4, hidden), dtype=tanh_c.dtype)   # (T, N, 4, H): dL/d pre_i, f, g, o
+        slope = 1 - gates[:, :3]                                       # (T, 3, N, H)
+        slope *= gates[:, :3]                                          # sigmoid' of i, f, o
+        c_to_pre = xp.empty((steps, 3, batch, hidden), dtype=hc.dtype)   # (T, 3, N, H): d c' / d pre_i, f, g
+        xp.multiply(g, slope[:, 0], out=c_to_pre[:, 0])
+        xp.multiply(hc[1, earlier], slope[later, 1], out=c_to_pre[later, 1])
+        xp.multiply(c0, slope[first, 1], out=c_to_pre[first, 1])
+        to_pre_g = xp.multiply(g, g, out=c_to_pre[:, 2])
+        xp.subtract(1, to_pre_g, out=to_pre_g)
+        to_pre_g *= i
+        h_to_pre_o = slope[:, 2]                                       # d h' / d pre_o = tanh(c') o (1 - o)
+        h_to_pre_o *= tanh_c
+        h_to_c = tanh_c * tanh_c                                       # d h' / d c' = o (1 - tanh(c')^2)
+        xp.subtract(1, h_to_c, out=h_to_c)
+        h_to_c *= o
+        d_pre = xp.empty((steps, batch, 4, hidden), dtype=hc.dtype)   # (T, N, 4, H): dL/d pre_i, f, g, o
+        d_pre_ifg = d_pre[:, :, :3].transpose(0, 2, 1, 3)              # (T, 3, N, H) view
         dh, dc = xp.zeros_like(h0), xp.zeros_like(c0)
+        dh_c = xp.empty_like(dc)                                       # (N, H): dh * h_to_c, one buffer
         for t in reversed(_time_order(steps, reverse)):
             dh += grad_hc[0, t]                                        # dh, dc are this loop's own arrays
             dc += grad_hc[1, t]
-            dc += dh * h_to_c[t]
-            xp.multiply(dc[:, None, :], c_to_pre[t], out=d_pre[t, :, :3])   # i, f, g in one call
+            dc += xp.multiply(dh, h_to_c[t], out=dh_c)
+            xp.multiply(dc, c_to_pre[t], out=d_pre_ifg[t])             # i, f, g in one call
             xp.multiply(dh, h_to_pre_o[t], out=d_pre[t, :, 3])
             dc *= f[t]                                                 # (N, H) -> previous cell state
             xp.matmul(d_pre[t].reshape(batch, 4 * hidden), weight_hh, out=dh)   # (N, H) -> previous hidden state
         d_pre = d_pre.reshape(steps, batch, 4 * hidden)                # (T, N, 4H), gates side by side
         needs = self.needs_input_grad
-        weights = (_weight_grads(d_pre, _previous_states(hc[0], h0, reverse), has_bias) if any(needs[3:])
-                   else (None,) * (1 + has_bias))
-        return (d_pre if needs[0] else None, dh if needs[1] else None, dc if needs[2] else None, *weights)
+        d_weight, d_bias = _weight_grads(d_pre, hc[0], h0, reverse, n_bias > 0) if any(needs[3:]) else (None, None)
+        d_biases = _bias_grads(d_bias, None if d_bias is None else d_bias.copy(), n_bias)   # b_ih: same values
+        return (d_pre if needs[0] else None, dh if needs[1] else None, dc if needs[2] else None, d_weight, *d_biases)
 
 
 # ============================================================================ one step, composed from Tensor ops
@@ -577,8 +649,10 @@ class _RNNBase(Module):
               reverse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Run layer-direction ``k`` over x (T, N, in): (states (T, N, H), h_last (N, H), c_last or None)."""
         weight_ih, weight_hh, bias_ih, bias_hh = self._layer_weights(k)
-        xi = F.linear(x, weight_ih, bias_ih)                        # (T, N, G*H): one GEMM for every step
-        bias = () if bias_hh is None else (bias_hh,)
+        xi = F.linear(x, weight_ih)                                 # (T, N, G*H): one GEMM for every step
+        # NOTE: the scan adds b_ih with b_hh at each step, while the step's rows are in cache: cheaper
+        # than a pass over the whole (T, N, G*H) projection (and the bias gradients share one sum)
+        bias = () if bias_hh is None else (bias_hh, bias_ih)
         last = 0 if reverse else x.shape[0] - 1                     # the step computed last
         if self.mode == "LSTM":
             hc = LSTMScan.apply(xi, h0, c0, weight_hh, *bias, reverse=reverse)   # (2, T, N, H)
