@@ -76,6 +76,13 @@ def test_gradients_match_finite_differences(packing, mask):
     check_grad(lambda *xs: PackedAttention.apply(*xs, num_heads=H, **options), *SHAPES[packing])
 
 
+def test_strided_inputs_and_gradients():
+    """Inputs that are views (a sequence-first tensor transposed) and a broadcast output gradient."""
+    check_grad(lambda x: PackedAttention.apply(x.transpose(0, 1), num_heads=H, is_causal=True), (L, N, 3 * E))
+    check_grad(lambda q, kv: PackedAttention.apply(q.transpose(0, 1), kv[:, ::2], num_heads=H).sum(),
+               (L, N, E), (N, 2 * S, 2 * E))
+
+
 @pytest.mark.parametrize("packing", list(SHAPES))
 @pytest.mark.parametrize("causal", [False, True])
 def test_matches_torch_sdpa_on_split_heads(packing, causal):
