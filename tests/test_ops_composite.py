@@ -352,6 +352,9 @@ ELSEWHERE: dict[str, str] = {
                                         "GPT (engine ops) in float64, values and gradients",
     "ops.additive_attention.AdditiveAttention": "tests/test_models_seq2seq_fused.py: against AdditiveAttention's "
                                                 "forward (engine ops) and finite differences in float64",
+    "ops.packed_attention.PackedAttention": "tests/test_ops_packed_attention.py: against the split, "
+                                            "ScaledDotProductAttention and merge through Tensor ops, finite "
+                                            "differences in float64 and torch",
 }
 
 

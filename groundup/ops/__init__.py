@@ -78,6 +78,8 @@ FUSED: dict[str, str] = {
     "ops.conv.MaxPool2d": "windows as one strided view, no copy; the composite gathers every window, then max",
     "ops.conv.AvgPool2d": "windows as one strided view, no copy; the composite gathers every window, then mean",
     "ops.attention.ScaledDotProductAttention": "softmax(q k^T / sqrt(d) + mask) v in one node; the scores are not kept",
+    "ops.packed_attention.PackedAttention": "SDPA from packed in-projections to merged heads in one node: the head "
+                                            "split and merge (about ten movement nodes) as strided views",
     "models.gpt_fast.TransformerStack": "the GPT's whole block stack in one node, the batch split over threads",
     "models.gpt_fast.LMHeadLoss": "final LayerNorm + tied head + cross-entropy in one threaded node, no logits graph",
     "nn.recurrent.RNNScan": "a whole sequence in one node: the time loop and backprop through time in NumPy",
