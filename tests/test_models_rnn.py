@@ -100,6 +100,27 @@ def test_rnnlm_matches_torch(cell):
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_rnnlm_lookup_projection_equals_the_readable_path(cell):
+    """The projected-table lookup (the default) and rnn(wte(idx)) give the same logits, loss and
+    parameter gradients (float64, 2 layers, with a carried state)."""
+    model = RNNLM(RNNLMConfig(vocab_size=11, cell=cell, n_embd=5, hidden_size=7, num_layers=2)).to(dtype=gu.float64)
+    x, y = _lm_batch(np.random.default_rng(4))
+    results = []
+    for lookup in (True, False):
+        model.lookup_projection = lookup
+        model.zero_grad()
+        loss = model.loss(gu.tensor(x), gu.tensor(y))
+        loss.backward()
+        _, state = model.hidden_states(gu.tensor(x))
+        out, _ = model.hidden_states(gu.tensor(x[:, :2]), state)         # continue from a carried state
+        results.append([loss.item(), model(gu.tensor(x)).detach().numpy(), out.detach().numpy()]
+                       + [p.grad.numpy() for p in model.parameters()])
+    assert RNNLM.lookup_projection is True
+    for k, (fast, readable) in enumerate(zip(*results)):
+        np.testing.assert_allclose(fast, readable, rtol=1e-10, atol=1e-12, err_msg=f"item {k}")
+
+
 def test_rnnlm_overfits_a_tiny_batch():
     """Four names that differ from their first letter on: only that letter is uncertain (log 4 nats each)."""
     names = ["ava", "bob", "cyd", "dan"]

@@ -15,6 +15,7 @@ import pytest
 from helpers import assert_graph_dtype, check_grad
 
 import groundup as gu
+from groundup import functional as F
 from groundup import nn
 from groundup.nn.recurrent import GRUScan, LSTMScan, RNNScan, unroll_cell
 
@@ -228,6 +229,46 @@ def test_float32_stays_float32_through_forward_and_backward(name):
     output, state = layer(gu.randn(T, N, IN, requires_grad=True), (hx, hx) if name == "LSTM" else hx)
     assert output.dtype == gu.float32
     assert_graph_dtype(_flat((output, state)))
+
+
+# ------------------------------------------------------------------ forward_projected
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_forward_projected_equals_forward(name):
+    """Given x W_ih^T of both directions, a 2-layer bidirectional batch_first layer computes what
+    ``forward`` computes from x: outputs, final states and every gradient (float64)."""
+    gu.manual_seed(0)
+    layer = getattr(nn, name)(IN, H, num_layers=2, bidirectional=True, batch_first=True, dtype=gu.float64)
+    x_array = np.random.standard_normal((N, T, IN))
+    hx_arrays = [np.random.standard_normal((4, N, H)) for _ in range(2 if name == "LSTM" else 1)]
+    results = []
+    for projected in (False, True):
+        layer.zero_grad()
+        x = gu.tensor(x_array, requires_grad=True)
+        states = [gu.tensor(a, requires_grad=True) for a in hx_arrays]
+        hx = tuple(states) if name == "LSTM" else states[0]
+        if projected:
+            x_time = x.transpose(0, 1)                                      # (T, N, in)
+            out = layer.forward_projected([F.linear(x_time, layer.weight_ih_l0),
+                                           F.linear(x_time, layer.weight_ih_l0_reverse)], hx)
+        else:
+            out = layer(x, hx)
+        outputs = _flat(out)
+        sum((o * gu.tensor(np.cos(np.arange(o.numel())).reshape(o.shape))).sum() for o in outputs).backward()
+        results.append([o.detach().numpy() for o in outputs] + [t.grad.numpy() for t in (x, *states)]
+                       + [p.grad.numpy() for p in layer.parameters()])
+    assert len(results[0]) == len(results[1])
+    for k, (ours, readable) in enumerate(zip(*results)):
+        np.testing.assert_allclose(ours, readable, rtol=1e-10, atol=1e-12, err_msg=f"item {k}")
+
+
+def test_forward_projected_rejects_wrong_projections():
+    layer = nn.LSTM(IN, H, bidirectional=True)
+    good = gu.randn(T, N, 4 * H)
+    for projections in ([good], [good, gu.randn(T, N, 3 * H)], [good, gu.randn(T, N + 1, 4 * H)]):
+        with pytest.raises(ValueError, match="projections"):
+            layer.forward_projected(projections)
+    with pytest.raises(RuntimeError, match="dtype"):
+        layer.forward_projected([good, gu.randn(T, N, 4 * H, dtype=gu.float64)])
 
 
 # ------------------------------------------------------------------ unroll_cell

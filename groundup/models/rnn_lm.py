@@ -67,7 +67,14 @@ class RNNLM(Module):
 
     Submodules: ``wte`` Embedding(V, C); ``rnn`` nn.RNN / GRU / LSTM(C, H, num_layers, batch_first=True);
     ``lm_head`` Linear(H, V).
+
+    ``lookup_projection`` (default True) picks how the first recurrent layer gets its input projection
+    x_t W_ih^T, the same numbers either way: False runs the readable ``rnn(wte(idx))``; True projects the
+    embedding table once, wte W_ih^T (V, G*H), and looks its rows up by token id, which trades the
+    (B*T, C) x (C, G*H) GEMM forward and two such GEMMs backward for a (V, C) one and a (V, B*T) one.
     """
+
+    lookup_projection: bool = True
 
     def __init__(self, cfg: RNNLMConfig):
         super().__init__()
@@ -98,9 +105,13 @@ class RNNLM(Module):
             (states (B, T, H), final state: h_n (L, B, H), or (h_n, c_n) for an LSTM).
         """
         idx = self._check_ids(idx)
-        x = self.wte(idx)                                           # (B, T, C)
-        out, final = self.rnn(x, state)                             # (B, T, H)
-        return out, final
+        if not self.lookup_projection:
+            x = self.wte(idx)                                       # (B, T, C)
+            out, final = self.rnn(x, state)                         # (B, T, H)
+            return out, final
+        table = F.linear(self.wte.weight, self.rnn.weight_ih_l0)    # (V, G*H): wte[v] W_ih^T for every token v
+        xi = F.embedding(idx.data.T, table)                         # (B, T) -> (T, B) -> (T, B, G*H), time-major
+        return self.rnn.forward_projected([xi], state)              # (B, T, H), final state
 
     def forward(self, idx: Tensor) -> Tensor:
         """Next-token logits.   idx (B, T) int -> (B, T, V)"""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from groundup import creation
@@ -645,15 +646,17 @@ class _RNNBase(Module):
             raise TypeError(f"LSTM: hx must be a pair (h_0, c_0), got {type(hx).__name__}")
         return self._states(hx[0], batched, batch, like, "h_0"), self._states(hx[1], batched, batch, like, "c_0")
 
-    def _scan(self, x: Tensor, k: int, h0: Tensor, c0: Tensor | None,
-              reverse: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Run layer-direction ``k`` over x (T, N, in): (states (T, N, H), h_last (N, H), c_last or None)."""
+    def _scan(self, x: Tensor | None, k: int, h0: Tensor, c0: Tensor | None, reverse: bool,
+              xi: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Run layer-direction ``k`` over x (T, N, in), or over its given projection ``xi`` = x W_ih^T
+        (T, N, G*H): (states (T, N, H), h_last (N, H), c_last or None)."""
         weight_ih, weight_hh, bias_ih, bias_hh = self._layer_weights(k)
-        xi = F.linear(x, weight_ih)                                 # (T, N, G*H): one GEMM for every step
+        if xi is None:
+            xi = F.linear(x, weight_ih)                             # (T, N, G*H): one GEMM for every step
         # NOTE: the scan adds b_ih with b_hh at each step, while the step's rows are in cache: cheaper
         # than a pass over the whole (T, N, G*H) projection (and the bias gradients share one sum)
         bias = () if bias_hh is None else (bias_hh, bias_ih)
-        last = 0 if reverse else x.shape[0] - 1                     # the step computed last
+        last = 0 if reverse else xi.shape[0] - 1                    # the step computed last
         if self.mode == "LSTM":
             hc = LSTMScan.apply(xi, h0, c0, weight_hh, *bias, reverse=reverse)   # (2, T, N, H)
             return hc[0], hc[0, last], hc[1, last]
@@ -663,10 +666,15 @@ class _RNNBase(Module):
             states = RNNScan.apply(xi, h0, weight_hh, *bias, nonlinearity=self.nonlinearity, reverse=reverse)
         return states, states[last], None
 
-    def _run(self, input: Tensor, hx: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(output, h_n, c_n or None) with torch's shapes."""
-        x, batched = self._time_major(input, self.batch_first)    # (T, N, in)
-        h0, c0 = self._initial_states(hx, batched, x.shape[1], x)
+    def _run(self, input: Tensor | None, hx: Any,
+             projections: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(output, h_n, c_n or None) with torch's shapes; ``projections``: see ``forward_projected``."""
+        if projections is None:
+            x, batched = self._time_major(input, self.batch_first)    # (T, N, in)
+        else:
+            x, batched = None, True
+        like = x if projections is None else projections[0]
+        h0, c0 = self._initial_states(hx, batched, like.shape[1], like)
         directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         layer_input = x
@@ -674,8 +682,9 @@ class _RNNBase(Module):
             outputs = []
             for direction in range(directions):
                 k = layer * directions + direction
+                xi = projections[direction] if projections is not None and layer == 0 else None
                 states, h_last, c_last = self._scan(layer_input, k, h0[k], None if c0 is None else c0[k],
-                                                    reverse=direction == 1)
+                                                    reverse=direction == 1, xi=xi)
                 outputs.append(states)
                 h_n.append(h_last)
                 c_n.append(c_last)
@@ -689,6 +698,30 @@ class _RNNBase(Module):
         if self.batch_first:
             output = output.transpose(0, 1)                         # (T, N, D*H) -> (N, T, D*H)
         return output, h_n_t, c_n_t
+
+    def forward_projected(self, projections: Sequence[Tensor], hx: Any = None) -> tuple[Tensor, Any]:
+        """``forward`` from the first layer's input projections instead of the input: for a caller that
+        computes x_t W_ih^T (without b_ih) itself, e.g. a language model, which looks the rows up in the
+        projected embedding table (V, C) x (C, G*H) instead of projecting every (T*N, C) input.
+
+        Args:
+            projections: one time-major (T, N, G*H) tensor per direction (``weight_ih_l0`` and, for a
+                bidirectional layer, ``weight_ih_l0_reverse``), whatever ``batch_first`` is.
+            hx: as ``forward`` (batched).
+        Returns:
+            what ``forward`` returns (the output follows ``batch_first``).
+        """
+        name = type(self).__name__
+        directions = 2 if self.bidirectional else 1
+        width = _GATES[self.mode] * self.hidden_size
+        if len(projections) != directions or any(p.ndim != 3 or p.shape[-1] != width or p.shape[0] == 0
+                                                 or p.shape != projections[0].shape for p in projections):
+            raise ValueError(f"{name}.forward_projected: expected {directions} non-empty (T, N, {width}) "
+                             f"projections, got shapes {[tuple(p.shape) for p in projections]}")
+        for p in projections:
+            _check_dtype(name, "projection", p, self.weight_ih_l0)
+        output, h_n, c_n = self._run(None, hx, projections)
+        return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
 
     def extra_repr(self) -> str:
         """torch's text (which leaves out ``nonlinearity`` for layers)."""
