@@ -281,3 +281,18 @@ def test_trainer_with_data_parallel_follows_the_one_process_trajectory(tmp_path)
     with pytest.raises(ValueError, match="cannot split a loss_fn"):
         Trainer(RNNLM(RNNLMConfig(vocab_size=11)), TrainConfig(), get_batch, loss_fn=lambda m, b: m.loss(*b),
                 data_parallel=True)
+
+
+def test_workers_forked_under_no_grad_still_compute_gradients():
+    from groundup.models.mlp import MLP, MLPConfig
+
+    gu.manual_seed(10)
+    model = MLP(MLPConfig(in_features=3, hidden_sizes=(4,), num_classes=2)).double()
+    batch = (gu.tensor(np.random.default_rng(10).standard_normal((6, 3))), gu.tensor(np.arange(6) % 2))
+    one = _one_pass(model, batch)
+    model.zero_grad()
+    with cpu_threads(2):
+        with gu.no_grad():
+            assert worker_processes()                                       # forked while grad mode is off
+        loss = DataParallel(model)(*batch)
+    _assert_same(one, (loss, _grads(model)))

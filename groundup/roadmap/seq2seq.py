@@ -19,6 +19,7 @@ import numpy as np
 import groundup as gu
 from groundup import optim
 from groundup.data.synthetic import DateCodec
+from groundup.models.seq2seq import IGNORE_INDEX
 from groundup.nn import Module
 from groundup.roadmap.runner import Context
 from groundup.roadmap.training import train
@@ -63,8 +64,8 @@ def train_seq2seq(ctx: Context, model: Module, pairs: list[tuple[str, str]], cod
     losses: list[float] = []
     trainer = train(ctx, model, get_batch, steps=iters, lr=lr, warmup=min(100, iters // 10), grad_clip=1.0,
                     description=description, optimizer=optim.Adam(model.parameters(), lr=lr), seed_offset=seed_offset,
-                    loss_fn=lambda m, b: m.loss(b[0], b[1].numpy(), b[2], b[3]),
-                    callbacks=[lambda t, event, info: losses.append(info["loss"]) if event == "step" else None])
+                    callbacks=[lambda t, event, info: losses.append(info["loss"]) if event == "step" else None],
+                    data_parallel=lambda src, mask, tgt_in, tgt_out: (tgt_out != IGNORE_INDEX).sum())   # target tokens
     return {"train_loss": losses, "wall_s": trainer.wall_s()}
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from groundup import random as gu_random
 from groundup.nn.module import Module
 from groundup.parallel import chunks, cpu_threads, worker_processes
-from groundup.tensor import Tensor
+from groundup.tensor import Tensor, enable_grad
 
 __all__ = ["DataParallel"]
 
@@ -170,7 +170,7 @@ def _replica_step(state: dict[str, Any], arrays: dict[str, Any], meta: dict[str,
     model.train(meta["training"])
     block = [np.array(arrays[f"b{k}"]) for k in range(len(meta["wrap"]))]   # writable copies
     block = [Tensor(a) if w else a for a, w in zip(block, meta["wrap"])]
-    with gu_random.fork_rng(meta["seed"]):
+    with enable_grad(), gu_random.fork_rng(meta["seed"]):                   # the worker may have forked in no_grad
         value = getattr(model, meta["loss"])(*block)
         (value * meta["weight"]).backward()
     grads = {f"p{j}": p.grad.data for j, p in enumerate(params) if p.grad is not None}
