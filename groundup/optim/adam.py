@@ -81,7 +81,10 @@ class Adam(Optimizer):
         threads = num_threads() if todo and array_module(todo[0][0].data) is np else 1
         if sum(p.data.size for p, _ in todo) < SHARE_OUT_MIN:
             threads = 1
-        parallel_map(update, _share_out(todo, threads))
+        if threads == 1:
+            update(todo)                      # NOTE: no parallel_map hand-off (or BLAS-thread toggling) at all
+        else:
+            parallel_map(update, _share_out(todo, threads))
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
