@@ -21,7 +21,10 @@ loops over time with only the hidden-state GEMM and the gates, and has a hand-de
 (backpropagation through time) that ends with one GEMM for ``weight_hh``'s gradient. Each scan is
 one graph node instead of ~15 per step: a GRU (H=128, T=16, N=32) trains about twice as fast as the
 same loop composed from Tensor ops, about as fast as torch on one CPU thread. The tests check the
-scans against finite differences and the layers against torch.
+scans against finite differences and the layers against torch. Inside a scan the gates are kept
+gate-major, (T, G, N, H), so each gate of a step is one contiguous block; both biases are added per
+step (the projection GEMM has none); ``forward_projected`` takes the first layer's projections from a
+caller that computes them otherwise (a language model: a lookup in its projected embedding table).
 
 The cells are composed from Tensor ops (no hand-written backward), so every hidden state is an
 ordinary Tensor: ``unroll_cell`` runs a cell (or a unidirectional layer's weights) step by step and
