@@ -292,7 +292,7 @@ class Linear(Function):
         gx = (g2 @ weight).reshape(self.in_shape) if self.needs_input_grad[0] else None
         gw = g2.T @ x2 if self.needs_input_grad[1] else None       # (out, in)
         if len(self.needs_input_grad) == 3:
-            return gx, gw, g2.sum(axis=0) if self.needs_input_grad[2] else None
+            return gx, gw, K.column_sums(g2) if self.needs_input_grad[2] else None
         return gx, gw
 
 
