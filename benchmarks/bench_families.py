@@ -16,8 +16,8 @@ Families and sizes (those of the roadmap stages, groundup/roadmap/stages/*.py):
     gpt          the baby GPT, FastGPT against PyTorch with SDPA (benchmarks/bench_gpt.py)
 
 Method (BENCHMARKS.md "Method"): both contenders start from the same weights (groundup's, copied
-into the twin of benchmarks/torch_families.py) and see the same batches; after warm-up one training
-step of groundup and one of PyTorch alternate (A, B, A, B, ...) and the medians (with min and max)
+into the twin of benchmarks/torch_families.py) and see the same batches; after warm-up
+the contenders take turns of 4 steps (the first of each turn untimed) and the medians (with min and max)
 are reported. A step is what the stage's loop does: forward, backward, clipping where the stage
 clips, the optimizer's update. Dropout is 0 on both sides. groundup runs inside
 ``groundup.parallel.cpu_threads()`` (the roadmap's and the Trainer's CPU setup), PyTorch with
@@ -392,24 +392,42 @@ def _stats(seconds: list[float]) -> dict[str, float]:
     return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()), "max_ms": float(ms.max())}
 
 
-def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[], None] = lambda: None
-                 ) -> dict[str, Any]:
-    """Warm up, then alternate one step of each contender per round; medians, rates and the ratio."""
-    names = list(contest.steps)
+BLOCK = 4                                       # steps per contender per turn; the first is not timed
+
+
+def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[], None] = lambda: None,
+                 names: Sequence[str] | None = None, block: int = BLOCK) -> dict[str, Any]:
+    """Warm up, then the contenders (``names``: default all) take turns of ``block`` steps on the same
+    batches, the order flipping every round; the first step of a turn settles and is not timed, the
+    next ``block - 1`` are. Returns medians, rates and the ratio.
+
+    NOTE: why turns and not single alternating steps: right after a PyTorch step its OpenMP threads
+    still spin for a while, and a step that needs the second core then (groundup's worker process)
+    measured 1.6x slower than alone (LSTM, split step: 6.1 ms alone, 10.0 ms alternating); PyTorch
+    lost 1.3x the other way (5.2 -> 6.7 ms)."""
+    names = list(contest.steps if names is None else names)
     for i in range(warmup):
         for name in names:
             contest.steps[name](contest.batches[i % len(contest.batches)])
         advance()
     seconds: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(iters):
-        batch = contest.batches[(warmup + i) % len(contest.batches)]
-        order = names if i % 2 == 0 else names[::-1]                # neither always runs on a warm cache
+    timed_batches: list[Batch] = []
+    first = warmup
+    while len(timed_batches) < iters:
+        turn = [contest.batches[(first + j) % len(contest.batches)] for j in range(block)]
+        take = min(block - 1, iters - len(timed_batches))
+        order = names if (first // block) % 2 == 0 else names[::-1]    # neither always goes first
         for name in order:
-            t = time.perf_counter()
-            contest.steps[name](batch)
-            seconds[name].append(time.perf_counter() - t)
-        advance()
-    units = [contest.units(contest.batches[(warmup + i) % len(contest.batches)]) for i in range(iters)]
+            contest.steps[name](turn[0])                               # settles: not timed
+            for batch in turn[1:1 + take]:
+                t = time.perf_counter()
+                contest.steps[name](batch)
+                seconds[name].append(time.perf_counter() - t)
+        timed_batches += turn[1:1 + take]
+        first += block
+        for _ in range(take):
+            advance()
+    units = [contest.units(batch) for batch in timed_batches]
     per_step = float(np.median(units))
     result: dict[str, Any] = {"iters": iters, "warmup": warmup, "unit": contest.unit,
                               f"{contest.unit}_per_step": per_step}
@@ -525,7 +543,8 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
     with _progress(progress) as bar:
         for family in families:
             n = plan[family]
-            task = bar.add_task(f"{family:<12}", total=warm + n) if bar else None
+            rounds = 2 if family in DP_FAMILIES else 1
+            task = bar.add_task(f"{family:<12}", total=(warm + n) * rounds) if bar else None
             load_before = machine_load()
             try:
                 result = _time_family(family, n, warm, bar, task, torch, torch_threads, record)
@@ -599,7 +618,13 @@ def _time_family(family: str, n: int, warm: int, bar: Any, task: Any, torch: Any
         which = ("groundup", "groundup_dp", "torch") if family in DP_FAMILIES else ("groundup", "torch")
         contest = BUILDERS[family](warm + n, which)
         tick = (lambda: bar.advance(task)) if bar else (lambda: None)
-        result = time_contest(contest, n, warm, tick)
+        result = time_contest(contest, n, warm, tick, names=("groundup", "torch"))
+        if "groundup_dp" in contest.steps:
+            # NOTE: a race of its own against PyTorch: three contenders taking turns slowed the other two
+            # by 15-20% (caches; the worker process), so each pair races on its own
+            split = time_contest(contest, n, warm, tick, names=("groundup_dp", "torch"))
+            result.update(groundup_dp=split["groundup_dp"], torch_in_split_race=split["torch"],
+                          ratio_dp=split["ratio_dp"])
         result.update(description=contest.description, config=contest.config)
         return result
 

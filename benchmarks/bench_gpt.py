@@ -3,8 +3,8 @@
     python benchmarks/bench_gpt.py --preset baby --iters 40       (or: groundup bench gpt --preset baby)
 
 Method (BENCHMARKS.md "Method"): both models start from the same weights and train on the same
-random batches; after warm-up, one training step of groundup and one of PyTorch alternate (A, B,
-A, B, ...), and the medians (with min and max) are reported with their ratio. A step is forward,
+random batches; after warm-up the contenders take turns of 3 steps (A A A, B B B, ...; the first step
+of a turn is not timed), and the medians (with min and max) are reported with their ratio. A step is forward,
 backward, gradient clipping at 1.0 and an AdamW update (weight decay on matrices only), as the
 Trainer does. ``torch.set_num_threads(2)``. Dropout is 0 on both sides (it is a training-time
 regulariser; the timing compares the arithmetic). Generation: 200 new tokens from a 1-token prompt,
@@ -159,6 +159,9 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - t
 
 
+TURN = 3                                        # steps per contender per turn (the first is not timed)
+
+
 def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
                    readable: bool = True) -> dict[str, Any]:
     built = build(preset, batch_size, ("groundup", "torch", "torch_explicit") + (("readable",) if readable else ()))
@@ -172,9 +175,18 @@ def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
     for i in range(warmup):  # warm-up: allocator, BLAS buffers, thread pools
         for n in names:
             built[n](*batches[i], {"forward": [], "backward": [], "optimizer": []})
-    for i in range(warmup, warmup + iters):
-        for n in names:
-            times[n]["step"].append(built[n](*batches[i], times[n]))
+    # Turns of TURN steps per contender on the same batches, the first of each turn untimed: right after
+    # a PyTorch step its OpenMP threads still spin, and FastGPT's worker process needs that core
+    # (benchmarks/families.md, Method). The order flips every round.
+    done, turn = 0, 0
+    while done < iters:
+        take = min(TURN - 1, iters - done)
+        timed = batches[warmup + done:warmup + done + take]
+        for n in (names if turn % 2 == 0 else names[::-1]):
+            built[n](*timed[0], {"forward": [], "backward": [], "optimizer": []})   # settles: not timed
+            for batch in timed:
+                times[n]["step"].append(built[n](*batch, times[n]))
+        done, turn = done + take, turn + 1
     model = built["groundup_model"]
     n_params = model.num_parameters(non_embedding=True)
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T
@@ -343,8 +355,9 @@ def format_table(record: dict[str, Any]) -> str:
     mem = record.get("memory", {})
     c = record["config"]
     lines = [f"GPT {record['preset']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} dims, context "
-             f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} alternating "
-             f"steps after {tr['warmup']} warm-up; torch threads 2, groundup threads "
+             f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} timed "
+             f"steps each (turns of {TURN}, the first untimed) after {tr['warmup']} warm-up; torch threads 2, "
+             f"groundup threads "
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
              load_warning(record) or "",
              f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
