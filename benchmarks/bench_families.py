@@ -662,7 +662,7 @@ class _progress:
 def format_table(record: dict[str, Any]) -> str:
     """One row per family: ms/step (median [min-max]) and rate of both, peak RSS, the ratio."""
     m = record["machine"]
-    lines = [f"groundup vs PyTorch {m['torch']} CPU, training steps alternating in one process; torch threads "
+    lines = [f"groundup vs PyTorch {m['torch']} CPU, training steps taking turns in one process; torch threads "
              f"{m['torch_threads']}, groundup threads {m.get('groundup_threads', '?')}; {m['cores']} cores; "
              f"load avg {m['load_avg_1m_at_start']:.2f} at start, {m.get('load_avg_1m_at_end', 0.0):.2f} at end; "
              f"{record['date']}"]
