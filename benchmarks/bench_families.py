@@ -505,8 +505,42 @@ def machine_load() -> float:
         return 0.0
 
 
-def load_warning(load: float, cores: int | None) -> str | None:
-    """A loud line when other processes held the cores (the bench itself keeps about one core busy)."""
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process on the machine has used, those this process and its finished
+    children have used), from /proc/stat (Linux; steal time counts: another VM had the core); or None."""
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")   # user nice system irq softirq steal
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy, own
+
+
+def other_cores(before: tuple[float, float] | None, after: tuple[float, float] | None, wall_s: float) -> float | None:
+    """Cores that processes other than the bench (and its worker processes) kept busy between two
+    ``cpu_seconds()`` readings; None where unknown."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall_s)
+
+
+OTHERS_LIMIT = 0.25                             # cores used by other processes above which a ratio is unreliable
+
+
+def load_warning(load: float, cores: int | None, others: float | None = None) -> str | None:
+    """A loud line when other processes held the cores: ``others`` (cores they used while the bench
+    ran, which excludes the bench's own threads and worker processes) where known, else the load
+    average (the bench itself keeps about one core busy)."""
+    if others is not None:
+        if others > OTHERS_LIMIT:
+            return (f"WARNING: other processes kept {others:.2f} of {cores} cores busy while the bench ran, so "
+                    f"these ratios are unreliable (measure on a quiet machine)")
+        return None
     if load - 1.0 > 0.5 * (cores or 1):
         return (f"WARNING: load average {load:.1f} on {cores} cores: other processes were running, so these "
                 f"ratios are unreliable (measure on a quiet machine, load < 1)")
@@ -545,7 +579,7 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
             n = plan[family]
             rounds = 2 if family in DP_FAMILIES else 1
             task = bar.add_task(f"{family:<12}", total=(warm + n) * rounds) if bar else None
-            load_before = machine_load()
+            load_before, cpu_before, wall_before = machine_load(), cpu_seconds(), time.perf_counter()
             try:
                 result = _time_family(family, n, warm, bar, task, torch, torch_threads, record)
             except Exception as err:  # noqa: BLE001 - one broken family must not lose the others' figures
@@ -553,7 +587,8 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
                 record["families"][family] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"}
                 continue
             result["load_avg_1m"] = [load_before, machine_load()]
-            result["ratio_reliable"] = load_warning(max(result["load_avg_1m"]), cores) is None
+            result["other_cores"] = other_cores(cpu_before, cpu_seconds(), time.perf_counter() - wall_before)
+            result["ratio_reliable"] = load_warning(max(result["load_avg_1m"]), cores, result["other_cores"]) is None
             if memory:
                 if bar:
                     bar.update(task, description=f"{family:<12} (memory)")
@@ -596,6 +631,8 @@ def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, w
         median_row["load_avg_1m"] = [min(v for row in ok for v in row["load_avg_1m"]),
                                      max(v for row in ok for v in row["load_avg_1m"])]
         median_row["ratio_reliable"] = all(row["ratio_reliable"] for row in ok)
+        others = [row["other_cores"] for row in ok if row.get("other_cores") is not None]
+        median_row["other_cores"] = max(others) if others else None
         if len(ok) < len(rows):
             median_row["failed_runs"] = len(rows) - len(ok)
         combined["families"][family] = median_row
@@ -668,11 +705,12 @@ def format_table(record: dict[str, Any]) -> str:
              f"{record['date']}"]
     worst = max(m["load_avg_1m_at_start"], m.get("load_avg_1m_at_end", 0.0),
                 *(max(r["load_avg_1m"]) for r in record["families"].values() if "load_avg_1m" in r))
-    warning = load_warning(worst, m["cores"])
+    others = [r["other_cores"] for r in record["families"].values() if r.get("other_cores") is not None]
+    warning = load_warning(worst, m["cores"], max(others) if others else None)
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
     lines.append(f"{'family':<12}{'groundup ms/step':>24}{'PyTorch ms/step':>24}{'groundup/s':>12}{'PyTorch/s':>12}"
-                 f"{'peak RSS MB gu / pt':>22}{'ratio':>8}{'x2 proc':>9}  load")
+                 f"{'peak RSS MB gu / pt':>22}{'ratio':>8}{'x2 proc':>9}  load / others")
     for family, r in record["families"].items():
         if "error" in r:
             lines.append(f"{family:<12}failed: {r['error']}")
@@ -687,7 +725,8 @@ def format_table(record: dict[str, Any]) -> str:
                      + f"{pt['median_ms']:>9.2f} [{pt['min_ms']:.1f}-{pt['max_ms']:.1f}]".ljust(24)
                      + f"{gu[f'{unit}_per_s']:>12,.0f}{pt[f'{unit}_per_s']:>12,.0f}{rss:>22}"
                      + f"{r['ratio']:>8.2f}" + (f"{r['ratio_dp']:>9.2f}" if "ratio_dp" in r else f"{'-':>9}")
-                     + f"  {max(r['load_avg_1m']):.1f}{flag}")
+                     + f"  {max(r['load_avg_1m']):.1f}"
+                     + (f" / {r['other_cores']:.2f}" if r.get("other_cores") is not None else "") + flag)
     runs = [f"{family} {' / '.join(f'{x:.2f}' for x in r['ratio_runs'])}" for family, r in record["families"].items()
             if "ratio_runs" in r]
     if runs:
@@ -697,7 +736,9 @@ def format_table(record: dict[str, Any]) -> str:
         lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
                      "(groundup.train.DataParallel), PyTorch's time / its time")
     lines.append("rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
-                 "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); (!) = taken under load")
+                 "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); load = the 1-minute load "
+                 "average (the bench's own threads and processes count in it), others = cores other processes used "
+                 "meanwhile; (!) = taken under load")
     if "gpt" in record["families"] and "ratio_vs_explicit" in record["families"]["gpt"]:
         lines.append(f"gpt: PyTorch with SDPA above; against PyTorch with explicit attention the ratio is "
                      f"{record['families']['gpt']['ratio_vs_explicit']:.2f}")

@@ -138,3 +138,16 @@ def test_split_contender_trains_like_groundup(bench, family):
         after = {name: loss(second) for name, loss in contest.losses.items()}
     np.testing.assert_allclose(after["groundup_dp"], after["groundup"], rtol=1e-4)   # one step apart: float32
     assert after["groundup"] != before["groundup"]
+
+
+def test_other_processes_are_measured_apart_from_the_bench(bench):
+    assert bench.other_cores((100.0, 10.0), (102.0, 11.5), 1.0) == pytest.approx(0.5)   # 2 s busy, 1.5 s ours
+    assert bench.other_cores((100.0, 10.0), (101.0, 11.5), 1.0) == 0.0                  # never negative
+    assert bench.other_cores(None, (1.0, 1.0), 1.0) is None
+    assert bench.load_warning(3.0, 2, others=0.1) is None                              # the load was the bench's own
+    assert "0.60 of 2 cores" in bench.load_warning(0.5, 2, others=0.6)
+    before = bench.cpu_seconds()
+    if before is not None:                                                               # Linux
+        sum(i * i for i in range(200_000))
+        after = bench.cpu_seconds()
+        assert after[0] >= before[0] and after[1] > before[1]
