@@ -146,10 +146,12 @@ async function renderPosition() {
   if (!a) return;
   $("#pos-label").textContent = `position ${t} (“${visible(a.tokens[t].text)}”)`;
   const { heads, mlps } = ablationParts();
+  const seq = (state.positionSeq = (state.positionSeq || 0) + 1);
   if (heads.length || mlps.length) {
     try {
       const ab = await api("/api/ablate", { run: state.run, text: $("#text").value, position: t, heads, mlps,
         kind: $("#ablate-kind").value, k: 10 });
+      if (seq !== state.positionSeq) return;   // a newer click's request superseded this one: its answer is stale
       renderBars(ab.tokens, ab.before, ab.after);
       const names = heads.map((h) => `L${h.layer}H${h.head}`).concat(mlps.map((m) => `MLP ${m}`));
       $("#ablation-summary").textContent = `${ab.kind}-ablated ${names.join(", ")}: loss ${fmt(ab.loss_before, 4)} → ` +
