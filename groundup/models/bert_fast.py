@@ -23,6 +23,7 @@ from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT
 from groundup.models.gpt_fast import TransformerStack
+from groundup.models.shared import as_twin
 from groundup.nn.layers import Linear
 from groundup.tensor import Tensor
 
@@ -41,9 +42,7 @@ class FastBERT(BERT):
 
     def as_class(self, cls: type[BERT]) -> BERT:
         """This model as a ``BERT`` or ``FastBERT`` (twins with the same parameters), weights copied."""
-        twin = cls(self.cfg).to(self.wte.weight.device, self.wte.weight.dtype)
-        twin.load_state_dict(self.state_dict())
-        return twin.train(self.training)
+        return as_twin(self, cls)
 
     def encode(self, x: Tensor, key_mask: Any = None) -> Tensor:
         """Every block at once: x (B, T, C), key_mask (B, 1, 1, T) bool or None -> (B, T, C)."""

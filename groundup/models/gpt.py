@@ -35,7 +35,7 @@ from groundup import functional as F
 from groundup.backend import array_module
 from groundup.models.gpt_config import GPTConfig
 from groundup.models.gpt_decode import generate
-from groundup.models.shared import check_token_ids, gpt_init_
+from groundup.models.shared import as_twin, check_token_ids, gpt_init_
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
@@ -263,6 +263,4 @@ class GPT(HookedModule):
 
     def as_class(self, cls: type[GPT]) -> GPT:
         """This model as a ``GPT`` or ``FastGPT`` (twins with the same parameters), weights copied."""
-        twin = cls(self.cfg).to(self.wte.weight.device, self.wte.weight.dtype)
-        twin.load_state_dict(self.state_dict())
-        return twin.train(self.training)
+        return as_twin(self, cls)

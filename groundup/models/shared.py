@@ -1,5 +1,5 @@
-"""What the language models (GPT, DeepStackLM, AttnOnlyLM) share: input checks, the next-token loss
-and nanoGPT's initialisation.
+"""What the language models (GPT, DeepStackLM, AttnOnlyLM, BERT) share: input checks, the next-token
+loss, nanoGPT's initialisation and the readable <-> fused twin switch.
 
     data = check_token_ids(idx, "GPT", "idx", block_size=64, vocab_size=65)   # raw (B, T) int array
     loss = next_token_loss("DeepStackLM", logits, targets)                   # logits (B, T, V)
@@ -22,7 +22,15 @@ from groundup.nn.layers import LayerNorm
 from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
-__all__ = ["check_token_ids", "next_token_loss", "gpt_init_"]
+__all__ = ["check_token_ids", "next_token_loss", "gpt_init_", "as_twin"]
+
+
+def as_twin(model: Any, cls: type) -> Any:
+    """``model`` as class ``cls``, its twin (GPT / FastGPT, BERT / FastBERT: the same config and
+    parameters): built on the model's device and dtype, weights copied, the same training mode."""
+    twin = cls(model.cfg).to(model.wte.weight.device, model.wte.weight.dtype)
+    twin.load_state_dict(model.state_dict())
+    return twin.train(model.training)
 
 
 def check_token_ids(ids: Any, owner: str, what: str, block_size: int, vocab_size: int,
