@@ -627,7 +627,7 @@ def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, w
         median_row["ratio_runs"] = [row["ratio"] for row in ok]
         if all("ratio_dp" in row for row in ok):
             median_row["ratio_dp_runs"] = [row["ratio_dp"] for row in ok]
-            median_row["ratio_dp"] = float(np.median(median_row["ratio_dp_runs"]))
+            median_row["ratio_dp"] = sorted(median_row["ratio_dp_runs"])[(len(ok) - 1) // 2]   # lower median
         median_row["load_avg_1m"] = [min(v for row in ok for v in row["load_avg_1m"]),
                                      max(v for row in ok for v in row["load_avg_1m"])]
         median_row["ratio_reliable"] = all(row["ratio_reliable"] for row in ok)
@@ -730,7 +730,8 @@ def format_table(record: dict[str, Any]) -> str:
     runs = [f"{family} {' / '.join(f'{x:.2f}' for x in r['ratio_runs'])}" for family, r in record["families"].items()
             if "ratio_runs" in r]
     if runs:
-        lines.append(f"each row is the median of {record.get('runs', len(runs))} runs by ratio; every run's ratio: "
+        lines.append(f"each row is the median of {record.get('runs', len(runs))} runs by ratio (of an even count, the "
+                     f"lower middle one); every run's ratio: "
                      + "; ".join(runs))
     if any("ratio_dp" in r for r in record["families"].values()):
         lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
