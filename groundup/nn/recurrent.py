@@ -287,20 +287,31 @@ class LSTMScan(Function):
         tanh_c = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
         x_gates = _gate_major(xi, 4)                                   # (T, 4, N, H) view, gates i, f, g, o
         gates = xp.empty(x_gates.shape, dtype=xi.dtype)                # (T, 4, N, H): i, f, o, g after activation
-        bias = sum(biases[1:], biases[0]).reshape(4, 1, hidden)[list(_LSTM_ORDER)] if biases else None   # (4, 1, H)
+        # Every step's input part of the pre-activations, biases included, gate-major, in three calls
+        # before the loop. NOTE: sigmoid(a) = (1 + tanh(a / 2)) / 2: with the i, f, o rows of the inputs
+        # and of the weights halved (exact in binary), one tanh call covers all four gates of a step.
+        if biases:
+            bias = sum(biases[1:], biases[0]).reshape(4, 1, hidden)   # (4, 1, H), gates i, f, g, o
+            xp.add(x_gates[:, :2], bias[:2], out=gates[:, :2])         # i, f
+            xp.add(x_gates[:, 3:1:-1], bias[3:1:-1], out=gates[:, 2:])   # o, g
+        else:
+            gates[:, :2] = x_gates[:, :2]
+            gates[:, 2:] = x_gates[:, 3:1:-1]
+        gates[:, :3] *= 0.5
         weight_t = _gate_blocks_t(weight_hh, _LSTM_ORDER)             # (4, H, H)
+        weight_t[:3] *= 0.5
+        hw = xp.empty((4, batch, hidden), dtype=xi.dtype)              # (4, N, H): h @ W_k.T, one buffer
         ig = xp.empty((batch, hidden), dtype=xi.dtype)                 # (N, H): i * g, one buffer
         h, c_prev = h0, c0
         for t in _time_order(steps, reverse):
             pre = gates[t]
-            xp.matmul(h, weight_t, out=pre)                            # (N, H) @ (4, H, H) -> (4, N, H)
-            pre[:2] += x_gates[t, :2]                                  # i, f
-            pre[2:] += x_gates[t, 3:1:-1]                              # o, g
-            if bias is not None:
-                pre += bias
-            _sigmoid_(pre[:3])                                         # i, f, o in one block
+            xp.matmul(h, weight_t, out=hw)                             # (N, H) @ (4, H, H) -> (4, N, H)
+            pre += hw
+            xp.tanh(pre, out=pre)                                      # g, and i, f, o as tanh(a / 2)
+            sig = pre[:3]
+            sig *= 0.5
+            sig += 0.5                                                 # i, f, o = sigmoid(a)
             i, f, o, g = pre
-            xp.tanh(g, out=g)
             c = hc[1, t]
             xp.multiply(f, c_prev, out=c)
             xp.multiply(i, g, out=ig)

@@ -76,8 +76,10 @@ class Adam(Optimizer):
 
         # Inside groundup.parallel.cpu_threads the parameters are shared out over the threads (each
         # update is independent of the others, so the result is the same).
-        # NOTE: handing work to a thread costs tens of microseconds, more than updating a small model
-        # (the roadmap's MLPs and CNNs): below SHARE_OUT_MIN elements the calling thread does it all.
+        # NOTE: two threads pass the GIL around each of an update's ~13 NumPy calls, which costs more
+        # than the second core gives until the arrays are large: measured on 2 cores, one thread against
+        # two, 448k elements (BERT's default) 1.7 vs 2.0-2.8 ms, 796k (baby GPT) 2.3-2.5 vs 2.6-2.7 ms,
+        # 1.8M 7.8 vs 4.8 ms. Below SHARE_OUT_MIN elements the calling thread does it all.
         threads = num_threads() if todo and array_module(todo[0][0].data) is np else 1
         if sum(p.data.size for p, _ in todo) < SHARE_OUT_MIN:
             threads = 1
@@ -143,7 +145,7 @@ class Adam(Optimizer):
         param += update                                          # p - step_size * m / denom
 
 
-SHARE_OUT_MIN = 1 << 16     # parameters' elements from which an update is shared out over the threads
+SHARE_OUT_MIN = 1 << 20     # parameters' elements from which an update is shared out over the threads (2026-12-02)
 
 
 def _share_out(items: list[tuple[Tensor, Any]], n: int) -> list[list[tuple[Tensor, Any]]]:
