@@ -244,6 +244,7 @@ def test_adamw_inside_the_threads_gives_the_same_weights(monkeypatch):
     from groundup.optim import AdamW, adam
 
     monkeypatch.setattr(adam, "SHARE_OUT_MIN", 0)            # share out even this tiny model's update
+    monkeypatch.setattr(adam, "FLAT_MAX", 0)                 # and every parameter one at a time
     shared = []
     monkeypatch.setattr(adam, "_share_out", lambda items, n, f=adam._share_out: shared.append(n) or f(items, n))
 

@@ -328,3 +328,41 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
         np.testing.assert_allclose(p.grad.data, q.grad.numpy(), rtol=1e-12, atol=0)
     clipped = max_norm < expected.item()
     assert clipped == (not np.array_equal(ours[0].grad.data, grads[0]))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_flat_update_of_small_parameters_equals_one_at_a_time(monkeypatch, amsgrad):
+    """The small parameters go through one flat update (``_update_flat``): the same numbers, bit for bit,
+    as updating them one at a time, with each one's moments still its own ``state`` entry; loading a
+    state dict mid-run (the moments then are new arrays) continues identically."""
+    from groundup.optim import adam
+
+    rng = np.random.default_rng(7)
+    shapes = [(5, 3), (3,), (7,), (130, 140), (2, 2, 2), (1,)]       # (130, 140) is above FLAT_MAX (4096)
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
+
+    def run(flat_max, reload_at=None):
+        monkeypatch.setattr(adam, "FLAT_MAX", flat_max)
+        params = [Parameter(gu.tensor(a.copy())) for a in start]
+        opt = AdamW(params, lr=1e-2, weight_decay=0.1, amsgrad=amsgrad)
+        for t, gs in enumerate(grads):
+            if t == reload_at:
+                opt.load_state_dict(opt.state_dict())
+            for p, g in zip(params, gs):
+                p.grad = gu.tensor(g.copy())
+            opt.step()
+        return params, opt
+
+    one_at_a_time, _ = run(0)
+    flat, opt = run(1 << 12)
+    reloaded, _ = run(1 << 12, reload_at=3)
+    assert len(opt._flat_buckets) == 1                               # the five small ones, together
+    for a, b, c in zip(one_at_a_time, flat, reloaded):
+        np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.data, c.data)
+    small = flat[0]
+    state = opt.state[small]
+    assert state["step"] == 6 and state["exp_avg"].shape == small.shape
+    assert state["exp_avg"].base is not None                         # a view of the bucket's flat moments
+    assert not np.array_equal(flat[0].data, start[0])

@@ -63,6 +63,7 @@ class Adam(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
+        self._flat_buckets: dict[tuple[int, ...], dict[str, Any]] = {}   # see _update_flat
 
     @no_grad()
     def step(self) -> None:
@@ -73,6 +74,19 @@ class Adam(Optimizer):
             with np.errstate(under="ignore"):  # second moments of tiny gradients underflowing to 0 are no error
                 for p, group in items:
                     self._update(p, group)
+
+        small: dict[tuple[int, Any], list[Tensor]] = {}      # (group, dtype) -> its small NumPy parameters
+        for p, group in todo:
+            if p.data.size <= FLAT_MAX and type(p.data) is np.ndarray and type(p.grad.data) is np.ndarray:
+                small.setdefault((id(group), p.data.dtype), []).append(p)
+        groups = {id(group): group for group in self.param_groups}
+        flat = {id(p) for members in small.values() if len(members) > 1 for p in members}
+        if flat:
+            with np.errstate(under="ignore"):
+                for (gid, _), members in small.items():
+                    if len(members) > 1:
+                        self._update_flat(members, groups[gid])
+            todo = [(p, group) for p, group in todo if id(p) not in flat]
 
         # Inside groundup.parallel.cpu_threads the parameters are shared out over the threads (each
         # update is independent of the others, so the result is the same).
@@ -89,16 +103,72 @@ class Adam(Optimizer):
             parallel_map(update, _share_out(todo, threads))
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
-        param, grad = p.data, p.grad.data
+        param = p.data
         xp = array_module(param)
         state = self.state.get(p)
         if not state:  # lazy initialisation, as torch
             state = {"step": 0, "exp_avg": xp.zeros_like(param), "exp_avg_sq": xp.zeros_like(param)}
-            if amsgrad:
+            if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(param)
             self.state[p] = state
+        self._apply(param, p.grad.data, state, group)
+
+    def _update_flat(self, members: list[Tensor], group: dict[str, Any]) -> None:
+        """Update ``members`` (small parameters of one group, one dtype, on NumPy) as one flat array.
+
+        NOTE: an update is ~13 NumPy calls per parameter, and for a bias or a LayerNorm weight each
+        call costs more than its arithmetic: gathering the small parameters and their gradients into
+        flat arrays (two calls), updating those (~13 calls) and copying the results back (one call
+        each) gives the same numbers, elementwise, for a fraction of the calls. Each parameter's
+        ``exp_avg`` / ``exp_avg_sq`` in ``state`` stays its own array: a view of the bucket's flat moments.
+        Measured (2 cores, 2026-12-02): BERT's default (46 parameters, 448k elements) 1.73 -> 1.42 ms
+        per step with FLAT_MAX = 4096; with 16384 (its (128, 128) weights too) no faster, as the flat
+        arrays then leave the cache between passes.
+        """
+        key = tuple(id(p) for p in members)
+        bucket = self._flat_buckets.get(key)
+        states = [self.state.get(p) for p in members]
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+        fresh = bucket is not None and all(st is not None and st["step"] == bucket["state"]["step"]
+                                           and all(st[n].base is bucket["state"][n] for n in names)
+                                           for st in states)
+        if not fresh:                                        # first step, new members, or a loaded state
+            if any(not st for st in states):
+                if not all(not st for st in states):         # some started, some not: one at a time
+                    for p in members:
+                        self._update(p, group)
+                    return
+                states = [{"step": 0} | {n: np.zeros_like(p.data) for n in names} for p in members]
+            elif len({st["step"] for st in states}) > 1:
+                for p in members:
+                    self._update(p, group)
+                return
+            sizes = [p.data.size for p in members]
+            offsets = np.cumsum([0, *sizes])
+            flat = {n: np.concatenate([st[n].reshape(-1) for st in states]) for n in names}
+            for p, st, lo, hi in zip(members, states, offsets[:-1], offsets[1:]):
+                for n in names:
+                    st[n] = flat[n][lo:hi].reshape(p.data.shape)     # views of the flat moments
+                self.state[p] = st
+            params = np.empty(offsets[-1], dtype=members[0].data.dtype)
+            bucket = {"state": {"step": states[0]["step"], **flat}, "param": params, "grad": np.empty_like(params),
+                      "views": [params[lo:hi].reshape(p.data.shape) for p, lo, hi in
+                                zip(members, offsets[:-1], offsets[1:])]}
+            self._flat_buckets[key] = bucket
+        flat_param, flat_grad = bucket["param"], bucket["grad"]
+        np.concatenate([p.data.reshape(-1) for p in members], out=flat_param)
+        np.concatenate([p.grad.data.reshape(-1) for p in members], out=flat_grad)
+        self._apply(flat_param, flat_grad, bucket["state"], group)
+        step = bucket["state"]["step"]
+        for p, view in zip(members, bucket["views"]):
+            np.copyto(p.data, view)
+            self.state[p]["step"] = step
+
+    def _apply(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """One Adam update of ``param`` in place, from ``grad`` and the moments in ``state``."""
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        weight_decay, amsgrad = group["weight_decay"], group["amsgrad"]
+        xp = array_module(param)
         state["step"] += 1
         step = state["step"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -145,6 +215,7 @@ class Adam(Optimizer):
         param += update                                          # p - step_size * m / denom
 
 
+FLAT_MAX = 1 << 12          # parameters of at most this many elements are updated together, flat (_update_flat)
 SHARE_OUT_MIN = 1 << 20     # parameters' elements from which an update is shared out over the threads (2026-12-02)
 
 
