@@ -300,11 +300,11 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     if "resid2" in drops:
         dm = dm * drops["resid2"]
     grads["mlp.proj.weight"] = _weight_grad(dm, saved["g"], opt)               # (C, 4C)
-    grads["mlp.proj.bias"] = dm.sum(axis=0) if has_bias else None
+    grads["mlp.proj.bias"] = K.column_sums(dm) if has_bias else None
     df = dm @ params["mlp.proj.weight"]                                         # (N, 4C)
     df *= saved["slope"]                                                        # through gelu'(f)
     grads["mlp.fc.weight"] = _weight_grad(df, saved["h2"], opt)                # (4C, C); of the folded one if fold
-    grads["mlp.fc.bias"] = df.sum(axis=0) if has_bias else None
+    grads["mlp.fc.bias"] = K.column_sums(df) if has_bias else None
     if fold:
         dh2 = df @ params["fc.folded"]                                          # (N, C) d xhat2
         da = K.layer_norm_backward_xhat(dh2, saved["h2"], saved["rstd2"])
@@ -323,7 +323,7 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
     if "resid1" in drops:
         da = da * drops["resid1"]
     grads["attn.proj.weight"] = _weight_grad(da, saved["y"], opt)              # (C, C)
-    grads["attn.proj.bias"] = da.sum(axis=0) if has_bias else None
+    grads["attn.proj.bias"] = K.column_sums(da) if has_bias else None
     dy = (da @ params["attn.proj.weight"]).reshape(b, T, H, D).transpose(0, 2, 1, 3)  # (b, H, T, D)
     att, q, k, v = saved["att"], saved["q"], saved["k"], saved["v"]
     att_used = att * drops["attn"] if "attn" in drops else att
@@ -345,7 +345,7 @@ def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], op
         dqkv[:, :, 0] *= 1.0 / math.sqrt(D)
     dqkv2 = dqkv.reshape(N, 3 * C)                                              # (N, 3C)
     grads["attn.qkv.weight"] = _weight_grad(dqkv2, saved["h1"], opt)           # (3C, C); of the folded one if fold
-    grads["attn.qkv.bias"] = dqkv2.sum(axis=0) if has_bias else None
+    grads["attn.qkv.bias"] = K.column_sums(dqkv2) if has_bias else None
     gx = gx_out.reshape(N, C)
     if fold:
         dh1 = dqkv2 @ params["qkv.folded"]                                      # (N, C) d xhat1
@@ -713,7 +713,7 @@ def _head_backward(scale: float, saved: dict[str, Any], params: dict[str, Any], 
     dlogits[xp.arange(dlogits.shape[0]), saved["safe"]] -= 1.0
     dlogits *= (saved["valid"] * scale).astype(dlogits.dtype)[:, None]
     grads = {"head.weight": dlogits.T @ saved["xhat"],                          # (V, C) of the folded weight
-             "head.bias": dlogits.sum(axis=0) if has_bias else None}
+             "head.bias": K.column_sums(dlogits) if has_bias else None}
     dh = dlogits @ params["head.folded"]                                        # (n, C) d xhat
     gx_out[...] = K.layer_norm_backward_xhat(dh, saved["xhat"], saved["rstd"])
     return grads
