@@ -52,7 +52,7 @@ DEFAULT_ITERS = {"mlp": 200, "cnn": 60, "rnn": 40, "gru": 40, "lstm": 40, "seq2s
                  "gpt": 30, "bert": 20}
 DEFAULT_WARMUP = 3
 # families whose step is large enough for DataParallel over worker processes to pay (a third contender)
-DP_FAMILIES = ("rnn", "gru", "lstm", "seq2seq", "transformer")
+DP_FAMILIES = ("rnn", "gru", "lstm", "seq2seq", "transformer", "bert")
 TORCH_THREADS = 2                               # BENCHMARKS.md: torch.set_num_threads(2) on the 2-core machine
 
 Batch = tuple[np.ndarray, ...]
