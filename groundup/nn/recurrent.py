@@ -667,8 +667,9 @@ class _RNNBase(Module):
         weight_ih, weight_hh, bias_ih, bias_hh = self._layer_weights(k)
         if xi is None:
             xi = F.linear(x, weight_ih)                             # (T, N, G*H): one GEMM for every step
-        # NOTE: the scan adds b_ih with b_hh at each step, while the step's rows are in cache: cheaper
-        # than a pass over the whole (T, N, G*H) projection (and the bias gradients share one sum)
+        # NOTE: the scan adds b_ih with b_hh itself (the RNN and GRU scans at each step, while the step's
+        # rows are in cache; the LSTM's in the pass that lays its inputs out gate-major), cheaper than
+        # a separate pass over the whole (T, N, G*H) projection; the bias gradients share one sum
         bias = () if bias_hh is None else (bias_hh, bias_ih)
         last = 0 if reverse else xi.shape[0] - 1                    # the step computed last
         if self.mode == "LSTM":
