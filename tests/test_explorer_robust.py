@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -16,7 +17,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_explorer import TEXT, _train  # noqa: E402
 
@@ -129,16 +130,25 @@ def test_malformed_json_is_422(client: TestClient, path: str, raw: bytes) -> Non
     assert response.status_code == 422, response.text[:200]
 
 
-def test_fuzzed_file_paths_never_escape(client: TestClient) -> None:
+def test_fuzzed_file_paths_never_escape(client: TestClient, runs_root: Path) -> None:
     parts = st.sampled_from(["..", ".", "", "tiny", "config.json", "etc", "passwd", "%2e%2e", "%00", "~", "\\..",
                              "report.html", "metrics.jsonl"])
+    root = runs_root.resolve()
 
     @SETTINGS
     @given(path=st.lists(parts, min_size=1, max_size=5).map("/".join))
+    @example(path="tiny/config.json")                # a file the server should serve, found by the fuzzer once
+    @example(path="tiny/../../etc/passwd")
     def run(path: str) -> None:
         response = client.get(f"/files/{path}")
-        if response.request.url.path.startswith("/files/"):
-            assert response.status_code in (404, 405), (path, response.status_code)
+        asked = response.request.url.path
+        if asked.startswith("/files/"):
+            if response.status_code == 200:         # a real file of the runs folder (e.g. tiny/config.json)
+                served = (root / unquote(asked[len("/files/"):])).resolve()
+                assert served.is_relative_to(root) and served.is_file(), (path, served)
+                assert response.content == served.read_bytes(), path
+            else:
+                assert response.status_code in (404, 405), (path, response.status_code)
         else:                                   # the client resolved '..' itself, above /files: the page
             assert response.status_code in (200, 404) and "root:" not in response.text
 
