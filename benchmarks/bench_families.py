@@ -565,7 +565,7 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
     torch.set_num_threads(torch_threads)
     cores = os.cpu_count()
     record: dict[str, Any] = {
-        "benchmark": "families", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "benchmark": "families", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "groundup": groundup.__version__, "torch_threads": torch_threads,

@@ -322,7 +322,7 @@ def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "groundup": groundup.__version__, "torch_threads": 2, "groundup_threads": num_threads(),
                     "load_avg_1m_at_start": os.getloadavg()[0]},
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     with blas_threads():                     # BLAS with its own threads (the GPT path limits it to one)
         record["matmul_peak_gflops"] = matmul_peak_gflops()
