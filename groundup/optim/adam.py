@@ -133,16 +133,13 @@ class Adam(Optimizer):
                                            and all(st[n].base is bucket["state"][n] for n in names)
                                            for st in states)
         if not fresh:                                        # first step, new members, or a loaded state
-            if any(not st for st in states):
-                if not all(not st for st in states):         # some started, some not: one at a time
-                    for p in members:
-                        self._update(p, group)
-                    return
-                states = [{"step": 0} | {n: np.zeros_like(p.data) for n in names} for p in members]
-            elif len({st["step"] for st in states}) > 1:
-                for p in members:
+            started = [bool(st) for st in states]
+            if any(started) and (not all(started) or len({st["step"] for st in states}) > 1):
+                for p in members:                            # their step counts differ: one at a time
                     self._update(p, group)
                 return
+            if not any(started):
+                states = [{"step": 0} | {n: np.zeros_like(p.data) for n in names} for p in members]
             sizes = [p.data.size for p in members]
             offsets = np.cumsum([0, *sizes])
             flat = {n: np.concatenate([st[n].reshape(-1) for st in states]) for n in names}
