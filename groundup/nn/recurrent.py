@@ -61,12 +61,14 @@ _GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
 # ============================================================================ fused scans
 def _sigmoid_(a: Any) -> Any:
-    """sigmoid(a), in place. NOTE: 0.5 * tanh(a / 2) + 0.5 never overflows, unlike 1 / (1 + exp(-a))."""
+    """sigmoid(a) = 1 / (1 + exp(-a)), in place. NOTE: NumPy's exp is about twice as fast as its tanh
+    (so not 0.5 tanh(a / 2) + 0.5); exp(-a) = inf for a very negative a gives the right limit, 0."""
     xp = array_module(a)
-    a *= 0.5
-    xp.tanh(a, out=a)
-    a *= 0.5
-    a += 0.5
+    xp.negative(a, out=a)
+    with np.errstate(over="ignore"):
+        xp.exp(a, out=a)
+    a += 1
+    xp.reciprocal(a, out=a)
     return a
 
 
