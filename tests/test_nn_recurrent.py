@@ -231,6 +231,25 @@ def test_float32_stays_float32_through_forward_and_backward(name):
     assert_graph_dtype(_flat((output, state)))
 
 
+@requires_torch
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_saturated_gates_match_torch_without_warnings(name, recwarn):
+    """The scans take their sigmoids (and the LSTM its g gate) from one exp: pre-activations far out
+    on both sides (exp overflowing to inf) must give torch's limits 0 and 1, no NaN, no warning."""
+    ours = getattr(nn, name)(IN, H, batch_first=True)
+    theirs = getattr(torch.nn, name)(IN, H, batch_first=True)
+    theirs.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((N, T, IN)).astype(np.float32) * 400   # |pre| in the hundreds
+    x_ours, x_theirs = gu.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    out, their_out = ours(x_ours)[0], theirs(x_theirs)[0]
+    assert np.isfinite(out.detach().numpy()).all()
+    np.testing.assert_allclose(out.detach().numpy(), their_out.detach().numpy(), rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    their_out.sum().backward()
+    np.testing.assert_allclose(x_ours.grad.numpy(), x_theirs.grad.numpy(), rtol=1e-4, atol=1e-5)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
 # ------------------------------------------------------------------ forward_projected
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 def test_forward_projected_equals_forward(name):
