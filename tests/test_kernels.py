@@ -112,3 +112,21 @@ def test_gelu_exact_matches_torch_in_float32():
     out.backward(gu.tensor(g))
     np.testing.assert_allclose(out.detach().numpy(), torch.nn.functional.gelu(xt).detach().numpy(), rtol=0, atol=3e-6)
     np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize("rows", [0, 1, K.ROW_BLOCK - 1, K.ROW_BLOCK, K.ROW_BLOCK + 1, 3 * K.ROW_BLOCK + 17])
+def test_matmul_tn_sums_its_row_blocks_to_a_transpose_b(rows, monkeypatch):
+    """The weight-gradient product a^T b, taken ROW_BLOCK rows at a time, against one float64 GEMM;
+    with ``out`` it writes there; with ROW_BLOCK None it is one GEMM."""
+    rng = np.random.default_rng(rows)
+    a, b = rng.standard_normal((rows, 6)), rng.standard_normal((rows, 5))
+    want = a.T @ b
+    np.testing.assert_allclose(K.matmul_tn(a, b), want, rtol=1e-12, atol=1e-12)
+    out = np.full((6, 5), np.nan)
+    assert K.matmul_tn(a, b, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    got32 = K.matmul_tn(a.astype(np.float32), b.astype(np.float32))
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(K, "ROW_BLOCK", None)
+    np.testing.assert_allclose(K.matmul_tn(a, b), want, rtol=1e-12, atol=1e-12)

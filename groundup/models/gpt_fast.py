@@ -275,9 +275,7 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
 def _weight_grad(dy: Any, x: Any, opt: dict[str, Any]) -> Any:
     """dW = dy^T x (out, in), made by ``opt["alloc"]`` when a worker process gives one (its output arena)."""
     alloc = opt.get("alloc")
-    if alloc is None:
-        return dy.T @ x
-    return array_module(dy).matmul(dy.T, x, out=alloc((dy.shape[1], x.shape[1]), dy.dtype))
+    return K.matmul_tn(dy, x, out=None if alloc is None else alloc((dy.shape[1], x.shape[1]), dy.dtype))
 
 
 def _block_backward(gout: Any, saved: dict[str, Any], params: dict[str, Any], opt: dict[str, Any],
@@ -712,7 +710,7 @@ def _head_backward(scale: float, saved: dict[str, Any], params: dict[str, Any], 
     dlogits = saved["probs"].copy()                                             # softmax - onehot
     dlogits[xp.arange(dlogits.shape[0]), saved["safe"]] -= 1.0
     dlogits *= (saved["valid"] * scale).astype(dlogits.dtype)[:, None]
-    grads = {"head.weight": dlogits.T @ saved["xhat"],                          # (V, C) of the folded weight
+    grads = {"head.weight": K.matmul_tn(dlogits, saved["xhat"]),                # (V, C) of the folded weight
              "head.bias": K.column_sums(dlogits) if has_bias else None}
     dh = dlogits @ params["head.folded"]                                        # (n, C) d xhat
     gx_out[...] = K.layer_norm_backward_xhat(dh, saved["xhat"], saved["rstd"])

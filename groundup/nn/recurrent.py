@@ -52,6 +52,7 @@ from groundup.backend import array_module
 from groundup.function import Function
 from groundup.nn import init
 from groundup.nn.module import Module, Parameter
+from groundup.ops import kernels as K
 from groundup.tensor import Tensor
 
 __all__ = ["RNNCell", "GRUCell", "LSTMCell", "RNN", "GRU", "LSTM", "unroll_cell"]
@@ -112,7 +113,7 @@ def _weight_grads(d_gates: Any, states: Any, h0: Any, reverse: bool, has_bias: b
     """
     width, hidden = d_gates.shape[-1], states.shape[-1]
     later, earlier, first = _step_links(reverse)
-    d_weight = d_gates[later].reshape(-1, width).T @ states[earlier].reshape(-1, hidden)   # (G*H, H)
+    d_weight = K.matmul_tn(d_gates[later].reshape(-1, width), states[earlier].reshape(-1, hidden))   # (G*H, H)
     if h0.any():
         d_weight += d_gates[first].T @ h0                                        # (G*H, N) @ (N, H)
     return d_weight, _sum_rows(d_gates) if has_bias else None

@@ -290,7 +290,7 @@ class Linear(Function):
         x2, weight = self.saved
         g2 = gz.reshape(-1, weight.shape[0])                       # (N, out)
         gx = (g2 @ weight).reshape(self.in_shape) if self.needs_input_grad[0] else None
-        gw = g2.T @ x2 if self.needs_input_grad[1] else None       # (out, in)
+        gw = K.matmul_tn(g2, x2) if self.needs_input_grad[1] else None   # (out, in) = g2^T x2
         if len(self.needs_input_grad) == 3:
             return gx, gw, K.column_sums(g2) if self.needs_input_grad[2] else None
         return gx, gw
