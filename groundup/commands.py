@@ -157,14 +157,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "bench", allow_abbrev=False, help="time groundup against PyTorch (training and generation)",
-        description="Train groundup's GPT and a PyTorch model of the same architecture (benchmarks/torch_gpt.py) "
-                    "on the same random batches, alternating one step of each after warm-up, in one process "
-                    "(torch.set_num_threads(2)); then time generation (200 tokens, batch 1) with and without a "
-                    "KV cache. Prints ms/step, tokens/s, peak RSS and the ratio groundup/PyTorch; writes a JSON "
-                    "record. Any other family (the roadmap's sizes, benchmarks/bench_families.py), or all of them "
-                    "in one table with `all`: training steps against its PyTorch twin (nn.GRU/LSTM/RNN, "
-                    "nn.Conv2d, SDPA) with copied weights, alternating in one process. Needs a source checkout "
-                    "(the benchmarks/ directory) and torch.",
+        description="Time groundup's training step against PyTorch's at its best on the CPU, in one process, from "
+                    "the same initial weights on the same batches: the contenders take turns of a few steps "
+                    "after warm-up (the first step of each turn untimed), PyTorch with torch.set_num_threads(2). "
+                    "The argument names one of the roadmap's model families at the roadmap's sizes "
+                    "(benchmarks/bench_families.py: nn.RNN/GRU/LSTM, nn.Conv2d, SDPA with copied weights), or "
+                    "`all` for one table of every family; `gpt` also times generation (200 tokens, batch 1) with "
+                    "and without a KV cache. Prints ms/step, samples or tokens per second, peak RSS, how much CPU "
+                    "other processes used meanwhile, and the ratio = PyTorch's step time / groundup's (> 1: "
+                    "groundup is faster); writes a JSON record. Needs a source checkout (the benchmarks/ "
+                    "directory) and torch.",
         formatter_class=HelpFormatter)
     p.add_argument("what", choices=BENCH_CHOICES, help="what to benchmark: a model family, or all of them")
     p.add_argument("--preset", choices=presets, default="baby", help="model size")
