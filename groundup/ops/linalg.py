@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from groundup.backend import array_module
 from groundup.function import Function, unbroadcast
+from groundup.ops import kernels as K
 
 
 class MatMul(Function):
@@ -36,7 +37,7 @@ class MatMul(Function):
         if self.needs_input_grad[1]:
             if y2.ndim == 2 and x2.ndim > 2:                  # shared weight: one 2-D GEMM
                 k, n = y2.shape
-                gy = x2.reshape(-1, k).T @ g.reshape(-1, n)   # (K, N)
+                gy = K.matmul_tn(x2.reshape(-1, k), g.reshape(-1, n))   # (K, N): a weight gradient
             else:
                 gy = x2.swapaxes(-1, -2) @ g                  # (..., K, N)
                 gy = unbroadcast(gy, y2.shape)
