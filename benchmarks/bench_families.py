@@ -47,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import bench_machine  # noqa: E402 - beside this file
+
 FAMILIES = ("mlp", "cnn", "rnn", "gru", "lstm", "seq2seq", "transformer", "gpt", "bert")
 DEFAULT_ITERS = {"mlp": 200, "cnn": 60, "rnn": 40, "gru": 40, "lstm": 40, "seq2seq": 20, "transformer": 20,
                  "gpt": 30, "bert": 20}
@@ -569,7 +571,7 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "groundup": groundup.__version__, "torch_threads": torch_threads,
-                    "load_avg_1m_at_start": machine_load()},
+                    "load_avg_1m_at_start": machine_load(), **bench_machine.blas_facts(torch)},
         "families": {},
     }
     warm = DEFAULT_WARMUP if warmup is None else warmup
@@ -709,6 +711,11 @@ def format_table(record: dict[str, Any]) -> str:
     warning = load_warning(worst, m["cores"], max(others) if others else None)
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
+    lines.append(f"NumPy's BLAS: {m.get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
+                 f"{m.get('torch_cpu_capability', '?')}")
+    blas = bench_machine.blas_warning(m)
+    if blas:
+        lines += ["!" * min(len(blas), 120), blas, "!" * min(len(blas), 120)]
     lines.append(f"{'family':<12}{'groundup ms/step':>24}{'PyTorch ms/step':>24}{'groundup/s':>12}{'PyTorch/s':>12}"
                  f"{'peak RSS MB gu / pt':>22}{'ratio':>8}{'x2 proc':>9}  load / others")
     for family, r in record["families"].items():

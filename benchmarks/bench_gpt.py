@@ -35,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import bench_machine  # noqa: E402 - beside this file
+
 DEFAULT_ITERS = {"baby": 40, "small": 3}
 DEFAULT_WARMUP = {"baby": 3, "small": 1}
 VOCAB = 65  # Tiny Shakespeare's characters
@@ -321,7 +323,7 @@ def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                     "groundup": groundup.__version__, "torch_threads": 2, "groundup_threads": num_threads(),
-                    "load_avg_1m_at_start": os.getloadavg()[0]},
+                    "load_avg_1m_at_start": os.getloadavg()[0], **bench_machine.blas_facts(torch)},
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     with blas_threads():                     # BLAS with its own threads (the GPT path limits it to one)
@@ -360,6 +362,9 @@ def format_table(record: dict[str, Any]) -> str:
              f"groundup threads "
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
              load_warning(record) or "",
+             f"NumPy's BLAS: {record['machine'].get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
+             f"{record['machine'].get('torch_cpu_capability', '?')}",
+             bench_machine.blas_warning(record["machine"]) or "",
              f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
              f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]
     rows = (("groundup", "groundup"), ("readable", "readable"), ("torch", "PyTorch SDPA"),

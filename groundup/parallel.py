@@ -8,8 +8,11 @@ Inside it (CPU only):
   * a pool of ``n - 1`` worker threads; the fused GPT ops split the batch into ``n`` chunks, each
     thread taking its chunk through every block (NumPy releases the GIL in BLAS and ufunc loops,
     so elementwise work that BLAS cannot parallelise uses every core too);
-  * NumPy's BLAS limited to 1 thread (threadpoolctl), because its spinning worker threads would
-    fight the Python threads for the cores; ``blas_threads()`` lifts the limit for single-thread work;
+  * NumPy's BLAS on ``n`` threads while one Python thread works (a recurrent scan's small GEMMs, a
+    CNN's), and on 1 thread (threadpoolctl) from the first section on where the work is split over
+    the pool's threads or the worker processes (``one_blas_thread()``: ``parallel_map``, the fused
+    GPT stack, ``DataParallel``), because BLAS's spinning idle threads would fight them for the
+    cores; ``blas_threads()`` lifts the limit again for single-thread work;
   * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
     not pay page faults for the same activations every step;
   * Python's thread switch interval shortened, so a thread waiting for the GIL gets it sooner;
@@ -34,7 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["cpu_threads", "blas_threads", "num_threads", "parallel_map", "chunks", "worker_processes", "Worker"]
+__all__ = ["cpu_threads", "blas_threads", "one_blas_thread", "num_threads", "parallel_map", "chunks",
+           "worker_processes", "Worker"]
 
 # NOTE: the threads hand the GIL back and forth between NumPy calls; Python's default 5 ms switch
 # interval makes a thread that wants it wait too long (measured: a baby-GPT step 8% faster at 1 ms).
@@ -43,6 +47,7 @@ SWITCH_INTERVAL_S = 0.001
 _pool: ThreadPoolExecutor | None = None
 _size = 1                                    # threads of the innermost active context (1 = none)
 _blas: list[tuple[Any, int]] = []           # (BLAS library controller, its own thread count) in the active context
+_blas_wide = 1                               # BLAS threads of the active context while one Python thread works
 _procs: dict[str, Any] | None = None         # the active context's worker processes: {"workers": list | None}
 
 
@@ -83,7 +88,7 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
 
     Nested contexts keep the outer one's settings unless they name another ``n``.
     """
-    global _pool, _size, _blas, _procs
+    global _pool, _size, _blas, _procs, _blas_wide
     if n is None and _size > 1:
         yield _size
         return
@@ -94,52 +99,74 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
         from threadpoolctl import ThreadpoolController
     except ImportError:                                              # cannot limit BLAS: stay single-threaded
         n = 1
-    saved = (_pool, _size, _blas, _procs)
     if n == 1:
-        _pool, _size, _blas, _procs = None, 1, [], None
-        try:
-            yield 1
-        finally:
-            _pool, _size, _blas, _procs = saved
+        with one_blas_thread():                                      # inside an outer context: BLAS on 1 thread
+            saved = (_pool, _size, _blas, _procs, _blas_wide)
+            _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
+            try:
+                yield 1
+            finally:
+                _pool, _size, _blas, _procs, _blas_wide = saved
         return
+    saved = (_pool, _size, _blas, _procs, _blas_wide)
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
-    _set_blas(libs, one=True)
+    _set_blas(libs, n)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
     procs: dict[str, Any] = {"workers": None}
-    _pool, _size, _blas, _procs = pool, n, libs, procs
+    _pool, _size, _blas, _procs, _blas_wide = pool, n, libs, procs, n
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         yield n
     finally:
-        _pool, _size, _blas, _procs = saved
+        _pool, _size, _blas, _procs, _blas_wide = saved
         for worker in procs["workers"] or []:
             worker.stop()
         sys.setswitchinterval(interval)
         pool.shutdown(wait=True)
-        _set_blas(libs, one=False)
+        for lib, own in libs:
+            lib.set_num_threads(own)
         if tuned:
             _mallopt(_MALLOC_DEFAULTS)
 
 
-def _set_blas(libs: list[tuple[Any, int]], one: bool) -> None:
-    for lib, own in libs:
-        lib.set_num_threads(1 if one else own)
+def _set_blas(libs: list[tuple[Any, int]], threads: int) -> None:
+    for lib, own in libs:                                            # never above the library's own count
+        lib.set_num_threads(min(threads, own))
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Inside ``cpu_threads``: from here on, BLAS on one thread (the block is where other Python threads or
+    worker processes start to share the cores with this one).
+
+    NOTE: one-way, for the rest of the context. BLAS's idle threads spin for a while after each call
+    (OpenBLAS: about 0.1 s) and take the cores from the threads and processes that work meanwhile:
+    measured on 2 cores, a BERT step that splits its batch ran 1.6x slower with BLAS on 2 threads
+    outside the split sections, while the recurrent models, which never split, gain 1.15-1.2x from
+    BLAS on 2 threads. A model that splits its work once keeps splitting, so the first split decides.
+    """
+    global _blas_wide
+    if _blas and _blas_wide != 1:
+        _blas_wide = 1
+        _set_blas(_blas, 1)
+    yield
 
 
 @contextlib.contextmanager
 def blas_threads() -> Iterator[None]:
-    """Inside ``cpu_threads``, give BLAS its own threads back for work that runs in one Python thread."""
-    if not _blas:
+    """Inside ``cpu_threads``, BLAS on the context's threads for the block, also after a
+    ``one_blas_thread`` section (for work that runs in one Python thread)."""
+    if not _blas or _blas_wide == _size:
         yield
         return
-    libs = _blas
-    _set_blas(libs, one=False)
+    libs, size = _blas, _size
+    _set_blas(libs, size)
     try:
         yield
     finally:
-        _set_blas(libs, one=True)
+        _set_blas(libs, _blas_wide)
 
 
 def num_threads() -> int:
@@ -176,10 +203,11 @@ def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]
                 return
             results[i] = fn(*jobs[i])
 
-    helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
-    drain()
-    for helper in helpers:
-        helper.result()
+    with one_blas_thread():
+        helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
+        drain()
+        for helper in helpers:
+            helper.result()
     return results
 
 
@@ -278,8 +306,9 @@ def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
     """The worker's loop: one call per message until None or the pipe closes."""
     import numpy as np
 
-    global _pool, _size, _blas, _procs
-    _pool, _size, _blas, _procs = None, 1, [], None          # the parent's pool threads do not exist here
+    global _pool, _size, _blas, _procs, _blas_wide
+    _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1   # the parent's threads are not here
+    _limit_blas_to_one()                                     # the parent and the other workers use the other cores
     state: dict[str, Any] = {}
     while True:
         try:
@@ -323,6 +352,15 @@ def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
             conn.send(("ok", out_specs, out_meta))
         except Exception:                                    # reported to the caller, who raises
             conn.send(("error", {}, traceback.format_exc()))
+
+
+def _limit_blas_to_one() -> None:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        lib.set_num_threads(1)
 
 
 def worker_processes() -> list[Worker]:

@@ -246,3 +246,10 @@ def require_browser(what: str) -> str:
         warnings.warn(f"{what} NOT RUN: {missing}", stacklevel=2)
         pytest.skip(f"{what} not run: {missing}")
     return chromium
+
+
+def worker_blas_threads(state: dict[str, Any], arrays: dict[str, Any], meta: dict[str, Any]) -> tuple[dict, dict]:
+    """A ``groundup.parallel.Worker`` function: the worker process's BLAS thread counts."""
+    import threadpoolctl
+
+    return {}, {"threads": [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]}

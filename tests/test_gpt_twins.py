@@ -108,17 +108,38 @@ def test_loss_changes_nothing_in_the_process_outside_the_context():
     assert _blas_threads() == before and parallel.num_threads() == 1
 
 
-def test_context_limits_blas_inside_and_restores_it_on_exit():
-    before = _blas_threads()
-    with parallel.cpu_threads(2):
-        assert parallel.num_threads() == 2
-        assert all(n == 1 for n in _blas_threads())
-        with parallel.cpu_threads():                         # nested: keeps the outer settings
+def test_context_gives_blas_the_threads_until_work_is_split_and_restores_it_on_exit():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):  # BLAS's own count (the suite runs it at 1)
+        before = _blas_threads()
+        with parallel.cpu_threads(2):
             assert parallel.num_threads() == 2
-    assert _blas_threads() == before and parallel.num_threads() == 1
-    with pytest.raises(RuntimeError), parallel.cpu_threads(2):
-        raise RuntimeError("boom")
-    assert _blas_threads() == before and parallel.num_threads() == 1
+            assert all(n == 2 for n in _blas_threads())      # one Python thread at work: BLAS uses the cores
+            with parallel.cpu_threads():                     # nested: keeps the outer settings
+                assert parallel.num_threads() == 2 and all(n == 2 for n in _blas_threads())
+            with parallel.cpu_threads(1):                    # nested with 1: no pool, BLAS on one thread
+                assert parallel.num_threads() == 1 and all(n == 1 for n in _blas_threads())
+            assert parallel.num_threads() == 2 and all(n == 1 for n in _blas_threads())   # one-way
+        with parallel.cpu_threads(2):
+            assert parallel.parallel_map(lambda i: i * i, range(4)) == [0, 1, 4, 9]
+            assert all(n == 1 for n in _blas_threads())      # the first split section narrows BLAS for good
+            with parallel.blas_threads():                    # ... except where one thread works alone
+                assert all(n == 2 for n in _blas_threads())
+            assert all(n == 1 for n in _blas_threads())
+        assert _blas_threads() == before and parallel.num_threads() == 1
+        with pytest.raises(RuntimeError), parallel.cpu_threads(2):
+            raise RuntimeError("boom")
+        assert _blas_threads() == before and parallel.num_threads() == 1
+
+
+def test_worker_processes_run_blas_on_one_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):
+        workers = parallel.worker_processes()
+        if not workers:
+            pytest.skip("worker processes need fork (Linux)")
+        _, meta = workers[0].call("helpers:worker_blas_threads", {}, {})
+    assert meta["threads"] and all(n == 1 for n in meta["threads"])
 
 
 def test_thread_count_respects_the_environment(monkeypatch):

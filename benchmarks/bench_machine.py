@@ -1,0 +1,67 @@
+"""What the benches record about the machine's linear algebra: which BLAS kernels NumPy runs and
+which instruction set PyTorch uses, and a loud line when the two are not on equal terms.
+
+NumPy's OpenBLAS picks its kernel set when it loads, from the CPU or from ``OPENBLAS_CORETYPE``.
+Some machines set that variable to an older kernel set (``Haswell``, AVX2) because older OpenBLAS
+builds go wrong on their processors; a current NumPy then runs its single-precision GEMMs at about
+half the speed the CPU's AVX-512 kernels reach, while PyTorch's MKL and oneDNN use AVX-512 anyway.
+A ratio measured so compares groundup's maths on AVX2 with PyTorch's on AVX-512: the bench says so.
+To compare at the machine's best, run the bench with the variable unset for that command alone:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE groundup bench all`` (and leave tests and CI as
+the machine has them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
+
+
+def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
+    """The first processor's feature flags (empty where /proc/cpuinfo is missing)."""
+    try:
+        for line in Path(cpuinfo_path).read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def blas_facts(torch: Any | None = None) -> dict[str, Any]:
+    """NumPy's BLAS (library, version, kernel set), ``OPENBLAS_CORETYPE`` if set, whether the CPU
+    has AVX-512, and PyTorch's CPU capability when ``torch`` is given."""
+    facts: dict[str, Any] = {"numpy_blas": "unknown", "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
+                             "cpu_avx512": "avx512f" in cpu_flags()}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    for lib in threadpool_info() if threadpool_info else []:
+        if lib.get("user_api") == "blas":
+            facts["numpy_blas"] = f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture')}"
+            facts["numpy_blas_arch"] = lib.get("architecture")
+            break
+    if torch is not None:
+        try:
+            facts["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:
+            pass
+    return facts
+
+
+def blas_warning(facts: dict[str, Any]) -> str | None:
+    """A loud line when NumPy's BLAS runs kernels below the CPU's instruction set because
+    ``OPENBLAS_CORETYPE`` says so, or None."""
+    arch = (facts.get("numpy_blas_arch") or "").lower()
+    if not facts.get("cpu_avx512") or not arch or arch in AVX512_BLAS_CORES:
+        return None
+    forced = facts.get("openblas_coretype_env")
+    why = f"OPENBLAS_CORETYPE={forced} pins" if forced else "OpenBLAS chose"
+    return (f"WARNING: {why} NumPy's BLAS to its {facts['numpy_blas_arch']} kernels on a CPU with AVX-512 "
+            f"(PyTorch: {facts.get('torch_cpu_capability', '?')}), so groundup's GEMMs run at about half the "
+            f"machine's speed; for ratios at the machine's best run this command with "
+            f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
