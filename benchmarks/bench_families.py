@@ -398,7 +398,8 @@ BLOCK = 4                                       # steps per contender per turn; 
 
 
 def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[], None] = lambda: None,
-                 names: Sequence[str] | None = None, block: int = BLOCK) -> dict[str, Any]:
+                 names: Sequence[str] | None = None, block: int = BLOCK,
+                 settle_s: float = bench_machine.IDLE_THREADS_S) -> dict[str, Any]:
     """Warm up, then the contenders (``names``: default all) take turns of ``block`` steps on the same
     batches, the order flipping every round; the first step of a turn settles and is not timed, the
     next ``block - 1`` are. Returns medians, rates and the ratio.
@@ -406,7 +407,8 @@ def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[]
     NOTE: why turns and not single alternating steps: right after a PyTorch step its OpenMP threads
     still spin for a while, and a step that needs the second core then (groundup's worker process)
     measured 1.6x slower than alone (LSTM, split step: 6.1 ms alone, 10.0 ms alternating); PyTorch
-    lost 1.3x the other way (5.2 -> 6.7 ms)."""
+    lost 1.3x the other way (5.2 -> 6.7 ms). Each turn also starts after ``settle_s`` of sleep, for
+    the other contender's idle BLAS / OpenMP threads to stop spinning (bench_machine.IDLE_THREADS_S)."""
     names = list(contest.steps if names is None else names)
     for i in range(warmup):
         for name in names:
@@ -420,6 +422,7 @@ def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[]
         take = min(block - 1, iters - len(timed_batches))
         order = names if (first // block) % 2 == 0 else names[::-1]    # neither always goes first
         for name in order:
+            bench_machine.let_idle_threads_sleep(settle_s)             # the other contender's threads stop spinning
             contest.steps[name](turn[0])                               # settles: not timed
             for batch in turn[1:1 + take]:
                 t = time.perf_counter()

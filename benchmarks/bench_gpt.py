@@ -179,12 +179,14 @@ def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
             built[n](*batches[i], {"forward": [], "backward": [], "optimizer": []})
     # Turns of TURN steps per contender on the same batches, the first of each turn untimed: right after
     # a PyTorch step its OpenMP threads still spin, and FastGPT's worker process needs that core
-    # (benchmarks/families.md, Method). The order flips every round.
+    # (benchmarks/families.md, Method). The order flips every round; each turn starts after a pause in
+    # which the other contenders' idle BLAS / OpenMP threads stop spinning (bench_machine.IDLE_THREADS_S).
     done, turn = 0, 0
     while done < iters:
         take = min(TURN - 1, iters - done)
         timed = batches[warmup + done:warmup + done + take]
         for n in (names if turn % 2 == 0 else names[::-1]):
+            bench_machine.let_idle_threads_sleep()                                 # the others' threads stop spinning
             built[n](*timed[0], {"forward": [], "backward": [], "optimizer": []})   # settles: not timed
             for batch in timed:
                 times[n]["step"].append(built[n](*batch, times[n]))

@@ -14,9 +14,17 @@ the machine has them).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+# NOTE: after its last call a library's idle threads spin before they sleep: OpenBLAS's for 2^28 TSC
+# cycles (about 0.1 s at 2.6 GHz), OpenMP's (PyTorch's) for a shorter while. In a bench where two
+# contenders take turns in one process, the one whose turn comes next loses a core to the spinning
+# threads of the other: measured on 2 cores, PyTorch's RNN step 6.2 ms right after groundup's steps
+# (BLAS on 2 threads), 4.0 ms after a 20 ms pause, 2.2-2.8 ms after 50-300 ms, 2.0 ms alone. So each
+# turn starts after IDLE_THREADS_S of sleep, and each contender runs as on a machine the other has left.
+IDLE_THREADS_S = 0.15
 AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 
 
@@ -65,3 +73,9 @@ def blas_warning(facts: dict[str, Any]) -> str | None:
             f"(PyTorch: {facts.get('torch_cpu_capability', '?')}), so groundup's GEMMs run at about half the "
             f"machine's speed; for ratios at the machine's best run this command with "
             f"`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`")
+
+
+def let_idle_threads_sleep(seconds: float = IDLE_THREADS_S) -> None:
+    """Sleep until the other contender's idle BLAS / OpenMP threads have stopped spinning (see the NOTE)."""
+    if seconds > 0:
+        time.sleep(seconds)

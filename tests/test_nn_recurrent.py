@@ -17,6 +17,7 @@ from helpers import assert_graph_dtype, check_grad
 import groundup as gu
 from groundup import functional as F
 from groundup import nn
+from groundup.nn import recurrent
 from groundup.nn.recurrent import GRUScan, LSTMScan, RNNScan, unroll_cell
 
 try:
@@ -166,7 +167,7 @@ def _scan_inputs(gates, bias):
     (RNNScan, 1, {"nonlinearity": "tanh"}), (RNNScan, 1, {"nonlinearity": "relu"}), (GRUScan, 3, {}),
     (LSTMScan, 4, {}),
 ], ids=["rnn-tanh", "rnn-relu", "gru", "lstm"])
-def test_scan_backward_matches_finite_differences(scan, gates, options, reverse, bias):
+def test_scan_backward_matches_finite_differences(scan, gates, options, reverse, bias, gate_route):
     check_grad(lambda *args: scan.apply(*args, reverse=reverse, **options), *_scan_inputs(gates, bias))
 
 
@@ -231,11 +232,18 @@ def test_float32_stays_float32_through_forward_and_backward(name):
     assert_graph_dtype(_flat((output, state)))
 
 
+@pytest.fixture(params=["exp", "tanh"])
+def gate_route(request, monkeypatch):
+    """Both ways the scans compute their gates (the machine picks one, ``recurrent._tanh_is_fast``)."""
+    monkeypatch.setattr(recurrent, "_TANH_IS_FAST", request.param == "tanh")
+    return request.param
+
+
 @requires_torch
 @pytest.mark.parametrize("name", ["GRU", "LSTM"])
-def test_saturated_gates_match_torch_without_warnings(name, recwarn):
-    """The scans take their sigmoids (and the LSTM its g gate) from one exp: pre-activations far out
-    on both sides (exp overflowing to inf) must give torch's limits 0 and 1, no NaN, no warning."""
+def test_saturated_gates_match_torch_without_warnings(name, recwarn, gate_route):
+    """The scans take their sigmoids (and the LSTM its g gate) from one exp or one tanh: pre-activations
+    far out on both sides (exp overflowing to inf) must give torch's limits 0 and 1, no NaN, no warning."""
     ours = getattr(nn, name)(IN, H, batch_first=True)
     theirs = getattr(torch.nn, name)(IN, H, batch_first=True)
     theirs.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})
@@ -248,6 +256,25 @@ def test_saturated_gates_match_torch_without_warnings(name, recwarn):
     their_out.sum().backward()
     np.testing.assert_allclose(x_ours.grad.numpy(), x_theirs.grad.numpy(), rtol=1e-4, atol=1e-5)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+@requires_torch
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_both_gate_routes_match_torch(name, gate_route):
+    """A 2-layer float32 layer through the exp or the tanh gates: outputs and gradients as torch's."""
+    ours = getattr(nn, name)(IN, H, num_layers=2)
+    theirs = getattr(torch.nn, name)(IN, H, num_layers=2)
+    theirs.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in ours.state_dict().items()})
+    x = np.random.default_rng(1).standard_normal((T, N, IN)).astype(np.float32) * 2
+    x_ours, x_theirs = gu.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    out, their_out = ours(x_ours)[0], theirs(x_theirs)[0]
+    np.testing.assert_allclose(out.detach().numpy(), their_out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    weights = np.linspace(-1, 1, out.numel(), dtype=np.float32).reshape(out.shape)
+    (out * gu.tensor(weights)).sum().backward()
+    (their_out * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(x_ours.grad.numpy(), x_theirs.grad.numpy(), rtol=1e-4, atol=1e-5)
+    for (key, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 # ------------------------------------------------------------------ forward_projected
