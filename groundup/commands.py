@@ -159,11 +159,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", allow_abbrev=False, help="time groundup against PyTorch (training and generation)",
         description="Time groundup's training step against PyTorch's at its best on the CPU, in one process, from "
                     "the same initial weights on the same batches: the contenders take turns of a few steps "
-                    "after warm-up (the first step of each turn untimed), PyTorch with torch.set_num_threads(2). "
+                    "after warm-up, each turn after a short pause for the other's idle threads to stop spinning "
+                    "(the first step of each turn untimed), PyTorch with torch.set_num_threads(2). "
                     "The argument names one of the roadmap's model families at the roadmap's sizes "
                     "(benchmarks/bench_families.py: nn.RNN/GRU/LSTM, nn.Conv2d, SDPA with copied weights), or "
                     "`all` for one table of every family; `gpt` also times generation (200 tokens, batch 1) with "
-                    "and without a KV cache. Prints ms/step, samples or tokens per second, peak RSS, how much CPU "
+                    "and without a KV cache. Prints NumPy's BLAS kernels (with a warning when OPENBLAS_CORETYPE "
+                    "pins them below the CPU), ms/step, samples or tokens per second, peak RSS, how much CPU "
                     "other processes used meanwhile, and the ratio = PyTorch's step time / groundup's (> 1: "
                     "groundup is faster); writes a JSON record. Needs a source checkout (the benchmarks/ "
                     "directory) and torch.",

@@ -151,3 +151,39 @@ def test_other_processes_are_measured_apart_from_the_bench(bench):
         sum(i * i for i in range(200_000))
         after = bench.cpu_seconds()
         assert after[0] >= before[0] and after[1] > before[1]
+
+
+def test_blas_facts_and_the_pinned_kernel_warning(bench, tmp_path, monkeypatch):
+    import bench_machine
+    import torch
+
+    facts = bench_machine.blas_facts(torch)
+    assert facts["numpy_blas"] != "unknown" and facts["torch_cpu_capability"]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert bench_machine.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2", "avx512f", "avx512bw"}
+    assert bench_machine.cpu_flags(str(tmp_path / "missing")) == set()
+    pinned = {"cpu_avx512": True, "numpy_blas_arch": "Haswell", "openblas_coretype_env": "Haswell",
+              "torch_cpu_capability": "AVX512"}
+    warning = bench_machine.blas_warning(pinned)
+    assert "OPENBLAS_CORETYPE=Haswell" in warning and "env -u OPENBLAS_CORETYPE" in warning
+    assert "OpenBLAS chose" in bench_machine.blas_warning({**pinned, "openblas_coretype_env": None})
+    assert bench_machine.blas_warning({**pinned, "numpy_blas_arch": "SkylakeX"}) is None
+    assert bench_machine.blas_warning({**pinned, "cpu_avx512": False}) is None   # AVX2 is the CPU's best
+    record = {"benchmark": "families", "date": "d", "families": {},
+              "machine": {"torch": "2", "torch_threads": 2, "cores": 2, "load_avg_1m_at_start": 0.0, **pinned}}
+    assert warning in bench.format_table(record)
+
+
+def test_turns_start_after_a_pause_for_idle_threads(bench, monkeypatch):
+    import bench_machine
+
+    pauses = []
+    monkeypatch.setattr(bench_machine.time, "sleep", pauses.append)
+    contest = bench.Contest("toy", "toy", "samples", {}, [(np.zeros(1),)] * 8, lambda b: 1)
+    contest.steps = {"groundup": lambda b: None, "torch": lambda b: None}
+    bench.time_contest(contest, iters=6, warmup=1)                    # 2 turns of 3 timed steps each
+    assert pauses == [bench_machine.IDLE_THREADS_S] * 4
+    pauses.clear()
+    bench.time_contest(contest, iters=3, warmup=0, settle_s=0.0)
+    assert pauses == []
