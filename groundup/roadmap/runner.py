@@ -390,13 +390,15 @@ def read_metrics(out_root: str | os.PathLike, name: str) -> dict[str, Any] | Non
 
 
 # ---------------------------------------------------------------- running
-def _one_blas_thread() -> contextlib.AbstractContextManager:
-    """The scoped CPU setup while a stage runs (``groundup.parallel.cpu_threads``): BLAS at one thread and the
-    cores given to the fused GPT's threads, unless the user set a thread count in the environment.
+def _cpu_setup() -> contextlib.AbstractContextManager:
+    """The scoped CPU setup while a stage runs (``groundup.parallel.cpu_threads``): BLAS on the cores while
+    one Python thread works, narrowed to one thread for the rest of the stage once a training splits its
+    work over threads or worker processes (the fused GPT, ``DataParallel``); a thread count set in the
+    environment (``OPENBLAS_NUM_THREADS``, ``GROUNDUP_NUM_THREADS``) caps both.
 
-    NOTE: the roadmap's matrices are small, so a second BLAS thread gains little, while a multithreaded
-    BLAS on a busy machine (two pytest workers, another job) spins waiting for threads that are not
-    scheduled (BENCHMARKS.md has the measurement).
+    NOTE: on a busy machine (two pytest workers, another job) a multithreaded BLAS spins waiting for
+    threads that are not scheduled (BENCHMARKS.md has the measurement): `make test` runs with
+    OPENBLAS_NUM_THREADS=1.
     """
     from groundup.parallel import cpu_threads
 
@@ -440,7 +442,7 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
     started = time.perf_counter()
     result: StageResult | None = None
     try:
-        with bars, _one_blas_thread():
+        with bars, _cpu_setup():
             result = stage.execute(ctx)
         if not isinstance(result, StageResult):
             raise TypeError(f"stage {stage.name!r}: run(ctx) returned {type(result).__name__}, expected StageResult")
