@@ -132,6 +132,32 @@ def test_context_gives_blas_the_threads_until_work_is_split_and_restores_it_on_e
         assert _blas_threads() == before and parallel.num_threads() == 1
 
 
+def test_adapt_blas_narrows_while_other_processes_are_busy(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    readings = []                                           # (seconds, all processes' CPU s, this process's CPU s)
+
+    def reading(others: float) -> tuple[float, float, float]:
+        t, busy, own = readings[-1] if readings else (0.0, 0.0, 0.0)
+        readings.append((t + 1.0, busy + others + 1.0, own + 1.0))   # one second: this process used one core
+        return readings[-1]
+
+    script: list[float] = []
+    monkeypatch.setattr(parallel, "_cpu_reading", lambda: reading(script.pop(0)))
+    monkeypatch.setattr(parallel, "ADAPT_EVERY_S", 0.0)
+    parallel.adapt_blas()                                   # outside a context: nothing read, nothing changed
+    assert readings == []
+    with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):
+        for others, expected in [(0.0, 2), (1.0, 1), (0.3, 1), (0.1, 2), (0.3, 2), (0.9, 1), (0.0, 2)]:
+            script.append(others)
+            parallel.adapt_blas()
+            assert all(n == expected for n in _blas_threads()), (others, _blas_threads())
+        with parallel.one_blas_thread():                    # split work: one thread for good, whatever the load
+            pass
+        script.append(0.0)
+        parallel.adapt_blas()
+        assert all(n == 1 for n in _blas_threads()) and script == [0.0]   # not even read
+
+
 def test_worker_processes_run_blas_on_one_thread():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):

@@ -57,6 +57,7 @@ from groundup.nn.module import Module
 from groundup.nn.utils import clip_grad_norm_
 from groundup.optim import SGD, Adam, AdamW, Optimizer
 from groundup.optim.schedule import scheduled_lr
+from groundup.parallel import adapt_blas
 from groundup.random import get_rng_state, set_rng_state
 from groundup.tensor import Tensor
 from groundup.train.callbacks import default_callbacks as _default_callbacks
@@ -181,6 +182,7 @@ class Trainer:
                     loss_value = self._forward_backward(batch, lr)
                     grad_norm = clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
                     self.optimizer.step()
+                    adapt_blas()                            # BLAS on one thread while the machine is busy
                     self.iter += 1
                     self._emit("step", {"iter": self.iter, "lr": lr, "loss": loss_value, "grad_norm": grad_norm,
                                         "n_tokens": self._count_tokens(batch), "step_s": time.perf_counter() - started})
