@@ -12,8 +12,7 @@ Inside it (CPU only):
     CNN's), and on 1 thread (threadpoolctl) from the first section on where the work is split over
     the pool's threads or the worker processes (``one_blas_thread()``: ``parallel_map``, the fused
     GPT stack, ``DataParallel``), because BLAS's spinning idle threads would fight them for the
-    cores; ``blas_threads()`` lifts the limit again for single-thread work; ``adapt_blas()``
-    (called between training steps) narrows it too while other processes keep a core busy;
+    cores; ``blas_threads()`` lifts the limit again for single-thread work;
   * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
     not pay page faults for the same activations every step;
   * Python's thread switch interval shortened, so a thread waiting for the GIL gets it sooner;
@@ -32,15 +31,14 @@ import itertools
 import mmap
 import os
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["cpu_threads", "blas_threads", "one_blas_thread", "adapt_blas", "num_threads", "parallel_map", "chunks",
-           "worker_processes", "Worker"]
+__all__ = ["cpu_threads", "blas_threads", "split_work", "one_blas_thread", "work_is_split", "num_threads",
+           "parallel_map", "chunks", "worker_processes", "Worker"]
 
 # NOTE: the threads hand the GIL back and forth between NumPy calls; Python's default 5 ms switch
 # interval makes a thread that wants it wait too long (measured: a baby-GPT step 8% faster at 1 ms).
@@ -50,10 +48,6 @@ _pool: ThreadPoolExecutor | None = None
 _size = 1                                    # threads of the innermost active context (1 = none)
 _blas: list[tuple[Any, int]] = []           # (BLAS library controller, its own thread count) in the active context
 _blas_wide = 1                               # BLAS threads of the active context while one Python thread works
-_split = False                               # the active context has split work: BLAS stays on one thread
-_reading: tuple[float, float, float] | None = None   # the last ``_cpu_reading()`` of ``adapt_blas``
-ADAPT_EVERY_S = 1.0                          # ``adapt_blas`` looks at the machine at most this often
-OTHERS_BUSY, OTHERS_QUIET = 0.5, 0.2         # cores other processes use: BLAS narrows above, widens below
 _procs: dict[str, Any] | None = None         # the active context's worker processes: {"workers": list | None}
 
 
@@ -94,7 +88,7 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
 
     Nested contexts keep the outer one's settings unless they name another ``n``.
     """
-    global _pool, _size, _blas, _procs, _blas_wide, _split, _reading
+    global _pool, _size, _blas, _procs, _blas_wide
     if n is None and _size > 1:
         yield _size
         return
@@ -107,26 +101,26 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
         n = 1
     if n == 1:
         with one_blas_thread():                                      # inside an outer context: BLAS on 1 thread
-            saved = (_pool, _size, _blas, _procs, _blas_wide, _split, _reading)
-            _pool, _size, _blas, _procs, _blas_wide, _split, _reading = None, 1, [], None, 1, False, None
+            saved = (_pool, _size, _blas, _procs, _blas_wide)
+            _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
             try:
                 yield 1
             finally:
-                _pool, _size, _blas, _procs, _blas_wide, _split, _reading = saved
+                _pool, _size, _blas, _procs, _blas_wide = saved
         return
-    saved = (_pool, _size, _blas, _procs, _blas_wide, _split, _reading)
+    saved = (_pool, _size, _blas, _procs, _blas_wide)
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
     _set_blas(libs, n)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
     procs: dict[str, Any] = {"workers": None}
-    _pool, _size, _blas, _procs, _blas_wide, _split, _reading = pool, n, libs, procs, n, False, None
+    _pool, _size, _blas, _procs, _blas_wide = pool, n, libs, procs, n
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         yield n
     finally:
-        _pool, _size, _blas, _procs, _blas_wide, _split, _reading = saved
+        _pool, _size, _blas, _procs, _blas_wide = saved
         for worker in procs["workers"] or []:
             worker.stop()
         sys.setswitchinterval(interval)
@@ -142,64 +136,37 @@ def _set_blas(libs: list[tuple[Any, int]], threads: int) -> None:
         lib.set_num_threads(min(threads, own))
 
 
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Inside ``cpu_threads``: from here on, BLAS on one thread (the block is where other Python threads or
-    worker processes start to share the cores with this one).
+def split_work() -> None:
+    """Inside ``cpu_threads``: from here on, BLAS on one thread (other Python threads or worker
+    processes are about to share the cores with this one).
 
     NOTE: one-way, for the rest of the context. BLAS's idle threads spin for a while after each call
     (OpenBLAS: about 0.1 s) and take the cores from the threads and processes that work meanwhile:
     measured on 2 cores, a BERT step that splits its batch ran 1.6x slower with BLAS on 2 threads
     outside the split sections, while the recurrent models, which never split, gain 1.15-1.2x from
     BLAS on 2 threads. A model that splits its work once keeps splitting, so the first split decides.
+    NOTE: the first split comes at the start of a training step (the fused stack, ``DataParallel``),
+    before any GEMM, so every step of a run, a resumed one included, runs its GEMMs on the same
+    number of BLAS threads: OpenBLAS's results can differ in the last bits between 1 and 2 threads.
+    (The optimizer shares its update out only once the work is split: ``work_is_split``.)
     """
-    global _blas_wide, _split
-    if _blas:
-        _split = True
-        if _blas_wide != 1:
-            _blas_wide = 1
-            _set_blas(_blas, 1)
+    global _blas_wide
+    if _blas and _blas_wide != 1:
+        _blas_wide = 1
+        _set_blas(_blas, 1)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """``split_work()`` as a block: the block is where the work is split (see ``split_work``)."""
+    split_work()
     yield
 
 
-def _cpu_reading() -> tuple[float, float, float] | None:
-    """(monotonic seconds, CPU seconds every process on the machine has used, this process's CPU
-    seconds, its threads included), from /proc/stat (Linux; steal time counts); None elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")   # user nice system irq softirq steal
-    return time.monotonic(), busy, time.process_time()
-
-
-def adapt_blas() -> None:
-    """Between training steps (``Trainer.fit`` calls it after each): BLAS on one thread while other
-    processes keep more than ``OTHERS_BUSY`` of a core busy, on the context's threads again once they
-    use less than ``OTHERS_QUIET``; looks at /proc/stat at most every ``ADAPT_EVERY_S``. Does nothing
-    outside ``cpu_threads`` or once the context has split its work (``one_blas_thread``).
-
-    NOTE: a multithreaded BLAS waits for its slowest thread, and on a busy machine that thread is
-    not scheduled: measured on 2 cores with one core kept busy by another process, the LSTM LM's
-    step took 8.8 ms with BLAS on 2 threads against 4.8 ms on 1 (the GRU's 4.8 against 2.9), while
-    on the quiet machine 2 threads are 1.2x faster.
-    """
-    global _blas_wide, _reading
-    if not _blas or _split:
-        return
-    if _reading is not None and time.monotonic() - _reading[0] < ADAPT_EVERY_S:
-        return
-    reading = _cpu_reading()
-    if reading is None:
-        return
-    if _reading is not None and reading[0] > _reading[0]:
-        others = ((reading[1] - _reading[1]) - (reading[2] - _reading[2])) / (reading[0] - _reading[0])
-        target = 1 if others > OTHERS_BUSY else _size if others < OTHERS_QUIET else _blas_wide
-        if target != _blas_wide:
-            _blas_wide = target
-            _set_blas(_blas, target)
-    _reading = reading
+def work_is_split() -> bool:
+    """Whether the active ``cpu_threads`` context has split work over threads or processes
+    (``split_work``), so that BLAS runs on one thread from then on."""
+    return _size > 1 and _blas_wide == 1
 
 
 @contextlib.contextmanager

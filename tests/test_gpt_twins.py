@@ -132,32 +132,6 @@ def test_context_gives_blas_the_threads_until_work_is_split_and_restores_it_on_e
         assert _blas_threads() == before and parallel.num_threads() == 1
 
 
-def test_adapt_blas_narrows_while_other_processes_are_busy(monkeypatch):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    readings = []                                           # (seconds, all processes' CPU s, this process's CPU s)
-
-    def reading(others: float) -> tuple[float, float, float]:
-        t, busy, own = readings[-1] if readings else (0.0, 0.0, 0.0)
-        readings.append((t + 1.0, busy + others + 1.0, own + 1.0))   # one second: this process used one core
-        return readings[-1]
-
-    script: list[float] = []
-    monkeypatch.setattr(parallel, "_cpu_reading", lambda: reading(script.pop(0)))
-    monkeypatch.setattr(parallel, "ADAPT_EVERY_S", 0.0)
-    parallel.adapt_blas()                                   # outside a context: nothing read, nothing changed
-    assert readings == []
-    with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):
-        for others, expected in [(0.0, 2), (1.0, 1), (0.3, 1), (0.1, 2), (0.3, 2), (0.9, 1), (0.0, 2)]:
-            script.append(others)
-            parallel.adapt_blas()
-            assert all(n == expected for n in _blas_threads()), (others, _blas_threads())
-        with parallel.one_blas_thread():                    # split work: one thread for good, whatever the load
-            pass
-        script.append(0.0)
-        parallel.adapt_blas()
-        assert all(n == 1 for n in _blas_threads()) and script == [0.0]   # not even read
-
-
 def test_worker_processes_run_blas_on_one_thread():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):
@@ -287,7 +261,8 @@ def test_gpt_file_is_the_readable_model():
 
 
 def test_adamw_inside_the_threads_gives_the_same_weights(monkeypatch):
-    """AdamW shares its parameters out over cpu_threads' threads: with the same gradients, the same update."""
+    """AdamW shares its parameters out over cpu_threads' threads once the work is split: with the same
+    gradients, the same update."""
     from groundup.optim import AdamW, adam
 
     monkeypatch.setattr(adam, "SHARE_OUT_MIN", 0)            # share out even this tiny model's update
@@ -303,6 +278,7 @@ def test_adamw_inside_the_threads_gives_the_same_weights(monkeypatch):
             opt.zero_grad()
             fast.loss(tokens((4, 8), seed), tokens((4, 8), seed + 10)).backward()    # outside: one thread
             with parallel.cpu_threads(n):
+                parallel.split_work()                        # as in a run that splits (it shares out only then)
                 opt.step()
         results.append({k: v.copy() for k, v in fast.state_dict().items()})
     assert 2 in shared                                       # the threaded path ran

@@ -525,3 +525,47 @@ def test_mean_loss_restores_the_mode_it_found():
 def test_without_default_callbacks_nothing_is_written(tmp_path):
     summary = Trainer(make_model(), config(tmp_path / "quiet"), get_batch, default_callbacks=False).fit()
     assert not (tmp_path / "quiet" / "state.json").exists() and summary["iters"] == 20
+
+
+def test_resume_is_bit_identical_with_blas_on_two_threads(tmp_path, monkeypatch):
+    """Inside ``cpu_threads(2)`` BLAS runs on two threads until the work is split; OpenBLAS's results can
+    differ in the last bits between 1 and 2 threads, so every step, the first resumed one included, must
+    run on the same count. A model over Adam's share-out size (``adam.SHARE_OUT_MIN``) is the case that
+    once narrowed BLAS mid-run, at the first optimizer step."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from groundup.optim import adam
+
+    monkeypatch.setenv("GROUNDUP_NUM_THREADS", "2")
+    hidden = adam.SHARE_OUT_MIN // 8 + 1                          # fc1 alone holds 8 * hidden + hidden weights
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        whole = Recorder()
+        Trainer(make_model(seed=0, n_hidden=hidden), config(tmp_path / "a", max_iters=6), get_batch,
+                callbacks=[whole]).fit()
+        first, second = Recorder(stop_at=3), Recorder()
+        Trainer(make_model(seed=0, n_hidden=hidden), config(tmp_path / "b", max_iters=6), get_batch,
+                callbacks=[first]).fit()
+        resumed = Trainer(make_model(seed=99, n_hidden=hidden), config(tmp_path / "b", max_iters=6), get_batch,
+                          callbacks=[second])
+        resumed.fit(resume=True)
+    assert len(first.losses) == 3 and len(second.losses) == 3
+    assert first.losses + second.losses == whole.losses          # exact float equality
+
+
+@pytest.mark.parametrize("splits", [False, True], ids=["plain", "splits_work"])
+def test_blas_threads_for_the_whole_run_follow_the_model(monkeypatch, splits):
+    """A model that splits its batch (``splits_work``, the fused GPT and BERT) trains with BLAS on one
+    thread from its first step; any other on the context's threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setenv("GROUNDUP_NUM_THREADS", "2")
+    seen = []
+
+    def blas(trainer, event, info):
+        if event in ("fit_start", "step"):
+            seen.append([lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"])
+
+    model = make_model()
+    if splits:
+        model.splits_work = True
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        Trainer(model, config(max_iters=3), get_batch, callbacks=[blas]).fit()
+    assert len(seen) == 4 and all(counts == [1 if splits else 2] * len(counts) for counts in seen), seen

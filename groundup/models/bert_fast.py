@@ -33,6 +33,8 @@ __all__ = ["FastBERT"]
 class FastBERT(BERT):
     """``BERT`` whose ``encode`` (the blocks) is one fused op: the readable model's numbers, faster."""
 
+    splits_work = True                      # its stack splits the batch (see ``FastGPT.splits_work``)
+
     def hooks(self, fns: Any):  # type: ignore[override]
         raise TypeError("FastBERT runs fused kernels and has no hook points; use the readable twin: "
                         "model.as_class(BERT)")

@@ -46,6 +46,10 @@ PARAM_NAMES = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "
 class FastGPT(GPT):
     """``GPT`` with fused kernels: ``forward`` and ``loss`` give the readable model's numbers, faster."""
 
+    # inside ``groundup.parallel.cpu_threads`` its stack splits the batch over threads / worker processes
+    # (the Trainer then keeps BLAS on one thread for the whole run: ``groundup.parallel.split_work``)
+    splits_work = True
+
     def hooks(self, fns: Any):  # type: ignore[override]
         raise TypeError("FastGPT runs fused kernels and has no hook points; use the readable twin: "
                         "GPT.load(run_dir) or model.as_class(GPT)")

@@ -28,7 +28,7 @@ import numpy as np
 
 from groundup.backend import array_module
 from groundup.optim.optimizer import Optimizer, ParamsT
-from groundup.parallel import num_threads, parallel_map
+from groundup.parallel import num_threads, parallel_map, work_is_split
 from groundup.tensor import Tensor, no_grad
 
 __all__ = ["Adam", "AdamW"]
@@ -94,7 +94,10 @@ class Adam(Optimizer):
         # than the second core gives until the arrays are large: measured on 2 cores, one thread against
         # two, 448k elements (BERT's default) 1.7 vs 2.0-2.8 ms, 796k (baby GPT) 2.3-2.5 vs 2.6-2.7 ms,
         # 1.8M 7.8 vs 4.8 ms. Below SHARE_OUT_MIN elements the calling thread does it all.
-        threads = num_threads() if todo and array_module(todo[0][0].data) is np else 1
+        # NOTE: only once the step's work is split (BLAS on one thread since, ``work_is_split``): sharing
+        # out here would narrow BLAS between one step's backward and the next step's forward, and a
+        # resumed run would then run its first forward on other BLAS threads than the original did.
+        threads = num_threads() if todo and array_module(todo[0][0].data) is np and work_is_split() else 1
         if sum(p.data.size for p, _ in todo) < SHARE_OUT_MIN:
             threads = 1
         if threads == 1:

@@ -44,8 +44,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ from groundup.nn.module import Module
 from groundup.nn.utils import clip_grad_norm_
 from groundup.optim import SGD, Adam, AdamW, Optimizer
 from groundup.optim.schedule import scheduled_lr
-from groundup.parallel import adapt_blas
 from groundup.random import get_rng_state, set_rng_state
 from groundup.tensor import Tensor
 from groundup.train.callbacks import default_callbacks as _default_callbacks
@@ -182,7 +181,6 @@ class Trainer:
                     loss_value = self._forward_backward(batch, lr)
                     grad_norm = clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
                     self.optimizer.step()
-                    adapt_blas()                            # BLAS on one thread while the machine is busy
                     self.iter += 1
                     self._emit("step", {"iter": self.iter, "lr": lr, "loss": loss_value, "grad_norm": grad_norm,
                                         "n_tokens": self._count_tokens(batch), "step_s": time.perf_counter() - started})
@@ -247,12 +245,21 @@ class Trainer:
         return _parse_metrics(path.read_text(errors="replace"))
 
     # ------------------------------------------------------------------ the loop's parts
-    def _scope(self) -> AbstractContextManager:
+    @contextmanager
+    def _scope(self) -> Iterator[None]:
         """The process-wide settings a run holds while it trains: ``groundup.parallel.cpu_threads()`` (threads
-        for the fused ops, BLAS limits, allocator tuning), restored when ``fit`` returns; nested, a no-op."""
-        from groundup.parallel import cpu_threads
+        for the fused ops, BLAS limits, allocator tuning), restored when ``fit`` returns; nested, a no-op.
 
-        return cpu_threads()
+        A model whose ops split the batch (``splits_work``, the fused GPT and BERT) or a data-parallel run
+        has BLAS on one thread from the start (``split_work``), not from its first split: every step, the
+        first after a resume included, then runs its GEMMs on the same number of BLAS threads.
+        """
+        from groundup.parallel import cpu_threads, split_work
+
+        with cpu_threads():
+            if self.split is not None or getattr(self.model, "splits_work", False):
+                split_work()
+            yield
 
     def _set_lr(self, it: int) -> float:
         lr = self.lr_at(it)
