@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@status=0; $(BIN)/groundup run all --quick || status=$$?; \
 	echo ""; \
 	echo "Next (README.md, 'Next steps'); the commands are in .venv/bin, or run 'source .venv/bin/activate' first:"; \
-	echo "  open runs/index.html                                   # every stage's report, plots and claims"; \
+	echo "  runs/index.html                                        # open it in a browser: every stage's report, plots and claims"; \
 	echo "  .venv/bin/groundup train gpt --data shakespeare --preset baby --max-iters 2000 --out runs/gpt-baby"; \
 	echo "  .venv/bin/groundup sample runs/gpt-baby --prompt 'ROMEO:' --max-new-tokens 200"; \
 	echo "  .venv/bin/groundup explore runs/gpt-baby --open       # look inside it in the browser"; \

@@ -746,7 +746,8 @@ def format_table(record: dict[str, Any]) -> str:
     if any("ratio_dp" in r for r in record["families"].values()):
         lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
                      "(groundup.train.DataParallel), PyTorch's time / its time")
-    lines.append("rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
+    lines.append("ms/step: the median of the timed steps [the fastest-the slowest]; "
+                 "rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
                  "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); load = the 1-minute load "
                  "average (the bench's own threads and processes count in it), others = cores other processes used "
                  "meanwhile; (!) = taken under load")

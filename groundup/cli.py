@@ -53,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
         if not any("--debug" in action.option_strings for action in command._actions):
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                  help="show the Python traceback of an error")
+    _name_the_help(parser)
     return parser
+
+
+def _name_the_help(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command records its prog, so that an unknown flag's error names that command's --help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.set_defaults(help_prog=command.prog)
+                _name_the_help(command)
 
 
 def _one_line(err: BaseException) -> str:
@@ -72,7 +82,10 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:                                   # an unknown flag: name the command whose help lists the right ones
+        ArgumentParser(prog=getattr(args, "help_prog", parser.prog)).error(
+            f"unrecognized arguments: {' '.join(extras)}")
     debug = bool(getattr(args, "debug", False)) or os.environ.get("GROUNDUP_DEBUG", "") not in ("", "0")
     if not getattr(args, "handler", None):
         parser.print_help()

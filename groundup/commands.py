@@ -186,9 +186,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one subprocess each)")
     p.add_argument("--runs", type=int_range(1, 100), default=1,
                    help="repeat the whole benchmark N times; each family's row is its median run, with every "
-                        "run's ratio listed (not gpt alone)")
+                        "run's ratio listed (for the families and `all`; for `gpt` alone raise --iters instead)")
     p.add_argument("--json", default=None, metavar="PATH",
-                   help="write the record here (default: runs/bench-gpt-PRESET.json)")
+                   help="write the record here (default: runs/bench-gpt-PRESET.json for gpt, "
+                        "runs/bench-WHAT.json otherwise)")
     p.set_defaults(handler=bench_command)
 
 

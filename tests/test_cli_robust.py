@@ -70,6 +70,11 @@ def weights(run: Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------- every bad flag, exit 2
 BAD_FLAGS = [
+    (["train", "gpt", "--out", "{out}", "--model.n_layr=2"],
+     "unrecognized arguments: --model.n_layr=2 (see `groundup train --help`)"),
+    (["run", "all", "--quik"], "unrecognized arguments: --quik (see `groundup run --help`)"),
+    (["bench", "lstm", "--nope"], "unrecognized arguments: --nope (see `groundup bench --help`)"),
+    (["--bogus"], "unrecognized arguments: --bogus (see `groundup --help`)"),
     (["train", "gpt", "--out", "{out}", "--batch-size", "0"], "--batch-size: 0 is out of range"),
     (["train", "gpt", "--out", "{out}", "--batch-size", "-3"], "--batch-size: -3 is out of range"),
     (["train", "gpt", "--out", "{out}", "--seed", "-1"], "--seed: -1 is out of range"),

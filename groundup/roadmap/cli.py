@@ -49,9 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "measured numbers) and write OUT/STAGE/{metrics.json,*.png,report.html} "
                                           "and OUT/index.html. Exits 1 if any claim fails.")
     p.add_argument("stage", help="stage name (see `groundup roadmap`) or 'all'")
-    p.add_argument("--quick", action="store_true", help="smaller budgets (most stages under a minute on two cores, "
-                   "the transformer stage a few), stated in "
-                                                        "the report")
+    p.add_argument("--quick", action="store_true", help="smaller budgets (each stage about a minute or less on two "
+                   "cores), stated in the report")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke test; its numbers are meaningless")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda needs CuPy and a GPU")
     p.add_argument("--out", default="runs", help="runs directory (default: runs)")
