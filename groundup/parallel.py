@@ -10,7 +10,7 @@ Inside it (CPU only):
     so elementwise work that BLAS cannot parallelise uses every core too);
   * NumPy's BLAS on ``n`` threads while one Python thread works (a recurrent scan's small GEMMs, a
     CNN's), and on 1 thread (threadpoolctl) from the first section on where the work is split over
-    the pool's threads or the worker processes (``one_blas_thread()``: ``parallel_map``, the fused
+    the pool's threads or the worker processes (``split_work()``: ``parallel_map``, the fused
     GPT stack, ``DataParallel``), because BLAS's spinning idle threads would fight them for the
     cores; ``blas_threads()`` lifts the limit again for single-thread work;
   * glibc's malloc keeps freed blocks for reuse instead of unmapping them, so a training step does
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["cpu_threads", "blas_threads", "split_work", "one_blas_thread", "work_is_split", "num_threads",
+__all__ = ["cpu_threads", "blas_threads", "split_work", "work_is_split", "num_threads",
            "parallel_map", "chunks", "worker_processes", "Worker"]
 
 # NOTE: the threads hand the GIL back and forth between NumPy calls; Python's default 5 ms switch
@@ -100,13 +100,13 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
     except ImportError:                                              # cannot limit BLAS: stay single-threaded
         n = 1
     if n == 1:
-        with one_blas_thread():                                      # inside an outer context: BLAS on 1 thread
-            saved = (_pool, _size, _blas, _procs, _blas_wide)
-            _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
-            try:
-                yield 1
-            finally:
-                _pool, _size, _blas, _procs, _blas_wide = saved
+        split_work()                                                 # inside an outer context: BLAS on 1 thread
+        saved = (_pool, _size, _blas, _procs, _blas_wide)
+        _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
+        try:
+            yield 1
+        finally:
+            _pool, _size, _blas, _procs, _blas_wide = saved
         return
     saved = (_pool, _size, _blas, _procs, _blas_wide)
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
@@ -156,13 +156,6 @@ def split_work() -> None:
         _set_blas(_blas, 1)
 
 
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """``split_work()`` as a block: the block is where the work is split (see ``split_work``)."""
-    split_work()
-    yield
-
-
 def work_is_split() -> bool:
     """Whether the active ``cpu_threads`` context has split work over threads or processes
     (``split_work``), so that BLAS runs on one thread from then on."""
@@ -172,7 +165,7 @@ def work_is_split() -> bool:
 @contextlib.contextmanager
 def blas_threads() -> Iterator[None]:
     """Inside ``cpu_threads``, BLAS on the context's threads for the block, also after a
-    ``one_blas_thread`` section (for work that runs in one Python thread)."""
+    ``split_work`` (for work that runs in one Python thread)."""
     if not _blas or _blas_wide == _size:
         yield
         return
@@ -218,11 +211,11 @@ def parallel_map(fn: Callable[..., Any], *arg_lists: Sequence[Any]) -> list[Any]
                 return
             results[i] = fn(*jobs[i])
 
-    with one_blas_thread():
-        helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
-        drain()
-        for helper in helpers:
-            helper.result()
+    split_work()
+    helpers = [_pool.submit(drain) for _ in range(min(_size - 1, len(jobs) - 1))]
+    drain()
+    for helper in helpers:
+        helper.result()
     return results
 
 

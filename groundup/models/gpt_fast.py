@@ -32,7 +32,7 @@ from groundup.backend import array_module
 from groundup.function import Function
 from groundup.models.gpt import GPT
 from groundup.ops import kernels as K
-from groundup.parallel import chunks, one_blas_thread, parallel_map, worker_processes
+from groundup.parallel import chunks, parallel_map, split_work, worker_processes
 from groundup.tensor import Tensor
 
 __all__ = ["FastGPT", "TransformerStack", "LMHeadLoss", "PARAM_NAMES"]
@@ -448,19 +448,19 @@ class TransformerStack(Function):
             meta = {"key": key, "opt": {k: v for k, v in opt.items() if k != "rope"}, "n_layer": len(layers),
                     "param_keys": list(layers[0]), "copy": region == 2,
                     "head": head and {"eps": head["eps"], "has_bias": head["has_bias"], "C": C}}
-            with one_blas_thread():                                             # the workers use the other cores
-                for worker, request in zip(workers, requests):
-                    worker.submit(f"{__name__}:_remote_forward", request, meta, region)
-                    if region < 2:
-                        worker.__dict__.setdefault("gpt_regions", {})[region] = weakref.ref(self)
-                chunk_saved = [run(parts[0])] + [None] * len(requests)
-                head_results = [run_head(0)] if head else []
-                for worker, part in zip(workers, parts[1:]):
-                    res, res_meta = worker.result()
-                    if head:
-                        head_results.append((res_meta["nll"], res_meta["count"], None))
-                    else:
-                        out[part] = res["out"]
+            split_work()                                                        # the workers use the other cores
+            for worker, request in zip(workers, requests):
+                worker.submit(f"{__name__}:_remote_forward", request, meta, region)
+                if region < 2:
+                    worker.__dict__.setdefault("gpt_regions", {})[region] = weakref.ref(self)
+            chunk_saved = [run(parts[0])] + [None] * len(requests)
+            head_results = [run_head(0)] if head else []
+            for worker, part in zip(workers, parts[1:]):
+                res, res_meta = worker.result()
+                if head:
+                    head_results.append((res_meta["nll"], res_meta["count"], None))
+                else:
+                    out[part] = res["out"]
             self.remote = (workers, key) if opt["save"] else None
         else:
             chunk_saved = parallel_map(run, parts)
@@ -493,23 +493,23 @@ class TransformerStack(Function):
 
         if self.remote is not None:
             workers, key = self.remote
-            with one_blas_thread():                                             # the workers use the other cores
-                for worker, part in zip(workers, self.parts[1:]):
-                    request, meta = ({}, {"key": key, "scale": scale}) if head else ({"gout": gout[part]}, {"key": key})
-                    worker.submit(f"{__name__}:_remote_backward", request, meta, 2)
+            split_work()                                                        # the workers use the other cores
+            for worker, part in zip(workers, self.parts[1:]):
+                request, meta = ({}, {"key": key, "scale": scale}) if head else ({"gout": gout[part]}, {"key": key})
+                worker.submit(f"{__name__}:_remote_backward", request, meta, 2)
+            if head:
+                head_grads.append(run_head(0))
+            grads_list = [run(self.parts[0], self.saved[-1][0])]
+            for worker, part in zip(workers, self.parts[1:]):
+                res = worker.result()[0]                                        # views, valid until its next call
+                regions = worker.__dict__.get("gpt_regions", {})
+                for region in [r for r, ref in regions.items() if ref() is self]:
+                    del regions[region]                                         # its inputs may be overwritten now
+                gx[part] = res["gx"]
+                grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
+                                   for i in range(len(self.layers))])
                 if head:
-                    head_grads.append(run_head(0))
-                grads_list = [run(self.parts[0], self.saved[-1][0])]
-                for worker, part in zip(workers, self.parts[1:]):
-                    res = worker.result()[0]                                    # views, valid until its next call
-                    regions = worker.__dict__.get("gpt_regions", {})
-                    for region in [r for r, ref in regions.items() if ref() is self]:
-                        del regions[region]                                     # its inputs may be overwritten now
-                    gx[part] = res["gx"]
-                    grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
-                                       for i in range(len(self.layers))])
-                    if head:
-                        head_grads.append({"head.weight": res["H:head.weight"], "head.bias": res.get("H:head.bias")})
+                    head_grads.append({"head.weight": res["H:head.weight"], "head.bias": res.get("H:head.bias")})
         else:
             if head:
                 head_grads = parallel_map(run_head, range(len(self.parts)))

@@ -299,8 +299,6 @@ _LSTM_EXP_SCALE = (-1.0, -1.0, -1.0, -2.0)   # i, f, o, g: the pre-activations a
 _LSTM_TANH_SCALE = (0.5, 0.5, 0.5, 1.0)      # i, f, o, g: the pre-activations as tanh takes them
 
 
-
-
 class LSTMScan(Function):
     """All hidden and cell states of one LSTM layer direction (torch's equations, gates i, f, g, o).
 
