@@ -114,10 +114,11 @@ def test_gelu_exact_matches_torch_in_float32():
     np.testing.assert_allclose(xg.grad.numpy(), xt.grad.numpy(), rtol=0, atol=3e-6)
 
 
-@pytest.mark.parametrize("rows", [0, 1, K.ROW_BLOCK - 1, K.ROW_BLOCK, K.ROW_BLOCK + 1, 3 * K.ROW_BLOCK + 17])
+@pytest.mark.parametrize("rows", [0, 1, 191, 192, 193, 3 * 192 + 17])
 def test_matmul_tn_sums_its_row_blocks_to_a_transpose_b(rows, monkeypatch):
     """The weight-gradient product a^T b, taken ROW_BLOCK rows at a time, against one float64 GEMM;
     with ``out`` it writes there; with ROW_BLOCK None it is one GEMM."""
+    monkeypatch.setattr(K, "ROW_BLOCK", 192)
     rng = np.random.default_rng(rows)
     a, b = rng.standard_normal((rows, 6)), rng.standard_normal((rows, 5))
     want = a.T @ b
@@ -130,3 +131,34 @@ def test_matmul_tn_sums_its_row_blocks_to_a_transpose_b(rows, monkeypatch):
     np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4)
     monkeypatch.setattr(K, "ROW_BLOCK", None)
     np.testing.assert_allclose(K.matmul_tn(a, b), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("libs, want", [
+    ([{"internal_api": "openblas", "architecture": "SkylakeX"}], None),
+    ([{"internal_api": "openblas", "architecture": "SapphireRapids"},
+      {"internal_api": "openmp", "architecture": None}], None),
+    ([{"internal_api": "openblas", "architecture": "Haswell"}], 192),
+    ([{"internal_api": "openblas", "architecture": "Zen"}], 192),
+    ([{"internal_api": "openblas", "architecture": "SkylakeX"},
+      {"internal_api": "openblas", "architecture": "Haswell"}], 192),
+    ([{"internal_api": "mkl", "architecture": None}], 192),
+    ([], 192),
+])
+def test_blas_row_block_is_one_gemm_only_with_avx512_openblas_kernels(libs, want, monkeypatch):
+    """matmul_tn's default blocks (``ROW_BLOCK = "auto"``) follow the BLAS kernels threadpoolctl reports."""
+    import threadpoolctl
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: libs)
+    K.blas_row_block.cache_clear()
+    try:
+        assert K.blas_row_block() == want
+    finally:
+        K.blas_row_block.cache_clear()
+
+
+def test_matmul_tn_auto_uses_blas_row_block(monkeypatch):
+    """With ROW_BLOCK "auto" the product is right whichever block the machine's BLAS gets."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((500, 7)), rng.standard_normal((500, 4))
+    monkeypatch.setattr(K, "ROW_BLOCK", "auto")
+    np.testing.assert_allclose(K.matmul_tn(a, b), a.T @ b, rtol=1e-12, atol=1e-12)

@@ -56,22 +56,45 @@ def column_sums(a: Any) -> Any:
     return _ones(a.shape[0], a.dtype.str, xp) @ a
 
 
-ROW_BLOCK = 192   # rows per GEMM in ``matmul_tn`` (None: one GEMM)
+ROW_BLOCK: int | str | None = "auto"   # rows per GEMM in ``matmul_tn`` (None: one GEMM; "auto": ``blas_row_block``)
+AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")   # OpenBLAS's AVX-512 sgemm kernels
+
+
+@functools.cache
+def blas_row_block() -> int | None:
+    """``matmul_tn``'s rows per GEMM for the BLAS NumPy runs: None (one GEMM) with OpenBLAS's AVX-512
+    kernels, 192 otherwise (and when threadpoolctl, which reads the kernels' name, is missing).
+
+    NOTE: measured on 2 cores, 2026-12-02, float32 (K rows, M, N), one GEMM against blocks of 192:
+    AMD EPYC, AVX2 kernels: (704, 512, 128) 5.56 against 2.88 ms, blocks needed; Intel Xeon (Ice
+    Lake), SkylakeX kernels, two threads: (704, 512, 128) 589 against 718 us, (4096, 1536, 384) 24.8
+    against 42.6 ms, one GEMM faster for every shape tried; AMD EPYC (Zen 5), SkylakeX kernels: one
+    GEMM 1.1-2x faster.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return 192
+    cores = {str(lib.get("architecture", "")).lower() for lib in threadpool_info()
+             if lib.get("internal_api") == "openblas"}
+    return None if cores and cores <= set(AVX512_CORES) else 192
 
 
 def matmul_tn(a: Any, b: Any, out: Any = None) -> Any:
-    """a (K, M), b (K, N) -> a^T b (M, N), the K rows taken ``ROW_BLOCK`` at a time and the blocks summed.
+    """a (K, M), b (K, N) -> a^T b (M, N), the K rows taken ``ROW_BLOCK`` at a time and the blocks summed
+    (``blas_row_block`` says how many, where the BLAS needs blocks at all).
 
     This is every weight gradient's shape (dW = dy^T x, K = the rows of the batch). NOTE: OpenBLAS's
-    one-thread sgemm runs these long-K products far below its speed elsewhere on some CPUs; measured
-    on a 2-core AMD EPYC (AVX2) on 2026-12-02: (704, 192)^T (704, 64) 915 us in one GEMM, 524 us in
-    blocks of 192 rows; (704, 512)^T (704, 128) 5.56 ms against 2.88 ms (blocks of 256 were slow
-    again for some shapes). The blocked sum is no less accurate (shorter running sums). ``out``: an
-    (M, N) array to write the result into.
+    AVX2 sgemm runs these long-K products far below its speed elsewhere; measured on a 2-core AMD
+    EPYC (AVX2) on 2026-12-02: (704, 192)^T (704, 64) 915 us in one GEMM, 524 us in blocks of 192
+    rows; (704, 512)^T (704, 128) 5.56 ms against 2.88 ms (blocks of 256 were slow again for some
+    shapes). The blocked sum is no less accurate (shorter running sums). ``out``: an (M, N) array
+    to write the result into.
     """
     xp = array_module(a)
     rows = a.shape[0]
-    block = max(rows if xp is not np or ROW_BLOCK is None else ROW_BLOCK, 1)
+    per_gemm = blas_row_block() if ROW_BLOCK == "auto" else ROW_BLOCK
+    block = max(rows if xp is not np or per_gemm is None else int(per_gemm), 1)
     out = xp.matmul(a[:block].T, b[:block], out=out)                # (M, N)
     for start in range(block, rows, block):
         out += a[start:start + block].T @ b[start:start + block]
