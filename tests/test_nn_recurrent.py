@@ -317,6 +317,69 @@ def test_forward_projected_rejects_wrong_projections():
         layer.forward_projected([good, gu.randn(T, N, 4 * H, dtype=gu.float64)])
 
 
+# ------------------------------------------------------------------ forward_lookup
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_forward_lookup_equals_forward_projected(name, bias, gate_route):
+    """Rows of projected tables looked up by id (an LSTM does it inside its scan) give what
+    ``forward_projected`` gives from the looked-up rows: outputs, final states and every gradient,
+    tables included, 2 layers, both directions (float64)."""
+    gu.manual_seed(1)
+    vocab = 7
+    layer = getattr(nn, name)(IN, H, num_layers=2, bidirectional=True, bias=bias, batch_first=True,
+                              dtype=gu.float64)
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, vocab, (T, N))                                    # (T, N) time-major ids
+    idx[0, 0], idx[-1, -1] = 0, vocab - 1
+    table_arrays = [rng.standard_normal((vocab, layer.weight_ih_l0.shape[0])) for _ in range(2)]
+    hx_arrays = [rng.standard_normal((4, N, H)) for _ in range(2 if name == "LSTM" else 1)]
+    results = []
+    for lookup in (False, True):
+        layer.zero_grad()
+        tables = [gu.tensor(a, requires_grad=True) for a in table_arrays]
+        states = [gu.tensor(a, requires_grad=True) for a in hx_arrays]
+        hx = tuple(states) if name == "LSTM" else states[0]
+        if lookup:
+            out = layer.forward_lookup(tables, idx, hx)
+        else:
+            out = layer.forward_projected([F.embedding(idx, t) for t in tables], hx)
+        outputs = _flat(out)
+        sum((o * gu.tensor(np.sin(np.arange(o.numel())).reshape(o.shape))).sum() for o in outputs).backward()
+        unused = [key for key, p in layer.named_parameters() if p.grad is None]
+        assert unused == ["weight_ih_l0", "weight_ih_l0_reverse"]             # the tables stand in for them
+        results.append([o.detach().numpy() for o in outputs] + [t.grad.numpy() for t in (*tables, *states)]
+                       + [p.grad.numpy() for p in layer.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1])
+    for k, (ours, plain) in enumerate(zip(*results)):
+        np.testing.assert_allclose(ours, plain, rtol=1e-10, atol=1e-12, err_msg=f"item {k}")
+
+
+def test_lstm_scan_lookup_matches_finite_differences(gate_route):
+    """LSTMScan with ``idx``: the gradients of the table, h0, c0, weight_hh and both biases (float64)."""
+    rng = np.random.default_rng(5)
+    vocab, steps, batch, hidden = 5, 4, 3, 2
+    idx = rng.integers(0, vocab, (steps, batch))
+    arrays = [rng.standard_normal(shape) for shape in [(vocab, 4 * hidden), (batch, hidden), (batch, hidden),
+                                                       (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]]
+    for reverse in (False, True):
+        check_grad(lambda *a: LSTMScan.apply(*a, reverse=reverse, idx=idx), *arrays)
+
+
+def test_forward_lookup_rejects_bad_input():
+    layer = nn.LSTM(IN, H, bidirectional=True)
+    good = gu.randn(7, 4 * H)
+    idx = np.zeros((T, N), dtype=np.int64)
+    for tables in ([good], [good, gu.randn(7, 3 * H)], [good, gu.randn(8, 4 * H)]):
+        with pytest.raises(ValueError, match="tables"):
+            layer.forward_lookup(tables, idx)
+    with pytest.raises(ValueError, match="idx"):
+        layer.forward_lookup([good, good], np.zeros((T,), dtype=np.int64))
+    with pytest.raises(IndexError, match="index 7 is out of range"):
+        layer.forward_lookup([good, good], idx + 7)
+    with pytest.raises(RuntimeError, match="dtype"):
+        layer.forward_lookup([good, gu.randn(7, 4 * H, dtype=gu.float64)], idx)
+
+
 # ------------------------------------------------------------------ unroll_cell
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])

@@ -110,8 +110,7 @@ class RNNLM(Module):
             out, final = self.rnn(x, state)                         # (B, T, H)
             return out, final
         table = F.linear(self.wte.weight, self.rnn.weight_ih_l0)    # (V, G*H): wte[v] W_ih^T for every token v
-        xi = F.embedding(idx.data.T, table)                         # (B, T) -> (T, B) -> (T, B, G*H), time-major
-        return self.rnn.forward_projected([xi], state)              # (B, T, H), final state
+        return self.rnn.forward_lookup([table], idx.data.T, state)  # ids (B, T) -> (T, B): (B, T, H), final state
 
     def forward(self, idx: Tensor) -> Tensor:
         """Next-token logits.   idx (B, T) int -> (B, T, V)"""

@@ -149,6 +149,15 @@ def _sum_rows(a: Any) -> Any:
     return xp.ones(flat.shape[0], dtype=a.dtype) @ flat
 
 
+def _check_rows(idx: Any, rows: int) -> None:
+    """The looked-up rows of a (rows, ...) table exist (``take`` with mode="clip" then needs no check)."""
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"lookup: row indices must be integers, got dtype {idx.dtype}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= rows):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise IndexError(f"lookup: index {bad} is out of range for a table of {rows} rows")
+
+
 def _bias_grads(d_bias_hh: Any, d_bias_ih: Any, count: int) -> tuple[Any, ...]:
     """The gradients of a scan's ``count`` trailing bias inputs: (), (b_hh,) or (b_hh, b_ih)."""
     return (d_bias_hh, d_bias_ih)[:count]
@@ -304,7 +313,9 @@ class LSTMScan(Function):
 
     Inputs: ``xi`` (T, N, 4H) = x_t @ W_ih.T + b_ih for every step; ``h0``, ``c0`` (N, H);
     ``weight_hh`` (4H, H); optional ``bias_hh`` (4H,), optionally followed by ``bias_ih`` (4H,) (then
-    ``xi`` is x_t @ W_ih.T without b_ih). Option ``reverse``.
+    ``xi`` is x_t @ W_ih.T without b_ih). Options ``reverse``; ``idx`` (T, N) ints: then ``xi`` is a
+    table (V, 4H) and step t's projections are its rows ``xi[idx[t]]`` (a language model's projected
+    embeddings), looked up step by step from the table (biases added to it once) while it is in cache.
     Output: (2, T, N, H): [0] holds h_t and [1] holds c_t, in time order (one Function has one output).
     Inside, the gates are kept gate-major in the order i, f, o, g, (T, 4, N, H): each gate of a step is
     contiguous and the three sigmoids are one block.
@@ -315,17 +326,26 @@ class LSTMScan(Function):
     N=64, H=128: forward 3.3 -> 2.9 ms, backward 4.2 -> 3.9 ms against the same passes over all steps.
     """
 
-    def forward(self, xi, h0, c0, weight_hh, *biases, reverse: bool = False):
+    def forward(self, xi, h0, c0, weight_hh, *biases, reverse: bool = False, idx: Any = None):
         xp = array_module(xi)
-        steps, batch, hidden = xi.shape[0], xi.shape[1], h0.shape[-1]
+        steps, batch = (xi.shape[0], xi.shape[1]) if idx is None else idx.shape
+        hidden = h0.shape[-1]
         hc = xp.empty((2, steps, batch, hidden), dtype=xi.dtype)     # (2, T, N, H)
         tanh_c = xp.empty((steps, batch, hidden), dtype=xi.dtype)     # (T, N, H)
-        x_gates = _gate_major(xi, 4)                                   # (T, 4, N, H) view, gates i, f, g, o
-        gates = xp.empty(x_gates.shape, dtype=xi.dtype)                # (T, 4, N, H): i, f, o, g after activation
+        gates = xp.empty((steps, 4, batch, hidden), dtype=xi.dtype)   # (T, 4, N, H): i, f, o, g after activation
         weight_t = _gate_blocks_t(weight_hh, _LSTM_ORDER)             # (4, H, H)
-        bias = None
-        if biases:
-            bias = sum(biases[1:], biases[0]).reshape(4, 1, hidden)[list(_LSTM_ORDER)]   # (4, 1, H): i, f, o, g
+        bias = sum(biases[1:], biases[0]).reshape(4, 1, hidden)[list(_LSTM_ORDER)] if biases else None   # (4, 1, H)
+        table = x_gates = None
+        if idx is None:
+            x_gates = _gate_major(xi, 4)                               # (T, 4, N, H) view, gates i, f, g, o
+        else:
+            _check_rows(idx, xi.shape[0])
+            table = xi.reshape(-1, 4, hidden).transpose(1, 0, 2)[list(_LSTM_ORDER)]   # (V, 4H) -> (4, V, H), i, f, o, g
+            if bias is not None:
+                table = table + bias                                   # the biases join every row once
+            table = xp.ascontiguousarray(table)
+            bias = None
+        hw = xp.empty((4, batch, hidden), dtype=xi.dtype) if idx is not None else None   # (4, N, H): h @ W_k.T
         # One transcendental call gives all four gates of a step: where NumPy's tanh is fast
         # (``_tanh_is_fast``), sigmoid(a) = (1 + tanh(a/2)) / 2 for i, f, o; elsewhere sigmoid(a) =
         # 1 / (1 + exp(-a)) for i, f, o and tanh(a) = 2 sigmoid(2 a) - 1 for g (exp(+large) = inf gives
@@ -337,11 +357,16 @@ class LSTMScan(Function):
         with np.errstate(over="ignore"):
             for t in _time_order(steps, reverse):
                 pre = gates[t]                                         # (4, N, H): i, f, o, g
-                xp.matmul(h, weight_t, out=pre)                        # (N, H) @ (4, H, H) -> (4, N, H)
-                pre[:2] += x_gates[t, :2]                              # i, f
-                pre[2:] += x_gates[t, 3:1:-1]                          # o, g
-                if bias is not None:
-                    pre += bias
+                if table is None:
+                    xp.matmul(h, weight_t, out=pre)                    # (N, H) @ (4, H, H) -> (4, N, H)
+                    pre[:2] += x_gates[t, :2]                          # i, f
+                    pre[2:] += x_gates[t, 3:1:-1]                      # o, g
+                    if bias is not None:
+                        pre += bias
+                else:
+                    xp.take(table, idx[t], axis=1, out=pre, mode="clip")   # (4, V, H) -> (4, N, H), rows checked
+                    xp.matmul(h, weight_t, out=hw)                     # (N, H) @ (4, H, H) -> (4, N, H)
+                    pre += hw
                 if use_tanh:
                     sig = pre[:3]                                      # (3, N, H) view
                     sig *= 0.5
@@ -365,12 +390,12 @@ class LSTMScan(Function):
                 xp.multiply(o, tanh_c[t], out=hc[0, t])
                 h, c_prev = hc[0, t], c
         self.save_for_backward(h0, c0, weight_hh, hc, gates, tanh_c)
-        self.options = (reverse, len(biases))
+        self.options = (reverse, len(biases), idx, xi.shape[0])
         return hc
 
     def backward(self, grad_hc):
         h0, c0, weight_hh, hc, gates, tanh_c = self.saved
-        reverse, n_bias = self.options
+        reverse, n_bias, idx, rows = self.options
         xp = array_module(hc)
         steps, batch, hidden = tanh_c.shape
         first = _time_order(steps, reverse)[0]                         # the step that starts from h0, c0
@@ -410,9 +435,13 @@ class LSTMScan(Function):
             xp.matmul(d_pre[t].reshape(batch, 4 * hidden), weight_hh, out=dh)   # (N, H) -> previous hidden state
         d_pre = d_pre.reshape(steps, batch, 4 * hidden)                # (T, N, 4H), gates side by side
         needs = self.needs_input_grad
-        d_weight, d_bias = _weight_grads(d_pre, hc[0], h0, reverse, n_bias > 0) if any(needs[3:]) else (None, None)
+        d_xi = d_pre if idx is None else K.embedding_grad(idx.reshape(-1), d_pre.reshape(-1, 4 * hidden), rows)
+        d_weight, d_bias = _weight_grads(d_pre, hc[0], h0, reverse, n_bias > 0 and idx is None) \
+            if any(needs[3:]) else (None, None)
+        if n_bias and idx is not None:
+            d_bias = _sum_rows(d_xi)                                   # each step's rows went to one table row
         d_biases = _bias_grads(d_bias, None if d_bias is None else d_bias.copy(), n_bias)   # b_ih: same values
-        return (d_pre if needs[0] else None, dh if needs[1] else None, dc if needs[2] else None, d_weight, *d_biases)
+        return (d_xi if needs[0] else None, dh if needs[1] else None, dc if needs[2] else None, d_weight, *d_biases)
 
 
 # ============================================================================ one step, composed from Tensor ops
@@ -711,19 +740,22 @@ class _RNNBase(Module):
         return self._states(hx[0], batched, batch, like, "h_0"), self._states(hx[1], batched, batch, like, "c_0")
 
     def _scan(self, x: Tensor | None, k: int, h0: Tensor, c0: Tensor | None, reverse: bool,
-              xi: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+              xi: Tensor | None = None, idx: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Run layer-direction ``k`` over x (T, N, in), or over its given projection ``xi`` = x W_ih^T
-        (T, N, G*H): (states (T, N, H), h_last (N, H), c_last or None)."""
+        (T, N, G*H), or over the rows ``xi[idx[t]]`` of a projected table ``xi`` (V, G*H), idx (T, N):
+        (states (T, N, H), h_last (N, H), c_last or None)."""
         weight_ih, weight_hh, bias_ih, bias_hh = self._layer_weights(k)
+        if idx is not None and self.mode != "LSTM":
+            xi, idx = F.embedding(idx, xi), None                    # (T, N) -> (T, N, G*H)
         if xi is None:
             xi = F.linear(x, weight_ih)                             # (T, N, G*H): one GEMM for every step
         # NOTE: the scan adds b_ih with b_hh itself (the RNN and GRU scans at each step, while the step's
         # rows are in cache; the LSTM's in the pass that lays its inputs out gate-major), cheaper than
         # a separate pass over the whole (T, N, G*H) projection; the bias gradients share one sum
         bias = () if bias_hh is None else (bias_hh, bias_ih)
-        last = 0 if reverse else xi.shape[0] - 1                    # the step computed last
+        last = 0 if reverse else (xi.shape[0] if idx is None else idx.shape[0]) - 1   # the step computed last
         if self.mode == "LSTM":
-            hc = LSTMScan.apply(xi, h0, c0, weight_hh, *bias, reverse=reverse)   # (2, T, N, H)
+            hc = LSTMScan.apply(xi, h0, c0, weight_hh, *bias, reverse=reverse, idx=idx)   # (2, T, N, H)
             return hc[0], hc[0, last], hc[1, last]
         if self.mode == "GRU":
             states = GRUScan.apply(xi, h0, weight_hh, *bias, reverse=reverse)   # (T, N, H)
@@ -731,15 +763,17 @@ class _RNNBase(Module):
             states = RNNScan.apply(xi, h0, weight_hh, *bias, nonlinearity=self.nonlinearity, reverse=reverse)
         return states, states[last], None
 
-    def _run(self, input: Tensor | None, hx: Any,
-             projections: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(output, h_n, c_n or None) with torch's shapes; ``projections``: see ``forward_projected``."""
+    def _run(self, input: Tensor | None, hx: Any, projections: Sequence[Tensor] | None = None,
+             idx: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(output, h_n, c_n or None) with torch's shapes; ``projections``, ``idx``: see
+        ``forward_projected`` and ``forward_lookup``."""
         if projections is None:
             x, batched = self._time_major(input, self.batch_first)    # (T, N, in)
         else:
             x, batched = None, True
         like = x if projections is None else projections[0]
-        h0, c0 = self._initial_states(hx, batched, like.shape[1], like)
+        batch = like.shape[1] if idx is None else idx.shape[1]
+        h0, c0 = self._initial_states(hx, batched, batch, like)
         directions = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         layer_input = x
@@ -749,7 +783,7 @@ class _RNNBase(Module):
                 k = layer * directions + direction
                 xi = projections[direction] if projections is not None and layer == 0 else None
                 states, h_last, c_last = self._scan(layer_input, k, h0[k], None if c0 is None else c0[k],
-                                                    reverse=direction == 1, xi=xi)
+                                                    reverse=direction == 1, xi=xi, idx=idx if layer == 0 else None)
                 outputs.append(states)
                 h_n.append(h_last)
                 c_n.append(c_last)
@@ -786,6 +820,32 @@ class _RNNBase(Module):
         for p in projections:
             _check_dtype(name, "projection", p, self.weight_ih_l0)
         output, h_n, c_n = self._run(None, hx, projections)
+        return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
+
+    def forward_lookup(self, tables: Sequence[Tensor], idx: Any, hx: Any = None) -> tuple[Tensor, Any]:
+        """``forward_projected`` where step t's projections are rows of a projected table: for a
+        language model whose inputs are token ids, ``tables`` = [wte W_ih^T] (V, G*H) per direction
+        and ``idx`` (T, N) time-major ids; the same numbers as ``forward_projected([table[idx]])``.
+
+        NOTE: an LSTM looks the rows up step by step inside its scan (``LSTMScan``'s ``idx``), from
+        the small table while it is in cache, instead of writing and rereading a (T, N, 4H) array;
+        measured on 2 cores (Intel Xeon, 2026-12-02): the names LM's LSTM training step 8-9% faster.
+        Other cells look the rows up first (``F.embedding``).
+        """
+        name = type(self).__name__
+        directions = 2 if self.bidirectional else 1
+        width = _GATES[self.mode] * self.hidden_size
+        idx = idx.data if isinstance(idx, Tensor) else idx
+        if len(tables) != directions or any(t.ndim != 2 or t.shape[-1] != width or t.shape != tables[0].shape
+                                            for t in tables):
+            raise ValueError(f"{name}.forward_lookup: expected {directions} (V, {width}) tables, "
+                             f"got shapes {[tuple(t.shape) for t in tables]}")
+        if getattr(idx, "ndim", 0) != 2 or idx.shape[0] == 0:
+            raise ValueError(f"{name}.forward_lookup: idx must be non-empty (T, N) ids, got shape "
+                             f"{getattr(idx, 'shape', None)}")
+        for t in tables:
+            _check_dtype(name, "table", t, self.weight_ih_l0)
+        output, h_n, c_n = self._run(None, hx, tables, idx)
         return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
 
     def extra_repr(self) -> str:

@@ -323,16 +323,8 @@ class Embedding(Function):
         return weight[idx]
 
     def backward(self, gz):
-        xp = array_module(gz)
         num, dim = self.shape
-        flat = self.idx.reshape(-1)
-        g2 = gz.reshape(-1, dim)                                   # (N, C)
-        if num * flat.size <= 1 << 24:                             # one-hot GEMM beats add.at here
-            onehot = (xp.arange(num)[:, None] == flat[None, :]).astype(gz.dtype)  # (V, N)
-            grad = onehot @ g2                                     # (V, C)
-        else:
-            grad = xp.zeros(self.shape, dtype=gz.dtype)
-            xp.add.at(grad, flat, g2)
+        grad = K.embedding_grad(self.idx.reshape(-1), gz.reshape(-1, dim), num)   # (V, C)
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         return grad

@@ -101,6 +101,19 @@ def matmul_tn(a: Any, b: Any, out: Any = None) -> Any:
     return out
 
 
+def embedding_grad(idx: Any, g: Any, rows: int) -> Any:
+    """The gradient of a (rows, C) table whose rows ``idx`` (N,) were looked up: g (N, C) summed per row.
+
+    NOTE: as a one-hot (rows, N) GEMM while that matrix is small (faster than ``add.at`` here)."""
+    xp = array_module(g)
+    if rows * idx.size <= 1 << 24:
+        onehot = (xp.arange(rows)[:, None] == idx[None, :]).astype(g.dtype)   # (rows, N)
+        return onehot @ g                                           # (rows, C)
+    grad = xp.zeros((rows, g.shape[1]), dtype=g.dtype)
+    xp.add.at(grad, idx, g)
+    return grad
+
+
 def row_sums(a: Any) -> Any:
     """a (N, F) -> (N, 1): the sum over each row as a @ ones, one GEMV (see ``column_sums``)."""
     xp = array_module(a)
