@@ -362,7 +362,7 @@ def test_lstm_scan_lookup_matches_finite_differences(gate_route):
     arrays = [rng.standard_normal(shape) for shape in [(vocab, 4 * hidden), (batch, hidden), (batch, hidden),
                                                        (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]]
     for reverse in (False, True):
-        check_grad(lambda *a: LSTMScan.apply(*a, reverse=reverse, idx=idx), *arrays)
+        check_grad(lambda *a, reverse=reverse: LSTMScan.apply(*a, reverse=reverse, idx=idx), *arrays)
 
 
 def test_forward_lookup_rejects_bad_input():
