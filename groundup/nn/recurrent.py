@@ -24,7 +24,8 @@ same loop composed from Tensor ops, about as fast as torch on one CPU thread. Th
 scans against finite differences and the layers against torch. Inside a scan the gates are kept
 gate-major, (T, G, N, H), so each gate of a step is one contiguous block; both biases are added per
 step (the projection GEMM has none); ``forward_projected`` takes the first layer's projections from a
-caller that computes them otherwise (a language model: a lookup in its projected embedding table).
+caller that computes them otherwise, and ``forward_lookup`` takes them as rows of a projected table
+picked by token id (a language model: an LSTM then looks the rows up inside its scan).
 
 The cells are composed from Tensor ops (no hand-written backward), so every hidden state is an
 ordinary Tensor: ``unroll_cell`` runs a cell (or a unidirectional layer's weights) step by step and
