@@ -150,15 +150,6 @@ def _sum_rows(a: Any) -> Any:
     return xp.ones(flat.shape[0], dtype=a.dtype) @ flat
 
 
-def _check_rows(idx: Any, rows: int) -> None:
-    """The looked-up rows of a (rows, ...) table exist (``take`` with mode="clip" then needs no check)."""
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"lookup: row indices must be integers, got dtype {idx.dtype}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= rows):
-        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-        raise IndexError(f"lookup: index {bad} is out of range for a table of {rows} rows")
-
-
 def _bias_grads(d_bias_hh: Any, d_bias_ih: Any, count: int) -> tuple[Any, ...]:
     """The gradients of a scan's ``count`` trailing bias inputs: (), (b_hh,) or (b_hh, b_ih)."""
     return (d_bias_hh, d_bias_ih)[:count]
@@ -340,7 +331,9 @@ class LSTMScan(Function):
         if idx is None:
             x_gates = _gate_major(xi, 4)                               # (T, 4, N, H) view, gates i, f, g, o
         else:
-            _check_rows(idx, xi.shape[0])
+            if idx.dtype.kind not in "iu":
+                raise TypeError(f"LSTMScan: idx must hold integers, got dtype {idx.dtype}")
+            K.check_rows(idx, xi.shape[0], "LSTMScan", "table rows")   # then take(mode="clip") clips nothing
             table = xi.reshape(-1, 4, hidden).transpose(1, 0, 2)[list(_LSTM_ORDER)]   # (V, 4H) -> (4, V, H), i, f, o, g
             if bias is not None:
                 table = table + bias                                   # the biases join every row once
@@ -750,9 +743,9 @@ class _RNNBase(Module):
             xi, idx = F.embedding(idx, xi), None                    # (T, N) -> (T, N, G*H)
         if xi is None:
             xi = F.linear(x, weight_ih)                             # (T, N, G*H): one GEMM for every step
-        # NOTE: the scan adds b_ih with b_hh itself (the RNN and GRU scans at each step, while the step's
-        # rows are in cache; the LSTM's in the pass that lays its inputs out gate-major), cheaper than
-        # a separate pass over the whole (T, N, G*H) projection; the bias gradients share one sum
+        # NOTE: the scan adds b_ih with b_hh itself, at each step while the step's rows are in cache (an
+        # LSTM given a table adds them to the table once), cheaper than a separate pass over the whole
+        # (T, N, G*H) projection; the bias gradients share one sum
         bias = () if bias_hh is None else (bias_hh, bias_ih)
         last = 0 if reverse else (xi.shape[0] if idx is None else idx.shape[0]) - 1   # the step computed last
         if self.mode == "LSTM":

@@ -316,9 +316,7 @@ class Embedding(Function):
 
     def forward(self, weight, idx: Any = None, padding_idx: int | None = None):
         num = weight.shape[0]
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num):
-            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-            raise IndexError(f"embedding: index {bad} is out of range for {num} embeddings")
+        K.check_rows(idx, num, "embedding", "embeddings")
         self.idx, self.padding_idx, self.shape = idx, padding_idx, weight.shape
         return weight[idx]
 

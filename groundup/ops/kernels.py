@@ -101,6 +101,13 @@ def matmul_tn(a: Any, b: Any, out: Any = None) -> Any:
     return out
 
 
+def check_rows(idx: Any, rows: int, op: str, noun: str) -> None:
+    """Every index in ``idx`` picks one of ``rows`` rows, or an IndexError names the op and the index."""
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= rows):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise IndexError(f"{op}: index {bad} is out of range for {rows} {noun}")
+
+
 def embedding_grad(idx: Any, g: Any, rows: int) -> Any:
     """The gradient of a (rows, C) table whose rows ``idx`` (N,) were looked up: g (N, C) summed per row.
 
