@@ -231,7 +231,7 @@ def gelu_tanh_with_slope(f: Any, rows: int | None = None) -> tuple[Any, Any]:
     """GELU (tanh) and its derivative: f (N, F) -> (y, gelu'(f)), so that the backward is one multiply.
 
     y = f h, h = (1 + tanh(u)) / 2 = sigmoid(2u);  gelu'(f) = h + y (1 - h) 2c (1 + 3a f^2).
-    On NumPy the rows go ``rows`` at a time (default: blocks of about 2^17 elements, split evenly).
+    On NumPy the rows go ``rows`` at a time (default: blocks of about 2^15 elements, split evenly).
     NOTE: the blocks keep the ~14 passes over each block in cache without cutting the work into so
     many NumPy calls that their overhead (and, inside ``cpu_threads``, the GIL hand-offs between
     them) dominates; here ``tanh`` costs less than the ``exp`` and ``reciprocal`` of the sigmoid form.
@@ -243,7 +243,7 @@ def gelu_tanh_with_slope(f: Any, rows: int | None = None) -> tuple[Any, Any]:
     if xp is not np:
         rows = n
     elif rows is None:
-        blocks = max(1, -(-n * width // (1 << 17)))
+        blocks = max(1, -(-n * width // (1 << 15)))
         rows = -(-n // blocks)
     rows = max(1, min(rows, n))
     y, slope = xp.empty_like(f), xp.empty_like(f)
