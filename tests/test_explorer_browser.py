@@ -140,6 +140,10 @@ def test_the_page_in_chromium(served: tuple[str, Path], artifacts: Path) -> None
             page.select_option("#run", "live")
             page.click("#tabs button[data-tab=training]")
             page.wait_for_function("document.querySelector('#chart').dataset.points === '6'")  # 3 evals x 2 series
+            # a reset and a refresh at once (a run chosen while its tab opens) fetch the records once
+            page.evaluate("Promise.all([refreshMetrics(true), refreshMetrics(false)])")
+            page.wait_for_function("!state.metricsBusy")
+            assert page.evaluate("document.querySelector('#chart').dataset.points") == "6"
             with open(root / "live" / "metrics.jsonl", "a") as f:
                 f.writelines(_records(3, 6))
             page.wait_for_function("document.querySelector('#chart').dataset.points === '12'", timeout=10_000)

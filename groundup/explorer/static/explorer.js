@@ -4,6 +4,7 @@
 
 const $ = (selector) => document.querySelector(selector);
 const state = {
+  metricsBusy: false, metricsAgain: false, metricsReset: false,   // refreshMetrics: one fetch at a time
   runs: [], run: null, info: null, compareInfo: null, analysis: null, position: null, lineHead: { layer: 0, head: 0 },
   offHeads: new Set(), offMlps: new Set(), metrics: {}, pollTimer: null, generation: null, requestId: 0,
 };
@@ -354,9 +355,21 @@ async function generate() {
 }
 
 // ------------------------------------------------------------------ training curves
+// One refresh at a time: a call while one is fetching asks for another pass after it (a reset with it),
+// so that two overlapping fetches (a run chosen and its tab opened at once) never append the same
+// records twice.
 async function refreshMetrics(reset) {
+  if (reset) state.metricsReset = true;
+  if (state.metricsBusy) { state.metricsAgain = true; return; }
+  state.metricsBusy = true;
+  try {
+    do { state.metricsAgain = false; await refreshMetricsOnce(); } while (state.metricsAgain);
+  } finally { state.metricsBusy = false; }
+}
+
+async function refreshMetricsOnce() {
   const ids = [state.run, $("#compare").value].filter((id, i, all) => id && all.indexOf(id) === i);
-  if (reset) for (const id of ids) delete state.metrics[id];
+  if (state.metricsReset) { state.metricsReset = false; for (const id of ids) delete state.metrics[id]; }
   for (const id of ids) {
     const entry = state.metrics[id] || (state.metrics[id] = { records: [], next: 0, finished: false });
     if (entry.finished && entry.next > 0) continue;
