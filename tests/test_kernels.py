@@ -98,6 +98,25 @@ def test_gelu_erf_blocks_do_not_change_the_result():
         np.testing.assert_array_equal(slope2, slope)
 
 
+def test_gelu_tanh_in_blocks_matches_float64_and_finite_differences():
+    """The tanh kernel over several default blocks (70k elements, blocks of ~2^15): y against the float64
+    formula, the slope against central differences of it; other block sizes give the same bits."""
+    x = (np.random.default_rng(7).standard_normal((70, 1000)) * 3).astype(np.float32)
+    y, slope = K.gelu_tanh_with_slope(x)
+    x64 = x.astype(np.float64)
+
+    def gelu(v):
+        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+
+    h = 1e-6
+    np.testing.assert_allclose(y, gelu(x64), rtol=0, atol=1e-6 * np.maximum(1.0, np.abs(x64)).max())
+    np.testing.assert_allclose(slope, (gelu(x64 + h) - gelu(x64 - h)) / (2 * h), rtol=0, atol=2e-6)
+    for rows in (1, 7, 70):
+        y2, slope2 = K.gelu_tanh_with_slope(x, rows=rows)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(slope2, slope)
+
+
 def test_gelu_exact_matches_torch_in_float32():
     torch = pytest.importorskip("torch")
     import groundup as gu
