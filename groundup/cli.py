@@ -16,6 +16,7 @@ GROUNDUP_DEBUG=1) shows the Python traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -57,6 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, prog: str, extras: list[str]) -> str:
+    """'; did you mean --model.n_layer?' for flags of ``extras`` close to one of the command ``prog``'s, else ''."""
+    def find(p: argparse.ArgumentParser) -> argparse.ArgumentParser | None:
+        if p.prog == prog:
+            return p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    if (found := find(command)) is not None:
+                        return found
+        return None
+
+    command = find(parser)
+    if command is None:
+        return ""
+    flags = [s for action in command._actions for s in action.option_strings if s.startswith("--")]
+    close = [difflib.get_close_matches(extra.split("=", 1)[0], flags, n=1, cutoff=0.75)
+             for extra in extras if extra.startswith("--")]
+    names = list(dict.fromkeys(match[0] for match in close if match))
+    return f"; did you mean {' or '.join(names)}?" if names else ""
+
+
 def _name_the_help(parser: argparse.ArgumentParser) -> None:
     """Each (sub)command records its prog, so that an unknown flag's error names that command's --help."""
     for action in parser._actions:
@@ -84,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:                                   # an unknown flag: name the command whose help lists the right ones
-        ArgumentParser(prog=getattr(args, "help_prog", parser.prog)).error(
-            f"unrecognized arguments: {' '.join(extras)}")
+        prog = getattr(args, "help_prog", parser.prog)
+        ArgumentParser(prog=prog).error(f"unrecognized arguments: {' '.join(extras)}"
+                                        f"{_did_you_mean(parser, prog, extras)}")
     debug = bool(getattr(args, "debug", False)) or os.environ.get("GROUNDUP_DEBUG", "") not in ("", "0")
     if not getattr(args, "handler", None):
         parser.print_help()

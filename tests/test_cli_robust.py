@@ -71,8 +71,10 @@ def weights(run: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------- every bad flag, exit 2
 BAD_FLAGS = [
     (["train", "gpt", "--out", "{out}", "--model.n_layr=2"],
-     "unrecognized arguments: --model.n_layr=2 (see `groundup train --help`)"),
-    (["run", "all", "--quik"], "unrecognized arguments: --quik (see `groundup run --help`)"),
+     "unrecognized arguments: --model.n_layr=2; did you mean --model.n_layer? (see `groundup train --help`)"),
+    (["train", "gpt", "--out", "{out}", "--train.lrr", "3", "--zzz"],
+     "unrecognized arguments: --train.lrr 3 --zzz; did you mean --train.lr? (see `groundup train --help`)"),
+    (["run", "all", "--quik"], "unrecognized arguments: --quik; did you mean --quick? (see `groundup run --help`)"),
     (["bench", "lstm", "--nope"], "unrecognized arguments: --nope (see `groundup bench --help`)"),
     (["--bogus"], "unrecognized arguments: --bogus (see `groundup --help`)"),
     (["train", "gpt", "--out", "{out}", "--batch-size", "0"], "--batch-size: 0 is out of range"),
