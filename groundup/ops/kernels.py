@@ -327,7 +327,7 @@ def gelu_erf_with_slope(f: Any, rows: int | None = None) -> tuple[Any, Any]:
             e -= _LOG_SQRT_2PI
             np.exp(e, out=e)                                        # phi(f)
             q *= e                                                  # -erfc(|f| / sqrt 2) / 2
-            q += 0.5                                                # erf(|f| / sqrt 2) / 2, >= 0
+            q += 0.5                                                # erf(|f| / sqrt 2) / 2, >= 0 (to within rounding)
             sign = s.view(np.int32)                                 # s is spent: its block holds f's sign bits
             np.bitwise_and(fb.view(np.int32), _SIGN_BIT, out=sign)
             np.bitwise_or(q.view(np.int32), sign, out=q.view(np.int32))   # erf(f / sqrt 2) / 2
