@@ -253,6 +253,10 @@ INDEX = {
     "ellipsis_none": lambda x: x[..., None, 1:3],
     "int_array_repeats": lambda x: x[[0, 2, 0, 0]],
     "int_array_2d": lambda x: x[np.array([[0, 1], [1, 1]])],
+    "int_array_distinct": lambda x: x[np.array([2, 0])],                   # the backward assigns
+    "int_array_2d_distinct": lambda x: x[np.array([[2], [0]])],
+    "negative_repeats": lambda x: x[np.array([-1, 2, 0])],                 # -1 and 2 are the same row
+    "int_array_empty": lambda x: x[np.array([], dtype=np.int64)] * 1.0,
     "pair_arrays_repeats": lambda x: x[[0, 0, 2], [1, 1, 3]],
     "mixed": lambda x: x[1:, [3, 0, 3]],
     "tensor_index": lambda x: x[gu.tensor([2, 2, 1])],

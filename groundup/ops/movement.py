@@ -112,6 +112,25 @@ def _is_basic(index: Any) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
+def _distinct_rows(index: Any, rows: int, xp: Any) -> bool:
+    """True when ``index`` is one boolean mask, or one integer array whose entries name distinct rows
+    of an axis of ``rows`` (negative ones counted from the end): then x[index] never repeats an element
+    and its backward may assign instead of scatter-adding (``np.add.at`` is ~20x slower)."""
+    if not hasattr(index, "dtype") or not hasattr(index, "ravel") or index.ndim == 0:
+        return False
+    if index.dtype == bool:
+        return True
+    if index.dtype.kind not in "iu" or index.size > rows:
+        return False
+    if index.size == 0:
+        return True
+    flat = index.ravel()
+    flat = xp.where(flat < 0, flat + rows, flat)
+    if int(flat.min()) < 0 or int(flat.max()) >= rows:
+        return False                                                    # out of range: forward raised already
+    return int(xp.bincount(flat, minlength=rows).max()) <= 1
+
+
 class GetItem(Function):
     """x[index] for ints, slices, None, Ellipsis, integer arrays and boolean masks."""
 
@@ -125,8 +144,8 @@ class GetItem(Function):
     def backward(self, gz):
         xp = array_module(gz)
         grad = xp.zeros(self.in_shape, dtype=gz.dtype)
-        if _is_basic(self.index):
-            grad[self.index] = gz
+        if _is_basic(self.index) or _distinct_rows(self.index, self.in_shape[0] if self.in_shape else 0, xp):
+            grad[self.index] = gz                                       # no element picked twice
         else:
             xp.add.at(grad, self.index, gz)  # repeated indices accumulate
         return grad
