@@ -20,6 +20,7 @@ the platform forks; else in its threads). Outside that context everything runs i
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import weakref
@@ -434,11 +435,12 @@ class TransformerStack(Function):
 
         self.remote, self.head = None, None
         if head:
-            self.head = _head_setup(head, head_arrays, x.shape)
+            impl = head_impl(head)
+            self.head = dict(impl.setup(head, head_arrays, x.shape), impl=impl)
             out2, t, rows = out.reshape(B * T, C), self.head["targets"], [slice(p.start * T, p.stop * T) for p in parts]
 
             def run_head(i: int) -> tuple[float, int, dict[str, Any]]:
-                return _head_forward(out2[rows[i]], self.head["params"], t[rows[i]], head["eps"], -100)
+                return impl.forward(out2[rows[i]], self.head["params"], t[rows[i]], self.head["meta"])
         workers = worker_processes() if xp is np and len(parts) > 1 else []
         requests = _remote_requests(x, layers, opt, bias, any_key, drops, parts, self.head) if workers else None
         if requests is not None and all(w.fits(r) for w, r in zip(workers, requests)):
@@ -447,7 +449,7 @@ class TransformerStack(Function):
             region = _free_region(workers[0]) if opt["save"] else 2
             meta = {"key": key, "opt": {k: v for k, v in opt.items() if k != "rope"}, "n_layer": len(layers),
                     "param_keys": list(layers[0]), "copy": region == 2,
-                    "head": head and {"eps": head["eps"], "has_bias": head["has_bias"], "C": C}}
+                    "head": head and {"impl": self.head["impl"].name, **self.head["meta"]}}
             split_work()                                                        # the workers use the other cores
             for worker, request in zip(workers, requests):
                 worker.submit(f"{__name__}:_remote_forward", request, meta, region)
@@ -485,7 +487,7 @@ class TransformerStack(Function):
             gout2, rows = gout.reshape(B * T, C), [slice(p.start * T, p.stop * T) for p in self.parts]
 
             def run_head(i: int) -> dict[str, Any]:
-                return _head_backward(scale, head["saved"][i], head["params"], head["has_bias"], gout2[rows[i]])
+                return head["impl"].backward(scale, head["saved"][i], head["params"], head["meta"], gout2[rows[i]])
         gx = xp.empty_like(gout)
 
         def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -509,7 +511,7 @@ class TransformerStack(Function):
                 grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
                                    for i in range(len(self.layers))])
                 if head:
-                    head_grads.append({"head.weight": res["H:head.weight"], "head.bias": res.get("H:head.bias")})
+                    head_grads.append({name[2:]: a for name, a in res.items() if name.startswith("H:")})
         else:
             if head:
                 head_grads = parallel_map(run_head, range(len(self.parts)))
@@ -535,9 +537,7 @@ class TransformerStack(Function):
             for name, a in g.items():
                 if a is not None:
                     h_total[name] += a
-        _unfold_gradients(h_total, head["params"], "ln", "head")
-        extra = [h_total["ln.weight"]] + ([h_total["ln.bias"]] if head["has_bias"] else []) + [h_total["head.weight"]]
-        return (*grads, *extra)
+        return (*grads, *head["impl"].finish(h_total, head))
 
 
 def _chunk_forward(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
@@ -585,19 +585,61 @@ _FOLDED_KEYS = ("qkv.folded", "qkv.folded_bias", "attn.proj.weight", "attn.proj.
                   "mlp.proj.weight", "mlp.proj.bias")                        # what a folded block reads
 
 
-def _head_setup(head: dict[str, Any], arrays: tuple[Any, ...], shape: tuple[int, int, int]) -> dict[str, Any]:
-    """``TransformerStack``'s head: ln_f (weight, bias when has_bias) and lm_head's weight (V, C), folded;
-    the targets (B*T,) checked as ``LMHeadLoss`` does."""
-    ln_w, ln_b, weight = (arrays[0], arrays[1], arrays[2]) if head["has_bias"] else (arrays[0], None, arrays[1])
-    B, T, _ = shape
-    V = weight.shape[0]
-    t = array_module(weight).asarray(head["targets"]).reshape(B * T)
-    bad = (t != -100) & ((t < 0) | (t >= V))
-    if bad.any():
-        raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
-    params = {"ln.weight": ln_w, "ln.bias": ln_b, "head.weight": weight, "head.bias": None}
-    _fold_layer_norm(params, "ln", "head", "head")
-    return {"params": params, "targets": t, "has_bias": head["has_bias"], "shape": shape}
+class _LMHead:
+    """``TransformerStack``'s GPT head: ln_f folded into lm_head (``_fold_layer_norm``), the mean
+    next-token loss. The protocol of a head (``head_impl``): ``setup`` once per forward in the calling
+    process (its state: params, targets (B*T,), meta, shape), ``shipped`` (the arrays a worker needs),
+    ``forward`` / ``backward`` per chunk (in a worker too, with the shipped arrays and the picklable
+    meta), and ``finish`` (the summed gradients -> one per head array, in the order they came)."""
+
+    name = f"{__name__}:LM_HEAD"
+
+    @staticmethod
+    def setup(head: dict[str, Any], arrays: tuple[Any, ...], shape: tuple[int, int, int]) -> dict[str, Any]:
+        """ln_f (weight, bias when has_bias) and lm_head's weight (V, C), folded; the targets (B*T,)
+        checked as ``LMHeadLoss`` does."""
+        ln_w, ln_b, weight = (arrays[0], arrays[1], arrays[2]) if head["has_bias"] else (arrays[0], None, arrays[1])
+        B, T, _ = shape
+        V = weight.shape[0]
+        t = array_module(weight).asarray(head["targets"]).reshape(B * T)
+        bad = (t != -100) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
+        params = {"ln.weight": ln_w, "ln.bias": ln_b, "head.weight": weight, "head.bias": None}
+        _fold_layer_norm(params, "ln", "head", "head")
+        return {"params": params, "targets": t, "shape": shape,
+                "meta": {"eps": head["eps"], "has_bias": head["has_bias"]}}
+
+    @staticmethod
+    def shipped(params: dict[str, Any]) -> dict[str, Any]:
+        return {name: params[name] for name in ("head.folded", "head.folded_bias") if params[name] is not None}
+
+    @staticmethod
+    def forward(x: Any, params: dict[str, Any], targets: Any, meta: dict[str, Any]) -> tuple[float, int, Any]:
+        return _head_forward(x, params, targets, meta["eps"], -100)
+
+    @staticmethod
+    def backward(scale: float, saved: Any, params: dict[str, Any], meta: dict[str, Any], gx_out: Any) -> dict:
+        return _head_backward(scale, saved, params, meta["has_bias"], gx_out)
+
+    @staticmethod
+    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        _unfold_gradients(total, state["params"], "ln", "head")
+        return [total["ln.weight"]] + ([total["ln.bias"]] if state["meta"]["has_bias"] else []) + [total["head.weight"]]
+
+
+LM_HEAD = _LMHead()
+
+
+def _impl_named(name: str) -> Any:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def head_impl(head: dict[str, Any]) -> Any:
+    """The head protocol object a ``TransformerStack`` head dict names (``head["impl"]``, "module:attr"),
+    by default the GPT's (``LM_HEAD``)."""
+    return _impl_named(head["impl"]) if head.get("impl") else LM_HEAD
 
 
 def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
@@ -622,9 +664,7 @@ def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], 
         if any_key is not True:
             request["any_key"] = any_key[part]
         if head:                                                                # the worker's chunk goes on to the loss
-            request["H:head.folded"] = head["params"]["head.folded"]
-            if head["params"]["head.folded_bias"] is not None:
-                request["H:head.folded_bias"] = head["params"]["head.folded_bias"]
+            request.update((f"H:{name}", a) for name, a in head["impl"].shipped(head["params"]).items())
             request["targets"] = head["targets"][part.start * T:part.stop * T]
         requests.append(request)
     return requests
@@ -650,12 +690,10 @@ def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[st
     saved = _chunk_forward(x, layers, opt, arrays.get("bias"), arrays.get("any_key", True), masks, out)
     head = meta.get("head")
     if head:
-        hparams = {"head.folded": keep(arrays["H:head.folded"]), "head.folded_bias": None}
-        if "H:head.folded_bias" in arrays:
-            hparams["head.folded_bias"] = keep(arrays["H:head.folded_bias"])
-        nll, count, hsaved = _head_forward(out.reshape(-1, out.shape[-1]), hparams, np.array(arrays["targets"]),
-                                           head["eps"], -100)
-        saved = saved + [(hparams, hsaved, head["has_bias"])]
+        impl = _impl_named(head["impl"])
+        hparams = {name[2:]: keep(a) for name, a in arrays.items() if name.startswith("H:")}
+        nll, count, hsaved = impl.forward(out.reshape(-1, out.shape[-1]), hparams, np.array(arrays["targets"]), head)
+        saved = saved + [(impl, hparams, hsaved, head)]
     if opt["save"]:
         state[meta["key"]] = (layers, opt, saved)
         for old in sorted(k for k in state if isinstance(k, int))[:-_REMOTE_KEEP]:
@@ -672,10 +710,10 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
     opt = dict(opt, alloc=state["alloc"])                                       # NOTE: gradients made in place, no copy
     out = {}
     if "scale" in meta:                                                         # the head's backward first
-        (hparams, hsaved, has_bias), saved = saved[-1], saved[:-1]
+        (impl, hparams, hsaved, hmeta), saved = saved[-1], saved[:-1]
         b, T, C = saved[-1]["shape"]
-        gout = np.empty((b, T, C), dtype=hparams["head.folded"].dtype)
-        hgrads = _head_backward(meta["scale"], hsaved, hparams, has_bias, gout.reshape(b * T, C))
+        gout = np.empty((b, T, C), dtype=saved[-1]["h1"].dtype)
+        hgrads = impl.backward(meta["scale"], hsaved, hparams, hmeta, gout.reshape(b * T, C))
         out.update((f"H:{name}", g) for name, g in hgrads.items() if g is not None)
     else:
         gout = np.array(arrays["gout"])
@@ -696,7 +734,7 @@ def _head_forward(x: Any, params: dict[str, Any], targets: Any, eps: float,
     """
     xp = array_module(x)
     xhat, rstd = K.layer_norm_stats(x, eps)
-    logits = K.linear(xhat, params["head.folded"], params["head.folded_bias"])  # (n, V)
+    logits = K.linear(xhat, params["head.folded"], params.get("head.folded_bias"))  # (n, V)
     logits -= logits.max(axis=1, keepdims=True)                                # z = logits - max
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
