@@ -72,6 +72,38 @@ def test_split_over_threads_and_workers_equals_one_pass():
         np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
 
 
+@pytest.mark.parametrize("activation,norm,unlabelled", [("gelu", "post", 0), ("gelu_tanh", "pre", 1),
+                                                      ("gelu", "pre", 0), ("gelu_tanh", "post", 1)])
+def test_mlm_head_in_each_chunk_equals_one_pass(activation, norm, unlabelled):
+    """The MLM head and loss run inside the stack, on each chunk's labelled rows (a chunk may have none)."""
+    readable, fast = _pair(activation=activation, norm=norm, dropout=0.1)
+    idx, labels, mask = _batch(rows=6, seed=2)
+    rows = slice(0, 3) if unlabelled == 0 else slice(3, 6)                  # chunk 0 (here) or 1 (the worker)
+    labels[rows] = -100
+    la, ga = _loss_and_grads(readable, (idx, labels, mask))
+    with cpu_threads(2):
+        lb, gb = _loss_and_grads(fast, (idx, labels, mask))
+    assert lb == pytest.approx(la, rel=1e-12)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
+def test_fused_mlm_loss_refuses_bad_labels_as_the_readable_one():
+    _, fast = _pair()
+    idx, labels, mask = _batch()
+    bad = labels.copy()
+    bad[0, 0] = 20                                                          # vocab_size is 20
+    with pytest.raises(IndexError, match="target 20 is out of range for 20 classes"):
+        fast.loss(idx, bad, mask)
+    with pytest.raises(ValueError, match="no position has a label"):
+        fast.loss(idx, np.full_like(labels, -100), mask)
+    with pytest.raises(ValueError, match="do not match idx"):
+        fast.loss(idx, labels[:, :4], mask)
+    with pytest.raises(TypeError, match="integer token ids"):
+        fast.loss(idx, labels.astype(np.float64), mask)
+
+
 def test_lora_wrapped_attention_runs_the_readable_blocks():
     from groundup.nn.lora import apply_lora
 

@@ -288,6 +288,12 @@ class BERT(HookedModule):
     # ------------------------------------------------------------------ forward
     def features(self, idx: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
         """The encoder's output (B, T, C) for token ids ``idx`` (B, T), T <= block_size."""
+        x, key_mask = self.embed(idx, attention_mask, token_type_ids)          # (B, T, C)
+        return self.ln_f(self.encode(x, key_mask))                              # (B, T, C)
+
+    def embed(self, idx: Any, attention_mask: Any = None, token_type_ids: Any = None) -> tuple[Tensor, Any]:
+        """The blocks' input (B, T, C): token + position (+ segment) embeddings, ``ln_embd``, dropout;
+        and the key mask (B, 1, 1, T) bool or None for ``encode``."""
         cfg = self.cfg
         data = check_token_ids(idx, "BERT", "idx", cfg.block_size, cfg.vocab_size)
         B, T = data.shape
@@ -298,7 +304,7 @@ class BERT(HookedModule):
                 check_token_ids(token_type_ids, "BERT", "token_type_ids", cfg.block_size, cfg.type_vocab_size))
             x = x + self.wse(Tensor(segments))                                  # (B, T, C)
         x = self.hook_embed(self.dropout(self.ln_embd(x)))                      # (B, T, C)
-        return self.ln_f(self.encode(x, self._key_mask(attention_mask, B, T, xp)))   # (B, T, C)
+        return x, self._key_mask(attention_mask, B, T, xp)
 
     def encode(self, x: Tensor, key_mask: Any = None) -> Tensor:
         """The blocks: x (B, T, C) and key_mask (B, 1, 1, T) bool or None -> (B, T, C)."""
@@ -329,17 +335,11 @@ class BERT(HookedModule):
             idx: (B, T) input ids (with [MASK] / random / kept tokens at the chosen positions).
             labels: (B, T) the original ids at the chosen positions, -100 elsewhere.
         """
-        target = to_numpy(labels.data) if isinstance(labels, Tensor) else np.asarray(labels)
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"BERT.loss: labels must be integer token ids, got dtype {target.dtype}")
+        target = _mlm_labels(labels)
         x = self.features(idx, attention_mask, token_type_ids)                  # (B, T, C)
         B, T, C = x.shape
-        if tuple(target.shape) != (B, T):
-            raise ValueError(f"BERT.loss: labels of shape {tuple(target.shape)} do not match idx of shape {(B, T)}")
-        flat = target.reshape(B * T)                                           # chosen positions found on the host
+        flat = _check_mlm_labels(target, B, T)                                  # chosen positions found on the host
         chosen = np.nonzero(flat != -100)[0]
-        if len(chosen) == 0:
-            raise ValueError("BERT.loss: no position has a label (all labels are -100)")
         xp = array_module(x.data)
         logits = self.mlm_head(x.reshape(B * T, C)[xp.asarray(chosen)])         # (N, V)
         return F.cross_entropy(logits, xp.asarray(flat[chosen]))
@@ -363,6 +363,24 @@ class BERT(HookedModule):
         if tuple(mask.shape) != (B, T):
             raise ValueError(f"BERT: attention_mask must have the shape of idx {(B, T)}, got {tuple(mask.shape)}")
         return mask[:, None, None, :]                                           # (B, 1, 1, T)
+
+
+def _mlm_labels(labels: Any) -> np.ndarray:
+    """``BERT.loss``'s labels as a host array of integer ids, or a TypeError."""
+    target = to_numpy(labels.data) if isinstance(labels, Tensor) else np.asarray(labels)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"BERT.loss: labels must be integer token ids, got dtype {target.dtype}")
+    return target
+
+
+def _check_mlm_labels(target: np.ndarray, B: int, T: int) -> np.ndarray:
+    """The labels (B, T) flattened to (B*T,), or a ValueError naming the mismatch or the missing labels."""
+    if tuple(target.shape) != (B, T):
+        raise ValueError(f"BERT.loss: labels of shape {tuple(target.shape)} do not match idx of shape {(B, T)}")
+    flat = target.reshape(B * T)
+    if not (flat != -100).any():
+        raise ValueError("BERT.loss: no position has a label (all labels are -100)")
+    return flat
 
 
 # ----------------------------------------------------------------------------- Hugging Face

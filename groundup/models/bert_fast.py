@@ -9,25 +9,30 @@ What is fused: the blocks, through the GPT twin's ``TransformerStack`` (``ground
 with BERT's options: no causal mask, the padding mask, post-norm (or pre-norm), LayerNorm eps 1e-12
 and the exact GELU. BERT keeps query, key and value as three Linear layers (Hugging Face's layout,
 and LoRA wraps query and value alone), so each call joins their weights into the stack's (3C, C)
-qkv layout; the join is an ordinary op, so the three get their gradients. The embeddings, the MLM
-head and the classifier are the readable model's own code. A LoRA-wrapped attention runs the
-readable blocks.
+qkv layout; the join is an ordinary op, so the three get their gradients. ``loss`` takes each chunk's
+labelled rows through the MLM head (ln_f, dense, GELU, ln, decoder) and the loss inside the same op
+(``MLM_HEAD``), so that each worker process does its chunk's share and sends no activations back.
+The embeddings and the classifier are the readable model's own code. A LoRA-wrapped attention, or a
+head that is not the plain MLMHead, runs the readable code.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from groundup import random
 from groundup.backend import array_module
 from groundup.creation import cat
-from groundup.models.bert import BERT
-from groundup.models.gpt_fast import TransformerStack
+from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
+from groundup.models.gpt_fast import TransformerStack, _fold_layer_norm, _unfold_gradients
 from groundup.models.shared import as_twin
-from groundup.nn.layers import Linear
+from groundup.nn.layers import Identity, LayerNorm, Linear
+from groundup.ops import kernels as K
 from groundup.tensor import Tensor
 
-__all__ = ["FastBERT"]
+__all__ = ["FastBERT", "MLM_HEAD"]
 
 
 class FastBERT(BERT):
@@ -46,14 +51,40 @@ class FastBERT(BERT):
         """This model as a ``BERT`` or ``FastBERT`` (twins with the same parameters), weights copied."""
         return as_twin(self, cls)
 
-    def encode(self, x: Tensor, key_mask: Any = None) -> Tensor:
-        """Every block at once: x (B, T, C), key_mask (B, 1, 1, T) bool or None -> (B, T, C)."""
+    def loss(self, idx: Any, labels: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
+        """``BERT.loss``, with the MLM head and the loss fused into the stack (see the module docstring)."""
+        target = _mlm_labels(labels)
+        head = self.mlm_head
+        if not (self._blocks_fuse() and array_module(self.wte.weight.data) is np and type(head) is MLMHead
+                and type(head.dense) is Linear and type(head.decoder) is Linear and type(head.ln) is LayerNorm
+                and type(self.ln_f) in (Identity, LayerNorm)
+                and all(getattr(m, n, None) is not None for m in (head.dense, head.ln, head.decoder)
+                        for n in ("weight", "bias"))):
+            return super().loss(idx, labels, attention_mask, token_type_ids)
+        x, key_mask = self.embed(idx, attention_mask, token_type_ids)          # (B, T, C)
+        B, T, _ = x.shape
+        _check_mlm_labels(target, B, T)
+        pre = type(self.ln_f) is LayerNorm
+        arrays = ([self.ln_f.weight, self.ln_f.bias] if pre else []) + [
+            head.dense.weight, head.dense.bias, head.ln.weight, head.ln.bias, head.decoder.weight, head.decoder.bias]
+        spec = dict(impl=MLM_HEAD.name, targets=target, eps=head.ln.eps, eps_f=self.ln_f.eps if pre else None,
+                    pre=pre, activation="tanh" if head.approximate == "tanh" else "erf", n_arrays=len(arrays))
+        return self.encode(x, key_mask, head=spec, head_arrays=arrays)
+
+    def _blocks_fuse(self) -> bool:
+        return all(type(layer) is Linear for block in self.blocks
+                   for layer in (block.attn.query, block.attn.key, block.attn.value))
+
+    def encode(self, x: Tensor, key_mask: Any = None, head: dict[str, Any] | None = None,
+               head_arrays: list[Tensor] = ()) -> Tensor:
+        """Every block at once: x (B, T, C), key_mask (B, 1, 1, T) bool or None -> (B, T, C).
+        With ``head`` (``loss``): the MLM loss after them."""
         cfg = self.cfg
         params: list[Tensor] = []
+        if not self._blocks_fuse():
+            return super().encode(x, key_mask)                                  # e.g. LoRA on query, value
         for block in self.blocks:
             a, m = block.attn, block.mlp
-            if any(type(layer) is not Linear for layer in (a.query, a.key, a.value)):
-                return super().encode(x, key_mask)                              # e.g. LoRA on query, value
             params += [block.ln_1.weight, block.ln_1.bias,
                        cat([a.query.weight, a.key.weight, a.value.weight], dim=0),   # (3C, C)
                        cat([a.query.bias, a.key.bias, a.value.bias], dim=0),         # (3C,)
@@ -63,6 +94,104 @@ class FastBERT(BERT):
         mask = None if key_mask is None else array_module(x.data).broadcast_to(key_mask, (B, 1, T, T))
         p = cfg.dropout if self.training else 0.0
         return TransformerStack.apply(
-            x, *params, n_head=cfg.n_head, causal=False, pre_norm=cfg.norm == "pre", eps=cfg.layer_norm_eps,
-            mask=mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=True,
+            x, *params, *head_arrays, head=head, n_head=cfg.n_head, causal=False, pre_norm=cfg.norm == "pre",
+            eps=cfg.layer_norm_eps, mask=mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=True,
             activation="erf" if cfg.activation == "gelu" else "tanh")          # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- the MLM head, fused
+_MLM_NAMES = ("dense.weight", "dense.bias", "ln.weight", "ln.bias", "decoder.weight", "decoder.bias")
+
+
+class _MLMHead:
+    """``TransformerStack``'s BERT head (the protocol of ``gpt_fast._LMHead``): a chunk's labelled rows
+    (label != -100) through ln_f (pre-norm; folded into dense), dense, GELU, ln (folded into the
+    decoder), the decoder, and the sum of their cross-entropies.
+
+    Backward: dlogits = (softmax - onehot) * scale; the decoder's folded weight gets dlogits^T ghat,
+    ghat = layer_norm_stats(g); d ghat = dlogits W', then the LayerNorm's and GELU's backward give dh,
+    the dense's folded weight dh^T h_in, and dh W_dense is the labelled rows' gradient (the others 0).
+    """
+
+    name = f"{__name__}:MLM_HEAD"
+
+    @staticmethod
+    def setup(head: dict[str, Any], arrays: tuple[Any, ...], shape: tuple[int, int, int]) -> dict[str, Any]:
+        names = (("ln_f.weight", "ln_f.bias") if head["pre"] else ()) + _MLM_NAMES
+        params = dict(zip(names, arrays))
+        B, T, _ = shape
+        V = params["decoder.weight"].shape[0]
+        t = np.asarray(head["targets"]).reshape(B * T)
+        bad = (t != -100) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
+        if head["pre"]:
+            _fold_layer_norm(params, "ln_f", "dense", "dense")
+        else:
+            params["dense.folded"], params["dense.folded_bias"] = params["dense.weight"], params["dense.bias"]
+        _fold_layer_norm(params, "ln", "decoder", "decoder")
+        meta = {k: head[k] for k in ("eps", "eps_f", "pre", "activation")}
+        return {"params": params, "targets": t, "shape": shape, "meta": meta}
+
+    @staticmethod
+    def shipped(params: dict[str, Any]) -> dict[str, Any]:
+        return {n: params[n] for n in ("dense.folded", "dense.folded_bias", "decoder.folded", "decoder.folded_bias")}
+
+    @staticmethod
+    def forward(x: Any, params: dict[str, Any], targets: Any, meta: dict[str, Any]) -> tuple[float, int, Any]:
+        """x (n, C), targets (n,) -> (sum of -log p(label) over the labelled rows, their number, saved)."""
+        rows = np.flatnonzero(targets != -100)
+        saved: dict[str, Any] = {"rows": rows}
+        if len(rows) == 0:
+            return 0.0, 0, saved
+        h_in = x[rows]                                                          # (m, C) a copy
+        if meta["pre"]:
+            h_in, saved["rstd_f"] = K.layer_norm_stats(h_in, meta["eps_f"])      # ln_f's xhat
+        h = K.linear(h_in, params["dense.folded"], params["dense.folded_bias"])  # (m, C)
+        g, slope = K.gelu_erf_with_slope(h) if meta["activation"] == "erf" else K.gelu_tanh_with_slope(h)
+        ghat, rstd = K.layer_norm_stats(g, meta["eps"])                         # (m, C)
+        logits = K.linear(ghat, params["decoder.folded"], params["decoder.folded_bias"])   # (m, V)
+        logits -= logits.max(axis=1, keepdims=True)                            # z = logits - max
+        t = targets[rows]
+        z_target = logits[np.arange(len(rows)), t]                              # (m,) a copy, before the exp
+        np.exp(logits, out=logits)
+        total = logits.sum(axis=1, keepdims=True)                               # (m, 1)
+        logits /= total                                                         # softmax
+        nll = np.log(total[:, 0]) - z_target
+        saved.update(h_in=h_in, slope=slope, ghat=ghat, rstd=rstd, probs=logits, t=t)
+        return float(nll.sum()), len(rows), saved
+
+    @staticmethod
+    def backward(scale: float, saved: Any, params: dict[str, Any], meta: dict[str, Any], gx_out: Any) -> dict:
+        """Writes the chunk's gradient gx_out (n, C); returns the folded weights' and the biases' gradients."""
+        gx_out[...] = 0.0
+        rows, (V, C) = saved["rows"], params["decoder.folded"].shape
+        if len(rows) == 0:
+            zeros = np.zeros
+            return {"decoder.weight": zeros((V, C), gx_out.dtype), "decoder.bias": zeros(V, gx_out.dtype),
+                    "dense.weight": zeros((C, C), gx_out.dtype), "dense.bias": zeros(C, gx_out.dtype)}
+        d = saved["probs"].copy()                                               # softmax - onehot
+        d[np.arange(len(rows)), saved["t"]] -= 1.0
+        d *= scale
+        grads = {"decoder.weight": K.matmul_tn(d, saved["ghat"]), "decoder.bias": K.column_sums(d)}
+        dh = K.layer_norm_backward_xhat(d @ params["decoder.folded"], saved["ghat"], saved["rstd"])   # d g (m, C)
+        dh *= saved["slope"]                                                    # d h
+        grads["dense.weight"], grads["dense.bias"] = K.matmul_tn(dh, saved["h_in"]), K.column_sums(dh)
+        dx = dh @ params["dense.folded"]                                        # (m, C)
+        if meta["pre"]:
+            dx = K.layer_norm_backward_xhat(dx, saved["h_in"], saved["rstd_f"])
+        gx_out[rows] = dx
+        return grads
+
+    @staticmethod
+    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        params = state["params"]
+        _unfold_gradients(total, params, "ln", "decoder")
+        names = _MLM_NAMES
+        if state["meta"]["pre"]:
+            _unfold_gradients(total, params, "ln_f", "dense")
+            names = ("ln_f.weight", "ln_f.bias") + names
+        return [total[n] for n in names]
+
+
+MLM_HEAD = _MLMHead()
