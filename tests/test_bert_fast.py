@@ -40,17 +40,26 @@ def _loss_and_grads(model, batch, seed=7):
     return float(loss.item()), {n: p.grad.data.copy() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _assert_same(readable, fast, batch, threads=None):
+    """The fast twin's loss and every gradient equal the readable model's (in ``cpu_threads(threads)``)."""
+    la, ga = _loss_and_grads(readable, batch)
+    if threads is None:
+        lb, gb = _loss_and_grads(fast, batch)
+    else:
+        with cpu_threads(threads):                                          # the stack's chunks split the batch
+            lb, gb = _loss_and_grads(fast, batch)
+    assert lb == pytest.approx(la, rel=1e-12)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+
+
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize("norm", ["post", "pre"])
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_fast_equals_readable_in_float64(activation, norm, dropout):
     readable, fast = _pair(activation=activation, norm=norm, dropout=dropout)
-    batch = _batch()
-    (la, ga), (lb, gb) = _loss_and_grads(readable, batch), _loss_and_grads(fast, batch)
-    assert lb == pytest.approx(la, rel=1e-12)
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    _assert_same(readable, fast, _batch())
 
 
 def test_logits_and_classification_equal_readable():
@@ -63,13 +72,7 @@ def test_logits_and_classification_equal_readable():
 
 def test_split_over_threads_and_workers_equals_one_pass():
     readable, fast = _pair(dropout=0.1)
-    batch = _batch(rows=6, seed=1)
-    la, ga = _loss_and_grads(readable, batch)
-    with cpu_threads(2):                                                    # the stack's chunks split the batch
-        lb, gb = _loss_and_grads(fast, batch)
-    assert lb == pytest.approx(la, rel=1e-12)
-    for name in ga:
-        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    _assert_same(readable, fast, _batch(rows=6, seed=1), threads=2)
 
 
 @pytest.mark.parametrize("activation,norm,unlabelled", [("gelu", "post", 0), ("gelu_tanh", "pre", 1),
@@ -80,13 +83,7 @@ def test_mlm_head_in_each_chunk_equals_one_pass(activation, norm, unlabelled):
     idx, labels, mask = _batch(rows=6, seed=2)
     rows = slice(0, 3) if unlabelled == 0 else slice(3, 6)                  # chunk 0 (here) or 1 (the worker)
     labels[rows] = -100
-    la, ga = _loss_and_grads(readable, (idx, labels, mask))
-    with cpu_threads(2):
-        lb, gb = _loss_and_grads(fast, (idx, labels, mask))
-    assert lb == pytest.approx(la, rel=1e-12)
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    _assert_same(readable, fast, (idx, labels, mask), threads=2)
 
 
 def test_fused_mlm_loss_refuses_bad_labels_as_the_readable_one():
