@@ -86,6 +86,31 @@ def test_mlm_head_in_each_chunk_equals_one_pass(activation, norm, unlabelled):
     _assert_same(readable, fast, (idx, labels, mask), threads=2)
 
 
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_fused_mlm_head_gradients_match_central_differences(norm):
+    """The fused head's gradients (the decoder tied to wte, the LayerNorms folded) against finite
+    differences of its own loss in float64, split over a worker process."""
+    _, fast = _pair(norm=norm, activation="gelu")
+    batch = _batch(rows=4, seed=3)
+    with cpu_threads(2):
+        _, grads = _loss_and_grads(fast, batch)
+        params = dict(fast.named_parameters())
+        rng = np.random.default_rng(0)
+        names = ["mlm_head.dense.weight", "mlm_head.dense.bias", "mlm_head.ln.weight", "mlm_head.ln.bias",
+                 "wte.weight", "mlm_head.decoder.bias"] + (["ln_f.weight", "ln_f.bias"] if norm == "pre" else [])
+        for name in names:
+            p = params[name].data
+            for flat in rng.choice(p.size, 3, replace=False):
+                i = np.unravel_index(flat, p.shape)
+                old, h = p[i], 1e-6
+                p[i] = old + h
+                up = float(fast.loss(*batch).item())
+                p[i] = old - h
+                down = float(fast.loss(*batch).item())
+                p[i] = old
+                assert grads[name][i] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9), (name, i)
+
+
 def test_fused_mlm_loss_refuses_bad_labels_as_the_readable_one():
     _, fast = _pair()
     idx, labels, mask = _batch()
