@@ -392,6 +392,9 @@ class TransformerStack(Function):
     None; or ``rope_tables``, the same made by ``_rope_tables``), mask ((B, 1, T, T) bool, True = may
     attend, the causal mask folded in; or None), dropout_p and rng (the generator of the dropout masks),
     activation ('tanh': GELU's tanh form, as GPT-2; 'erf': the exact GELU, as BERT).
+    ``head``: a dict (targets, its options, ``n_arrays``: how many of the last inputs are the head's
+    arrays, ``impl``: "module:attr" of its protocol, by default the GPT's ``LM_HEAD``): then each chunk
+    goes on through the head to its loss where it ran, and the op returns the mean loss (0-d).
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
