@@ -26,7 +26,7 @@ from groundup import random
 from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
-from groundup.models.gpt_fast import TransformerStack, _fold_layer_norm, _unfold_gradients
+from groundup.models.gpt_fast import TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
 from groundup.models.shared import as_twin
 from groundup.nn.layers import Identity, LayerNorm, Linear
 from groundup.ops import kernels as K
@@ -151,13 +151,8 @@ class _MLMHead:
         g, slope = K.gelu_erf_with_slope(h) if meta["activation"] == "erf" else K.gelu_tanh_with_slope(h)
         ghat, rstd = K.layer_norm_stats(g, meta["eps"])                         # (m, C)
         logits = K.linear(ghat, params["decoder.folded"], params["decoder.folded_bias"])   # (m, V)
-        logits -= logits.max(axis=1, keepdims=True)                            # z = logits - max
         t = targets[rows]
-        z_target = logits[np.arange(len(rows)), t]                              # (m,) a copy, before the exp
-        np.exp(logits, out=logits)
-        total = logits.sum(axis=1, keepdims=True)                               # (m, 1)
-        logits /= total                                                         # softmax
-        nll = np.log(total[:, 0]) - z_target
+        nll = softmax_nll_(logits, t)                                           # logits -> probs, in place
         saved.update(h_in=h_in, slope=slope, ghat=ghat, rstd=rstd, probs=logits, t=t)
         return float(nll.sum()), len(rows), saved
 

@@ -729,6 +729,17 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
 
 
 # ----------------------------------------------------------------------------- final norm + head + loss
+def softmax_nll_(logits: Any, targets: Any) -> Any:
+    """logits (n, V) -> -log softmax(logits)[target] (n,); the logits become the softmax, in place."""
+    xp = array_module(logits)
+    logits -= logits.max(axis=1, keepdims=True)                                # z = logits - max
+    z_target = logits[xp.arange(len(targets)), targets]                         # (n,) a copy, before the exp
+    xp.exp(logits, out=logits)
+    total = logits.sum(axis=1, keepdims=True)                                   # (n, 1)
+    logits /= total
+    return xp.log(total[:, 0]) - z_target
+
+
 def _head_forward(x: Any, params: dict[str, Any], targets: Any, eps: float,
                   ignore_index: int) -> tuple[float, int, dict[str, Any]]:
     """One chunk: x (n, C), targets (n,) -> (sum of -log p(target), number of counted rows, saved).
@@ -738,16 +749,10 @@ def _head_forward(x: Any, params: dict[str, Any], targets: Any, eps: float,
     xp = array_module(x)
     xhat, rstd = K.layer_norm_stats(x, eps)
     logits = K.linear(xhat, params["head.folded"], params.get("head.folded_bias"))  # (n, V)
-    logits -= logits.max(axis=1, keepdims=True)                                # z = logits - max
     valid = targets != ignore_index
     safe = xp.where(valid, targets, 0)
-    z_target = logits[xp.arange(len(safe)), safe]                               # (n,) a copy, before the exp
-    xp.exp(logits, out=logits)
-    probs = logits
-    total = probs.sum(axis=1, keepdims=True)                                    # (n, 1)
-    probs /= total
-    nll = xp.log(total[:, 0]) - z_target                                        # -log softmax(z)[target]
-    saved = {"xhat": xhat, "rstd": rstd, "probs": probs, "safe": safe, "valid": valid}
+    nll = softmax_nll_(logits, safe)                                            # logits -> probs, in place
+    saved = {"xhat": xhat, "rstd": rstd, "probs": logits, "safe": safe, "valid": valid}
     return float((nll * valid).sum()), int(valid.sum()), saved
 
 
