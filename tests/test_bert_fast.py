@@ -88,8 +88,9 @@ def test_mlm_head_in_each_chunk_equals_one_pass(activation, norm, unlabelled):
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_fused_mlm_head_gradients_match_central_differences(norm):
-    """The fused head's gradients (the decoder tied to wte, the LayerNorms folded) against finite
-    differences of its own loss in float64, split over a worker process."""
+    """The fused head's and stem's gradients (the decoder tied to wte, the LayerNorms folded, the
+    embeddings and ln_embd made per chunk) against finite differences of its own loss in float64,
+    split over a worker process."""
     _, fast = _pair(norm=norm, activation="gelu")
     batch = _batch(rows=4, seed=3)
     with cpu_threads(2):
@@ -97,7 +98,8 @@ def test_fused_mlm_head_gradients_match_central_differences(norm):
         params = dict(fast.named_parameters())
         rng = np.random.default_rng(0)
         names = ["mlm_head.dense.weight", "mlm_head.dense.bias", "mlm_head.ln.weight", "mlm_head.ln.bias",
-                 "wte.weight", "mlm_head.decoder.bias"] + (["ln_f.weight", "ln_f.bias"] if norm == "pre" else [])
+                 "wte.weight", "mlm_head.decoder.bias", "wpe.weight", "wse.weight", "ln_embd.weight",
+                 "ln_embd.bias"] + (["ln_f.weight", "ln_f.bias"] if norm == "pre" else [])
         for name in names:
             p = params[name].data
             for flat in rng.choice(p.size, 3, replace=False):
@@ -109,6 +111,31 @@ def test_fused_mlm_head_gradients_match_central_differences(norm):
                 down = float(fast.loss(*batch).item())
                 p[i] = old
                 assert grads[name][i] == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9), (name, i)
+
+
+@pytest.mark.parametrize("type_vocab_size", [0, 3])
+def test_embeddings_in_each_chunk_equal_the_readable_ones(type_vocab_size):
+    """The stem (wte + wpe [+ wse], ln_embd, dropout) runs per chunk, here and in the worker: the same
+    loss and gradients as the readable model, with segments given, or no segment table at all."""
+    readable, fast = _pair(type_vocab_size=type_vocab_size, dropout=0.1)
+    idx, labels, mask = _batch(rows=6, seed=4)
+    segments = (np.arange(8)[None, :] >= np.array([[2], [4], [6], [1], [3], [5]])).astype(np.int64)
+    segments[0, -1] = 2 if type_vocab_size else 0                            # a third segment id
+    batch = (idx, labels, mask) + ((segments,) if type_vocab_size else ())
+    _assert_same(readable, fast, batch, threads=2)
+    _assert_same(readable, fast, batch)                                     # and in one pass
+
+
+def test_fused_embeddings_refuse_bad_ids_as_the_readable_ones():
+    readable, fast = _pair()
+    idx, labels, mask = _batch()
+    for model in (readable, fast):
+        bad = idx.copy()
+        bad[1, 2] = 20
+        with pytest.raises(IndexError, match="20"):
+            model.loss(bad, labels, mask)
+        with pytest.raises(IndexError, match="token_type_ids"):
+            model.loss(idx, labels, mask, np.full_like(idx, 2))             # two segments: ids 0 and 1
 
 
 def test_fused_mlm_loss_refuses_bad_labels_as_the_readable_one():

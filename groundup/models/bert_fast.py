@@ -27,12 +27,13 @@ from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
 from groundup.models.gpt_fast import TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
-from groundup.models.shared import as_twin
-from groundup.nn.layers import Identity, LayerNorm, Linear
+from groundup.models.shared import as_twin, check_token_ids
+from groundup.nn.hooks import HookPoint
+from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
 from groundup.ops import kernels as K
 from groundup.tensor import Tensor
 
-__all__ = ["FastBERT", "MLM_HEAD"]
+__all__ = ["FastBERT", "MLM_HEAD", "BERT_STEM"]
 
 
 class FastBERT(BERT):
@@ -61,28 +62,58 @@ class FastBERT(BERT):
                 and all(getattr(m, n, None) is not None for m in (head.dense, head.ln, head.decoder)
                         for n in ("weight", "bias"))):
             return super().loss(idx, labels, attention_mask, token_type_ids)
-        x, key_mask = self.embed(idx, attention_mask, token_type_ids)          # (B, T, C)
-        B, T, _ = x.shape
+        stem, stem_arrays, key_mask = self._stem(idx, attention_mask, token_type_ids)
+        if stem is None:                                                        # embeddings in this process
+            x, key_mask = self.embed(idx, attention_mask, token_type_ids)      # (B, T, C)
+            B, T, _ = x.shape
+        else:
+            x, (B, T) = None, stem["idx"].shape
         _check_mlm_labels(target, B, T)
         pre = type(self.ln_f) is LayerNorm
         arrays = ([self.ln_f.weight, self.ln_f.bias] if pre else []) + [
             head.dense.weight, head.dense.bias, head.ln.weight, head.ln.bias, head.decoder.weight, head.decoder.bias]
         spec = dict(impl=MLM_HEAD.name, targets=target, eps=head.ln.eps, eps_f=self.ln_f.eps if pre else None,
                     pre=pre, activation="tanh" if head.approximate == "tanh" else "erf", n_arrays=len(arrays))
-        return self.encode(x, key_mask, head=spec, head_arrays=arrays)
+        return self.encode(x, key_mask, head=spec, head_arrays=arrays, stem=stem, stem_arrays=stem_arrays)
+
+    def _stem(self, idx: Any, attention_mask: Any, token_type_ids: Any) -> tuple[dict | None, list[Tensor], Any]:
+        """The embeddings as the stack's stem (``BERT_STEM``), where the plain layers allow it: (the stem
+        dict, its arrays, the key mask), the ids checked as ``embed`` checks them; else (None, [], None)."""
+        cfg = self.cfg
+        plain = (type(self.wte) is Embedding and type(self.wpe) is Embedding and type(self.ln_embd) is LayerNorm
+                 and type(self.dropout) is Dropout and type(self.hook_embed) is HookPoint
+                 and self.ln_embd.weight is not None and self.ln_embd.bias is not None
+                 and all(e is None or (type(e) is Embedding and e.padding_idx is None)
+                         for e in (self.wte, self.wpe, self.wse)))
+        if not plain:
+            return None, [], None
+        data = check_token_ids(idx, "BERT", "idx", cfg.block_size, cfg.vocab_size)
+        B, T = data.shape
+        segments = None
+        if self.wse is not None:
+            segments = np.zeros((B, T), dtype=np.int64) if token_type_ids is None else np.asarray(
+                check_token_ids(token_type_ids, "BERT", "token_type_ids", cfg.block_size, cfg.type_vocab_size))
+        arrays = [self.wte.weight, self.wpe.weight] + ([self.wse.weight] if segments is not None else []) + [
+            self.ln_embd.weight, self.ln_embd.bias]
+        stem = dict(impl=BERT_STEM.name, idx=np.asarray(data), segments=segments, eps=self.ln_embd.eps,
+                    dropout_p=self.dropout.p if self.training else 0.0, n_arrays=len(arrays))
+        return stem, arrays, self._key_mask(attention_mask, B, T, np)
 
     def _blocks_fuse(self) -> bool:
         return all(type(layer) is Linear for block in self.blocks
                    for layer in (block.attn.query, block.attn.key, block.attn.value))
 
-    def encode(self, x: Tensor, key_mask: Any = None, head: dict[str, Any] | None = None,
-               head_arrays: list[Tensor] = ()) -> Tensor:
+    def encode(self, x: Tensor | None, key_mask: Any = None, head: dict[str, Any] | None = None,
+               head_arrays: list[Tensor] = (), stem: dict[str, Any] | None = None,
+               stem_arrays: list[Tensor] = ()) -> Tensor:
         """Every block at once: x (B, T, C), key_mask (B, 1, 1, T) bool or None -> (B, T, C).
-        With ``head`` (``loss``): the MLM loss after them."""
+        With ``head`` (``loss``): the MLM loss after them; with ``stem`` (``loss``, x None): the
+        embeddings before them, made per chunk."""
         cfg = self.cfg
         params: list[Tensor] = []
         if not self._blocks_fuse():
             return super().encode(x, key_mask)                                  # e.g. LoRA on query, value
+        first = [x] if stem is None else list(stem_arrays)
         for block in self.blocks:
             a, m = block.attn, block.mlp
             params += [block.ln_1.weight, block.ln_1.bias,
@@ -90,12 +121,13 @@ class FastBERT(BERT):
                        cat([a.query.bias, a.key.bias, a.value.bias], dim=0),         # (3C,)
                        a.proj.weight, a.proj.bias, block.ln_2.weight, block.ln_2.bias,
                        m.fc.weight, m.fc.bias, m.proj.weight, m.proj.bias]
-        B, T, _ = x.shape
-        mask = None if key_mask is None else array_module(x.data).broadcast_to(key_mask, (B, 1, T, T))
+        B, T = x.shape[:2] if stem is None else stem["idx"].shape
+        mask = None if key_mask is None else array_module(first[0].data).broadcast_to(key_mask, (B, 1, T, T))
         p = cfg.dropout if self.training else 0.0
         return TransformerStack.apply(
-            x, *params, *head_arrays, head=head, n_head=cfg.n_head, causal=False, pre_norm=cfg.norm == "pre",
-            eps=cfg.layer_norm_eps, mask=mask, dropout_p=p, rng=random.generator() if p > 0 else None, has_bias=True,
+            *first, *params, *head_arrays, head=head, stem=stem, n_head=cfg.n_head, causal=False,
+            pre_norm=cfg.norm == "pre", eps=cfg.layer_norm_eps, mask=mask, dropout_p=p,
+            rng=random.generator() if p > 0 else None, has_bias=True,
             activation="erf" if cfg.activation == "gelu" else "tanh")          # (B, T, C)
 
 
@@ -190,3 +222,69 @@ class _MLMHead:
 
 
 MLM_HEAD = _MLMHead()
+
+
+# ----------------------------------------------------------------------------- the embeddings, fused
+class _BERTStem:
+    """``TransformerStack``'s BERT stem (the protocol of ``gpt_fast.stem_impl``): a chunk's token ids
+    (b, T) -> wte(idx) + wpe(0..T-1) [+ wse(segments)] -> ln_embd -> dropout, the blocks' input x.
+
+    Backward: d = ln_embd's backward of (gx * dropout mask); wte's and wse's gradients are d summed
+    per id (``K.embedding_grad``), wpe's the sum of d over the chunk's sequences, in its first T rows.
+    """
+
+    name = f"{__name__}:BERT_STEM"
+
+    @staticmethod
+    def setup(stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
+        names = ("wte", "wpe") + (("wse",) if stem["segments"] is not None else ()) + ("ln.weight", "ln.bias")
+        params = dict(zip(names, arrays))
+        idx = stem["idx"]
+        (B, T), (_, C), dtype = idx.shape, params["wte"].shape, params["wte"].dtype
+        inputs = {"idx": idx} if stem["segments"] is None else {"idx": idx, "segments": stem["segments"]}
+        if stem["dropout_p"] > 0:                                               # drawn before the blocks' masks
+            inputs["drop"] = K.dropout_mask(rng, (B, T, C), stem["dropout_p"], dtype, xp)   # (B, T, C)
+        return {"params": params, "inputs": inputs, "shape": (B, T, C), "dtype": dtype,
+                "meta": {"eps": stem["eps"], "names": names}}
+
+    @staticmethod
+    def shipped(params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    @staticmethod
+    def forward(inputs: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, dict]:
+        idx = inputs["idx"]
+        b, T = idx.shape
+        C = params["wte"].shape[1]
+        e = params["wte"][idx]                                                  # (b, T, C) a copy
+        e += params["wpe"][:T]
+        if "segments" in inputs:
+            e += params["wse"][inputs["segments"]]
+        x, xhat, rstd = K.layer_norm(e.reshape(b * T, C), params["ln.weight"], params["ln.bias"], meta["eps"])
+        if "drop" in inputs:
+            x *= inputs["drop"].reshape(b * T, C)
+        return x.reshape(b, T, C), {"xhat": xhat, "rstd": rstd, **inputs}
+
+    @staticmethod
+    def backward(gx: Any, saved: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        idx = saved["idx"]
+        b, T = idx.shape
+        C = params["wte"].shape[1]
+        g = gx.reshape(b * T, C)                                                # (N, C)
+        if "drop" in saved:
+            g = g * saved["drop"].reshape(b * T, C)
+        d, dw, db = K.layer_norm_backward(g, saved["xhat"], saved["rstd"], params["ln.weight"], True)
+        wpe = np.zeros_like(params["wpe"])
+        wpe[:T] = d.reshape(b, T, C).sum(axis=0)                                # (T, C)
+        grads = {"wte": K.embedding_grad(idx.reshape(-1), d, params["wte"].shape[0]), "wpe": wpe,
+                 "ln.weight": dw, "ln.bias": db}
+        if "segments" in saved:
+            grads["wse"] = K.embedding_grad(saved["segments"].reshape(-1), d, params["wse"].shape[0])
+        return grads
+
+    @staticmethod
+    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        return [total[n] for n in state["meta"]["names"]]
+
+
+BERT_STEM = _BERTStem()

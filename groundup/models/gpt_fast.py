@@ -395,20 +395,31 @@ class TransformerStack(Function):
     ``head``: a dict (targets, its options, ``n_arrays``: how many of the last inputs are the head's
     arrays, ``impl``: "module:attr" of its protocol, by default the GPT's ``LM_HEAD``): then each chunk
     goes on through the head to its loss where it ran, and the op returns the mean loss (0-d).
+    ``stem``: a dict (its inputs, options, ``n_arrays``: how many of the first inputs are the stem's
+    arrays, which then stand where x would, ``impl``: "module:attr" of its protocol, see ``stem_impl``):
+    each chunk's x is made where the chunk runs (BERT's embeddings), and the op returns the stem
+    arrays' gradients instead of x's.
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
                 eps: float = 1e-5, rope: tuple[Any, Any] | None = None, mask: Any = None, dropout_p: float = 0.0,
                 rng: Any = None, has_bias: bool = True, rope_tables: tuple[Any, Any] | None = None,
-                head: dict[str, Any] | None = None, activation: str = "tanh"):
+                head: dict[str, Any] | None = None, activation: str = "tanh", stem: dict[str, Any] | None = None):
         if activation not in ("tanh", "erf"):
             raise ValueError(f"TransformerStack: activation must be 'tanh' (GELU's tanh form) or 'erf' (exact), "
                              f"got {activation!r}")
         xp = array_module(x)
-        B, T, C = x.shape
         names = PARAM_NAMES if has_bias else PARAM_NAMES[0::2]
         head_arrays = param_arrays[len(param_arrays) - head["n_arrays"]:] if head else ()
         param_arrays = param_arrays[:len(param_arrays) - len(head_arrays)]
+        self.stem, stem_arrays = None, ()
+        if stem:                                                                # x is the stem's first array
+            impl = stem_impl(stem)
+            stem_arrays, param_arrays = (x, *param_arrays)[:stem["n_arrays"]], (x, *param_arrays)[stem["n_arrays"]:]
+            self.stem = dict(impl.setup(stem, stem_arrays, rng, xp), impl=impl)
+            self.stem["saved"] = []
+        B, T, C = x.shape if stem is None else self.stem["shape"]
+        dtype = x.dtype if stem is None else self.stem["dtype"]
         if not param_arrays or len(param_arrays) % len(names):
             raise RuntimeError(f"TransformerStack: expected {len(names)} parameters per block, got {len(param_arrays)}")
         # NOTE: folding costs weight-sized work once per call, and saves row-sized work: it pays from
@@ -426,33 +437,42 @@ class TransformerStack(Function):
         opt = dict(n_head=n_head, pre_norm=pre_norm, fold=fold, eps=eps, rope=tables, has_bias=has_bias,
                    save=any(self.needs_input_grad), dropout_p=dropout_p, activation=activation)
         parts = chunks(B, on_cpu=xp is np)
-        drops = _draw_dropout((B, T, C), opt, len(layers), rng, x.dtype, xp)
-        bias = K.attention_bias(mask, causal and mask is None, T, T, x.dtype, xp)   # (T, T), (B, 1, T, T) or None
+        drops = _draw_dropout((B, T, C), opt, len(layers), rng, dtype, xp)
+        bias = K.attention_bias(mask, causal and mask is None, T, T, dtype, xp)   # (T, T), (B, 1, T, T) or None
         # rows that may see a key: every row under no mask or the causal one; else (B, 1, T) from the mask
         any_key = xp.isfinite(bias).any(axis=-1) if bias is not None and bias.ndim == 4 else True
-        out = xp.empty_like(x)
+        out = xp.empty((B, T, C), dtype=dtype)
+        if self.stem:
+            self.stem["saved"] = [None] * len(parts)
 
         def run(part: slice) -> list[dict[str, Any]]:                           # one chunk through every block
             b, keys = (bias[part], any_key[part]) if bias is not None and bias.ndim == 4 else (bias, any_key)
-            return _chunk_forward(x[part], layers, opt, b, keys, [_chunk_masks(m, part, T) for m in drops], out[part])
+            if self.stem is None:
+                xc = x[part]
+            else:                                                               # the chunk's x, made here
+                xc, self.stem["saved"][parts.index(part)] = self.stem["impl"].forward(
+                    {n: a[part] for n, a in self.stem["inputs"].items()}, self.stem["params"], self.stem["meta"])
+            return _chunk_forward(xc, layers, opt, b, keys, [_chunk_masks(m, part, T) for m in drops], out[part])
 
         self.remote, self.head = None, None
         if head:
             impl = head_impl(head)
-            self.head = dict(impl.setup(head, head_arrays, x.shape), impl=impl)
+            self.head = dict(impl.setup(head, head_arrays, (B, T, C)), impl=impl)
             out2, t, rows = out.reshape(B * T, C), self.head["targets"], [slice(p.start * T, p.stop * T) for p in parts]
 
             def run_head(i: int) -> tuple[float, int, dict[str, Any]]:
                 return impl.forward(out2[rows[i]], self.head["params"], t[rows[i]], self.head["meta"])
         workers = worker_processes() if xp is np and len(parts) > 1 else []
-        requests = _remote_requests(x, layers, opt, bias, any_key, drops, parts, self.head) if workers else None
+        requests = (_remote_requests(x, layers, opt, bias, any_key, drops, parts, self.head, self.stem)
+                    if workers else None)
         if requests is not None and all(w.fits(r) for w, r in zip(workers, requests)):
             # chunks 1.. go to the worker processes, chunk 0 runs here meanwhile
             key = next(_REMOTE_KEYS)
             region = _free_region(workers[0]) if opt["save"] else 2
             meta = {"key": key, "opt": {k: v for k, v in opt.items() if k != "rope"}, "n_layer": len(layers),
                     "param_keys": list(layers[0]), "copy": region == 2,
-                    "head": head and {"impl": self.head["impl"].name, **self.head["meta"]}}
+                    "head": head and {"impl": self.head["impl"].name, **self.head["meta"]},
+                    "stem": stem and {"impl": self.stem["impl"].name, **self.stem["meta"]}}
             split_work()                                                        # the workers use the other cores
             for worker, request in zip(workers, requests):
                 worker.submit(f"{__name__}:_remote_forward", request, meta, region)
@@ -473,10 +493,10 @@ class TransformerStack(Function):
         if head:
             count, total = sum(r[1] for r in head_results), sum(r[0] for r in head_results)
             self.head.update(count=count, saved=[r[2] for r in head_results])
-            out = xp.asarray(total / count if count else float("nan"), dtype=x.dtype)
+            out = xp.asarray(total / count if count else float("nan"), dtype=dtype)
         # NOTE: the parameters are saved too, so that the engine catches an in-place update between
         # this forward and its backward; the engine releases ``saved`` after the backward.
-        self.save_for_backward(*param_arrays, *head_arrays, chunk_saved)
+        self.save_for_backward(*stem_arrays, *param_arrays, *head_arrays, chunk_saved)
         self.layers, self.opt, self.names, self.parts = layers, opt, names, parts
         return out
 
@@ -492,9 +512,14 @@ class TransformerStack(Function):
             def run_head(i: int) -> dict[str, Any]:
                 return head["impl"].backward(scale, head["saved"][i], head["params"], head["meta"], gout2[rows[i]])
         gx = xp.empty_like(gout)
+        stem, stem_grads = self.stem, [None] * len(self.parts)                  # per chunk, summed in order
 
         def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return _chunk_backward(gout[part], saved, self.layers, self.opt, gx[part])
+            grads = _chunk_backward(gout[part], saved, self.layers, self.opt, gx[part])
+            if stem:                                                            # the chunk's gx on into the stem
+                i = self.parts.index(part)
+                stem_grads[i] = stem["impl"].backward(gx[part], stem["saved"][i], stem["params"], stem["meta"])
+            return grads
 
         if self.remote is not None:
             workers, key = self.remote
@@ -510,7 +535,10 @@ class TransformerStack(Function):
                 regions = worker.__dict__.get("gpt_regions", {})
                 for region in [r for r, ref in regions.items() if ref() is self]:
                     del regions[region]                                         # its inputs may be overwritten now
-                gx[part] = res["gx"]
+                if stem:
+                    stem_grads[self.parts.index(part)] = {n[2:]: a for n, a in res.items() if n.startswith("S:")}
+                else:
+                    gx[part] = res["gx"]
                 grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
                                    for i in range(len(self.layers))])
                 if head:
@@ -532,15 +560,21 @@ class TransformerStack(Function):
             return layer_total
 
         total = parallel_map(reduce, range(len(self.layers)))                  # the layers shared out over the threads
-        grads = (gx, *(layer[name] for layer in total for name in self.names))
+        first = (gx,) if not stem else stem["impl"].finish(_sum_dicts(stem_grads), stem)
+        grads = (*first, *(layer[name] for layer in total for name in self.names))
         if not head:
             return grads
-        h_total = head_grads[0]
-        for g in head_grads[1:]:
-            for name, a in g.items():
-                if a is not None:
-                    h_total[name] += a
-        return (*grads, *head["impl"].finish(h_total, head))
+        return (*grads, *head["impl"].finish(_sum_dicts(head_grads), head))
+
+
+def _sum_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chunks' gradients of a head or a stem, summed per name (into the first chunk's arrays)."""
+    total = dicts[0]
+    for g in dicts[1:]:
+        for name, a in g.items():
+            if a is not None:
+                total[name] += a
+    return total
 
 
 def _chunk_forward(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
@@ -645,20 +679,38 @@ def head_impl(head: dict[str, Any]) -> Any:
     return _impl_named(head["impl"]) if head.get("impl") else LM_HEAD
 
 
+def stem_impl(stem: dict[str, Any]) -> Any:
+    """The stem protocol object a ``TransformerStack`` stem dict names (``stem["impl"]``, "module:attr").
+
+    A stem makes each chunk's x where the chunk runs. Its protocol: ``setup(stem, arrays, rng, xp)``
+    once per forward in the calling process (its state: params, inputs (a dict of arrays whose first
+    axis is the batch, cut per chunk), meta, shape (B, T, C), dtype; dropout masks drawn from ``rng``
+    before the blocks' own), ``shipped`` (the params a worker needs), ``forward(inputs, params, meta)``
+    -> (x (b, T, C), saved) and ``backward(gx, saved, params, meta)`` -> gradients per chunk, and
+    ``finish`` (the summed gradients -> one per stem array, in the order they came).
+    """
+    if not stem.get("impl"):
+        raise ValueError("TransformerStack: a stem needs its protocol, stem['impl'] = 'module:attr'")
+    return _impl_named(stem["impl"])
+
+
 def _remote_requests(x: Any, layers: list[dict[str, Any]], opt: dict[str, Any], bias: Any, any_key: Any,
                      drops: list[dict[str, Any]], parts: list[slice], head: dict[str, Any] | None = None,
-                     ) -> list[dict[str, Any]]:
-    """The arrays each worker needs for chunks 1..: its x, every layer's (folded) parameters, the
-    rotary tables, its dropout masks, attention bias and key rows."""
-    T = x.shape[1]
+                     stem: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The arrays each worker needs for chunks 1..: its x (or its stem's inputs and params), every
+    layer's (folded) parameters, the rotary tables, its dropout masks, attention bias and key rows."""
+    T = x.shape[1] if stem is None else stem["shape"][1]
     keys = _FOLDED_KEYS if opt["fold"] else PARAM_NAMES
     shared = {f"L{i}:{name}": params[name] for i, params in enumerate(layers) for name in keys
               if params.get(name) is not None}
     if opt["rope"] is not None:
         shared["rope.cos"], shared["rope.sin"] = opt["rope"]
     requests = []
+    if stem is not None:
+        shared.update((f"S:{name}", a) for name, a in stem["impl"].shipped(stem["params"]).items())
     for part in parts[1:]:
-        request = dict(shared, x=x[part])
+        request = dict(shared, x=x[part]) if stem is None else dict(
+            shared, **{f"SI:{name}": a[part] for name, a in stem["inputs"].items()})
         for i, masks in enumerate(drops):
             for name, m in _chunk_masks(masks, part, T).items():
                 request[f"M{i}:{name}"] = m
@@ -688,7 +740,15 @@ def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[st
         elif kind.startswith("M"):
             masks[int(kind[1:])][rest] = keep(a)
     opt["rope"] = (keep(arrays["rope.cos"]), keep(arrays["rope.sin"])) if "rope.cos" in arrays else None
-    x = np.array(arrays["x"])                                                   # post-norm saves it
+    stem = meta.get("stem")
+    if stem:                                                                    # the chunk's x made here
+        impl = _impl_named(stem["impl"])
+        sparams = {name[2:]: keep(a) for name, a in arrays.items() if name.startswith("S:")}
+        x, ssaved = impl.forward({name[3:]: np.array(a) for name, a in arrays.items() if name.startswith("SI:")},
+                                 sparams, stem)
+        stem = (impl, sparams, ssaved, stem)
+    else:
+        x = np.array(arrays["x"])                                               # post-norm saves it
     out = np.empty_like(x)
     saved = _chunk_forward(x, layers, opt, arrays.get("bias"), arrays.get("any_key", True), masks, out)
     head = meta.get("head")
@@ -698,7 +758,7 @@ def _remote_forward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[st
         nll, count, hsaved = impl.forward(out.reshape(-1, out.shape[-1]), hparams, np.array(arrays["targets"]), head)
         saved = saved + [(impl, hparams, hsaved, head)]
     if opt["save"]:
-        state[meta["key"]] = (layers, opt, saved)
+        state[meta["key"]] = (layers, opt, saved, stem)
         for old in sorted(k for k in state if isinstance(k, int))[:-_REMOTE_KEEP]:
             del state[old]
     return ({}, {"nll": nll, "count": count}) if head else ({"out": out}, {})
@@ -709,7 +769,7 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
     if meta["key"] not in state:
         raise RuntimeError("TransformerStack: this forward's saved chunk was dropped by its worker "
                            f"(it keeps the last {_REMOTE_KEEP}); call backward sooner")
-    layers, opt, saved = state.pop(meta["key"])
+    layers, opt, saved, stem = state.pop(meta["key"])
     opt = dict(opt, alloc=state["alloc"])                                       # NOTE: gradients made in place, no copy
     out = {}
     if "scale" in meta:                                                         # the head's backward first
@@ -720,9 +780,13 @@ def _remote_backward(state: dict[str, Any], arrays: dict[str, Any], meta: dict[s
         out.update((f"H:{name}", g) for name, g in hgrads.items() if g is not None)
     else:
         gout = np.array(arrays["gout"])
-    gx = state["alloc"](gout.shape, gout.dtype)
+    gx = state["alloc"](gout.shape, gout.dtype) if stem is None else np.empty_like(gout)
     grads = _chunk_backward(gout, saved, layers, opt, gx)
-    out["gx"] = gx
+    if stem is None:
+        out["gx"] = gx
+    else:                                                                       # gx on into the stem, here
+        impl, sparams, ssaved, smeta = stem
+        out.update((f"S:{name}", g) for name, g in impl.backward(gx, ssaved, sparams, smeta).items())
     for i, layer in enumerate(grads):
         out.update((f"{i}:{name}", g) for name, g in layer.items() if g is not None)
     return out, {}
