@@ -93,7 +93,12 @@ class Adam(Optimizer):
         # NOTE: two threads pass the GIL around each of an update's ~13 NumPy calls, which costs more
         # than the second core gives until the arrays are large: measured on 2 cores, one thread against
         # two, 448k elements (BERT's default) 1.7 vs 2.0-2.8 ms, 796k (baby GPT) 2.3-2.5 vs 2.6-2.7 ms,
-        # 1.8M 7.8 vs 4.8 ms. Below SHARE_OUT_MIN elements the calling thread does it all.
+        # 1.8M 7.8 vs 4.8 ms (updates alone, their arrays warm in the cache). Inside a training step,
+        # where the update reads arrays the backward has pushed out of the cache, two threads gain
+        # sooner (2026-12-03, the steps taking turns in one process): the baby GPT's 796k elements
+        # 4.94 -> 4.14 and 4.99 -> 3.89 ms, its whole step 60.3 -> 59.5 and 60.8 -> 60.1 ms; BERT's
+        # 448k 2.80 -> 2.67 ms, its step within the noise. Below SHARE_OUT_MIN elements the calling
+        # thread does it all.
         # NOTE: only once the step's work is split (BLAS on one thread since, ``work_is_split``): sharing
         # out here would narrow BLAS between one step's backward and the next step's forward, and a
         # resumed run would then run its first forward on other BLAS threads than the original did.
@@ -216,7 +221,7 @@ class Adam(Optimizer):
 
 
 FLAT_MAX = 1 << 12          # parameters of at most this many elements are updated together, flat (_update_flat)
-SHARE_OUT_MIN = 1 << 20     # parameters' elements from which an update is shared out over the threads (2026-12-02)
+SHARE_OUT_MIN = 1 << 19     # parameters' elements from which an update is shared out over the threads (2026-12-03)
 
 
 def _share_out(items: list[tuple[Tensor, Any]], n: int) -> list[list[tuple[Tensor, Any]]]:
