@@ -12,8 +12,9 @@ and LoRA wraps query and value alone), so each call joins their weights into the
 qkv layout; the join is an ordinary op, so the three get their gradients. ``loss`` takes each chunk's
 labelled rows through the MLM head (ln_f, dense, GELU, ln, decoder) and the loss inside the same op
 (``MLM_HEAD``), so that each worker process does its chunk's share and sends no activations back.
-The embeddings and the classifier are the readable model's own code. A LoRA-wrapped attention, or a
-head that is not the plain MLMHead, runs the readable code.
+The embeddings (wte, wpe, wse, ln_embd, dropout) run per chunk inside the op too (``BERT_STEM``), for
+``loss`` and ``features`` (so ``classify`` and fine-tuning); the classifier is the readable model's
+own code. A LoRA-wrapped attention, or a head that is not the plain MLMHead, runs the readable code.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ class FastBERT(BERT):
     def as_class(self, cls: type[BERT]) -> BERT:
         """This model as a ``BERT`` or ``FastBERT`` (twins with the same parameters), weights copied."""
         return as_twin(self, cls)
+
+    def features(self, idx: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
+        """``BERT.features``, the embeddings made per chunk inside the stack (``BERT_STEM``)."""
+        stem = None
+        if self._blocks_fuse() and array_module(self.wte.weight.data) is np:
+            stem, stem_arrays, key_mask = self._stem(idx, attention_mask, token_type_ids)
+        if stem is None:
+            return super().features(idx, attention_mask, token_type_ids)
+        return self.ln_f(self.encode(None, key_mask, stem=stem, stem_arrays=stem_arrays))   # (B, T, C)
 
     def loss(self, idx: Any, labels: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
         """``BERT.loss``, with the MLM head and the loss fused into the stack (see the module docstring)."""
