@@ -219,8 +219,12 @@ def test_errors_are_clear(cls):
 @pytest.mark.parametrize("norm,bias,rotary,masked,causal", [
     ("pre", True, False, False, True), ("post", False, True, True, True), ("pre", True, True, True, False),
     ("post", True, False, False, False)])
-def test_fused_block_matches_finite_differences(norm, bias, rotary, masked, causal):
-    B, T, C, H = 2, 3, 4, 2
+@pytest.mark.parametrize("complex_rope", [True, False])
+def test_fused_block_matches_finite_differences(monkeypatch, norm, bias, rotary, masked, causal, complex_rope):
+    from groundup.models import gpt_fast
+
+    monkeypatch.setattr(gpt_fast, "COMPLEX_ROPE", complex_rope)        # rotary as a complex multiply, or real
+    B, T, C, H = 2, 3, 8, 2
     shapes = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.qkv.weight": (3 * C, C), "attn.qkv.bias": (3 * C,),
               "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
               "mlp.fc.weight": (4 * C, C), "mlp.fc.bias": (4 * C,), "mlp.proj.weight": (C, 4 * C),

@@ -86,6 +86,26 @@ def test_dropout_draws_the_same_masks_in_both_twins_and_any_chunk_count():
         np.testing.assert_allclose(gc[name], gb[name], rtol=1e-9, atol=1e-13, err_msg=name)
 
 
+@pytest.mark.parametrize("norm,rows", [("pre", 8), ("post", 8), ("pre", 2)])   # 8 rows of 8: folded
+def test_rotary_in_its_real_form_equals_the_readable_model(monkeypatch, norm, rows):
+    """``COMPLEX_ROPE`` off (the form CuPy runs): four real passes instead of the complex multiply,
+    the qkv rows in their own order; the same numbers as the readable model, here and split over the
+    worker processes."""
+    from groundup.models import gpt_fast
+
+    monkeypatch.setattr(gpt_fast, "COMPLEX_ROPE", False)
+    readable, fast = pair(pos_encoding="rotary", norm=norm)
+    idx, targets = tokens((rows, 8)), tokens((rows, 8), seed=3)
+    la, xa, ga = loss_and_grads(readable, idx, targets)
+    for threads in (1, 2):
+        with parallel.cpu_threads(threads):
+            lb, xb, gb = loss_and_grads(fast, idx, targets)
+        assert abs(la - lb) <= 1e-9 * abs(la)
+        np.testing.assert_allclose(xb, xa, rtol=1e-9, atol=1e-12)
+        for name in ga:
+            np.testing.assert_allclose(gb[name], ga[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 def test_float32_twins_agree():
     gu.manual_seed(0)
     readable = GPT(GPTConfig.preset("baby", vocab_size=65, n_layer=2))
