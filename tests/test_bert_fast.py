@@ -127,6 +127,15 @@ def test_embeddings_in_each_chunk_equal_the_readable_ones(type_vocab_size):
     _assert_same(readable, fast, batch)                                     # and in one pass
 
 
+def test_embedding_dropout_of_its_own_equals_readable():
+    """The embeddings' Dropout set apart from the blocks' (here on, the blocks' off): the stem draws
+    its mask as the readable model does."""
+    readable, fast = _pair(dropout=0.0)
+    for model in (readable, fast):
+        model.dropout.p = 0.3
+    _assert_same(readable, fast, _batch(rows=4, seed=6), threads=2)
+
+
 def test_classification_training_equals_readable():
     """``classify`` (fine-tuning) runs the stem and the blocks fused: its loss and every gradient equal
     the readable model's, dropout and segments included, split over a worker and in one pass."""

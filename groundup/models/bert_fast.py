@@ -134,10 +134,11 @@ class FastBERT(BERT):
         B, T = x.shape[:2] if stem is None else stem["idx"].shape
         mask = None if key_mask is None else array_module(first[0].data).broadcast_to(key_mask, (B, 1, T, T))
         p = cfg.dropout if self.training else 0.0
+        drawn = p > 0 or (stem is not None and stem["dropout_p"] > 0)         # the stem's own p: its Dropout's
         return TransformerStack.apply(
             *first, *params, *head_arrays, head=head, stem=stem, n_head=cfg.n_head, causal=False,
             pre_norm=cfg.norm == "pre", eps=cfg.layer_norm_eps, mask=mask, dropout_p=p,
-            rng=random.generator() if p > 0 else None, has_bias=True,
+            rng=random.generator() if drawn else None, has_bias=True,
             activation="erf" if cfg.activation == "gelu" else "tanh")          # (B, T, C)
 
 
