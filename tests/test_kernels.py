@@ -88,6 +88,19 @@ def test_gelu_erf_float64_is_exact():
     np.testing.assert_allclose(slope, want_slope, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("kernel", ["gelu_erf_with_slope", "gelu_tanh_with_slope"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_slope_written_over_its_input_is_the_same_slope(kernel, dtype):
+    fn = getattr(K, kernel)
+    x = (np.random.default_rng(5).standard_normal((33, 17)) * 3).astype(dtype)
+    y, slope = fn(x.copy())
+    f = x.copy()
+    y2, slope2 = fn(f, rows=5, slope_into_f=True)
+    assert np.shares_memory(slope2, f)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(slope2, slope)
+
+
 def test_gelu_erf_blocks_do_not_change_the_result():
     x = (np.random.default_rng(4).standard_normal((2, 11, 9)) * 3).astype(np.float32)
     y, slope = K.gelu_erf_with_slope(x)

@@ -191,7 +191,8 @@ class _MLMHead:
         if meta["pre"]:
             h_in, saved["rstd_f"] = K.layer_norm_stats(h_in, meta["eps_f"])      # ln_f's xhat
         h = K.linear(h_in, params["dense.folded"], params["dense.folded_bias"])  # (m, C)
-        g, slope = K.gelu_erf_with_slope(h) if meta["activation"] == "erf" else K.gelu_tanh_with_slope(h)
+        gelu = K.gelu_erf_with_slope if meta["activation"] == "erf" else K.gelu_tanh_with_slope
+        g, slope = gelu(h, slope_into_f=True)                                   # h is spent: its slope there
         ghat, rstd = K.layer_norm_stats(g, meta["eps"])                         # (m, C)
         logits = K.linear(ghat, params["decoder.folded"], params["decoder.folded_bias"])   # (m, V)
         t = targets[rows]

@@ -298,9 +298,9 @@ def _block_forward(x: Any, params: dict[str, Any], opt: dict[str, Any], bias: An
         h2 = r1
         f = K.linear(h2, params["mlp.fc.weight"], params["mlp.fc.bias"])       # (N, 4C)
     if opt.get("activation", "tanh") == "erf":                                  # exact GELU (BERT)
-        g, slope = K.gelu_erf_with_slope(f)
+        g, slope = K.gelu_erf_with_slope(f, slope_into_f=True)                 # f is spent: its slope there
     else:                                                                       # GPT-2's tanh approximation
-        g, slope = K.gelu_tanh_with_slope(f) if opt["save"] else (K.gelu_tanh(f), None)
+        g, slope = K.gelu_tanh_with_slope(f, slope_into_f=True) if opt["save"] else (K.gelu_tanh(f), None)
     del f
     m = K.linear(g, params["mlp.proj.weight"], params["mlp.proj.bias"])         # (N, C)
     if "resid2" in drops:
