@@ -54,6 +54,19 @@ def test_chunks_in_worker_processes_agree_with_the_readable_model(norm, bias, pa
     _compare(readable, fast, idx, targets, mask, n_threads=3)
 
 
+@pytest.mark.parametrize("pos,dropout,threads", [("learned", 0.2, 2), ("sinusoidal", 0.0, 3), ("none", 0.2, 2),
+                                                  ("learned", 0.0, 3)])
+def test_embeddings_made_in_each_chunk_agree_with_the_readable_model(pos, dropout, threads):
+    """With worker processes the stack makes each chunk's embeddings where the chunk runs (``GPT_STEM``:
+    wte, wpe or the sinusoid table, dropout): the readable model's loss and every gradient, wpe's too."""
+    readable, fast = pair(pos_encoding=pos, dropout=dropout)
+    idx, targets = tokens((7, 8)), tokens((7, 8), seed=4)
+    mask = np.ones((7, 8), bool)
+    mask[2, 5:] = False
+    targets = np.where(mask, targets, -100)
+    _compare(readable, fast, idx, targets, mask, n_threads=threads)
+
+
 def test_worker_processes_start_inside_the_context_and_stop_on_exit():
     if not parallel.worker_processes.__module__ or not hasattr(__import__("os"), "fork"):
         pytest.skip("no fork")

@@ -33,6 +33,7 @@ from groundup import random
 from groundup.backend import array_module
 from groundup.function import Function
 from groundup.models.gpt import GPT
+from groundup.models.shared import check_token_ids
 from groundup.ops import kernels as K
 from groundup.parallel import chunks, parallel_map, split_work, worker_processes
 from groundup.tensor import Tensor
@@ -59,18 +60,23 @@ class FastGPT(GPT):
     def run_with_cache(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self.hooks({})
 
-    def stack(self, x: Tensor, mask: Tensor | None, head: dict[str, Any] | None = None,
-              head_arrays: list[Tensor] = ()) -> Tensor:
+    def stack(self, x: Tensor | None, mask: Tensor | None, head: dict[str, Any] | None = None,
+              head_arrays: list[Tensor] = (), stem: dict[str, Any] | None = None,
+              stem_arrays: list[Tensor] = ()) -> Tensor:
         """Every block at once: x (B, T, C) -> (B, T, C); ``for block in self.blocks: x = block(x, mask)``.
-        With ``head`` (see ``TransformerStack``): the mean loss of ln_f, lm_head after them."""
+        With ``head`` (see ``TransformerStack``): the mean loss of ln_f, lm_head after them; with ``stem``
+        (x None): the embeddings before them, made per chunk (``GPT_STEM``)."""
         cfg = self.cfg
         params = [p for block in self.blocks for p in _block_parameters(block, cfg.bias)]
-        tables = self._rope_tables(x.shape[1], x.dtype) if cfg.pos_encoding == "rotary" else None
+        first = [x] if stem is None else list(stem_arrays)
+        T = x.shape[1] if stem is None else stem["idx"].shape[1]
+        tables = self._rope_tables(T, first[0].dtype) if cfg.pos_encoding == "rotary" else None
         p = cfg.dropout if self.training else 0.0
         return TransformerStack.apply(
-            x, *params, *head_arrays, head=head, n_head=cfg.n_head, causal=cfg.causal, pre_norm=cfg.norm == "pre",
-            eps=self.blocks[0].ln_1.eps, rope_tables=tables, mask=None if mask is None else mask.data, dropout_p=p,
-            rng=random.generator() if p > 0 else None, has_bias=cfg.bias)      # (B, T, C)
+            *first, *params, *head_arrays, head=head, stem=stem, n_head=cfg.n_head, causal=cfg.causal,
+            pre_norm=cfg.norm == "pre", eps=self.blocks[0].ln_1.eps, rope_tables=tables,
+            mask=None if mask is None else mask.data, dropout_p=p, rng=random.generator() if p > 0 else None,
+            has_bias=cfg.bias)                                                  # (B, T, C)
 
     def _rope_tables(self, T: int, dtype: Any) -> tuple[Any, Any]:
         """The rotary tables of ``TransformerStack`` for T positions, kept while the rotary buffers stay."""
@@ -107,13 +113,28 @@ class FastGPT(GPT):
     def _loss_in_workers(self, idx: Any, t: Any, attention_mask: Any) -> Tensor | None:
         """The stack, ln_f, lm_head and the loss as one op when its chunks go to worker processes (each
         then takes its chunk through the head too: no stack output to send back); else None."""
-        x, mask = self.embed(idx, attention_mask)                               # (B, T, C)
-        if array_module(x.data) is not np or len(chunks(x.shape[0])) < 2 or not worker_processes():
-            return self.stack(x, mask), None
+        ids = np.shape(idx.data if isinstance(idx, Tensor) else idx)
+        if (array_module(self.wte.weight.data) is not np or len(ids) != 2 or len(chunks(ids[0])) < 2
+                or not worker_processes()):
+            return self.stack(*self.embed(idx, attention_mask)), None
+        stem, stem_arrays, mask = self._stem(idx, attention_mask)
         ln = [self.ln_f.weight] + ([self.ln_f.bias] if self.ln_f.bias is not None else [])
         head = dict(targets=np.asarray(t), eps=self.ln_f.eps, has_bias=self.ln_f.bias is not None,
                     n_arrays=len(ln) + 1)
-        return None, self.stack(x, mask, head=head, head_arrays=[*ln, self.lm_head.weight])
+        return None, self.stack(None, mask, head=head, head_arrays=[*ln, self.lm_head.weight], stem=stem,
+                                stem_arrays=stem_arrays)
+
+    def _stem(self, idx: Any, attention_mask: Any) -> tuple[dict[str, Any], list[Tensor], Tensor | None]:
+        """``embed`` as the stack's stem (``GPT_STEM``): (the stem dict, its arrays, the attention mask),
+        the ids checked as ``embed`` checks them."""
+        cfg = self.cfg
+        ids = np.asarray(check_token_ids(idx, type(self).__name__, "idx", cfg.block_size, cfg.vocab_size))
+        B, T = ids.shape
+        arrays = [self.wte.weight] + ([self.wpe.weight] if cfg.pos_encoding == "learned" else [])
+        table = self.wpe_table.pe.data[:T].astype(self.wte.weight.dtype) if cfg.pos_encoding == "sinusoidal" else None
+        stem = dict(impl=GPT_STEM.name, idx=ids, table=table, dropout_p=cfg.dropout if self.training else 0.0,
+                    n_arrays=len(arrays))
+        return stem, arrays, self._attention_mask(attention_mask, B, T, np)
 
 
 def _block_parameters(block: Any, bias: bool) -> list[Tensor]:
@@ -721,6 +742,65 @@ class _LMHead:
 
 
 LM_HEAD = _LMHead()
+
+
+class _GPTStem:
+    """``TransformerStack``'s GPT stem (the protocol of ``stem_impl``): a chunk's token ids (b, T) ->
+    wte(idx) [+ wpe(0..T-1) | + the sinusoid table] -> dropout, the blocks' input x.
+
+    Backward: wte's gradient is gx (times the dropout mask) summed per id (``K.embedding_grad``),
+    wpe's its sum over the chunk's sequences, in its first T rows.
+    """
+
+    name = f"{__name__}:GPT_STEM"
+
+    @staticmethod
+    def setup(stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
+        names = ("wte", "wpe")[:len(arrays)]
+        params = dict(zip(names, arrays))
+        (B, T), (_, C), dtype = stem["idx"].shape, params["wte"].shape, params["wte"].dtype
+        inputs = {"idx": stem["idx"]}
+        if stem["dropout_p"] > 0:                                               # drawn before the blocks' masks
+            inputs["drop"] = K.dropout_mask(rng, (B, T, C), stem["dropout_p"], dtype, xp)   # (B, T, C)
+        if stem["table"] is not None:
+            params["table"] = stem["table"]                                     # (T, C), no gradient
+        return {"params": params, "inputs": inputs, "shape": (B, T, C), "dtype": dtype, "meta": {"names": names}}
+
+    @staticmethod
+    def shipped(params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    @staticmethod
+    def forward(inputs: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, dict]:
+        idx = inputs["idx"]
+        T = idx.shape[1]
+        x = params["wte"][idx]                                                  # (b, T, C) a copy
+        if "wpe" in params:
+            x += params["wpe"][:T]
+        if "table" in params:
+            x += params["table"]
+        if "drop" in inputs:
+            x *= inputs["drop"]
+        return x, inputs
+
+    @staticmethod
+    def backward(gx: Any, saved: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        idx = saved["idx"]
+        b, T = idx.shape
+        C = params["wte"].shape[1]
+        g = gx * saved["drop"] if "drop" in saved else gx                      # (b, T, C)
+        grads = {"wte": K.embedding_grad(idx.reshape(-1), g.reshape(b * T, C), params["wte"].shape[0])}
+        if "wpe" in params:
+            grads["wpe"] = np.zeros_like(params["wpe"])
+            grads["wpe"][:T] = g.sum(axis=0)                                    # (T, C)
+        return grads
+
+    @staticmethod
+    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        return [total[n] for n in state["meta"]["names"]]
+
+
+GPT_STEM = _GPTStem()
 
 
 def _impl_named(name: str) -> Any:
