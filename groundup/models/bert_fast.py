@@ -27,7 +27,7 @@ from groundup import random
 from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
-from groundup.models.gpt_fast import TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
+from groundup.models.gpt_fast import EmbeddingStem, TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
 from groundup.models.shared import as_twin, check_token_ids
 from groundup.nn.hooks import HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
@@ -237,7 +237,7 @@ MLM_HEAD = _MLMHead()
 
 
 # ----------------------------------------------------------------------------- the embeddings, fused
-class _BERTStem:
+class _BERTStem(EmbeddingStem):
     """``TransformerStack``'s BERT stem (the protocol of ``gpt_fast.stem_impl``): a chunk's token ids
     (b, T) -> wte(idx) + wpe(0..T-1) [+ wse(segments)] -> ln_embd -> dropout, the blocks' input x.
 
@@ -247,21 +247,11 @@ class _BERTStem:
 
     name = f"{__name__}:BERT_STEM"
 
-    @staticmethod
-    def setup(stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
+    @classmethod
+    def setup(cls, stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
         names = ("wte", "wpe") + (("wse",) if stem["segments"] is not None else ()) + ("ln.weight", "ln.bias")
-        params = dict(zip(names, arrays))
-        idx = stem["idx"]
-        (B, T), (_, C), dtype = idx.shape, params["wte"].shape, params["wte"].dtype
-        inputs = {"idx": idx} if stem["segments"] is None else {"idx": idx, "segments": stem["segments"]}
-        if stem["dropout_p"] > 0:                                               # drawn before the blocks' masks
-            inputs["drop"] = K.dropout_mask(rng, (B, T, C), stem["dropout_p"], dtype, xp)   # (B, T, C)
-        return {"params": params, "inputs": inputs, "shape": (B, T, C), "dtype": dtype,
-                "meta": {"eps": stem["eps"], "names": names}}
-
-    @staticmethod
-    def shipped(params: dict[str, Any]) -> dict[str, Any]:
-        return params
+        extra = {} if stem["segments"] is None else {"segments": stem["segments"]}
+        return cls.state(stem, dict(zip(names, arrays)), names, rng, xp, **extra)
 
     @staticmethod
     def forward(inputs: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, dict]:
@@ -293,10 +283,6 @@ class _BERTStem:
         if "segments" in saved:
             grads["wse"] = K.embedding_grad(saved["segments"].reshape(-1), d, params["wse"].shape[0])
         return grads
-
-    @staticmethod
-    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
-        return [total[n] for n in state["meta"]["names"]]
 
 
 BERT_STEM = _BERTStem()

@@ -744,7 +744,31 @@ class _LMHead:
 LM_HEAD = _LMHead()
 
 
-class _GPTStem:
+class EmbeddingStem:
+    """What the embedding stems share (``stem_impl``'s protocol): the state ``setup`` returns, with the
+    token ids (and the dropout mask, drawn before the blocks' masks) as the per-chunk inputs; every
+    param shipped to the workers; the gradients returned in the order of ``meta["names"]``."""
+
+    @staticmethod
+    def state(stem: dict[str, Any], params: dict[str, Any], names: tuple[str, ...], rng: Any, xp: Any,
+              **extra: Any) -> dict[str, Any]:
+        (B, T), (_, C), dtype = stem["idx"].shape, params["wte"].shape, params["wte"].dtype
+        inputs = {"idx": stem["idx"], **extra}
+        if stem["dropout_p"] > 0:                                               # drawn before the blocks' masks
+            inputs["drop"] = K.dropout_mask(rng, (B, T, C), stem["dropout_p"], dtype, xp)   # (B, T, C)
+        return {"params": params, "inputs": inputs, "shape": (B, T, C), "dtype": dtype,
+                "meta": {"names": names, **{k: stem[k] for k in ("eps",) if k in stem}}}
+
+    @staticmethod
+    def shipped(params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    @staticmethod
+    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
+        return [total[n] for n in state["meta"]["names"]]
+
+
+class _GPTStem(EmbeddingStem):
     """``TransformerStack``'s GPT stem (the protocol of ``stem_impl``): a chunk's token ids (b, T) ->
     wte(idx) [+ wpe(0..T-1) | + the sinusoid table] -> dropout, the blocks' input x.
 
@@ -754,21 +778,13 @@ class _GPTStem:
 
     name = f"{__name__}:GPT_STEM"
 
-    @staticmethod
-    def setup(stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
+    @classmethod
+    def setup(cls, stem: dict[str, Any], arrays: tuple[Any, ...], rng: Any, xp: Any) -> dict[str, Any]:
         names = ("wte", "wpe")[:len(arrays)]
         params = dict(zip(names, arrays))
-        (B, T), (_, C), dtype = stem["idx"].shape, params["wte"].shape, params["wte"].dtype
-        inputs = {"idx": stem["idx"]}
-        if stem["dropout_p"] > 0:                                               # drawn before the blocks' masks
-            inputs["drop"] = K.dropout_mask(rng, (B, T, C), stem["dropout_p"], dtype, xp)   # (B, T, C)
         if stem["table"] is not None:
             params["table"] = stem["table"]                                     # (T, C), no gradient
-        return {"params": params, "inputs": inputs, "shape": (B, T, C), "dtype": dtype, "meta": {"names": names}}
-
-    @staticmethod
-    def shipped(params: dict[str, Any]) -> dict[str, Any]:
-        return params
+        return cls.state(stem, params, names, rng, xp)
 
     @staticmethod
     def forward(inputs: dict[str, Any], params: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, dict]:
@@ -794,10 +810,6 @@ class _GPTStem:
             grads["wpe"] = np.zeros_like(params["wpe"])
             grads["wpe"][:T] = g.sum(axis=0)                                    # (T, C)
         return grads
-
-    @staticmethod
-    def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
-        return [total[n] for n in state["meta"]["names"]]
 
 
 GPT_STEM = _GPTStem()
