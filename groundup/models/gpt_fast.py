@@ -12,6 +12,8 @@ their gradient. Here the forward and backward of the whole stack are written ove
 through every block, forward and then backward, so a step waits for the others twice instead of
 twice per block: chunk 0 in the calling thread, the others in the context's worker processes (where
 the platform forks; else in its threads). Outside that context everything runs in the calling thread.
+With worker processes each chunk also makes its own embeddings first (``GPT_STEM``) and goes on
+through ln_f, lm_head and the loss after (``LM_HEAD``), so that no activations travel between them.
 
     pre-norm:   x = x + drop(proj(attention(ln_1(x))));   x = x + drop(mlp(ln_2(x)))
     post-norm:  x = ln_1(x + drop(proj(attention(x))));   x = ln_2(x + drop(mlp(x)))
