@@ -227,7 +227,8 @@ COMPLEX_ROPE = True           # rotary as one complex multiply on NumPy (``_comp
 
 def _complex_rope(cos_t: Any, sin_t: Any) -> tuple[Any, Any] | None:
     """The tables of ``_rope_tables`` as complex numbers, (T, 2, H, D / 2) and their conjugates, or None
-    where the two halves of cos do not match (rotary's tables always match).
+    where the two halves of cos do not match (rotary's tables always match) or the dtype has no
+    complex twin (float16).
 
     Rotary turns each pair (x_d, x_{d + D/2}) by an angle: as the complex number x_d + i x_{d + D/2},
     a multiply by cos + i sin. With q's and k's features interleaved per head (``_interleaved_rows``:
@@ -238,6 +239,8 @@ def _complex_rope(cos_t: Any, sin_t: Any) -> tuple[Any, Any] | None:
     NOTE: measured (2026-12-03, baby GPT's (6, 64, 2, 4, 32)): rotate 163 -> 41 us, adjoint 256 -> 41 us.
     """
     half = cos_t.shape[-1] // 2
+    if cos_t.dtype not in (np.float32, np.float64) or cos_t.shape[-1] % 2:      # complex64 / complex128 views
+        return None
     if not (np.array_equal(cos_t[..., :half], cos_t[..., half:])
             and np.array_equal(sin_t[..., :half], -sin_t[..., half:])):
         return None
