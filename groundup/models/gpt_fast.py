@@ -465,8 +465,8 @@ class TransformerStack(Function):
     goes on through the head to its loss where it ran, and the op returns the mean loss (0-d).
     ``stem``: a dict (its inputs, options, ``n_arrays``: how many of the first inputs are the stem's
     arrays, which then stand where x would, ``impl``: "module:attr" of its protocol, see ``stem_impl``):
-    each chunk's x is made where the chunk runs (BERT's embeddings), and the op returns the stem
-    arrays' gradients instead of x's.
+    each chunk's x is made where the chunk runs (the embeddings: ``GPT_STEM``, ``bert_fast.BERT_STEM``),
+    and the op returns the stem arrays' gradients instead of x's.
     """
 
     def forward(self, x, *param_arrays, n_head: int = 1, causal: bool = True, pre_norm: bool = True,
