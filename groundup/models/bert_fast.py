@@ -122,6 +122,9 @@ class FastBERT(BERT):
         cfg = self.cfg
         params: list[Tensor] = []
         if not self._blocks_fuse():
+            if stem is not None:
+                raise ValueError("FastBERT.encode: the embeddings as a stem need the fused blocks "
+                                 "(query, key and value plain Linear layers, no LoRA); call embed() first")
             return super().encode(x, key_mask)                                  # e.g. LoRA on query, value
         first = [x] if stem is None else list(stem_arrays)
         for block in self.blocks:
