@@ -520,12 +520,13 @@ class TransformerStack(Function):
         if self.stem:
             self.stem["saved"] = [None] * len(parts)
 
-        def run(part: slice) -> list[dict[str, Any]]:                           # one chunk through every block
+        def run(c: int) -> list[dict[str, Any]]:                                # chunk c through every block
+            part = parts[c]
             b, keys = (bias[part], any_key[part]) if bias is not None and bias.ndim == 4 else (bias, any_key)
             if self.stem is None:
                 xc = x[part]
             else:                                                               # the chunk's x, made here
-                xc, self.stem["saved"][parts.index(part)] = self.stem["impl"].forward(
+                xc, self.stem["saved"][c] = self.stem["impl"].forward(
                     {n: a[part] for n, a in self.stem["inputs"].items()}, self.stem["params"], self.stem["meta"])
             return _chunk_forward(xc, layers, opt, b, keys, [_chunk_masks(m, part, T) for m in drops], out[part])
 
@@ -554,7 +555,7 @@ class TransformerStack(Function):
                 worker.submit(f"{__name__}:_remote_forward", request, meta, region)
                 if region < 2:
                     worker.__dict__.setdefault("gpt_regions", {})[region] = weakref.ref(self)
-            chunk_saved = [run(parts[0])] + [None] * len(requests)
+            chunk_saved = [run(0)] + [None] * len(requests)
             head_results = [run_head(0)] if head else []
             for worker, part in zip(workers, parts[1:]):
                 res, res_meta = worker.result()
@@ -564,7 +565,7 @@ class TransformerStack(Function):
                     out[part] = res["out"]
             self.remote = (workers, key) if opt["save"] else None
         else:
-            chunk_saved = parallel_map(run, parts)
+            chunk_saved = parallel_map(run, range(len(parts)))
             head_results = parallel_map(run_head, range(len(parts))) if head else []
         if head:
             count, total = sum(r[1] for r in head_results), sum(r[0] for r in head_results)
@@ -590,11 +591,11 @@ class TransformerStack(Function):
         gx = xp.empty_like(gout)
         stem, stem_grads = self.stem, [None] * len(self.parts)                  # per chunk, summed in order
 
-        def run(part: slice, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        def run(c: int, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:   # chunk c, last block to first
+            part = self.parts[c]
             grads = _chunk_backward(gout[part], saved, self.layers, self.opt, gx[part])
             if stem:                                                            # the chunk's gx on into the stem
-                i = self.parts.index(part)
-                stem_grads[i] = stem["impl"].backward(gx[part], stem["saved"][i], stem["params"], stem["meta"])
+                stem_grads[c] = stem["impl"].backward(gx[part], stem["saved"][c], stem["params"], stem["meta"])
             return grads
 
         if self.remote is not None:
@@ -605,14 +606,14 @@ class TransformerStack(Function):
                 worker.submit(f"{__name__}:_remote_backward", request, meta, 2)
             if head:
                 head_grads.append(run_head(0))
-            grads_list = [run(self.parts[0], self.saved[-1][0])]
-            for worker, part in zip(workers, self.parts[1:]):
+            grads_list = [run(0, self.saved[-1][0])]
+            for c, (worker, part) in enumerate(zip(workers, self.parts[1:]), start=1):
                 res = worker.result()[0]                                        # views, valid until its next call
                 regions = worker.__dict__.get("gpt_regions", {})
                 for region in [r for r, ref in regions.items() if ref() is self]:
                     del regions[region]                                         # its inputs may be overwritten now
                 if stem:
-                    stem_grads[self.parts.index(part)] = {n[2:]: a for n, a in res.items() if n.startswith("S:")}
+                    stem_grads[c] = {n[2:]: a for n, a in res.items() if n.startswith("S:")}
                 else:
                     gx[part] = res["gx"]
                 grads_list.append([{name: res.get(f"{i}:{name}") for name in PARAM_NAMES}
@@ -622,7 +623,7 @@ class TransformerStack(Function):
         else:
             if head:
                 head_grads = parallel_map(run_head, range(len(self.parts)))
-            grads_list = parallel_map(run, self.parts, self.saved[-1])
+            grads_list = parallel_map(run, range(len(self.parts)), self.saved[-1])
 
         def reduce(i: int) -> dict[str, Any]:                                   # layer i: the chunks' sum, unfolded
             layer_total = grads_list[0][i]
