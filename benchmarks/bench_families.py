@@ -449,11 +449,11 @@ def time_contest(contest: Contest, iters: int, warmup: int, advance: Callable[[]
     return result
 
 
-def _gpt_family(iters: int, warmup: int, memory: bool) -> dict[str, Any]:
+def _gpt_family(iters: int, warmup: int, memory: bool, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
     """The baby GPT row, from benchmarks/bench_gpt.py (FastGPT against PyTorch with SDPA)."""
     import bench_gpt
 
-    train = bench_gpt.bench_training("baby", iters, None, warmup, readable=False)
+    train = bench_gpt.bench_training("baby", iters, None, warmup, readable=False, torch_threads=torch_threads)
     result: dict[str, Any] = {"iters": iters, "warmup": warmup, "unit": "tokens",
                               "tokens_per_step": train["tokens_per_step"], "description":
                               "baby GPT 4 layers, 4 heads, 128 dims, context 64, batch 12, AdamW, clip 1 "
@@ -553,7 +553,8 @@ def load_warning(load: float, cores: int | None, others: float | None = None) ->
 
 
 def run(families: Sequence[str], iters: int | None = None, warmup: int | None = None, memory: bool = True,
-        progress: bool = True, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
+        progress: bool = True, torch_threads: int = TORCH_THREADS,
+        groundup_threads: int | None = None) -> dict[str, Any]:
     """Benchmark each family in turn; returns the JSON record (see ``format_table``).
 
     Args:
@@ -562,6 +563,7 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
         memory: run the peak-RSS probes (two subprocesses per family).
         progress: a rich progress bar on stderr (when it is a terminal).
         torch_threads: PyTorch's intra-op threads (2, as BENCHMARKS.md; 1 shows the single-core race).
+        groundup_threads: ``cpu_threads``'s n for groundup (None: the usable cores, as the Trainer).
     """
     import torch
 
@@ -582,11 +584,11 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
     with _progress(progress) as bar:
         for family in families:
             n = plan[family]
-            rounds = 2 if family in DP_FAMILIES else 1
+            rounds = 2 if family in DP_FAMILIES and groundup_threads != 1 else 1
             task = bar.add_task(f"{family:<12}", total=(warm + n) * rounds) if bar else None
             load_before, cpu_before, wall_before = machine_load(), cpu_seconds(), time.perf_counter()
             try:
-                result = _time_family(family, n, warm, bar, task, torch, torch_threads, record)
+                result = _time_family(family, n, warm, bar, task, torch, torch_threads, record, groundup_threads)
             except Exception as err:  # noqa: BLE001 - one broken family must not lose the others' figures
                 torch.set_num_threads(torch_threads)
                 record["families"][family] = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"}
@@ -608,13 +610,14 @@ def run(families: Sequence[str], iters: int | None = None, warmup: int | None = 
 
 
 def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, warmup: int | None = None,
-                 memory: bool = True, progress: bool = True, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
+                 memory: bool = True, progress: bool = True, torch_threads: int = TORCH_THREADS,
+                 groundup_threads: int | None = None) -> dict[str, Any]:
     """``run`` ``runs`` times in a row; each family's row is its median run (by ratio), with every run's
     ratio in ``ratio_runs`` (the memory probes run in the first run only). One run returns ``run``'s record."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    records = [run(families, iters, warmup, memory=memory and i == 0, progress=progress, torch_threads=torch_threads)
-               for i in range(runs)]
+    records = [run(families, iters, warmup, memory=memory and i == 0, progress=progress, torch_threads=torch_threads,
+                   groundup_threads=groundup_threads) for i in range(runs)]
     if runs == 1:
         return records[0]
     combined: dict[str, Any] = {**records[0], "runs": runs, "families": {}}
@@ -645,19 +648,20 @@ def run_repeated(families: Sequence[str], runs: int, iters: int | None = None, w
 
 
 def _time_family(family: str, n: int, warm: int, bar: Any, task: Any, torch: Any, torch_threads: int,
-                 record: dict[str, Any]) -> dict[str, Any]:
+                 record: dict[str, Any], groundup_threads: int | None = None) -> dict[str, Any]:
     """One family's timed rounds inside the roadmap's and the Trainer's CPU setup."""
     from groundup.parallel import cpu_threads, num_threads
 
-    with cpu_threads():
+    with cpu_threads(groundup_threads):
         record["machine"]["groundup_threads"] = num_threads()
         if family == "gpt":
-            result = _gpt_family(n, warm, memory=False)
-            torch.set_num_threads(torch_threads)     # bench_gpt sets its own 2 threads
+            result = _gpt_family(n, warm, memory=False, torch_threads=torch_threads)
+            torch.set_num_threads(torch_threads)
             if bar:
                 bar.update(task, completed=warm + n)
             return result
-        which = ("groundup", "groundup_dp", "torch") if family in DP_FAMILIES else ("groundup", "torch")
+        dp = family in DP_FAMILIES and num_threads() > 1               # one thread: no worker to split over
+        which = ("groundup", "groundup_dp", "torch") if dp else ("groundup", "torch")
         contest = BUILDERS[family](warm + n, which)
         tick = (lambda: bar.advance(task)) if bar else (lambda: None)
         result = time_contest(contest, n, warm, tick, names=("groundup", "torch"))

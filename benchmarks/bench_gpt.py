@@ -39,6 +39,7 @@ import bench_machine  # noqa: E402 - beside this file
 
 DEFAULT_ITERS = {"baby": 40, "small": 3}
 DEFAULT_WARMUP = {"baby": 3, "small": 1}
+TORCH_THREADS = 2                               # torch.set_num_threads(2) on the 2-core machine
 VOCAB = 65  # Tiny Shakespeare's characters
 
 
@@ -58,7 +59,8 @@ def _train_config(preset: str, batch_size: int | None):
     return TrainConfig(**values)
 
 
-def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("groundup", "torch")) -> dict[str, Any]:
+def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("groundup", "torch"),
+          torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
     """The models, optimizers and step functions of each contender, from the same initial weights.
 
     ``groundup`` is the fused twin (``FastGPT``, what ``groundup train`` runs); ``readable`` is the
@@ -77,9 +79,9 @@ def build(preset: str, batch_size: int | None, which: tuple[str, ...] = ("ground
     if "readable" in which:
         out["readable"] = _groundup_step(model.as_class(GPT), tcfg)
     if "torch" in which:                          # PyTorch at its best: F.scaled_dot_product_attention
-        out.update(_torch_contender(model, cfg, tcfg, sdpa=True, name="torch"))
+        out.update(_torch_contender(model, cfg, tcfg, sdpa=True, name="torch", threads=torch_threads))
     if "torch_explicit" in which:                 # and with attention written out (q k^T, mask, softmax)
-        out.update(_torch_contender(model, cfg, tcfg, sdpa=False, name="torch_explicit"))
+        out.update(_torch_contender(model, cfg, tcfg, sdpa=False, name="torch_explicit", threads=torch_threads))
     return out
 
 
@@ -108,12 +110,12 @@ def _groundup_step(model: Any, tcfg: Any) -> Any:
     return gu_step
 
 
-def _torch_contender(model: Any, cfg: Any, tcfg: Any, sdpa: bool, name: str) -> dict[str, Any]:
+def _torch_contender(model: Any, cfg: Any, tcfg: Any, sdpa: bool, name: str, threads: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     import torch
     from torch_gpt import TorchGPT
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     ref = TorchGPT(cfg, sdpa=sdpa)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     decay = [p for p in ref.parameters() if p.ndim >= 2]
@@ -165,8 +167,9 @@ TURN = 3                                        # steps per contender per turn (
 
 
 def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
-                   readable: bool = True) -> dict[str, Any]:
-    built = build(preset, batch_size, ("groundup", "torch", "torch_explicit") + (("readable",) if readable else ()))
+                   readable: bool = True, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
+    built = build(preset, batch_size, ("groundup", "torch", "torch_explicit") + (("readable",) if readable else ()),
+                  torch_threads)
     cfg, tcfg = built["cfg"], built["tcfg"]
     B, T = tcfg.batch_size, cfg.block_size
     rng = np.random.default_rng(0)
@@ -210,10 +213,10 @@ def bench_training(preset: str, iters: int, batch_size: int | None, warmup: int,
     return result
 
 
-def bench_generation(preset: str, tokens: int, rounds: int) -> dict[str, Any]:
+def bench_generation(preset: str, tokens: int, rounds: int, torch_threads: int = TORCH_THREADS) -> dict[str, Any]:
     import torch
 
-    built = build(preset, None)
+    built = build(preset, None, torch_threads=torch_threads)
     model, ref = built["groundup_model"], built["torch_model"]
     model.eval()
     ref.eval()
@@ -302,20 +305,27 @@ def _probe_main(which: str, preset: str, batch_size: int | None, steps: int) -> 
 
 
 def run(preset: str = "baby", iters: int | None = None, batch_size: int | None = None, gen_tokens: int = 200,
-        gen_rounds: int = 3, memory: bool = True, warmup: int | None = None) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON record (see format_table for the printed form)."""
+        gen_rounds: int = 3, memory: bool = True, warmup: int | None = None,
+        threads: int | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON record (see format_table for the printed form).
+
+    ``threads``: each contender's threads, PyTorch's ``torch.set_num_threads`` and groundup's
+    ``cpu_threads(threads)`` (default: PyTorch 2, groundup the usable cores); 1 races one core against one.
+    """
     import torch
 
     import groundup
     from groundup.parallel import blas_threads, cpu_threads, num_threads
 
-    with cpu_threads():                      # the scoped CPU setup that `groundup train` runs under
+    torch_threads = TORCH_THREADS if threads is None else threads
+    with cpu_threads(threads):               # the scoped CPU setup that `groundup train` runs under
         return _run(preset, iters, batch_size, gen_tokens, gen_rounds, memory, warmup, torch, groundup,
-                    blas_threads, num_threads)
+                    blas_threads, num_threads, torch_threads)
 
 
 def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int, gen_rounds: int, memory: bool,
-         warmup: int | None, torch: Any, groundup: Any, blas_threads: Any, num_threads: Any) -> dict[str, Any]:
+         warmup: int | None, torch: Any, groundup: Any, blas_threads: Any, num_threads: Any,
+         torch_threads: int) -> dict[str, Any]:
 
     iters = iters if iters is not None else DEFAULT_ITERS[preset]
     warmup = warmup if warmup is not None else DEFAULT_WARMUP[preset]
@@ -324,18 +334,18 @@ def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int
         "benchmark": "gpt", "preset": preset, "config": cfg.to_dict(),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                    "groundup": groundup.__version__, "torch_threads": 2, "groundup_threads": num_threads(),
+                    "groundup": groundup.__version__, "torch_threads": torch_threads, "groundup_threads": num_threads(),
                     "load_avg_1m_at_start": os.getloadavg()[0], **bench_machine.blas_facts(torch)},
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     with blas_threads():                     # BLAS with its own threads (the GPT path limits it to one)
         record["matmul_peak_gflops"] = matmul_peak_gflops()
-    record["train"] = bench_training(preset, iters, batch_size, warmup)
+    record["train"] = bench_training(preset, iters, batch_size, warmup, torch_threads=torch_threads)
     record["train"]["groundup"]["fraction_of_matmul_peak"] = (record["train"]["groundup"]["gflops"]
                                                               / record["matmul_peak_gflops"])
     record["train"]["torch"]["fraction_of_matmul_peak"] = (record["train"]["torch"]["gflops"]
                                                            / record["matmul_peak_gflops"])
-    record["generate"] = bench_generation(preset, gen_tokens, gen_rounds)
+    record["generate"] = bench_generation(preset, gen_tokens, gen_rounds, torch_threads)
     if memory:
         record["memory"] = {w: memory_probe(w, preset, batch_size) for w in ("groundup", "torch")}
     record["machine"]["load_avg_1m_at_end"] = os.getloadavg()[0]
@@ -360,8 +370,8 @@ def format_table(record: dict[str, Any]) -> str:
     c = record["config"]
     lines = [f"GPT {record['preset']}: {c['n_layer']} layers, {c['n_head']} heads, {c['n_embd']} dims, context "
              f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} timed "
-             f"steps each (turns of {TURN}, the first untimed) after {tr['warmup']} warm-up; torch threads 2, "
-             f"groundup threads "
+             f"steps each (turns of {TURN}, the first untimed) after {tr['warmup']} warm-up; torch threads "
+             f"{record['machine'].get('torch_threads', TORCH_THREADS)}, groundup threads "
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
              load_warning(record) or "",
              f"NumPy's BLAS: {record['machine'].get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "

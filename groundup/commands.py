@@ -160,7 +160,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Time groundup's training step against PyTorch's at its best on the CPU, in one process, from "
                     "the same initial weights on the same batches: the contenders take turns of a few steps "
                     "after warm-up, each turn after a short pause for the other's idle threads to stop spinning "
-                    "(the first step of each turn untimed), PyTorch with torch.set_num_threads(2). "
+                    "(the first step of each turn untimed), PyTorch with torch.set_num_threads(2) (--threads: "
+                    "both contenders on N threads). "
                     "The argument names one of the roadmap's model families at the roadmap's sizes "
                     "(benchmarks/bench_families.py: nn.RNN/GRU/LSTM, nn.Conv2d, SDPA with copied weights), or "
                     "`all` for one table of every family; `gpt` also times generation (200 tokens, batch 1) with "
@@ -187,6 +188,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int_range(1, 100), default=1,
                    help="repeat the whole benchmark N times; each family's row is its median run, with every "
                         "run's ratio listed (for the families and `all`; for `gpt` alone raise --iters instead)")
+    p.add_argument("--threads", type=int_range(1, 64), default=None, metavar="N",
+                   help="threads for each contender: PyTorch's torch.set_num_threads(N) and groundup's "
+                        "groundup.parallel.cpu_threads(N) (default: PyTorch 2, groundup the usable cores); "
+                        "--threads 1 races one core against one core")
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the record here (default: runs/bench-gpt-PRESET.json for gpt, "
                         "runs/bench-WHAT.json otherwise)")
@@ -354,12 +359,13 @@ def bench_command(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     if args.what != "gpt":
         families = bench.FAMILIES if args.what == "all" else (args.what,)
+        threads = {} if args.threads is None else {"torch_threads": args.threads, "groundup_threads": args.threads}
         record = bench.run_repeated(families, args.runs, iters=args.iters, warmup=args.warmup,
-                                    memory=not args.no_memory)
+                                    memory=not args.no_memory, **threads)
     else:
         record = bench.run(preset=args.preset, iters=args.iters, batch_size=args.batch_size,
                            gen_tokens=args.gen_tokens, gen_rounds=args.gen_rounds, memory=not args.no_memory,
-                           warmup=args.warmup)
+                           warmup=args.warmup, threads=args.threads)
     print(bench.format_table(record))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path.parent, path.name, json.dumps(record, indent=1) + "\n")

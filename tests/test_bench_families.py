@@ -75,6 +75,28 @@ def test_cli_bench_family_writes_a_ratio(tmp_path, capsys):
     assert "mlp" in capsys.readouterr().out
 
 
+def test_cli_bench_threads_puts_both_contenders_on_n_threads(tmp_path, capsys):
+    """--threads 1: PyTorch at one intra-op thread and groundup's cpu_threads(1), read back from the run
+    (and no data-parallel contender: there is no worker process)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    path = tmp_path / "b.json"
+    try:
+        assert cli.main(["bench", "rnn", "--threads", "1", "--iters", "1", "--warmup", "0", "--no-memory",
+                         "--json", str(path)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads(path.read_text())
+    machine, row = record["machine"], record["families"]["rnn"]
+    assert (machine["torch_threads"], machine["groundup_threads"]) == (1, 1)
+    assert row["ratio"] > 0 and "ratio_dp" not in row             # one thread: no worker process to split over
+    assert "torch threads 1, groundup threads 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "mlp", "--threads", "0"])
+    assert exit_info.value.code == 2 and "--threads: 0 is out of range" in capsys.readouterr().err
+
+
 def test_cli_bench_family_refuses_batch_size(capsys):
     assert cli.main(["bench", "gru", "--batch-size", "4"]) == 2
     err = capsys.readouterr().err
@@ -95,7 +117,7 @@ def test_a_failing_family_is_reported_and_the_others_still_run(bench, monkeypatc
 def test_repeated_runs_report_the_median_run_and_every_ratio(bench, monkeypatch):
     ratios = iter([1.5, 0.5, 1.0])
 
-    def fake_run(families, iters=None, warmup=None, memory=True, progress=True, torch_threads=2):
+    def fake_run(families, iters=None, warmup=None, memory=True, progress=True, torch_threads=2, groundup_threads=None):
         ratio = next(ratios)
         row = {"ratio": ratio, "unit": "samples", "load_avg_1m": [0.1, ratio], "ratio_reliable": True,
                "groundup": {"median_ms": 1.0 / ratio, "min_ms": 1.0, "max_ms": 2.0, "samples_per_s": ratio},

@@ -148,6 +148,22 @@ def test_bench_smoke(tmp_path, capsys):
     assert "ratio groundup/PyTorch" in capsys.readouterr().out
 
 
+def test_bench_gpt_threads_one_core_each(tmp_path, capsys):
+    """`groundup bench gpt --threads 1`: both contenders on one thread, as the record states."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    path = tmp_path / "bench.json"
+    try:
+        assert cli.main(["bench", "gpt", "--threads", "1", "--iters", "1", "--warmup", "0", "--gen-tokens", "2",
+                         "--gen-rounds", "1", "--no-memory", "--json", str(path)]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads(path.read_text())
+    assert (record["machine"]["torch_threads"], record["machine"]["groundup_threads"]) == (1, 1)
+    assert "torch threads 1, groundup threads 1" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 @pytest.mark.torch
 def test_torch_oracle_trains_to_the_same_losses(tmp_path):
