@@ -20,7 +20,8 @@ Inside it (CPU only):
     ``worker_processes()``, that the fused GPT stack sends its chunks to (see ``Worker``).
 Everything is restored (and the workers stopped) on exit. ``n`` defaults to the usable cores (at most 8), capped by
 ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``GROUNDUP_NUM_THREADS`` when set; with n = 1
-(or without threadpoolctl) nothing changes at all. BENCHMARKS.md has what each setting buys.
+BLAS runs on one thread inside the block and nothing else changes (without threadpoolctl, nothing
+changes at all). BENCHMARKS.md has what each setting buys.
 """
 
 from __future__ import annotations
@@ -98,15 +99,23 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:                                              # cannot limit BLAS: stay single-threaded
-        n = 1
+        ThreadpoolController, n = None, 1
     if n == 1:
         split_work()                                                 # inside an outer context: BLAS on 1 thread
         saved = (_pool, _size, _blas, _procs, _blas_wide)
+        # NOTE: at the top level BLAS would otherwise keep its own thread count (OpenBLAS: the cores), so
+        # that "one thread" still ran its GEMMs on every core: a single-core race (`groundup bench
+        # --threads 1`) or GROUNDUP_NUM_THREADS=1 must mean one core.
+        libs = [] if saved[2] or ThreadpoolController is None else [
+            (lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+        _set_blas(libs, 1)
         _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
         try:
             yield 1
         finally:
             _pool, _size, _blas, _procs, _blas_wide = saved
+            for lib, own in libs:
+                lib.set_num_threads(own)
         return
     saved = (_pool, _size, _blas, _procs, _blas_wide)
     libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]

@@ -152,6 +152,20 @@ def test_context_gives_blas_the_threads_until_work_is_split_and_restores_it_on_e
         assert _blas_threads() == before and parallel.num_threads() == 1
 
 
+def test_one_thread_at_the_top_level_puts_blas_on_one_thread_and_restores_it():
+    """cpu_threads(1) (GROUNDUP_NUM_THREADS=1, `groundup bench --threads 1`) means one core, BLAS included."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):  # BLAS's own count (the suite runs it at 1)
+        before = _blas_threads()
+        assert all(n == 2 for n in before)
+        with parallel.cpu_threads(1):
+            assert parallel.num_threads() == 1 and all(n == 1 for n in _blas_threads())
+        assert _blas_threads() == before
+        with pytest.raises(RuntimeError), parallel.cpu_threads(1):
+            raise RuntimeError("boom")
+        assert _blas_threads() == before
+
+
 def test_worker_processes_run_blas_on_one_thread():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(2, user_api="blas"), parallel.cpu_threads(2):
