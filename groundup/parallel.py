@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import itertools
 import mmap
 import os
@@ -96,29 +97,25 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
     n = default_threads() if n is None else int(n)
     if n < 1:
         raise ValueError(f"cpu_threads: n must be >= 1, got {n}")
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:                                              # cannot limit BLAS: stay single-threaded
-        ThreadpoolController, n = None, 1
+    if importlib.util.find_spec("threadpoolctl") is None:           # cannot limit BLAS: stay single-threaded
+        n = 1
     if n == 1:
         split_work()                                                 # inside an outer context: BLAS on 1 thread
         saved = (_pool, _size, _blas, _procs, _blas_wide)
         # NOTE: at the top level BLAS would otherwise keep its own thread count (OpenBLAS: the cores), so
         # that "one thread" still ran its GEMMs on every core: a single-core race (`groundup bench
         # --threads 1`) or GROUNDUP_NUM_THREADS=1 must mean one core.
-        libs = [] if saved[2] or ThreadpoolController is None else [
-            (lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+        libs = [] if saved[2] else _blas_libs()
         _set_blas(libs, 1)
         _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1
         try:
             yield 1
         finally:
             _pool, _size, _blas, _procs, _blas_wide = saved
-            for lib, own in libs:
-                lib.set_num_threads(own)
+            _restore_blas(libs)
         return
     saved = (_pool, _size, _blas, _procs, _blas_wide)
-    libs = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    libs = _blas_libs()
     _set_blas(libs, n)
     tuned = _mallopt({_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30})
     pool = ThreadPoolExecutor(n - 1, thread_name_prefix="groundup-cpu")
@@ -134,10 +131,23 @@ def cpu_threads(n: int | None = None) -> Iterator[int]:
             worker.stop()
         sys.setswitchinterval(interval)
         pool.shutdown(wait=True)
-        for lib, own in libs:
-            lib.set_num_threads(own)
+        _restore_blas(libs)
         if tuned:
             _mallopt(_MALLOC_DEFAULTS)
+
+
+def _blas_libs() -> list[tuple[Any, int]]:
+    """(BLAS library controller, its own thread count) for each BLAS NumPy has loaded; [] without threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    return [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+
+
+def _restore_blas(libs: list[tuple[Any, int]]) -> None:
+    for lib, own in libs:
+        lib.set_num_threads(own)
 
 
 def _set_blas(libs: list[tuple[Any, int]], threads: int) -> None:
