@@ -719,7 +719,7 @@ def format_table(record: dict[str, Any]) -> str:
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
     lines.append(f"NumPy's BLAS: {m.get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
-                 f"{m.get('torch_cpu_capability', '?')}; malloc, both contenders: {m.get('malloc_policy', '?')}")
+                 f"{m.get('torch_cpu_capability', '?')}")
     blas = bench_machine.blas_warning(m)
     if blas:
         lines += ["!" * min(len(blas), 120), blas, "!" * min(len(blas), 120)]

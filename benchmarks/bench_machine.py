@@ -41,12 +41,9 @@ def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
 
 def blas_facts(torch: Any | None = None) -> dict[str, Any]:
     """NumPy's BLAS (library, version, kernel set), ``OPENBLAS_CORETYPE`` if set, whether the CPU
-    has AVX-512, the process's malloc policy (``groundup.allocator``: both contenders share it), and
-    PyTorch's CPU capability when ``torch`` is given."""
-    from groundup.allocator import malloc_policy
-
+    has AVX-512, and PyTorch's CPU capability when ``torch`` is given."""
     facts: dict[str, Any] = {"numpy_blas": "unknown", "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
-                             "cpu_avx512": "avx512f" in cpu_flags(), "malloc_policy": malloc_policy()}
+                             "cpu_avx512": "avx512f" in cpu_flags()}
     try:
         from threadpoolctl import threadpool_info
     except ImportError:

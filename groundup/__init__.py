@@ -10,12 +10,7 @@ Public API: ``Tensor``, ``tensor``, creation functions with torch's names, ``no_
 ``models``.
 """
 
-from groundup import (
-    allocator,  # noqa: F401 - first: its import keeps freed memory mapped (allocator.py)
-    functional,
-    nn,
-    optim,
-)
+from groundup import functional, nn, optim  # noqa: E402
 from groundup.backend import (
     bool_ as bool,  # noqa: A001 - torch's name
 )
