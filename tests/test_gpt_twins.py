@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +167,45 @@ def test_one_thread_at_the_top_level_puts_blas_on_one_thread_and_restores_it():
         with pytest.raises(RuntimeError), parallel.cpu_threads(1):
             raise RuntimeError("boom")
         assert _blas_threads() == before
+
+
+_FAULTS_SCRIPT = """
+import resource, numpy as np
+from groundup import parallel
+def faults():
+    # a step's pattern: eight 2 MB arrays made and written, then all dropped; the per-round page faults
+    def rounds(n):
+        for _ in range(n):
+            arrays = [np.ones(512 * 1024, np.float32) for _ in range(8)]
+            del arrays
+    rounds(3)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    rounds(10)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+out = [faults()]
+with parallel.cpu_threads(1):
+    out.append(faults())
+out.append(faults())
+with parallel.cpu_threads(2):
+    with parallel.cpu_threads(1):
+        pass
+    out.append(faults())                      # still kept after the inner context left
+out.append(faults())
+print(*out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the malloc tuning is glibc's mallopt")
+def test_cpu_threads_keeps_freed_memory_mapped_inside_and_restores_malloc():
+    """Inside cpu_threads (one thread or more) freed blocks stay mapped, so a step's arrays stop faulting
+    in fresh pages (16 MB a round = 4096 pages); glibc's behaviour comes back on exit. A fresh
+    interpreter, since malloc's settings are the process's."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    before, one, after_one, two_nested, after_two = map(float, out.stdout.split())
+    assert before > 2000 and after_one > 2000 and after_two > 2000, out.stdout
+    assert one < 100 and two_nested < 100, out.stdout
 
 
 def test_worker_processes_run_blas_on_one_thread():
