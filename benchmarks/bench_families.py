@@ -19,7 +19,8 @@ Method (BENCHMARKS.md "Method"): both contenders start from the same weights (gr
 into the twin of benchmarks/torch_families.py) and see the same batches; after warm-up
 the contenders take turns of 4 steps (the first of each turn untimed) and the medians (with min and max)
 are reported. A step is what the stage's loop does: forward, backward, clipping where the stage
-clips, the optimizer's update. Dropout is 0 on both sides. groundup runs inside
+clips, the optimizer's update (PyTorch's fused Adam / AdamW, its fastest on the CPU:
+``bench_machine.torch_optimizer``). Dropout is 0 on both sides. groundup runs inside
 ``groundup.parallel.cpu_threads()`` (the roadmap's and the Trainer's CPU setup), PyTorch with
 ``torch.set_num_threads(2)``. ``ratio`` = groundup's rate / PyTorch's (> 1: groundup is faster).
 Peak memory: each contender trains two steps in a fresh subprocess that reports its peak resident
@@ -119,9 +120,10 @@ def _adam(framework: str, model: Any, lr: float, weight_decay: float | None = No
     if framework == "torch":
         import torch
 
-        if weight_decay is None:
-            return torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        if weight_decay is None:                                         # fused: PyTorch's fastest (bench_machine)
+            return bench_machine.torch_optimizer(torch, "Adam", model.parameters(), lr=lr, betas=betas)
+        return bench_machine.torch_optimizer(torch, "AdamW", model.parameters(), lr=lr, betas=betas,
+                                             weight_decay=weight_decay)
     from groundup import optim
 
     if weight_decay is None:

@@ -6,7 +6,8 @@ Method (BENCHMARKS.md "Method"): both models start from the same weights and tra
 random batches; after warm-up the contenders take turns of 3 steps (A A A, B B B, ...; the first step
 of a turn is not timed), and the medians (with min and max) are reported with their ratio. A step is forward,
 backward, gradient clipping at 1.0 and an AdamW update (weight decay on matrices only), as the
-Trainer does. ``torch.set_num_threads(2)``. Dropout is 0 on both sides (it is a training-time
+Trainer does; PyTorch's is its fused AdamW, its fastest on the CPU (``bench_machine.torch_optimizer``).
+``torch.set_num_threads(2)``. Dropout is 0 on both sides (it is a training-time
 regulariser; the timing compares the arithmetic). Generation: 200 new tokens from a 1-token prompt,
 batch 1, with and without a KV cache, the four contenders alternating round by round. Peak memory:
 each framework trains a few steps in a fresh subprocess that reports its peak resident set size
@@ -120,8 +121,9 @@ def _torch_contender(model: Any, cfg: Any, tcfg: Any, sdpa: bool, name: str, thr
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
     decay = [p for p in ref.parameters() if p.ndim >= 2]
     no_decay = [p for p in ref.parameters() if p.ndim < 2]
-    topt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=tcfg.betas)
+    topt = bench_machine.torch_optimizer(torch, "AdamW", [{"params": decay, "weight_decay": tcfg.weight_decay},
+                                                          {"params": no_decay, "weight_decay": 0.0}],
+                                         lr=tcfg.lr, betas=tcfg.betas)   # fused: PyTorch's fastest
 
     def torch_step(x: np.ndarray, y: np.ndarray, times: dict[str, list[float]]) -> float:
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)

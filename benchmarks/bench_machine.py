@@ -28,6 +28,20 @@ IDLE_THREADS_S = 0.15
 AVX512_BLAS_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
 
 
+# NOTE: PyTorch's fastest Adam and AdamW on the CPU are the fused ones (``fused=True``, one kernel
+# for the whole update); its default on CPU tensors is the per-parameter loop. Measured 2026-12-03 on
+# the 2-core Intel Xeon, one AdamW step: the baby GPT's 810k parameters 5.28 ms (loop), 5.88 ms
+# (foreach), 1.63 ms (fused) on one thread, 5.13 / 5.20 / 1.12 ms on two; the LSTM LM's 0.68 / 0.73 /
+# 0.30 ms; the MLP's 0.22 / 0.32 / 0.08 ms. Clipping's default (foreach where supported) was already
+# the fastest. So every PyTorch contender's optimizer is built with this.
+TORCH_OPTIMIZER_KWARGS = {"fused": True}
+
+
+def torch_optimizer(torch: Any, name: str, params: Any, **kwargs: Any) -> Any:
+    """``torch.optim.<name>`` (``"Adam"`` or ``"AdamW"``) at PyTorch's best on the CPU (``TORCH_OPTIMIZER_KWARGS``)."""
+    return getattr(torch.optim, name)(params, **kwargs, **TORCH_OPTIMIZER_KWARGS)
+
+
 def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
     """The first processor's feature flags (empty where /proc/cpuinfo is missing)."""
     try:

@@ -46,6 +46,22 @@ def test_twin_has_groundups_loss_before_and_after_a_step(bench, family):
     assert contest.units(first) > 0 and set(contest.steps) == {"groundup", "torch"}
 
 
+def test_pytorch_contenders_update_with_the_fused_optimizers(bench, monkeypatch):
+    """PyTorch at its best: its fused Adam / AdamW (3-5x its default loop on the CPU), in both benches."""
+    import bench_gpt
+    import bench_machine
+    import torch
+
+    built = []
+    real = bench_machine.torch_optimizer
+    monkeypatch.setattr(bench_machine, "torch_optimizer", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    bench.BUILDERS["mlp"](1)                                          # Adam
+    bench.BUILDERS["lstm"](1)                                         # AdamW
+    bench_gpt.build("baby", 2, which=("torch",), torch_threads=1)     # AdamW, two groups
+    assert [type(o) for o in built] == [torch.optim.Adam, torch.optim.AdamW, torch.optim.AdamW]
+    assert all(o.defaults["fused"] is True for o in built)
+
+
 def test_time_contest_and_table(bench):
     contest = bench.BUILDERS["mlp"](3)
     result = bench.time_contest(contest, iters=2, warmup=1)
