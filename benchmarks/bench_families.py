@@ -721,7 +721,7 @@ def format_table(record: dict[str, Any]) -> str:
     if warning:
         lines += ["!" * len(warning), warning, "!" * len(warning)]
     lines.append(f"NumPy's BLAS: {m.get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
-                 f"{m.get('torch_cpu_capability', '?')}")
+                 f"{m.get('torch_cpu_capability', '?')}; PyTorch's optimizer: {m.get('torch_optimizer', '?')}")
     blas = bench_machine.blas_warning(m)
     if blas:
         lines += ["!" * min(len(blas), 120), blas, "!" * min(len(blas), 120)]

@@ -377,7 +377,8 @@ def format_table(record: dict[str, Any]) -> str:
              f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
              load_warning(record) or "",
              f"NumPy's BLAS: {record['machine'].get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
-             f"{record['machine'].get('torch_cpu_capability', '?')}",
+             f"{record['machine'].get('torch_cpu_capability', '?')}; PyTorch's optimizer: "
+             f"{record['machine'].get('torch_optimizer', '?')}",
              bench_machine.blas_warning(record["machine"]) or "",
              f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
              f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]

@@ -42,6 +42,11 @@ def torch_optimizer(torch: Any, name: str, params: Any, **kwargs: Any) -> Any:
     return getattr(torch.optim, name)(params, **kwargs, **TORCH_OPTIMIZER_KWARGS)
 
 
+def optimizer_note() -> str:
+    """How the PyTorch contenders' Adam / AdamW are built, as the table's header says it."""
+    return "Adam/AdamW(" + ", ".join(f"{k}={v}" for k, v in TORCH_OPTIMIZER_KWARGS.items()) + ")"
+
+
 def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
     """The first processor's feature flags (empty where /proc/cpuinfo is missing)."""
     try:
@@ -55,9 +60,9 @@ def cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
 
 def blas_facts(torch: Any | None = None) -> dict[str, Any]:
     """NumPy's BLAS (library, version, kernel set), ``OPENBLAS_CORETYPE`` if set, whether the CPU
-    has AVX-512, and PyTorch's CPU capability when ``torch`` is given."""
+    has AVX-512, how PyTorch's optimizers are built, and PyTorch's CPU capability when ``torch`` is given."""
     facts: dict[str, Any] = {"numpy_blas": "unknown", "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
-                             "cpu_avx512": "avx512f" in cpu_flags()}
+                             "cpu_avx512": "avx512f" in cpu_flags(), "torch_optimizer": optimizer_note()}
     try:
         from threadpoolctl import threadpool_info
     except ImportError:

@@ -197,6 +197,7 @@ def test_blas_facts_and_the_pinned_kernel_warning(bench, tmp_path, monkeypatch):
 
     facts = bench_machine.blas_facts(torch)
     assert facts["numpy_blas"] != "unknown" and facts["torch_cpu_capability"]
+    assert facts["torch_optimizer"] == "Adam/AdamW(fused=True)"
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t: fpu\n")
     assert bench_machine.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2", "avx512f", "avx512bw"}
@@ -211,6 +212,9 @@ def test_blas_facts_and_the_pinned_kernel_warning(bench, tmp_path, monkeypatch):
     record = {"benchmark": "families", "date": "d", "families": {},
               "machine": {"torch": "2", "torch_threads": 2, "cores": 2, "load_avg_1m_at_start": 0.0, **pinned}}
     assert warning in bench.format_table(record)
+    assert "PyTorch's optimizer: ?" in bench.format_table(record)
+    fused = {**record, "machine": {**record["machine"], "torch_optimizer": bench_machine.optimizer_note()}}
+    assert "PyTorch's optimizer: Adam/AdamW(fused=True)" in bench.format_table(fused)
 
 
 def test_turns_start_after_a_pause_for_idle_threads(bench, monkeypatch):
