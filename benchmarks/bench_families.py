@@ -749,9 +749,9 @@ def format_table(record: dict[str, Any]) -> str:
         lines.append(f"each row is the median of {record.get('runs', len(runs))} runs by ratio (of an even count, the "
                      f"lower middle one); every run's ratio: "
                      + "; ".join(runs))
-    if any("ratio_dp" in r for r in record["families"].values()):
-        lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
-                     "(groundup.train.DataParallel), PyTorch's time / its time")
+    lines.append("x2 proc: groundup with the step's forward and backward split by rows over 2 processes "
+                 "(groundup.train.DataParallel), PyTorch's time / its time; - where the family has no such "
+                 f"contender ({', '.join(f for f in FAMILIES if f not in DP_FAMILIES)}) or one thread runs")
     lines.append("ms/step: the median of the timed steps [the fastest-the slowest]; "
                  "rates: samples/s for mlp, cnn, seq2seq and transformer (sequence pairs), tokens/s for the language "
                  "models; ratio = groundup rate / PyTorch rate (> 1: groundup is faster); load = the 1-minute load "

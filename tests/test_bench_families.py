@@ -73,6 +73,7 @@ def test_time_contest_and_table(bench):
                           "load_avg_1m_at_end": 0.3}}
     table = bench.format_table(record)
     assert "WARNING" not in table and f"{result['ratio']:.2f}" in table
+    assert "- where the family has no such contender (mlp, cnn, gpt)" in table   # the mlp row's "-" explained
     record["machine"]["load_avg_1m_at_end"] = 6.0
     assert "WARNING: load average 6.0" in bench.format_table(record)
 
