@@ -70,9 +70,7 @@ def default_threads() -> int:
 # glibc mallopt parameters and their defaults (restored on exit)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MALLOC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024, _M_MMAP_MAX: 65536}
-
-
-_MALLOC_KEEP = {_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30}
+_MALLOC_KEEP = {_M_MMAP_THRESHOLD: 32 << 20, _M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 1 << 30}   # inside cpu_threads
 _malloc_kept = False                         # the outermost context that set _MALLOC_KEEP restores the defaults
 
 

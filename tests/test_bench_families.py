@@ -47,7 +47,7 @@ def test_twin_has_groundups_loss_before_and_after_a_step(bench, family):
 
 
 def test_pytorch_contenders_update_with_the_fused_optimizers(bench, monkeypatch):
-    """PyTorch at its best: its fused Adam / AdamW (3-5x its default loop on the CPU), in both benches."""
+    """PyTorch at its best: its fused Adam / AdamW (2.3-4.6x its default loop on the CPU), in both benches."""
     import bench_gpt
     import bench_machine
     import torch
