@@ -50,7 +50,7 @@ def test_every_stage_page_has_the_code_neighbours_and_its_guide(stage):
         for command, _ in stage.try_next:
             if "--set" in command:
                 key = command.split("--set ", 1)[1].split("=", 1)[0]
-                assert key in dict(stage.options), f"{stage.name}: Try next uses an undeclared option {key}"
+                assert key in {o[0] for o in stage.options}, f"{stage.name}: Try next uses an undeclared option {key}"
 
 
 def test_set_option_is_recorded_in_metrics_and_report(tmp_path, capsys):
@@ -69,6 +69,11 @@ def test_set_option_is_recorded_in_metrics_and_report(tmp_path, capsys):
     (["run", "basics", "--tiny", "--set", "nope=1"], "--set nope: not an option of basics (options: epochs, lr)"),
     (["run", "basics", "--tiny", "--set", "epochs"], "--set epochs: expected KEY=VALUE"),
     (["run", "rnn", "--tiny", "--set", "epochs=3"], "--set epochs: not an option of rnn"),
+    (["run", "rnn", "--tiny", "--set", "hidden=abc"], "--set hidden=abc: expected a positive int"),
+    (["run", "rnn", "--tiny", "--set", "hidden=-5"], "--set hidden=-5: expected a positive int"),
+    (["run", "rnn", "--tiny", "--set", "steps=1.5"], "--set steps=1.5: expected a positive int"),
+    (["run", "basics", "--tiny", "--set", "lr=0"], "--set lr=0: expected a positive number"),
+    (["run", "basics", "--tiny", "--set", "lr=nan"], "--set lr=nan: expected a positive number"),
 ])
 def test_set_refuses_unknown_keys_and_malformed_pairs(tmp_path, capsys, argv, message):
     assert main([*argv, "--out", str(tmp_path)]) == 2
@@ -77,10 +82,36 @@ def test_set_refuses_unknown_keys_and_malformed_pairs(tmp_path, capsys, argv, me
     assert not (tmp_path / argv[1]).exists()                              # refused before any work
 
 
+def test_a_bad_option_value_leaves_the_last_run_alone(tmp_path, capsys):
+    """Refused before any stage runs, so the stage's last finished run is untouched."""
+    assert main(["run", "basics", "--tiny", "--out", str(tmp_path)]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "basics").iterdir()}
+    capsys.readouterr()
+    assert main(["run", "all", "--tiny", "--out", str(tmp_path), "--set", "epochs=abc"]) == 2
+    assert capsys.readouterr().err.startswith("groundup: error: --set epochs=abc: expected a positive int")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "basics").iterdir()} == before
+
+
+def test_quick_and_tiny_together_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "basics", "--quick", "--tiny", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "basics").exists()
+
+
+def test_every_declared_option_has_a_kind_the_command_checks():
+    for stage in load_stages():
+        for entry in stage.options:
+            assert len(entry) == 3 and entry[2] in (int, float, bool, str), (stage.name, entry)
+
+
 def test_an_option_of_the_wrong_type_is_a_stage_error(tmp_path):
     ctx = Context(out_dir=tmp_path, options={"hidden": "many"})
-    with pytest.raises(StageError, match="--set hidden=many: expected int"):
+    with pytest.raises(StageError, match="--set hidden=many: expected a positive int"):
         ctx.option("hidden", 16)
+    with pytest.raises(StageError, match="--set hidden=0: expected a positive int"):
+        Context(out_dir=tmp_path, options={"hidden": "0"}).option("hidden", 16)
+    assert Context(out_dir=tmp_path, options={"shift": "-2"}).option("shift", 0) == -2   # a default of 0: any int
     assert Context(out_dir=tmp_path, options={"hidden": "8"}).budget("h", 16, 8, 4, option="hidden") == 8
 
 

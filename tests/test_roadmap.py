@@ -161,6 +161,49 @@ def test_run_stages_continues_after_a_crash(tmp_path):
     assert [r["status"] for r in records] == ["error", "pass"]
 
 
+def test_a_run_that_errors_or_is_interrupted_keeps_the_last_finished_run(tmp_path):
+    """The last finished run of a stage (metrics, plots, report) survives a re-run that crashes or is
+    interrupted; the crash's record goes beside it as error.json; a run that finishes replaces it."""
+    run_stage(_fake_stage("s", 0.9, 0.5), tmp_path)
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    assert {"metrics.json", "report.html", "line.png"} <= set(kept)
+
+    crashed = run_stage(_fake_stage("s", 0, 0, crash=True), tmp_path)
+    assert crashed["status"] == "error" and "boom" in crashed["error"]
+    after = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    assert json.loads(after.pop("error.json"))["error"] == crashed["error"]
+    assert after == kept                                   # the finished run, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "s"]   # nothing set aside is left
+
+    def interrupted(ctx):
+        ctx.savefig(ctx.figure(2, 2), "half.png")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(Stage("s", "interrupted", run=interrupted), tmp_path)
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["status"] == "pass"
+    assert not (tmp_path / "s" / "half.png").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "index.html", "s"]
+
+    again = run_stage(_fake_stage("s", 0.2, 0.5), tmp_path)   # finishes (a failed claim is a finished run)
+    assert again["status"] == "fail" and not (tmp_path / "s" / "error.json").exists()
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["status"] == "fail"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "s"]
+
+
+def test_a_run_killed_while_its_last_run_was_set_aside_gets_it_back(tmp_path):
+    """A process killed mid-run leaves ``.STAGE.previous`` and a partial run: the next run puts the
+    finished one back first, so an error then keeps it; the index never lists the set-aside run."""
+    run_stage(_fake_stage("s", 0.9, 0.5), tmp_path)
+    (tmp_path / "s").rename(tmp_path / ".s.previous")      # as a killed run leaves it
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "partial.png").write_bytes(b"x")
+    run_stage(_fake_stage("s", 0, 0, crash=True), tmp_path)
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["status"] == "pass"
+    assert not (tmp_path / "s" / "partial.png").exists() and not (tmp_path / ".s.previous").exists()
+    assert ".s.previous" not in (tmp_path / "index.html").read_text()
+
+
 def test_mnist_unavailable_is_a_clear_stage_error(tmp_path, monkeypatch):
     from groundup.data import DatasetUnavailableError
 

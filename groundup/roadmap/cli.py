@@ -22,7 +22,7 @@ from typing import Any
 
 from groundup.cli_options import UsageError
 from groundup.roadmap.claims import format_value
-from groundup.roadmap.runner import read_metrics, run_stages
+from groundup.roadmap.runner import option_kind, option_value, read_metrics, run_stages
 from groundup.roadmap.stages import load_stages
 
 __all__ = ["register", "roadmap_command", "run_command"]
@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "measured numbers) and write OUT/STAGE/{metrics.json,*.png,report.html} "
                                           "and OUT/index.html. Exits 1 if any claim fails.")
     p.add_argument("stage", help="stage name (see `groundup roadmap`) or 'all'")
-    p.add_argument("--quick", action="store_true", help="smaller budgets (each stage about a minute or less on two "
-                   "cores), stated in the report")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke test; its numbers are meaningless")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="smaller budgets (each stage a minute or two on two "
+                      "cores), stated in the report")
+    mode.add_argument("--tiny", action="store_true", help="a seconds-long smoke test; its numbers are meaningless")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda needs CuPy and a GPU")
     p.add_argument("--out", default="runs", help="runs directory (default: runs)")
     p.add_argument("--seed", type=int, default=0, help="seed for every random number (default: 0)")
@@ -65,18 +66,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_set_options(pairs: list[str], chosen: list[Any]) -> dict[str, str]:
-    """``["hidden=16"]`` -> ``{"hidden": "16"}``; a UsageError for a malformed pair or a key no chosen stage reads."""
+    """``["hidden=16"]`` -> ``{"hidden": "16"}``; a UsageError for a malformed pair, a key no chosen stage
+    reads, or a value that is not of the kind a stage declares for it (checked before any stage runs)."""
     options: dict[str, str] = {}
-    known = {key for stage in chosen for key, _ in getattr(stage, "options", ())}
+    kinds: dict[str, set[type]] = {}
+    for stage in chosen:
+        for entry in getattr(stage, "options", ()):
+            kinds.setdefault(entry[0], set()).add(option_kind(entry))
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key or not value.strip():
             raise UsageError(f"--set {pair}: expected KEY=VALUE, e.g. --set hidden=16")
-        if key not in known:
+        if key not in kinds:
             names = ", ".join(s.name for s in chosen)
-            offer = ", ".join(sorted(known)) or "none"
+            offer = ", ".join(sorted(kinds)) or "none"
             raise UsageError(f"--set {key}: not an option of {names} (options: {offer})")
+        for kind in sorted(kinds[key], key=lambda k: k.__name__):
+            try:
+                option_value(key, value.strip(), kind)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         options[key] = value.strip()
     return options
 
@@ -136,12 +146,12 @@ def run_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.device == "cuda" and not gu.cuda_is_available():
-        print("groundup run: --device cuda needs CuPy and a visible CUDA GPU (pip install 'groundup[gpu]'); "
+        print("groundup: error: run: --device cuda needs CuPy and a visible CUDA GPU (pip install 'groundup[gpu]'); "
               "use --device cpu", file=sys.stderr)
         return 2
     missing = [name for name in ("matplotlib", "sklearn") if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"groundup run: the roadmap needs {' and '.join(missing)} (plots, digits): "
+        print(f"groundup: error: run: the roadmap needs {' and '.join(missing)} (plots, digits): "
               "pip install 'groundup[train]'", file=sys.stderr)
         return 2
     options: dict[str, Any] = {"dataset": args.dataset, **parse_set_options(args.set_options, chosen)}

@@ -42,7 +42,8 @@ What the report shows beyond the findings, from the ``Stage`` itself:
 - ``how=(...)``: "How it works", static HTML with the maths; ``try_next=((command, expectation), ...)``:
   "Try next". Neither is part of the run's record, so the provenance rule does not read them: keep
   this run's numbers out of them.
-- ``options=(("hidden", "hidden size"), ...)``: the keys of ``groundup run STAGE --set KEY=VALUE``; read
+- ``options=(("hidden", "hidden size", int), ...)``: the keys of ``groundup run STAGE --set KEY=VALUE``
+  and the kind of value each takes (int and float: positive; checked before any stage runs); read
   one with ``ctx.option("hidden", 128)`` or ``ctx.budget(name, full, quick, tiny, option="hidden")``. A
   value that was set is recorded in the settings (metrics.json, the report, ``groundup compare``).
 

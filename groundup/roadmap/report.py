@@ -265,7 +265,7 @@ def _guide_sections(stage: Any, record: dict[str, Any]) -> list[str]:
                 f"<dt><code>{_esc(command)}</code></dt><dd>{_esc(expect)}</dd>" for command, expect in tries)
                 + "</dl>")
         if options:
-            rows = [(f"--set {key}=…", help_text) for key, help_text in options]
+            rows = [(f"--set {key}=…", help_text) for key, help_text, *_ in options]
             parts.append("<p>Options this stage reads (<code>groundup run "
                          f"{_esc(record['stage'])} --set KEY=VALUE</code>):</p>" + table(("option", "what"), rows))
     return parts
@@ -354,7 +354,7 @@ def render_index(out_root: str | os.PathLike, stages: Sequence[Any]) -> str:
     names = [s.name for s in stages]
     summaries = {s.name: s.summary for s in stages}
     for path in sorted(out_root.glob("*/metrics.json")):
-        if path.parent.name not in names:
+        if path.parent.name not in names and not path.parent.name.startswith("."):   # not a set-aside run
             names.append(path.parent.name)
     rows = []
     for i, name in enumerate(names, 1):

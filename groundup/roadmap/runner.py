@@ -9,7 +9,8 @@ makes ``runs/STAGE/``, calls the stage under a progress display, then writes
     runs/STAGE/report.html    the stage's text, plots, claims and numbers (see ``report.py``)
     runs/index.html           every stage with its status and headline number
 
-and prints each claim as a PASS/FAIL line. ``groundup.roadmap.cli`` is the command-line face.
+and prints each claim as a PASS/FAIL line. A run that errors or is interrupted leaves the last finished
+run of its stage in place (see ``run_stage``). ``groundup.roadmap.cli`` is the command-line face.
 """
 
 from __future__ import annotations
@@ -102,8 +103,11 @@ class Stage:
             run numbers out of it.
         try_next: "Try next": (command, what to expect) pairs, each command runnable as written
             (``groundup run rnn --set hidden=16``); static text like ``how``.
-        options: the keys ``groundup run STAGE --set KEY=VALUE`` accepts, each with a one-line help;
-            the stage reads them with ``ctx.option(KEY, default)`` (or ``ctx.budget(..., option=KEY)``).
+        options: the keys ``groundup run STAGE --set KEY=VALUE`` accepts, each ``(key, help)`` or
+            ``(key, help, kind)``: kind ``int`` or ``float`` (then the value must be a positive number, as
+            sizes, counts and rates are), ``bool`` or ``str`` (the default); the command checks values
+            against it before any stage runs. The stage reads them with ``ctx.option(KEY, default)`` (or
+            ``ctx.budget(..., option=KEY)``), which parses the text as the type of ``default``.
         code: extra functions or classes for the report's "The code" section (the experiments and the
             model classes they use are found on their own).
     """
@@ -119,7 +123,7 @@ class Stage:
     anchor: tuple[str, str] = ("", "")
     how: tuple[str, ...] = ()
     try_next: tuple[tuple[str, str], ...] = ()
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[Any, ...], ...] = ()
     code: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
@@ -321,23 +325,50 @@ class Context:
         return gu.tensor(np.asarray(array), dtype=dtype, requires_grad=requires_grad, device=self.device)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def option_value(key: str, raw: str, kind: type, example: Any = None) -> Any:
+    """``--set KEY=RAW`` as a value of ``kind`` (int, float, bool or str); a ValueError naming the
+    option says what was expected. int and float values must be positive (sizes, counts and rates)."""
+    like = f" (like {key}={example})" if example is not None else ""
+    try:
+        if kind is bool:
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError(raw)
+            return raw.lower() in _TRUE
+        if kind is int or kind is float:
+            value = kind(raw)
+            if not value > 0 or not math.isfinite(value):
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        wanted = {int: "a positive int", float: "a positive number", bool: "true or false"}[kind]
+        raise ValueError(f"--set {key}={raw}: expected {wanted}{like}") from None
+    return raw
+
+
+def option_kind(entry: tuple[Any, ...]) -> type:
+    """The kind of a ``Stage.options`` entry ``(key, help[, kind])``: str when not given."""
+    return entry[2] if len(entry) > 2 else str
+
+
 def _parse_option(key: str, raw: Any, default: Any) -> Any:
-    """``raw`` (text from ``--set``) as the type of ``default``; a StageError says what was expected."""
+    """``raw`` (text from ``--set``) as the type of ``default``; a StageError says what was expected.
+    An option whose default is a positive number takes only positive numbers."""
     if not isinstance(raw, str):
         return raw
+    kind = bool if isinstance(default, bool) else int if isinstance(default, int) else \
+        float if isinstance(default, float) else str
+    if kind in (int, float) and not default > 0:     # a number that may be zero or negative
+        try:
+            return kind(raw)
+        except ValueError:
+            raise StageError(f"--set {key}={raw}: expected {kind.__name__} (like {key}={default})") from None
     try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise StageError(f"--set {key}={raw}: expected {type(default).__name__} "
-                         f"(like {key}={default})") from None
-    return raw
+        return option_value(key, raw, kind, default)
+    except ValueError as err:
+        raise StageError(str(err)) from None
 
 
 def seed_everything(seed: int) -> None:
@@ -422,14 +453,77 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
         the record written to metrics.json: ``status`` is "pass" or "fail" (all claims held or not),
         "smoke" for a tiny run that finished (its numbers say nothing, so its claims are shown but
         not judged; ``claims_passed`` still says how they came out), or "error".
-    """
-    from groundup.roadmap import code, report
 
+    A run never loses the last finished one: that run is moved aside (``.STAGE.previous``, one rename)
+    while the new one runs, and deleted only once the new one has finished. If the new run errors or
+    is interrupted, the last finished run is put back (an error's record then goes beside it, as
+    ``error.json``, and is still returned); without one, the error's record is the stage's metrics.json.
+    """
     out_root = Path(out_root)
     out_dir = out_root / stage.name
+    previous = _set_aside(out_dir)                 # the last finished run, kept until this one finishes
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):  # a re-run must not show a previous run's plots
         old.unlink()
+    try:
+        record = _run_into(stage, out_root, out_dir, previous, quick=quick, tiny=tiny, device=device, seed=seed,
+                           options=options, console=console, progress=progress, all_stages=all_stages)
+    finally:
+        if previous is not None and previous.exists():  # interrupted (Ctrl-C) or the run errored: put it back
+            _restore(previous, out_dir)
+    return record
+
+
+def _previous_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.previous")
+
+
+def _finished(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a run that finished (metrics.json says pass, fail or smoke)."""
+    try:
+        return json.loads((out_dir / "metrics.json").read_text()).get("status") in ("pass", "fail", "smoke")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _set_aside(out_dir: Path) -> Path | None:
+    """Move the last finished run in ``out_dir`` to ``.STAGE.previous`` beside it (one rename) and return
+    that path; None when there is none. A ``.previous`` left by a run that was killed is put back first."""
+    previous = _previous_dir(out_dir)
+    if previous.exists():
+        if _finished(out_dir):                     # the killed run had finished: the old one can go
+            _remove_tree(previous)
+        else:
+            _restore(previous, out_dir)
+    if not _finished(out_dir):
+        return None
+    out_dir.rename(previous)
+    return previous
+
+
+def _restore(previous: Path, out_dir: Path) -> None:
+    """Put the set-aside run back in place of whatever the new run left in ``out_dir``."""
+    if out_dir.exists():
+        _remove_tree(out_dir)
+    previous.rename(out_dir)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def _run_into(stage: Stage, out_root: Path, out_dir: Path, previous: Path | None, *, quick: bool, tiny: bool,
+              device: str, seed: int, options: dict[str, Any] | None, console: Any, progress: bool | None,
+              all_stages: Sequence[Stage] | None) -> dict[str, Any]:
+    """``run_stage``'s body: run the stage into ``out_dir`` and write its record, report and the index.
+
+    When the stage errors and ``previous`` holds the last finished run, the new run's files are dropped
+    and that run is put back, with this run's record beside it as ``error.json``.
+    """
+    from groundup.roadmap import code, report
+
     seed_everything(seed)
     bars = _Progress(console, progress)
     ctx = Context(out_dir=out_dir, quick=quick, tiny=tiny, device=device, seed=seed, options=dict(options or {}),
@@ -467,6 +561,14 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
             claims=[c.to_dict() for c in result.claims], metrics=result.metrics, summary_text=result.summary,
             plots=[{"file": p.file, "caption": p.caption} for p in result.plots], notes=result.notes)
     record = _jsonable(record)
+    if record["status"] == "error" and previous is not None:
+        _print_outcome(bars, record)
+        _restore(previous, out_dir)
+        _write_atomic(out_dir / "error.json", json.dumps(record, indent=2))
+        bars.log(f"  {stage.name}: the last finished run in {out_dir} is kept; this run's error is in "
+                 f"{out_dir / 'error.json'}")
+        return record
+    (out_dir / "error.json").unlink(missing_ok=True)
     _write_atomic(out_dir / "metrics.json", json.dumps(record, indent=2))
     if all_stages is not None:
         order = [s.name for s in all_stages]
@@ -479,6 +581,8 @@ def run_stage(stage: Stage, out_root: str | os.PathLike = "runs", *, quick: bool
         stage=stage, order=order))
     listed = list(all_stages) if all_stages is not None else [stage]
     _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
+    if previous is not None:
+        _remove_tree(previous)                     # this run finished: the last one is no longer needed
     _print_outcome(bars, record)
     return record
 

@@ -277,5 +277,5 @@ STAGE = Stage("attention", "GRU encoder-decoder with and without additive attent
               title="Attention: encoder-decoder on date translation",
               better="higher", anchor=("without attention", "results.plain.longest_bucket_accuracy"),
               how=HOW, try_next=TRY_NEXT, code=(AdditiveAttention,),
-              options=(('hidden', 'hidden size of encoder, decoder and summary'),
-                       ('steps', 'training steps per model')))
+              options=(('hidden', 'hidden size of encoder, decoder and summary', int),
+                       ('steps', 'training steps per model', int)))

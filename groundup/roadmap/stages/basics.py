@@ -354,4 +354,4 @@ STAGE = Stage("basics", "supervised vs unsupervised learning on 8x8 digits: regr
               anchor=("scikit-learn's LogisticRegression",
                       "softmax_regression.sklearn_logistic_regression_test_accuracy"),
               how=HOW, try_next=TRY_NEXT,
-              options=(('epochs', 'softmax regression epochs'), ('lr', 'softmax regression learning rate')))
+              options=(('epochs', 'softmax regression epochs', int), ('lr', 'softmax regression learning rate', float)))

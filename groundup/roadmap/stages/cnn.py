@@ -230,4 +230,4 @@ STAGE = Stage("cnn", "small CNN on digits: weight sharing, learned filters, robu
               title="Convolutional networks: fewer parameters, local filters, shifted digits",
               better="higher", anchor=("the MLP", "classification.mlp_test_accuracy"),
               how=HOW, try_next=TRY_NEXT, code=(Conv2d, MaxPool2d),
-              options=(('epochs', 'CNN epochs (digits)'),))
+              options=(('epochs', 'CNN epochs (digits)', int),))

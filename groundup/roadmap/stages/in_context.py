@@ -435,4 +435,4 @@ STAGE = Stage("in-context", "induction heads form in a 2-layer attention-only tr
               title="In-context learning: induction heads and the phase change",
               better="lower", anchor=("one layer", "1_layer.icl_score"),
               how=HOW, try_next=TRY_NEXT, code=(AttnBlock,),
-              options=(('steps', 'training steps per model'), ('context', 'context length')))
+              options=(('steps', 'training steps per model', int), ('context', 'context length', int)))

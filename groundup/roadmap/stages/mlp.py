@@ -358,4 +358,4 @@ STAGE = Stage("mlp", "feedforward net on digits: XOR, MLP vs linear, backprop by
               title="Feedforward networks and backpropagation",
               better="higher", anchor=("the linear model", "classification.linear_test_accuracy"),
               how=HOW, try_next=TRY_NEXT,
-              options=(('hidden', 'MLP hidden units'), ('epochs', 'MLP epochs (digits)')))
+              options=(('hidden', 'MLP hidden units', int), ('epochs', 'MLP epochs (digits)', int)))

@@ -494,4 +494,4 @@ STAGE = Stage("rnn", "RNN, GRU, LSTM char models on names; vanishing and explodi
               how=HOW, try_next=TRY_NEXT,
               code=(recurrent_cells._rnn_step, recurrent_cells._gru_step, recurrent_cells._lstm_step,
                     clip_grad_norm_),
-              options=(('hidden', 'hidden size of all three cells'), ('steps', 'training steps per model')))
+              options=(('hidden', 'hidden size of all three cells', int), ('steps', 'training steps per model', int)))

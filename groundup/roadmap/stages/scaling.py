@@ -359,4 +359,4 @@ STAGE = Stage("scaling", "RNN vs attention over length; full, sliding-window, li
               title="Scaling with sequence length: sequential RNNs, quadratic attention, and the fixes",
               better="memory grows as length to this power: quadratic attention is near two, the fixes near one",
               how=HOW, try_next=TRY_NEXT,
-              options=(('repeats', 'timing repeats (median)'),))
+              options=(('repeats', 'timing repeats (median)', int),))

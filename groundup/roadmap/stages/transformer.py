@@ -621,4 +621,4 @@ STAGE = Stage("transformer", "the transformer's parts measured, a GPT on Tiny Sh
               anchor=('uniform guess', 'gpt.uniform_loss'),
               how=HOW, try_next=TRY_NEXT,
               code=(CausalSelfAttention, Block, F.scaled_dot_product_attention, F.layer_norm),
-              options=(('steps', 'GPT training steps'), ('deep_layers', 'layers of the deep stack')))
+              options=(('steps', 'GPT training steps', int), ('deep_layers', 'layers of the deep stack', int)))
