@@ -355,8 +355,16 @@ class Worker:
 
 
 def _worker_main(conn: Any, arena_in: Any, arena_out: Any) -> None:
-    """The worker's loop: one call per message until None or the pipe closes."""
+    """The worker's loop: one call per message until None or the pipe closes.
+
+    Ctrl-C reaches the whole process group: the worker ignores it and the parent decides (the parent
+    stops its workers when it leaves ``cpu_threads``, however it leaves; its SIGINT handler, forked in
+    here, would otherwise run twice, or kill the worker mid-call with a traceback)."""
+    import signal
+
     import numpy as np
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     global _pool, _size, _blas, _procs, _blas_wide
     _pool, _size, _blas, _procs, _blas_wide = None, 1, [], None, 1   # the parent's threads are not here

@@ -79,6 +79,29 @@ def test_worker_processes_start_inside_the_context_and_stop_on_exit():
     assert parallel.worker_processes() == []
 
 
+def test_ctrl_c_is_the_parents_to_handle_not_the_workers():
+    """SIGINT to the process group: a worker ignores it (the parent's handler, forked into it, would
+    raise KeyboardInterrupt there and kill it) and still answers; the parent stops it on exit."""
+    import os
+    import signal
+    import time
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    readable, fast = pair()
+    idx, targets = tokens((4, 8)), tokens((4, 8), seed=1)
+    try:
+        with parallel.cpu_threads(2):
+            fast.loss(idx, targets).backward()
+            (worker,) = parallel.worker_processes()
+            os.kill(worker.proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+            assert worker.proc.is_alive()
+            _compare(readable, fast, idx, targets)
+        assert not worker.proc.is_alive()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_forward_without_backward_leaves_the_workers_usable():
     readable, fast = pair()
     idx, targets = tokens((4, 8)), tokens((4, 8), seed=1)
