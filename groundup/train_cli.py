@@ -356,8 +356,12 @@ def _print_summary(summary: dict[str, Any], bpc: float | None, out: Path, args: 
         losses += f" ({bpc:.3f} bits per character)"
     if train is not None:
         losses += f", train loss {train:.4f}"
-    speed = f", {summary['tokens_per_s']:,.0f} tokens/s" if summary.get("train_s") else \
-        " (nothing left to train: the run was already complete)"
+    if summary.get("train_s"):
+        speed = f", {summary['tokens_per_s']:,.0f} tokens/s"
+    elif args.resume:
+        speed = " (nothing left to train: the run was already complete)"
+    else:
+        speed = " (--max-iters 0: nothing trained; the checkpoint holds the initial weights)"
     print(f"done: {summary['iters']:,} iters in {_duration(summary['wall_s'])}{speed}; {losses}")
     print(f"loss curves: {out / 'loss.png'}   numbers: {out / 'summary.json'}")
     prompt = ' --prompt "ROMEO:"' if args.data == "shakespeare" else ""

@@ -119,6 +119,18 @@ def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, 
     resumed, fresh = GPT.load(out).state_dict(), GPT.load(straight).state_dict()
     for key in fresh:
         np.testing.assert_array_equal(resumed[key], fresh[key], err_msg=key)
+    capsys.readouterr()
+    assert cli.main(["train", "gpt", "--data", "names", "--out", str(out), "--max-iters", "4", "--batch-size", "4",
+                     "--seed", "3", "--resume", horizon, *TINY]) == 0
+    assert "nothing left to train: the run was already complete" in capsys.readouterr().out
+
+
+def test_a_fresh_run_of_zero_iterations_says_so(tmp_path, capsys):
+    assert cli.main(["train", "gpt", "--data", "names", "--out", str(tmp_path / "zero"), "--max-iters", "0",
+                     "--batch-size", "4", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "--max-iters 0: nothing trained; the checkpoint holds the initial weights" in out
+    assert "already complete" not in out and (tmp_path / "zero" / "model.safetensors").is_file()
 
 
 def test_bpe_tokenizer_on_a_text_file(tmp_path, capsys):
