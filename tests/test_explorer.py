@@ -378,6 +378,29 @@ def test_explore_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys: pytes
     assert err.startswith("groundup: error: RUN_DIR") and err.count("\n") == 1
     assert groundup_main(["explore", "--runs", str(tmp_path / "missing")]) == 2
     assert "--runs" in capsys.readouterr().err
+    stage = tmp_path / "basics"                          # a roadmap stage's folder is not a training run
+    stage.mkdir()
+    (stage / "metrics.json").write_text('{"stage": "basics"}')
+    assert groundup_main(["explore", str(stage)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"groundup: error: RUN_DIR {stage} is a roadmap stage's folder") and err.count("\n") == 1
+    assert f"groundup explore --runs {tmp_path}" in err
+
+
+def test_explore_warns_about_a_run_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    with socket.socket() as probe:                       # a free port (nothing listens: uvicorn.run is stubbed)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    (tmp_path / "fresh").mkdir()                         # a run whose training has not checkpointed yet
+    assert groundup_main(["explore", str(tmp_path / "fresh"), "--port", port]) == 0
+    assert f"groundup: warning: RUN_DIR {tmp_path / 'fresh'} has no checkpoint (model.safetensors) yet" in \
+        capsys.readouterr().err
 
 
 def test_explore_refuses_a_port_in_use(runs_root: Path, capsys: pytest.CaptureFixture) -> None:

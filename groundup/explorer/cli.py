@@ -74,9 +74,17 @@ def _check_port(host: str, port: int) -> None:
 
 def explore_command(args: argparse.Namespace) -> int:
     """Check the arguments, build the app and serve it until Ctrl-C."""
+    waiting = []
     for given in args.run_dirs:
-        if not Path(given).is_dir():
+        path = Path(given)
+        if not path.is_dir():
             raise UsageError(f"RUN_DIR {given}: no such directory")
+        if (path / "model.safetensors").is_file():
+            continue
+        if (path / "metrics.json").is_file():
+            raise UsageError(f"RUN_DIR {given} is a roadmap stage's folder, not a training run: "
+                             f"`groundup explore --runs {path.parent}` shows the stages and the models in them")
+        waiting.append(str(given))
     runs_root = args.runs
     if runs_root is not None and not Path(runs_root).is_dir():
         raise UsageError(f"--runs {runs_root}: no such directory")
@@ -96,6 +104,9 @@ def explore_command(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print(f"groundup: warning: the explorer has no authentication; on --host {args.host} anyone who can reach "
               f"this machine can use it and read the runs it serves", file=sys.stderr)
+    for given in waiting:                          # a run being trained may not have written one yet
+        print(f"groundup: warning: RUN_DIR {given} has no checkpoint (model.safetensors) yet; its model shows "
+              f"once a training run writes one there", file=sys.stderr)
     _check_port(args.host, args.port)
     app = create_app(args.run_dirs, runs_root)
     shown = f"[{args.host}]" if ":" in args.host else args.host
