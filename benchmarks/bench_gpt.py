@@ -380,7 +380,7 @@ def format_table(record: dict[str, Any]) -> str:
              f"{record['machine'].get('torch_cpu_capability', '?')}; PyTorch's optimizer: "
              f"{record['machine'].get('torch_optimizer', '?')}",
              bench_machine.blas_warning(record["machine"]) or "",
-             f"{'training':<12}{'ms/step median [min-max]':>28}{'tokens/s':>11}{'GFLOP/s':>9}"
+             f"{'training':<14}{'ms/step median [min-max]':>26}{'tokens/s':>11}{'GFLOP/s':>9}"
              f"{'peak RSS MB (+over import)':>28}   fwd / bwd / opt ms"]
     rows = (("groundup", "groundup"), ("readable", "readable"), ("torch", "PyTorch SDPA"),
             ("torch_explicit", "PyTorch expl."))
@@ -388,7 +388,7 @@ def format_table(record: dict[str, Any]) -> str:
         s = tr[name]
         rss, delta = mem.get(name, {}).get("peak_rss_mb"), mem.get(name, {}).get("delta_rss_mb")
         sec = s["sections_median_ms"]
-        lines.append(f"{label:<12}{s['median_ms']:>10.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]".ljust(40)
+        lines.append(f"{label:<14}{s['median_ms']:>8.1f} [{s['min_ms']:.1f}-{s['max_ms']:.1f}]".ljust(40)
                      + f"{s['tokens_per_s']:>11,.0f}{s['gflops']:>9.1f}"
                      + (f"{f'{rss:.0f} (+{delta:.0f})':>28}" if rss is not None else f"{'-':>28}")
                      + f"   {sec['forward']:.1f} / {sec['backward']:.1f} / {sec['optimizer']:.1f}")

@@ -157,7 +157,11 @@ def test_bench_smoke(tmp_path, capsys):
     record = json.loads(path.read_text())
     assert record["train"]["groundup"]["tokens_per_s"] > 0 and record["train"]["torch"]["tokens_per_s"] > 0
     assert record["train"]["ratio_tokens_per_s"] > 0 and record["generate"]["ratio_cache"] > 0
-    assert "ratio groundup/PyTorch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio groundup/PyTorch" in out
+    rows = [line for line in out.splitlines()
+            if line.startswith(("groundup ", "readable ", "PyTorch ")) and " [" in line]
+    assert len(rows) == 4 and len({row.index(" [") for row in rows}) == 1, rows   # the medians line up
 
 
 def test_bench_gpt_threads_one_core_each(tmp_path, capsys):
