@@ -320,9 +320,15 @@ def run(preset: str = "baby", iters: int | None = None, batch_size: int | None =
     from groundup.parallel import blas_threads, cpu_threads, num_threads
 
     torch_threads = TORCH_THREADS if threads is None else threads
+    # NOTE: the CPU other processes used is read around the whole context, whose exit stops (and
+    # reaps) groundup's worker processes, so that their time counts as the bench's own.
+    cpu_before, wall_before = bench_machine.cpu_seconds(), time.perf_counter()
     with cpu_threads(threads):               # the scoped CPU setup that `groundup train` runs under
-        return _run(preset, iters, batch_size, gen_tokens, gen_rounds, memory, warmup, torch, groundup,
-                    blas_threads, num_threads, torch_threads)
+        record = _run(preset, iters, batch_size, gen_tokens, gen_rounds, memory, warmup, torch, groundup,
+                      blas_threads, num_threads, torch_threads)
+    record["machine"]["other_cores"] = bench_machine.other_cores(cpu_before, bench_machine.cpu_seconds(),
+                                                                 time.perf_counter() - wall_before)
+    return record
 
 
 def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int, gen_rounds: int, memory: bool,
@@ -355,14 +361,27 @@ def _run(preset: str, iters: int | None, batch_size: int | None, gen_tokens: int
 
 
 def load_warning(record: dict[str, Any]) -> str | None:
-    """A loud line when the machine was busy: other processes took cores, so the ratios mean little."""
+    """A loud line when the machine was busy: other processes took cores, so the ratios mean little.
+    Judged by the cores other processes used while the bench ran where that is known (Linux), else by
+    the load average."""
     m = record["machine"]
+    others = m.get("other_cores")
+    if others is not None:
+        if others > bench_machine.OTHERS_LIMIT:
+            return (f"WARNING: other processes kept {others:.2f} of {m['cores']} cores busy while the bench ran, "
+                    f"so the ratios below are unreliable (measure on a quiet machine)")
+        return None
     load = max(m["load_avg_1m_at_start"], m.get("load_avg_1m_at_end", 0.0))
     busy = load - 1.0                                   # this benchmark itself keeps about one core's worth busy
     if busy > 0.5 * (m["cores"] or 1):
         return (f"WARNING: load average {load:.1f} on {m['cores']} cores: other processes were running, so the "
                 f"ratios below are unreliable (measure on a quiet machine, load < 1)")
     return None
+
+
+def _others_text(machine: dict[str, Any]) -> str:
+    others = machine.get("other_cores")
+    return "" if others is None else f"; other processes used {others:.2f} of {machine['cores']} cores meanwhile"
 
 
 def format_table(record: dict[str, Any]) -> str:
@@ -374,7 +393,8 @@ def format_table(record: dict[str, Any]) -> str:
              f"{c['block_size']}, vocab {c['vocab_size']}; batch {tr['batch_size']}; {tr['iters']} timed "
              f"steps each (turns of {TURN}, the first untimed) after {tr['warmup']} warm-up; torch threads "
              f"{record['machine'].get('torch_threads', TORCH_THREADS)}, groundup threads "
-             f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}",
+             f"{record['machine']['groundup_threads']}; load avg {record['machine']['load_avg_1m_at_start']:.2f}"
+             + _others_text(record["machine"]),
              load_warning(record) or "",
              f"NumPy's BLAS: {record['machine'].get('numpy_blas', 'unknown')}; PyTorch's CPU capability: "
              f"{record['machine'].get('torch_cpu_capability', '?')}; PyTorch's optimizer: "

@@ -98,3 +98,31 @@ def let_idle_threads_sleep(seconds: float = IDLE_THREADS_S) -> None:
     """Sleep until the other contender's idle BLAS / OpenMP threads have stopped spinning (see the NOTE)."""
     if seconds > 0:
         time.sleep(seconds)
+
+
+# ----------------------------------------------------------------------------- other processes
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process on the machine has used, those this process and its finished
+    children have used), from /proc/stat (Linux; steal time counts: another VM had the core); or None."""
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")   # user nice system irq softirq steal
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    return busy, own
+
+
+def other_cores(before: tuple[float, float] | None, after: tuple[float, float] | None, wall_s: float) -> float | None:
+    """Cores that processes other than the bench (and its worker processes) kept busy between two
+    ``cpu_seconds()`` readings; None where unknown."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall_s)
+
+
+OTHERS_LIMIT = 0.25                             # cores used by other processes above which a ratio is unreliable

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,6 +164,19 @@ def test_bench_smoke(tmp_path, capsys):
     rows = [line for line in out.splitlines()
             if line.startswith(("groundup ", "readable ", "PyTorch ")) and " [" in line]
     assert len(rows) == 4 and len({row.index(" [") for row in rows}) == 1, rows   # the medians line up
+    others = record["machine"]["other_cores"]                              # Linux: read from /proc/stat
+    assert others is not None and others >= 0.0
+    assert f"other processes used {others:.2f} of {record['machine']['cores']} cores meanwhile" in out
+
+
+def test_bench_gpt_warns_by_the_cores_other_processes_used():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_gpt
+
+    machine = {"cores": 2, "load_avg_1m_at_start": 3.5, "load_avg_1m_at_end": 3.0, "other_cores": 0.1}
+    assert bench_gpt.load_warning({"machine": machine}) is None              # the load was the bench's own
+    assert "0.60 of 2 cores" in bench_gpt.load_warning({"machine": {**machine, "other_cores": 0.6}})
+    assert "load average 3.5" in bench_gpt.load_warning({"machine": {**machine, "other_cores": None}})
 
 
 def test_bench_gpt_threads_one_core_each(tmp_path, capsys):
