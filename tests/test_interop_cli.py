@@ -41,6 +41,7 @@ def test_export_hf_verify_import_and_sample(tmp_path):
     out = groundup("export", str(run), "--to", "hf", str(hf_dir), "--verify")
     assert out.returncode == 0, out.stderr
     assert "verified" in out.stdout
+    assert "Loading weights" not in out.stderr + out.stdout and "%|" not in out.stderr   # no loading bar
     assert json.loads((hf_dir / "config.json").read_text())["architectures"] == ["GPTNeoXForCausalLM"]
     out = groundup("import", str(hf_dir), str(back))
     assert out.returncode == 0, out.stderr

@@ -561,7 +561,14 @@ def verify_hf(model: Any, hf_dir: str | os.PathLike, seed: int = 0) -> float:
     transformers = require("transformers", "checking an export against transformers")
     cfg = model.cfg
     ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, size=(2, cfg.block_size))
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager")
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()                      # a one-line check: no loading bar in the command's output
+    try:
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager")
+    finally:
+        if shown:
+            bars.enable_progress_bar()
     hf_model.eval()
     with torch.no_grad():
         theirs = hf_model(torch.from_numpy(ids)).logits.float().numpy()
