@@ -1,9 +1,9 @@
 """``groundup export`` and ``groundup import``: a run directory to Hugging Face / PyTorch and back.
 
-    groundup export runs/gpt-baby --to hf runs/gpt-baby-hf          # transformers loads it offline
-    groundup export runs/gpt-baby --to hf runs/gpt-baby-hf --verify # and check logits against groundup's
-    groundup export runs/gpt-baby --to torch runs/gpt-baby-torch    # TorchGPT source + the same state_dict
-    groundup import runs/gpt-baby-hf runs/from-hf                   # back: `groundup sample runs/from-hf`
+    groundup export runs/gpt-baby --to hf out/gpt-baby-hf          # transformers loads it offline
+    groundup export runs/gpt-baby --to hf out/gpt-baby-hf --verify # and check logits against groundup's
+    groundup export runs/gpt-baby --to torch out/gpt-baby-torch    # TorchGPT source + the same state_dict
+    groundup import out/gpt-baby-hf runs/from-hf                   # back: `groundup sample runs/from-hf`
 
 Errors follow the other commands: one line ``groundup: error: ...`` on stderr, exit 2 for bad input
 (a missing directory, a model that cannot be exported or imported, with the reason) and 1 for a
