@@ -51,9 +51,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
              subprocess.Popen([sys.executable, "-m", "groundup.cli", "train", "gpt", *FLAGS, "--out", str(numpy_run)],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    printed = []
     for proc in procs:
-        _, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
+        printed.append(out)
+    assert "done: 20 iters on 2 process(es)" in printed[0] and f"next: groundup sample {two}" in printed[0]
+    assert (two / "report.html").is_file() and (one / "report.html").is_file()   # as `groundup train` leaves
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
     assert json.loads((one / "run.json").read_text())["world_size"] == 1
 

@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The flags of ``groundup train gpt`` (its own parser, so they can never drift apart)."""
     from groundup import commands
 
-    parser = argparse.ArgumentParser(prog="groundup.interop.ddp", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m groundup.interop.ddp", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command")
     commands.register(sub)
     return parser.parse_args(["train", "gpt", *(sys.argv[1:] if argv is None else argv)])
@@ -256,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                    "iters": train_cfg.max_iters, "wall_s": time.perf_counter() - start, "world_size": world,
                    "config": train_cfg.to_dict()}
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        print(json.dumps({k: summary[k] for k in ("iters", "train_loss", "val_loss", "wall_s", "world_size")}))
+        from groundup.roadmap.train_report import write_training_report
+
+        report = write_training_report(out)                     # loss.png and report.html, as `groundup train`
+        losses = f"val loss {last['val']:.4f}, train loss {last['train']:.4f}" if last else "no evaluation"
+        print(f"done: {train_cfg.max_iters:,} iters on {world} process(es) in {summary['wall_s']:.1f} s; {losses}")
+        print(f"report: {report}\nnext: groundup sample {out}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
