@@ -140,7 +140,9 @@ def measure_attention(ctx: Context, lengths: Sequence[int], heads: int, head_dim
 def measure_recurrence(ctx: Context, lengths: Sequence[int], batch: int, width: int, heads: int,
                        repeats: int) -> dict[str, list[float]]:
     """Critical-path depth and forward + backward wall time of a GRU and a causal self-attention layer
-    of the same width, and of the GRU's B * T cell updates batched into one call."""
+    of the same width, and of the GRU's B * T cell updates batched into one call. At each length the
+    three take turns ``repeats`` times (the median of each is kept), so that a busy moment of the
+    machine slows all three alike and their ratios hold."""
     gu.manual_seed(ctx.seed)
     gru = gu.nn.GRU(width, width, batch_first=True).to(ctx.device)
     cell = gu.nn.GRUCell(width, width).to(ctx.device)
@@ -161,9 +163,14 @@ def measure_recurrence(ctx: Context, lengths: Sequence[int], batch: int, width: 
         states = unroll_cell(cell, x.transpose(0, 1))                         # T tensors (B, C), step by step
         out["gru_depth"].append(graph_depth(states[-1]))
         out["attention_depth"].append(graph_depth(calls["attention_s"]()))
-        for key, call in calls.items():
-            ctx.info(f"T={T}: {key}")
-            out[key].append(median_time(partial(_backward_of, call), repeats))
+        ctx.info(f"T={T}")
+        steps = {key: partial(_backward_of, call) for key, call in calls.items()}
+        for step in steps.values():
+            step()                                                           # warm-up
+        times = [[median_time(step, 1, warmup=False) for step in steps.values()]   # round-robin: a slow moment
+                 for _ in range(repeats)]                                            # of the machine hits all alike
+        for key, t in zip(steps, np.median(times, axis=0)):
+            out[key].append(float(t))
     return out
 
 
