@@ -6,8 +6,8 @@
     x.grad  # d/dx of sum(tanh(x)^2)
 
 Public API: ``Tensor``, ``tensor``, creation functions with torch's names, ``no_grad``,
-``manual_seed``; subpackages ``nn``, ``optim``, ``functional`` (as ``F``), ``data``, ``train``,
-``models``.
+``manual_seed``; subpackages ``nn``, ``optim``, ``functional`` (import it as ``F``; it is also
+``groundup.nn.functional``, torch's path), ``data``, ``train``, ``models``.
 """
 
 from groundup import functional, nn, optim  # noqa: E402

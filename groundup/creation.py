@@ -11,6 +11,7 @@ import numpy as np
 
 from groundup import backend, random
 from groundup.backend import as_dtype, to_device
+from groundup.function import wrap_dim
 from groundup.ops import movement
 from groundup.tensor import Tensor
 
@@ -67,11 +68,15 @@ def rand(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool 
     return _make(values, device, requires_grad)
 
 
-def randint(low: int, high: int | None = None, size: Sequence[int] = (), dtype: Any = None,
+def randint(low: int, high: Any = None, size: Sequence[int] = (), dtype: Any = None,
             device: Any = None) -> Tensor:
-    """Integers in [low, high); ``randint(high, size=...)`` also works."""
-    if high is None:
+    """Integers in [low, high): ``randint(low, high, size)``, or torch's ``randint(high, size)``."""
+    if isinstance(high, tuple | list):                     # randint(high, size)
+        low, high, size = 0, low, high
+    elif high is None:
         low, high = 0, low
+    if high <= low:
+        raise ValueError(f"randint: high ({high}) must be greater than low ({low})")
     values = random.generator().integers(low, high, size=tuple(size))
     return _make(np.asarray(values, dtype=as_dtype(dtype or backend.int64)), device, False)
 
@@ -128,7 +133,7 @@ def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise RuntimeError(f"stack: every tensor must have the same shape, got {sorted(shapes)}")
-    dim = dim % (tensors[0].ndim + 1)
+    dim = wrap_dim(dim, tensors[0].ndim, "stack", new_axis=True)
     return cat([t.unsqueeze(dim) for t in tensors], dim=dim)
 
 

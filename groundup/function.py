@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from groundup.tensor import Tensor
 
 
+def wrap_dim(dim: Any, ndim: int, op: str, new_axis: bool = False) -> int:
+    """``dim`` in ``-ndim .. ndim - 1`` as ``0 .. ndim - 1``; an IndexError naming ``op`` otherwise (torch's
+    rule; a 0-d tensor takes dims -1 and 0). ``new_axis``: the dim of an axis to insert (unsqueeze,
+    stack), one more place than the tensor has dims."""
+    n = max(ndim + new_axis, 1)
+    if not isinstance(dim, int | np.integer) or isinstance(dim, bool) or not -n <= dim < n:
+        raise IndexError(f"{op}: dimension {dim!r} is out of range for a tensor of {ndim} dims "
+                         f"(expected an int in [{-n}, {n - 1}])")
+    return int(dim) % n
+
+
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     """Sum ``grad`` down to ``shape``: the adjoint of broadcasting ``shape`` up to ``grad.shape``."""
     if grad.shape == shape:

@@ -18,6 +18,7 @@ References: micrograd (github.com/karpathy/micrograd), tinygrad, the PyTorch aut
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -77,7 +78,7 @@ class Tensor(TensorMethods):
     (``groundup/ops/methods.py``); this class holds the array, the graph and ``backward``.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_version", "_retain_grad", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_version", "_retain_grad", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False, device: Any = None):
@@ -96,7 +97,7 @@ class Tensor(TensorMethods):
             raise TypeError(f"tensor: cannot make a tensor from data of dtype {array.dtype}")
         if device is not None:
             array = to_device(array, device)
-        self.data = array                   # the values: a numpy.ndarray or a cupy.ndarray
+        self._data = array                  # the values (``.data``): a numpy.ndarray or a cupy.ndarray
         self.grad: Tensor | None = None     # dL/d(self) after backward(), for leaves (and retain_grad)
         self._ctx = None                    # the Function node that made this tensor; None for a leaf
         self._version = 0                   # bumped by in-place ops, so stale saved arrays are caught
@@ -109,9 +110,23 @@ class Tensor(TensorMethods):
     def _make(cls, data: Any, requires_grad: bool, ctx: Any) -> Tensor:
         """Fast internal constructor (no dtype inference or checks)."""
         t = object.__new__(cls)
-        t.data, t.grad, t.requires_grad, t._ctx, t._version, t._retain_grad = (
+        t._data, t.grad, t.requires_grad, t._ctx, t._version, t._retain_grad = (
             data, None, requires_grad, ctx, 0, False)
         return t
+
+    def _set_data(self, value: Any) -> None:
+        """``t.data = value``: the array itself (a Tensor gives its array, as ``p.data = p.data - lr * p.grad``
+        computes a Tensor from ``p.data``, an array, and ``p.grad``, a Tensor)."""
+        if isinstance(value, Tensor):
+            value = value._data
+        elif isinstance(value, np.generic):                # 0-d arithmetic in NumPy gives a scalar
+            value = np.asarray(value)
+        elif not (isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")):
+            raise TypeError(f"Tensor.data must be an array or a Tensor, got {type(value).__name__}")
+        self._data = value
+
+    # the values, read straight from the slot; set through _set_data
+    data = property(operator.attrgetter("_data"), _set_data)
 
     # ----------------------------------------------------------------- autograd
     def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
@@ -173,6 +188,40 @@ class Tensor(TensorMethods):
     def detach(self) -> Tensor:
         """The same values, cut from the graph (shares memory, like torch)."""
         return Tensor._make(self.data, False, None)
+
+    # ----------------------------------------------------------------- x += y, x -= y, x *= y, x /= y
+    def _inplace(self, other: Any, method: str, symbol: str) -> Tensor:
+        """``x += y`` (and -=, *=, /=) as torch: x changes in place, so every name for it sees the change
+        (``p -= lr * p.grad`` under ``no_grad`` updates the parameter). Where the graph is involved
+        (grad mode on, and x or y requires grad) the engine cannot record an in-place change: a leaf
+        that requires grad is refused, as in torch, and otherwise the result is computed out of
+        place (the same values and gradients; only the name ``x`` holds it, other names for the old
+        tensor keep the old values)."""
+        other_grad = isinstance(other, Tensor) and other.requires_grad
+        if is_grad_enabled() and (self.requires_grad or other_grad):
+            if self.requires_grad and self._ctx is None:
+                raise RuntimeError(f"'{symbol}=' on a leaf tensor that requires grad: an in-place change of it "
+                                   f"is not allowed while grad mode is on (wrap the update in gu.no_grad())")
+            return {"+": self.__add__, "-": self.__sub__, "*": self.__mul__, "/": self.__truediv__}[symbol](other)
+        try:
+            getattr(self, method)(other)
+        except (TypeError, ValueError) as err:             # NumPy's casting and broadcasting refusals
+            other_shape = tuple(other.shape) if isinstance(other, Tensor) else np.shape(other)
+            raise RuntimeError(f"'{symbol}=': cannot write the result into the tensor of shape {self.shape} "
+                               f"and dtype {self.dtype} (other: shape {other_shape}): {err}") from None
+        return self
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return self._inplace(other, "add_", "+")
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self._inplace(other, "sub_", "-")
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self._inplace(other, "mul_", "*")
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self._inplace(other, "div_", "/")
 
     def _bump_version(self) -> None:
         """Called by every in-place op: refuse it on a graph tensor, else count the change."""

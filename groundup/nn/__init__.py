@@ -4,7 +4,7 @@ Layers live in small files (layers, norm, conv, recurrent, attention, transforme
 everything public is re-exported here, as ``torch.nn`` does.
 """
 
-from groundup.nn import init, utils
+from groundup.nn import functional, init, utils
 from groundup.nn.attention import *  # noqa: F403
 from groundup.nn.conv import *  # noqa: F403
 from groundup.nn.hooks import ActivationCache, HookedModule, HookPoint
@@ -17,4 +17,4 @@ from groundup.nn.recurrent import *  # noqa: F403
 from groundup.nn.transformer import *  # noqa: F403
 
 __all__ = ["ActivationCache", "HookedModule", "HookPoint",
-           "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "init", "utils"]
+           "Module", "ModuleDict", "ModuleList", "Parameter", "Sequential", "functional", "init", "utils"]

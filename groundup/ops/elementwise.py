@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from groundup.backend import array_module
 from groundup.function import Function, unbroadcast
 
@@ -77,7 +79,11 @@ class Pow(Function):
     def backward(self, gz):
         x, y, out = self.saved
         xp = array_module(x)
-        gx = unbroadcast(gz * y * x ** (y - 1), x.shape) if self.needs_input_grad[0] else None
+        gx = None
+        if self.needs_input_grad[0]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slope = xp.where(y == 0, 0, y * x ** (y - 1))              # d x^0 / dx = 0, also at x = 0 (torch)
+            gx = unbroadcast(gz * slope.astype(gz.dtype, copy=False), x.shape)
         gy = None
         if self.needs_input_grad[1]:
             safe = xp.where(x > 0, x, 1)
@@ -100,6 +106,8 @@ class PowScalar(Function):
         e = self.exponent
         if e == 2:
             return gz * 2 * x
+        if e == 0:
+            return gz * 0                                                  # d x^0 / dx = 0, also at x = 0 (torch)
         return gz * e * x ** (e - 1)
 
 

@@ -295,6 +295,9 @@ class Linear(Function):
         if x.dtype.kind != "f" and weight.dtype.kind == "f":  # torch refuses too (no silent float64)
             raise RuntimeError(f"linear: input dtype {x.dtype} is not floating point, weight is {weight.dtype}; "
                                f"convert the input first (x.float())")
+        if x.dtype != weight.dtype:                         # torch: "mat1 and mat2 must have the same dtype"
+            raise RuntimeError(f"linear: input dtype {x.dtype} differs from the weight's {weight.dtype}; convert "
+                               f"one of them first (x.to(weight.dtype) or module.to(dtype))")
         x2 = x.reshape(-1, x.shape[-1])                            # (N, in)
         y = K.linear(x2, weight, bias[0] if bias else None)        # (N, out)
         self.save_for_backward(x2, weight)

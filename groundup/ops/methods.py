@@ -19,6 +19,7 @@ import numpy as np
 
 from groundup import backend
 from groundup.backend import as_dtype, normalize_device
+from groundup.function import wrap_dim
 from groundup.ops import elementwise as E
 from groundup.ops import linalg
 from groundup.ops import movement as M
@@ -191,7 +192,7 @@ def _compare(op: str, a: Tensor, b: Operand) -> Tensor:
 def sum_(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
     if dtype is not None:
         x = x.type(dtype)
-    if x.dtype.kind in "bi" and dtype is None:
+    if x.dtype.kind in "biu" and dtype is None:               # torch sums bool and integers as int64
         x = x.type(backend.int64)
     return R.Sum.apply(x, dim=dim, keepdim=keepdim)
 
@@ -282,14 +283,24 @@ def reshape(x: Tensor, *shape: Any) -> Tensor:
 
 def view(x: Tensor, *shape: Any) -> Tensor:
     if len(shape) == 1 and not isinstance(shape[0], (int, tuple, list)):
-        return x.type(shape[0])  # x.view(dtype)
+        # x.view(dtype): the same bytes read as another dtype (torch's rule), outside the graph
+        dtype = as_dtype(shape[0])
+        if dtype.itemsize != x.dtype.itemsize and (x.ndim == 0 or not x.data.flags.c_contiguous):
+            raise RuntimeError(f"view: cannot view a {x.dtype} tensor of shape {x.shape} as {dtype} (a different "
+                               f"element size needs a contiguous tensor with at least one dim)")
+        try:
+            return constant(x.data.view(dtype), x)
+        except ValueError as err:
+            raise RuntimeError(f"view: cannot view shape {x.shape} of {x.dtype} as {dtype}: {err}") from None
     return reshape(x, *shape)
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if x.ndim == 0:
         return reshape(x, 1)
-    start, end = start_dim % x.ndim, end_dim % x.ndim
+    start, end = wrap_dim(start_dim, x.ndim, "flatten"), wrap_dim(end_dim, x.ndim, "flatten")
+    if start > end:
+        raise RuntimeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     size = 1
     for n in x.shape[start:end + 1]:
         size *= n
@@ -302,6 +313,9 @@ def permute(x: Tensor, *dims: Any) -> Tensor:
 
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     dims = list(range(x.ndim))
+    dim0, dim1 = wrap_dim(dim0, x.ndim, "transpose"), wrap_dim(dim1, x.ndim, "transpose")
+    if x.ndim == 0:
+        return x
     dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
     return M.Permute.apply(x, dims=tuple(dims))
 
@@ -309,12 +323,12 @@ def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
 def squeeze(x: Tensor, dim: Any = None) -> Tensor:
     if dim is None:
         return reshape(x, tuple(n for n in x.shape if n != 1))
-    dims = {d % max(x.ndim, 1) for d in ((dim,) if isinstance(dim, int) else dim)}
+    dims = {wrap_dim(d, x.ndim, "squeeze") for d in ((dim,) if isinstance(dim, int) else dim)}
     return reshape(x, tuple(n for i, n in enumerate(x.shape) if not (i in dims and n == 1)))
 
 
 def unsqueeze(x: Tensor, dim: int) -> Tensor:
-    dim = dim % (x.ndim + 1)
+    dim = wrap_dim(dim, x.ndim, "unsqueeze", new_axis=True)
     return reshape(x, x.shape[:dim] + (1,) + x.shape[dim:])  # a new axis of size 1 at dim
 
 
@@ -328,8 +342,11 @@ def repeat(x: Tensor, *repeats: Any) -> Tensor:
 
 def split(x: Tensor, split_size_or_sections: int | list[int], dim: int = 0) -> tuple[Tensor, ...]:
     """Split into chunks of ``split_size`` (an int) or of the given sizes (a list), like torch."""
+    dim = wrap_dim(dim, x.ndim, "split")
     n = x.shape[dim]
     if isinstance(split_size_or_sections, int):
+        if split_size_or_sections < 1 and not (split_size_or_sections == 0 and n == 0):
+            raise RuntimeError(f"split: split_size must be a positive int, got {split_size_or_sections}")
         sizes = [split_size_or_sections] * (n // split_size_or_sections)
         if n % split_size_or_sections:
             sizes.append(n % split_size_or_sections)
@@ -338,7 +355,6 @@ def split(x: Tensor, split_size_or_sections: int | list[int], dim: int = 0) -> t
         if sum(sizes) != n:
             raise RuntimeError(f"split: sizes {sizes} do not sum to dim {dim}'s size {n}")
     out, start = [], 0
-    dim = dim % x.ndim
     for size in sizes:
         index = (slice(None),) * dim + (slice(start, start + size),)
         out.append(x[index])
@@ -347,7 +363,9 @@ def split(x: Tensor, split_size_or_sections: int | list[int], dim: int = 0) -> t
 
 
 def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
-    n = x.shape[dim]
+    if not isinstance(chunks, int) or chunks < 1:
+        raise RuntimeError(f"chunk: chunks must be a positive int, got {chunks!r}")
+    n = x.shape[wrap_dim(dim, x.ndim, "chunk")]
     size = -(-n // chunks)
     return split(x, size, dim)
 
@@ -379,20 +397,20 @@ def triu(x: Tensor, diagonal: int = 0) -> Tensor:
 
 
 def gather(x: Tensor, dim: int, index: Any) -> Tensor:
-    idx = index.data if is_tensor(index) else index
-    return M.Gather.apply(x, index=idx, dim=dim)
+    idx = index.data if is_tensor(index) else backend.array_module(x.data).asarray(index)
+    return M.Gather.apply(x, index=idx, dim=wrap_dim(dim, x.ndim, "gather"))
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     from groundup.ops.fused import Softmax
 
-    return Softmax.apply(x, dim=dim)
+    return Softmax.apply(x, dim=wrap_dim(dim, x.ndim, "softmax"))
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     from groundup.ops.fused import LogSoftmax
 
-    return LogSoftmax.apply(x, dim=dim)
+    return LogSoftmax.apply(x, dim=wrap_dim(dim, x.ndim, "log_softmax"))
 
 
 # ------------------------------------------------------------------ dtype and device
@@ -585,6 +603,14 @@ class TensorMethods:
     # --- in-place ops: not recorded in the graph; ``_bump_version`` refuses them on graph tensors
     # and lets the engine catch an array changed after a Function saved it.
     def __setitem__(self, index: Any, value: Any) -> None:
+        from groundup.tensor import is_grad_enabled
+
+        if is_tensor(value) and value.requires_grad and is_grad_enabled():
+            # NOTE: writing into a tensor is not recorded in the graph, so the value's gradient would be
+            # lost (torch records it); refuse rather than give a silently wrong gradient.
+            raise RuntimeError("t[index] = value: the value requires grad, and writing into a tensor is not "
+                               "recorded by autograd; build the result out of place instead (gu.stack, gu.cat, "
+                               "gu.where or masked_fill), or write under gu.no_grad() if no gradient is wanted")
         self._bump_version()
         self.data[raw_index(index)] = value.data if is_tensor(value) else value
 

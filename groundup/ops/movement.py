@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from groundup.backend import array_module, to_device
-from groundup.function import Function, unbroadcast
+from groundup.function import Function, unbroadcast, wrap_dim
 
 
 class Reshape(Function):
@@ -88,7 +88,9 @@ class Cat(Function):
     def forward(self, *xs, dim: int = 0):
         xp = array_module(*xs)
         ref = xs[0]
-        d = dim % ref.ndim if ref.ndim else 0
+        if ref.ndim == 0:
+            raise RuntimeError("cat: zero-dimensional tensors cannot be concatenated (stack them instead)")
+        d = wrap_dim(dim, ref.ndim, "cat")
         for x in xs[1:]:
             if x.ndim != ref.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, ref.shape)) if i != d):
                 shapes = ", ".join(str(tuple(t.shape)) for t in xs)
@@ -156,8 +158,19 @@ class Gather(Function):
 
     def forward(self, x, index: Any = None, dim: int = 0):
         xp = array_module(x)
-        self.index, self.dim, self.in_shape = index, dim % x.ndim, x.shape
-        return xp.take_along_axis(x, index, axis=self.dim)
+        d = wrap_dim(dim, x.ndim, "gather")
+        if index.dtype.kind not in "iu":
+            raise RuntimeError(f"gather: index must hold integers, got dtype {index.dtype}")
+        if index.ndim != x.ndim or any(i > n for k, (i, n) in enumerate(zip(index.shape, x.shape)) if k != d):
+            raise RuntimeError(f"gather: index {tuple(index.shape)} must have the input's {x.ndim} dims and be "
+                               f"no larger than the input {tuple(x.shape)} outside dim {d}")
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= x.shape[d]):
+            bad = int(index.min()) if int(index.min()) < 0 else int(index.max())
+            raise IndexError(f"gather: index {bad} is out of range for dim {d} of size {x.shape[d]}")
+        # NOTE: torch takes index's own shape (no broadcasting): the input is cut to it outside dim
+        window = tuple(slice(None) if k == d else slice(0, i) for k, i in enumerate(index.shape))
+        self.index, self.dim, self.in_shape = index, d, x.shape
+        return xp.take_along_axis(x[window], index, axis=d)
 
     def backward(self, gz):
         xp = array_module(gz)
