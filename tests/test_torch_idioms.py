@@ -201,3 +201,14 @@ def test_nn_functional_is_importable_under_torchs_path():
 
     assert F is gu.functional and gu.nn.functional is gu.functional
     np.testing.assert_array_equal(F.relu(gu.tensor([-1.0, 2.0])).numpy(), [0.0, 2.0])
+
+
+def test_a_0d_tensor_does_not_widen_a_tensor_of_its_kind_even_when_it_requires_grad():
+    s, ts = gu.tensor(1.0, dtype=gu.float64, requires_grad=True), torch.tensor(1.0, dtype=torch.float64,
+                                                                             requires_grad=True)
+    out, tout = gu.ones(3) + s * 2, torch.ones(3) + ts * 2
+    assert out.dtype == gu.float32 and tout.dtype == torch.float32
+    out.sum().backward()
+    tout.sum().backward()
+    assert s.grad.dtype == gu.float64 and float(s.grad) == float(ts.grad)
+    assert (gu.tensor(1.0, dtype=gu.float64) + gu.tensor(2.0)).dtype == gu.float64   # two 0-d: ordinary promotion

@@ -79,9 +79,11 @@ def _promote(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """torch's rule for mixed kinds: an integer/bool tensor takes the float tensor's dtype."""
     ka, kb = a.dtype.kind, b.dtype.kind
     if ka == kb or (ka != "f" and kb != "f"):
-        if a.dtype != b.dtype and a.ndim == 0 and not a.requires_grad and ka == kb:
-            a = a.type(b.dtype)  # a 0-d constant does not widen a tensor (torch's "wrapped number")
-        elif a.dtype != b.dtype and b.ndim == 0 and not b.requires_grad and ka == kb:
+        # a 0-d tensor does not widen a tensor with dims of its own kind (torch's rule; the cast is
+        # recorded, so a 0-d tensor that requires grad gets its gradient in its own dtype)
+        if a.dtype != b.dtype and a.ndim == 0 and b.ndim > 0 and ka == kb:
+            a = a.type(b.dtype)
+        elif a.dtype != b.dtype and b.ndim == 0 and a.ndim > 0 and ka == kb:
             b = b.type(a.dtype)
         return a, b
     if ka == "f":
