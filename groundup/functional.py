@@ -191,21 +191,33 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng)
 
 
-def pad(input: Tensor, pad: tuple[int, ...], value: float = 0.0) -> Tensor:
-    """Constant padding; ``pad`` lists (left, right) pairs starting from the last dim, as torch."""
+def pad(input: Tensor, pad: tuple[int, ...], mode: str = "constant", value: float | None = None) -> Tensor:
+    """Constant padding, torch's signature: ``pad`` lists (left, right) pairs starting from the last
+    dim; a negative amount crops that side, as in torch. Only ``mode="constant"`` is implemented."""
     from groundup.creation import cat, full
 
+    if mode != "constant":
+        raise NotImplementedError(f"pad: mode {mode!r} is not implemented (only 'constant')")
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: expected (left, right) pairs for at most {input.ndim} dims, got {tuple(pad)}")
+    value = 0.0 if value is None else value
     out = input
     for i in range(len(pad) // 2):
         dim = out.ndim - 1 - i
-        left, right = pad[2 * i], pad[2 * i + 1]
+        left, right = int(pad[2 * i]), int(pad[2 * i + 1])
+        if left < 0 or right < 0:                           # crop first: torch's negative padding
+            size = out.shape[dim]
+            start, stop = max(-left, 0), size - max(-right, 0)
+            if stop < start:
+                raise ValueError(f"pad: cropping {tuple(pad)} leaves a negative size in dim {dim} of {size}")
+            out = out[(slice(None),) * dim + (slice(start, stop),)]
         parts = []
-        if left:
+        if left > 0:
             shape = list(out.shape)
             shape[dim] = left
             parts.append(full(shape, value, dtype=out.dtype, device=out.device))
         parts.append(out)
-        if right:
+        if right > 0:
             shape = list(out.shape)
             shape[dim] = right
             parts.append(full(shape, value, dtype=out.dtype, device=out.device))

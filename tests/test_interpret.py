@@ -238,6 +238,9 @@ def test_mean_ablation_and_the_table():
         ablate(model, ids, targets, "L0X1")
     with pytest.raises(ValueError, match="2 layers"):
         ablate(model, ids, targets, "L5H0")
+    with pytest.raises(ValueError, match=rf"part 'P99': the input has {ids.shape[1]} positions"):
+        ablate(model, ids, targets, "P99")
+    assert no_hooks_left(model)
 
 
 def test_patching_endpoints_and_first_block():

@@ -212,3 +212,37 @@ def test_a_0d_tensor_does_not_widen_a_tensor_of_its_kind_even_when_it_requires_g
     tout.sum().backward()
     assert s.grad.dtype == gu.float64 and float(s.grad) == float(ts.grad)
     assert (gu.tensor(1.0, dtype=gu.float64) + gu.tensor(2.0)).dtype == gu.float64   # two 0-d: ordinary promotion
+
+
+def test_pad_takes_torchs_signature_and_crops_with_negative_amounts():
+    import torch.nn.functional as TF
+
+    import groundup.nn.functional as F
+
+    x = gu.arange(6.0).reshape(2, 3).requires_grad_()
+    t = torch.arange(6.0).reshape(2, 3).requires_grad_()
+    for amounts, args in (((-1, 2), ()), ((1, 1), ("constant", 5.0)), ((0, 0, -1, 1), ()), ((2, -2, 1, 0), ())):
+        out, tout = F.pad(x, amounts, *args), TF.pad(t, amounts, *args)
+        np.testing.assert_array_equal(out.detach().numpy(), tout.detach().numpy())
+        (out * out).sum().backward()
+        (tout * tout).sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
+    with pytest.raises(NotImplementedError, match="mode 'reflect'"):
+        F.pad(x, (1, 1), "reflect")
+
+
+def test_module_to_a_dtype_casts_and_a_bad_device_is_named():
+    m = gu.nn.Linear(3, 2).to(gu.float64)
+    assert m.weight.dtype == gu.float64 and m(gu.zeros(1, 3, dtype=gu.float64)).dtype == gu.float64
+    assert gu.nn.Linear(3, 2).to("float64").weight.dtype == gu.float64
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        m.to("tpu")
+
+
+def test_masked_fill_takes_a_list_and_a_bad_comparison_names_the_shapes():
+    x = gu.arange(6.0).reshape(2, 3)
+    t = torch.arange(6.0).reshape(2, 3)
+    assert x.masked_fill([True, False, True], 0.0).tolist() == t.masked_fill(torch.tensor([True, False, True]),
+                                                                             0.0).tolist()
+    with pytest.raises(RuntimeError, match=r"comparison \(eq\): shapes \(2, 3\) and \(4,\) do not broadcast"):
+        _ = gu.zeros(2, 3) == gu.zeros(4)

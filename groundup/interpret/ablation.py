@@ -73,6 +73,9 @@ class Ablation:
         return self.loss - self.clean_loss
 
 
+_POSITION_HOOK = "blocks.0.hook_resid_pre"        # where a position part ('P3') is ablated
+
+
 def parse_part(model: Module, part: str) -> tuple[str, tuple[Any, ...]]:
     """(hook name, index into that activation) of a part name ('L0H1', 'L1MLP', 'L0attn', 'P3')."""
     match = _PART.match(part) if isinstance(part, str) else None
@@ -80,7 +83,7 @@ def parse_part(model: Module, part: str) -> tuple[str, tuple[Any, ...]]:
         raise ValueError(f"unknown part {part!r}: use 'L{{l}}H{{h}}', 'L{{l}}attn', 'L{{l}}MLP' or 'P{{t}}'")
     head_layer, head, layer, what, position = match.groups()
     if position is not None:
-        return "blocks.0.hook_resid_pre", (slice(None), int(position))          # (B, C) at position t
+        return _POSITION_HOOK, (slice(None), int(position))                     # (B, C) at position t
     layer_i = int(head_layer if head_layer is not None else layer)
     if not 0 <= layer_i < n_layer(model):
         raise ValueError(f"part {part!r}: the model has {n_layer(model)} layers")
@@ -132,6 +135,9 @@ def ablation_hooks(model: Module, part: str | Sequence[str], kind: str = "zero",
     def make(name: str) -> HookFn:
         def hook(act: Any, point: Any) -> Any:
             for index in targets[name]:
+                if name == _POSITION_HOOK and not -act.shape[1] <= index[1] < act.shape[1]:
+                    raise ValueError(f"ablate: part 'P{index[1]}': the input has {act.shape[1]} positions "
+                                     f"(P0..P{act.shape[1] - 1})")
                 if kind == "zero":
                     act = replace_at(act, index, 0.0)
                 else:

@@ -242,9 +242,18 @@ class Module:
                 p.grad.data[...] = 0
 
     def to(self, device: Any = None, dtype: Any = None) -> Module:
-        """Move (in place) every parameter and buffer to ``device`` and/or cast floats to ``dtype``."""
+        """Move (in place) every parameter and buffer to ``device`` and/or cast floats to ``dtype``;
+        ``module.to(gu.float64)`` casts, as in torch."""
         from groundup.backend import as_dtype
 
+        if device is not None and dtype is None and not (isinstance(device, str) and
+                                                         device.split(":")[0] in ("cpu", "cuda")):
+            try:
+                as_dtype(device)
+            except (TypeError, ValueError):
+                pass                                          # not a dtype: normalize_device names it below
+            else:
+                device, dtype = None, device
         dev = normalize_device(device) if device is not None else None
         for t in list(self.parameters()) + list(self.buffers()):
             data = t.data

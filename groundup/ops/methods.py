@@ -187,7 +187,13 @@ def _raw(value: Operand) -> Any:
 
 def _compare(op: str, a: Tensor, b: Operand) -> Tensor:
     """A comparison of the raw arrays: a boolean tensor outside the graph."""
-    return constant(getattr(a.data, op)(_raw(b)), a)
+    try:
+        return constant(getattr(a.data, op)(_raw(b)), a)
+    except ValueError as err:
+        if "broadcast" not in str(err):
+            raise
+        other = tuple(b.shape) if is_tensor(b) else backend.array_module(a.data).shape(b)
+        raise RuntimeError(f"comparison ({op.strip('_')}): shapes {a.shape} and {other} do not broadcast") from None
 
 
 # ------------------------------------------------------------------ reductions
@@ -380,7 +386,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
 
 
 def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
-    m = mask.data if is_tensor(mask) else mask
+    m = mask.data if is_tensor(mask) else backend.array_module(x.data).asarray(mask)
     if m.dtype != bool:
         raise TypeError(f"masked_fill: mask must be boolean, got dtype {m.dtype}")
     try:
