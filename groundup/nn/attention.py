@@ -146,8 +146,9 @@ class MultiheadAttention(Module):
             attn_weights: None, or (N, L, S) averaged / (N, H, L, S) per head; unbatched (L, S) / (H, L, S).
                 These are the weights after dropout, as torch returns them.
 
-        NOTE: a query whose keys are all masked gets NaN in torch; here the fused path gives a zero
-        output for it and the need_weights path NaN weights.
+        NOTE: a query whose keys are all masked gets NaN in torch; here both paths give it zero
+        weights and zero attention values, so its output is the output projection's bias (softmax
+        over an all -inf row is zeros).
         """
         batched = self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         same_qkv, same_kv = query is key and key is value, key is value

@@ -410,6 +410,9 @@ def gather(x: Tensor, dim: int, index: Any) -> Tensor:
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) over ``dim``. NOTE: a slice that is all -inf (every key masked) gives
+    zeros, where torch gives NaN: a fully masked query then contributes nothing instead of poisoning
+    every later sum with NaN."""
     from groundup.ops.fused import Softmax
 
     return Softmax.apply(x, dim=wrap_dim(dim, x.ndim, "softmax"))
