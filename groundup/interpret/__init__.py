@@ -8,7 +8,7 @@ returns, also when it raises.
     from groundup.interpret import logit_lens, direct_logit_attribution, ablate, head_scores
     lens = logit_lens(model, ids, targets)              # lens.top_ids (L+1, T, k), lens.loss (L+1, T)
     dla = direct_logit_attribution(model, ids, position=-1, token=a, other=b)
-    dla.top(3)                                          # [('L1H2', 3.1), ...]; dla.values.sum() ~= dla.total (float rounding)
+    dla.top(3)                                          # [("L1H2", 3.1), ...]; values.sum() ~= total
     ablate(model, ids, targets, "L0H1").delta           # rise in loss with head 1 of layer 0 zeroed
     head_scores(model, ids)["induction"]                # (L, H)
 
