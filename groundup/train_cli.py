@@ -22,6 +22,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,11 @@ import numpy as np
 from groundup.cli_options import UsageError, apply_overrides, collect
 from groundup.commands import SAMPLE_CHARS, TRAIN_PRESETS, VAL_FRACTION, decode, load_tokenizer, start_id
 from groundup.train.files import append_line, open_regular
+from groundup.train.trainer import FREE_ON_RESUME, ResumeWarning
 
 __all__ = ["run_training", "resume_differences", "FREE_ON_RESUME", "MAX_EVAL_ITERS"]
 
-# TrainConfig fields that do not change the weights a run reaches (evaluation never touches the run)
-FREE_ON_RESUME = ("out_dir", "progress", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
-                  "max_iters")
+# FREE_ON_RESUME: TrainConfig fields that do not change the weights a run reaches (groundup.train.trainer)
 MAX_EVAL_ITERS = 10_000        # batches per split per evaluation; more is a typo, and hours of work
 _SHORT_FLAGS = {"max_iters": "--max-iters", "batch_size": "--batch-size", "lr": "--lr", "device": "--device",
                 "seed": "--seed"}
@@ -329,7 +329,8 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with cpu_threads():  # threads, BLAS limits and allocator tuning, for this run only
+        with cpu_threads(), warnings.catch_warnings():  # threads, BLAS limits and allocator tuning, this run only
+            warnings.simplefilter("ignore", ResumeWarning)  # the command said what changed, in its own words
             summary = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
         print(f"groundup: interrupted; the last checkpoint in {out} is intact; resume with: "

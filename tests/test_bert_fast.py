@@ -212,3 +212,21 @@ def test_hooks_are_refused_and_as_class_gives_the_readable_twin():
     assert type(back) is BERT and back.training == fast.training
     idx, labels, mask = _batch()
     assert back.loss(idx, labels, mask).item() == pytest.approx(fast.loss(idx, labels, mask).item(), rel=1e-12)
+
+
+def test_bert_saves_loads_into_either_twin_and_is_exported(tmp_path):
+    """BERT has GPT's API: save, load as BERT or FastBERT, as_class; both live in groundup.models."""
+    from groundup.models import BERT as ExportedBERT
+    from groundup.models import FastBERT as ExportedFastBERT
+
+    assert ExportedBERT is BERT and ExportedFastBERT is FastBERT
+    gu.manual_seed(3)
+    model = BERT(BERTConfig(vocab_size=30, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    model.save(tmp_path / "bert")
+    fast = FastBERT.load(tmp_path / "bert")
+    back = fast.as_class(BERT)
+    assert type(fast) is FastBERT and type(back) is BERT and back.cfg == model.cfg
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value, err_msg=key)
+    with pytest.raises(FileNotFoundError, match="BERT.load: no checkpoint directory"):
+        BERT.load(tmp_path / "missing")

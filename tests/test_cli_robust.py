@@ -331,14 +331,16 @@ def _damage(run: Path, how: str) -> list[str]:
         (run / "state.json").unlink()
     elif how == "other tokenizer":
         (run / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list("ab")}))
-    elif how in ("nan weights", "nan weights, accepted"):
+    elif how in ("nan weights", "nan weights, accepted", "tied entries disagree"):
         from safetensors.numpy import save_file
 
         arrays = weights(run)
-        arrays["wte.weight"][0, 0] = np.nan
+        arrays["wte.weight"][0, 0] = np.nan if how.startswith("nan") else 123.0
+        if how.endswith("accepted"):                      # the same value under both of the tied names
+            arrays["lm_head.weight"][0, 0] = np.nan
         save_file(arrays, str(run / "model.safetensors"))
         (run / "state.json").unlink()
-        return ["--no-weight-check"] if how.endswith("accepted") else []
+        return ["--no-weight-check"] if how != "nan weights" else []
     elif how == "bit flip":
         data = bytearray((run / "model.safetensors").read_bytes())
         data[-5] ^= 0xFF
@@ -365,6 +367,7 @@ def _damage(run: Path, how: str) -> list[str]:
     ("other tokenizer", "tokenizer.json: differs from the one the checkpoint"),
     ("nan weights", "tensor 'wte.weight' has 1 non-finite value(s)"),
     ("nan weights, accepted", None),
+    ("tied entries disagree", "model.safetensors: load_state_dict for FastGPT: tied weights"),
     ("bit flip", "its sha256 does not match"),
     ("/dev/zero", "not a regular file"),
     ("missing tensor", "missing from the file: ln_f.weight"),

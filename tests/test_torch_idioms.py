@@ -246,3 +246,34 @@ def test_masked_fill_takes_a_list_and_a_bad_comparison_names_the_shapes():
                                                                              0.0).tolist()
     with pytest.raises(RuntimeError, match=r"comparison \(eq\): shapes \(2, 3\) and \(4,\) do not broadcast"):
         _ = gu.zeros(2, 3) == gu.zeros(4)
+
+
+def _tied(nn):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(5, 3), nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+
+    return Tied()
+
+
+@pytest.mark.parametrize("edited", ["emb.weight", "head.weight"])
+def test_editing_one_entry_of_a_tied_weight_loads_it_as_torch_does(edited):
+    ours, theirs = _tied(gu.nn), _tied(torch.nn)
+    sd, tsd = ours.state_dict(), theirs.state_dict()
+    sd[edited], tsd[edited] = np.zeros((5, 3), np.float32), torch.zeros(5, 3)
+    ours.load_state_dict(sd)
+    theirs.load_state_dict(tsd)
+    assert not theirs.emb.weight.detach().numpy().any() and not ours.emb.weight.detach().numpy().any()
+    assert ours.head.weight is ours.emb.weight                # still one parameter
+
+
+def test_tied_entries_that_disagree_with_each_other_are_refused():
+    ours = _tied(gu.nn)
+    sd = ours.state_dict()
+    sd["emb.weight"], sd["head.weight"] = np.zeros((5, 3), np.float32), np.ones((5, 3), np.float32)
+    before = ours.emb.weight.detach().numpy().copy()
+    with pytest.raises(RuntimeError, match="tied weights emb.weight, head.weight are one parameter"):
+        ours.load_state_dict(sd)
+    np.testing.assert_array_equal(ours.emb.weight.detach().numpy(), before)   # nothing changed

@@ -141,6 +141,23 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, straight_run)
     assert train_iters == list(range(1, 21))
 
 
+def test_resume_with_other_settings_warns_and_names_them(tmp_path):
+    """The CLI lists changed settings on --resume; the Python API warns with the same kind of list
+    (an evaluation or logging change is free: no warning)."""
+    import dataclasses
+    import warnings
+
+    from groundup.train import ResumeWarning
+
+    Trainer(make_model(seed=0), config(tmp_path / "r", max_iters=4), get_batch).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResumeWarning)
+        Trainer(make_model(seed=0), config(tmp_path / "r", max_iters=4, eval_interval=3), get_batch).fit(resume=True)
+    changed = dataclasses.replace(config(tmp_path / "r", max_iters=6), lr=config(tmp_path / "r").lr * 5)
+    with pytest.warns(ResumeWarning, match=r"lr: .* -> .*the schedule's horizon: 4 -> 6"):
+        Trainer(make_model(seed=0), changed, get_batch).fit(resume=True)
+
+
 def test_resume_without_restoring_the_dropout_rng_diverges(tmp_path, monkeypatch, straight_run):
     """The check above can fail: skip restoring groundup's global RNG and the losses change."""
     whole, _ = straight_run
@@ -569,3 +586,25 @@ def test_blas_threads_for_the_whole_run_follow_the_model(monkeypatch, splits):
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         Trainer(model, config(max_iters=3), get_batch, callbacks=[blas]).fit()
     assert len(seen) == 4 and all(counts == [1 if splits else 2] * len(counts) for counts in seen), seen
+
+
+def test_get_batch_names_its_bad_arguments():
+    from groundup.data import get_batch as sample
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="get_batch: batch_size must be a positive int, got -1"):
+        sample(np.arange(10), -1, 4, rng)
+    with pytest.raises(TypeError, match="get_batch: data must hold integer token ids, got dtype float64"):
+        sample(np.arange(10.0), 2, 4, rng)
+
+
+def test_a_path_is_a_valid_out_dir_and_a_model_only_checkpoint_explains_a_failed_resume(tmp_path):
+    cfg = config(tmp_path / "p", max_iters=2)
+    assert TrainConfig(**{**cfg.to_dict(), "out_dir": tmp_path / "p"}).out_dir == str(tmp_path / "p")
+    trainer = Trainer(make_model(seed=0), cfg, get_batch)
+    trainer.fit()
+    from groundup.train import CheckpointError, save_checkpoint
+
+    save_checkpoint(tmp_path / "p", trainer.model)                     # as model.save(dir) does: no optimizer
+    with pytest.raises(CheckpointError, match="optimizer.safetensors: not found.*as model.save\(dir\) writes"):
+        Trainer(make_model(seed=0), config(tmp_path / "p", max_iters=3), get_batch).fit(resume=True)

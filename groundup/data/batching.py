@@ -30,7 +30,12 @@ def get_batch(
     """
     data = np.asarray(data)
     if data.ndim != 1:
-        raise ValueError(f"data must be 1-D token ids, got shape {data.shape}")
+        raise ValueError(f"get_batch: data must be 1-D token ids, got shape {data.shape}")
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"get_batch: data must hold integer token ids, got dtype {data.dtype}")
+    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"get_batch: {name} must be a positive int, got {value!r}")
     if len(data) <= block_size:
         raise ValueError(f"data has {len(data)} tokens; need more than block_size={block_size}")
     starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)

@@ -11,6 +11,7 @@
     gpt       GPTConfig, GPT              decoder-only transformer, readable, with hook points
     gpt_fast  FastGPT                     its fused twin for training (same parameters and state_dict)
     bert      BERTConfig, BERT            bidirectional encoder: masked-LM and [CLS] classification heads
+    bert_fast FastBERT                    its fused twin for training (same parameters and state_dict)
     efficient_attention  (functions)   causal attention: full, sliding-window, linear, chunked exact
 
 Submodules are imported on first use, so ``import groundup.models`` stays cheap.
@@ -27,7 +28,7 @@ _EXPORTS = {
     "TransformerSeq2SeqConfig": "transformer_seq2seq", "TransformerSeq2Seq": "transformer_seq2seq",
     "DeepStackConfig": "deep_stack", "DeepStackLM": "deep_stack",
     "AttnOnlyConfig": "attn_only", "AttnOnlyLM": "attn_only", "FastGPT": "gpt_fast",
-    "BERTConfig": "bert", "BERT": "bert",
+    "BERTConfig": "bert", "BERT": "bert", "FastBERT": "bert_fast",
 }
 
 __all__ = list(_EXPORTS)

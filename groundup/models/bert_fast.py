@@ -28,7 +28,7 @@ from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
 from groundup.models.gpt_fast import EmbeddingStem, TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
-from groundup.models.shared import as_twin, check_token_ids
+from groundup.models.shared import check_token_ids
 from groundup.nn.hooks import HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
 from groundup.ops import kernels as K
@@ -48,10 +48,6 @@ class FastBERT(BERT):
 
     def run_with_cache(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         self.hooks({})
-
-    def as_class(self, cls: type[BERT]) -> BERT:
-        """This model as a ``BERT`` or ``FastBERT`` (twins with the same parameters), weights copied."""
-        return as_twin(self, cls)
 
     def features(self, idx: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Tensor:
         """``BERT.features``, the embeddings made per chunk inside the stack (``BERT_STEM``)."""

@@ -239,7 +239,9 @@ class GPT(HookedModule):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (groundup.train checkpoint)."""
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (a groundup.train checkpoint;
+        it replaces one there, a Trainer's optimizer state and step included: resume from such a
+        directory then has no optimizer state to load)."""
         from groundup.train import save_checkpoint
 
         save_checkpoint(directory, self, config=self.cfg)

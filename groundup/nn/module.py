@@ -8,6 +8,7 @@ NumPy arrays, so a torch module's ``{k: v.numpy()}`` loads here unchanged.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -185,6 +186,10 @@ class Module:
 
         Checks everything before changing anything: missing keys, unexpected keys and shape
         mismatches are reported by name (with ``strict=False`` only shape mismatches raise).
+        A tied parameter (one Parameter under several names, as a GPT's ``wte.weight`` and
+        ``lm_head.weight``) takes the entry that differs from its current value, as editing one
+        entry of torch's state_dict (whose tied entries share memory) does; entries that differ from
+        it and from each other are refused.
 
         Returns:
             (missing_keys, unexpected_keys)
@@ -212,6 +217,8 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if mismatched:
             problems.append("shape mismatch: " + "; ".join(mismatched))
+        if not problems:
+            problems += _resolve_tied(own, arrays)
         if problems:
             raise RuntimeError(f"load_state_dict for {type(self).__name__}: " + " | ".join(problems))
         with no_grad():
@@ -393,3 +400,28 @@ class ModuleDict(Module):
 
     def items(self) -> Iterable[tuple[str, Module]]:
         return self._modules.items()
+
+
+def _resolve_tied(own: dict[str, Tensor], arrays: dict[str, np.ndarray]) -> list[str]:
+    """For each parameter loaded under several names, keep one entry in ``arrays`` (the edited one);
+    a problem line for names whose entries disagree with each other and with the parameter."""
+    problems = []
+    names_of: dict[int, list[str]] = {}
+    for key in arrays:
+        names_of.setdefault(id(own[key]), []).append(key)
+    for names in names_of.values():
+        if len(names) < 2:
+            continue
+        current = to_numpy(own[names[0]].data)
+        same = functools.partial(np.array_equal, equal_nan=current.dtype.kind in "fc")
+        edited = [n for n in names if not same(arrays[n], current)]
+        if not edited:
+            continue
+        if any(not same(arrays[n], arrays[edited[0]]) for n in edited[1:]):
+            problems.append(f"tied weights {', '.join(names)} are one parameter, but the entries "
+                            f"{', '.join(edited)} give it different values")
+            continue
+        for n in names:
+            if n != edited[0]:
+                del arrays[n]
+    return problems

@@ -20,7 +20,7 @@ from groundup.train.checkpoint import (
 from groundup.train.config import TrainConfig
 from groundup.train.data_parallel import DataParallel
 from groundup.train.plots import plot_metrics
-from groundup.train.trainer import Trainer, build_optimizer
+from groundup.train.trainer import ResumeWarning, Trainer, build_optimizer
 
 __all__ = ["TrainConfig", "Trainer", "build_optimizer", "save_checkpoint", "load_checkpoint", "read_safetensors",
-           "CheckpointError", "CheckpointWriteError", "plot_metrics", "DataParallel"]
+           "CheckpointError", "CheckpointWriteError", "plot_metrics", "DataParallel", "ResumeWarning"]

@@ -502,7 +502,9 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
 
         opt_path = _member(directory, OPTIMIZER_FILE, files, fits_optimizer)
         if opt_path is None:
-            raise CheckpointError(f"{directory / OPTIMIZER_FILE}: not found, but an optimizer was given to load")
+            raise CheckpointError(f"{directory / OPTIMIZER_FILE}: not found, but an optimizer was given to load "
+                                  f"(a checkpoint saved without one, as model.save(dir) writes, holds no optimizer "
+                                  f"state to resume from)")
         opt_arrays, metadata = read_safetensors(opt_path)
         saved_class = metadata.get("optimizer")
         if saved_class != type(optimizer).__name__:
@@ -515,5 +517,8 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
             raise CheckpointError(f"{opt_path}: does not fit the optimizer: {err}") from None
     if model is not None:
-        model.load_state_dict(arrays)
+        try:
+            model.load_state_dict(arrays)
+        except RuntimeError as err:                          # keys, shapes or tied entries that disagree
+            raise CheckpointError(f"{model_path}: {err}") from None
     return arrays, saved_config, state

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -394,6 +395,11 @@ class Trainer:
             raise ValueError(f"{self.out_dir / STATE_FILE}: not a Trainer checkpoint (missing {missing})")
         if type(state["step"]) is not int or state["step"] < 0:
             raise ValueError(f"{self.out_dir / STATE_FILE}: step is {state['step']!r}, not a count >= 0")
+        changed = _changed_settings(state.get("train_config"), self.config.to_dict())
+        if changed:
+            warnings.warn(f"Trainer.fit(resume=True): the run in {self.out_dir} was saved with other settings "
+                          f"({'; '.join(changed)}), so the resumed run differs from one never stopped",
+                          ResumeWarning, stacklevel=3)
         self.iter = state["step"]
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
@@ -410,6 +416,35 @@ class Trainer:
         self.history = kept
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.out_dir, METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+class ResumeWarning(UserWarning):
+    """A run is resumed with settings other than those it was saved with."""
+
+
+# settings that may change on resume without changing the steps taken (when and how much to
+# evaluate, log and checkpoint, where, and how far to go)
+FREE_ON_RESUME = ("out_dir", "progress", "eval_interval", "eval_iters", "log_interval", "checkpoint_interval",
+                  "max_iters")
+
+
+def _changed_settings(saved: Any, now: dict[str, Any]) -> list[str]:
+    """'name: old -> new' for each TrainConfig setting that differs from the saved one (lists and
+    tuples compared as lists; the horizon of a schedule that decays to max_iters counts too)."""
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+            old, new = list(old), list(new)
+        if key not in FREE_ON_RESUME and old != new:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    horizon = [c.get("max_iters") if c.get("lr_decay_iters") is None else c.get("lr_decay_iters") for c in (saved, now)]
+    if horizon[0] != horizon[1]:
+        out.append(f"the schedule's horizon: {horizon[0]!r} -> {horizon[1]!r} (set lr_decay_iters to extend a run "
+                   f"exactly)")
+    return out
 
 
 def _write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
