@@ -606,5 +606,5 @@ def test_a_path_is_a_valid_out_dir_and_a_model_only_checkpoint_explains_a_failed
     from groundup.train import CheckpointError, save_checkpoint
 
     save_checkpoint(tmp_path / "p", trainer.model)                     # as model.save(dir) does: no optimizer
-    with pytest.raises(CheckpointError, match="optimizer.safetensors: not found.*as model.save\(dir\) writes"):
+    with pytest.raises(CheckpointError, match=r"optimizer.safetensors: not found.*as model.save\(dir\) writes"):
         Trainer(make_model(seed=0), config(tmp_path / "p", max_iters=3), get_batch).fit(resume=True)
