@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,7 @@ from groundup import functional as F
 from groundup import random
 from groundup.backend import array_module, to_numpy
 from groundup.creation import cat
-from groundup.models.shared import as_twin, check_token_ids
+from groundup.models.shared import as_twin, check_token_ids, load_saved
 from groundup.nn import init
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
@@ -358,15 +357,7 @@ class BERT(HookedModule):
     def load(cls, directory: str | os.PathLike) -> BERT:
         """Rebuild a model saved by ``save`` (or a Trainer), as this class (BERT or FastBERT); config.json
         is read first, so the weights are checked against it before any tensor is read."""
-        from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
-
-        if not Path(directory).is_dir():
-            raise FileNotFoundError(f"{cls.__name__}.load: no checkpoint directory {directory}")
-        saved = read_checkpoint_config(directory)
-        saved = saved["model"] if isinstance(saved.get("model"), dict) else saved
-        model = cls(config_from_dict(BERTConfig, saved, Path(directory) / "config.json"))
-        load_checkpoint(directory, model)
-        return model
+        return load_saved(cls, BERTConfig, directory)
 
     def as_class(self, cls: type[BERT]) -> BERT:
         """This model as a ``BERT`` or ``FastBERT`` (twins with the same parameters), weights copied."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from groundup import functional as F
 from groundup.backend import array_module
 from groundup.models.gpt_config import GPTConfig
 from groundup.models.gpt_decode import generate
-from groundup.models.shared import as_twin, check_token_ids, gpt_init_
+from groundup.models.shared import as_twin, check_token_ids, gpt_init_, load_saved
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
@@ -253,15 +252,7 @@ class GPT(HookedModule):
         The model is built from config.json first, so the weights file is checked against it (names,
         shapes, sizes) before any tensor is read.
         """
-        from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
-
-        if not Path(directory).is_dir():
-            raise FileNotFoundError(f"{cls.__name__}.load: no checkpoint directory {directory}")
-        saved = read_checkpoint_config(directory)
-        saved = saved["model"] if isinstance(saved.get("model"), dict) else saved
-        model = cls(config_from_dict(GPTConfig, saved, Path(directory) / "config.json"))
-        load_checkpoint(directory, model)
-        return model
+        return load_saved(cls, GPTConfig, directory)
 
     def as_class(self, cls: type[GPT]) -> GPT:
         """This model as a ``GPT`` or ``FastGPT`` (twins with the same parameters), weights copied."""

@@ -1,5 +1,5 @@
 """What the language models (GPT, DeepStackLM, AttnOnlyLM, BERT) share: input checks, the next-token
-loss, nanoGPT's initialisation and the readable <-> fused twin switch.
+loss, nanoGPT's initialisation, loading a saved model and the readable <-> fused twin switch.
 
     data = check_token_ids(idx, "GPT", "idx", block_size=64, vocab_size=65)   # raw (B, T) int array
     loss = next_token_loss("DeepStackLM", logits, targets)                   # logits (B, T, V)
@@ -11,6 +11,8 @@ Every error names the model, the argument and its shape, so a bad batch fails wh
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,22 @@ from groundup.nn.layers import LayerNorm
 from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
-__all__ = ["check_token_ids", "next_token_loss", "gpt_init_", "as_twin"]
+__all__ = ["check_token_ids", "next_token_loss", "gpt_init_", "as_twin", "load_saved"]
+
+
+def load_saved(cls: type, config_cls: type, directory: str | os.PathLike) -> Any:
+    """A model of class ``cls`` rebuilt from the checkpoint in ``directory``: its config.json (a
+    ``config_cls``) first, so the weights file is checked against it (names, shapes, sizes) before
+    any tensor is read. The ``load`` of GPT and BERT (and so of their fused twins)."""
+    from groundup.train.checkpoint import config_from_dict, load_checkpoint, read_checkpoint_config
+
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{cls.__name__}.load: no checkpoint directory {directory}")
+    saved = read_checkpoint_config(directory)
+    saved = saved["model"] if isinstance(saved.get("model"), dict) else saved
+    model = cls(config_from_dict(config_cls, saved, Path(directory) / "config.json"))
+    load_checkpoint(directory, model)
+    return model
 
 
 def as_twin(model: Any, cls: type) -> Any:
