@@ -66,6 +66,19 @@ def test_stage_writes_metrics_plots_report_and_index(tmp_path, monkeypatch, name
         assert other.name in index
 
 
+def test_a_quick_report_says_how_to_run_the_full_version(tmp_path):
+    """`groundup run STAGE` for the roadmap's stages; run_stage for a stage of one's own (the command
+    does not know it)."""
+    own = run_stage(_fake_stage("mine", 0.9, 0.5), tmp_path, quick=True)
+    assert own["mode"] == "quick"
+    page = (tmp_path / "mine" / "report.html").read_text()
+    assert "run_stage(stage, quick=False)" in page and "groundup run mine" not in page
+    from groundup.roadmap.report import _mode_banner
+
+    assert "groundup run pretrain-finetune</code> without <code>--quick" in _mode_banner(
+        {"mode": "quick", "stage": "pretrain-finetune", "settings": {}})
+
+
 def test_runs_are_seeded(tmp_path):
     """The runner seeds Python, NumPy and groundup, and ctx.rng streams depend on the seed only."""
     import random

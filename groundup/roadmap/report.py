@@ -152,8 +152,19 @@ def _mode_banner(record: dict[str, Any]) -> str:
             "thresholds than a full run")
     table = (f'<div class="tablebox"><table><tr><th>setting</th><th>kind</th><th>this run</th><th>full run</th>'
              f"</tr>{rows}</table></div>" if rows else "")
-    return (f'<div class="banner">This is {what}. Run <code>groundup run {_esc(record["stage"])}</code> '
-            f"without <code>{'--tiny' if mode == 'tiny' else '--quick'}</code> for the full version.{table}</div>")
+    flag = "--tiny" if mode == "tiny" else "--quick"
+    if _registered(record["stage"]):
+        again = f"Run <code>groundup run {_esc(record['stage'])}</code> without <code>{flag}</code>"
+    else:                                                  # a stage of one's own: the command does not know it
+        again = f"Run it again with <code>run_stage(stage, {flag.lstrip('-')}=False)</code>"
+    return f'<div class="banner">This is {what}. {again} for the full version.{table}</div>'
+
+
+def _registered(name: str) -> bool:
+    """Whether ``groundup run NAME`` knows the stage (one of the roadmap's own)."""
+    from groundup.roadmap.stages import STAGE_ORDER
+
+    return name.replace("-", "_") in STAGE_ORDER          # module names: pretrain_finetune for pretrain-finetune
 
 
 def _claims_table(claims: Sequence[dict[str, Any]], smoke: bool) -> str:
@@ -334,8 +345,9 @@ def render_stage(record: dict[str, Any], sections: Sequence[tuple[str, str]] = (
         parts.append('<h2>Settings</h2><div class="tablebox"><table><tr><th>setting</th><th>kind</th>'
                      f"<th>this run</th><th>full run</th></tr>{rows}</table></div>")
     mode_flag = " --tiny" if record.get("tiny") else " --quick" if record.get("quick") else ""
-    parts.append(f"<p class=meta>Re-run: <code>groundup run {_esc(name)}{mode_flag}{_esc(_set_flags(record))} "
-                 f"--seed {_esc(record.get('seed'))}</code></p>")
+    if _registered(name):
+        parts.append(f"<p class=meta>Re-run: <code>groundup run {_esc(name)}{mode_flag}"
+                     f"{_esc(_set_flags(record))} --seed {_esc(record.get('seed'))}</code></p>")
     parts.append(_steps_nav(name, order))
     return _page(f"groundup roadmap: {name}", "\n".join(parts))
 
