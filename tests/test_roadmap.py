@@ -198,7 +198,9 @@ def test_a_run_that_errors_or_is_interrupted_keeps_the_last_finished_run(tmp_pat
     assert not (tmp_path / "s" / "half.png").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "index.html", "s"]
 
+    (tmp_path / "s" / "my notes.txt").write_text("mine")   # a file of one's own in the stage's folder
     again = run_stage(_fake_stage("s", 0.2, 0.5), tmp_path)   # finishes (a failed claim is a finished run)
+    assert (tmp_path / "s" / "my notes.txt").read_text() == "mine"   # kept, as a re-run in place kept it
     assert again["status"] == "fail" and not (tmp_path / "s" / "error.json").exists()
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["status"] == "fail"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "s"]

@@ -582,9 +582,23 @@ def _run_into(stage: Stage, out_root: Path, out_dir: Path, previous: Path | None
     listed = list(all_stages) if all_stages is not None else [stage]
     _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
     if previous is not None:
+        _carry_over(previous, out_dir)
         _remove_tree(previous)                     # this run finished: the last one is no longer needed
     _print_outcome(bars, record)
     return record
+
+
+_RUN_OUTPUTS = ("metrics.json", "report.html", "error.json")
+
+
+def _carry_over(previous: Path, out_dir: Path) -> None:
+    """Move what the set-aside run's folder held beside the stage's own outputs (a file of one's own,
+    a model trained further there) into the new run's folder, unless the new run wrote that name: a
+    re-run replaces the stage's outputs, as it did in place, and nothing else."""
+    for entry in previous.iterdir():
+        if entry.name in _RUN_OUTPUTS or entry.suffix == ".png" or (out_dir / entry.name).exists():
+            continue
+        entry.rename(out_dir / entry.name)
 
 
 def _headline(stage: Stage, label: str, value: float, metrics: dict[str, Any]) -> dict[str, Any]:
