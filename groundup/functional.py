@@ -191,20 +191,51 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng)
 
 
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def _pad_positions(mode: str, size: int, left: int, right: int, dim: int) -> Any:
+    """The source position of every output position of one padded dim: (left + size + right,) ints."""
+    import numpy as np
+
+    limit = size - 1 if mode == "reflect" else size if mode == "circular" else None
+    if min(left, right) < 0 or (limit is not None and max(left, right) > limit) or size == 0:
+        raise ValueError(f"pad: mode {mode!r} pads dim {dim} of size {size} by ({left}, {right}); it needs amounts "
+                         f"from 0" + (f" to {limit}" if limit is not None else "") + " and a non-empty dim")
+    at = np.arange(-left, size + right)                     # positions relative to the input
+    if mode == "replicate":
+        return np.clip(at, 0, size - 1)
+    if mode == "circular":
+        return at % size
+    period = 2 * (size - 1) if size > 1 else 1              # reflect: ... 2 1 | 0 1 2 ... n-1 | n-2 ...
+    at = np.abs(at) % period
+    return np.where(at < size, at, period - at)
+
+
 def pad(input: Tensor, pad: tuple[int, ...], mode: str = "constant", value: float | None = None) -> Tensor:
-    """Constant padding, torch's signature: ``pad`` lists (left, right) pairs starting from the last
-    dim; a negative amount crops that side, as in torch. Only ``mode="constant"`` is implemented."""
+    """Padding with torch's signature: ``pad`` lists (left, right) pairs starting from the last dim.
+
+    ``mode``: "constant" (``value``, default 0; a negative amount crops that side, as in torch),
+    "reflect" (mirror without repeating the edge: amounts below the dim's size), "replicate" (repeat
+    the edge) or "circular" (wrap around: amounts up to the dim's size). The last three pick source
+    positions with one index array per dim, so the gradient flows back through indexing.
+    """
     from groundup.creation import cat, full
 
-    if mode != "constant":
-        raise NotImplementedError(f"pad: mode {mode!r} is not implemented (only 'constant')")
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad: mode {mode!r} is not one of {', '.join(PAD_MODES)}")
     if len(pad) % 2 or len(pad) // 2 > input.ndim:
         raise ValueError(f"pad: expected (left, right) pairs for at most {input.ndim} dims, got {tuple(pad)}")
+    if mode != "constant" and value is not None:
+        raise ValueError(f"pad: value is only for mode 'constant', got value={value} with mode {mode!r}")
     value = 0.0 if value is None else value
     out = input
     for i in range(len(pad) // 2):
         dim = out.ndim - 1 - i
         left, right = int(pad[2 * i]), int(pad[2 * i + 1])
+        if mode != "constant":
+            out = out[(slice(None),) * dim + (_pad_positions(mode, out.shape[dim], left, right, dim),)]
+            continue
         if left < 0 or right < 0:                           # crop first: torch's negative padding
             size = out.shape[dim]
             start, stop = max(-left, 0), size - max(-right, 0)

@@ -227,8 +227,27 @@ def test_pad_takes_torchs_signature_and_crops_with_negative_amounts():
         (out * out).sum().backward()
         (tout * tout).sum().backward()
         np.testing.assert_array_equal(x.grad.numpy(), t.grad.numpy())
-    with pytest.raises(NotImplementedError, match="mode 'reflect'"):
-        F.pad(x, (1, 1), "reflect")
+    with pytest.raises(ValueError, match="mode 'wrap' is not one of"):
+        F.pad(x, (1, 1), "wrap")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_pad_modes_match_torch_in_values_and_gradients(mode):
+    import torch.nn.functional as TF
+
+    import groundup.nn.functional as F
+
+    data = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x, t = gu.tensor(data, requires_grad=True), torch.tensor(data, requires_grad=True)
+    weight = np.random.default_rng(1).standard_normal((2, 3, 7, 9)).astype(np.float32)
+    out, tout = F.pad(x, (2, 2, 3, 0), mode), TF.pad(t, (2, 2, 3, 0), mode)
+    np.testing.assert_array_equal(out.detach().numpy(), tout.detach().numpy())
+    (out * gu.tensor(weight)).sum().backward()
+    (tout * torch.tensor(weight)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-6, atol=1e-6)
+    if mode == "reflect":
+        with pytest.raises(ValueError, match="pads dim 3 of size 5 by \\(5, 0\\)"):
+            F.pad(x, (5, 0), mode)
 
 
 def test_module_to_a_dtype_casts_and_a_bad_device_is_named():
