@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 import traceback
@@ -492,7 +493,7 @@ def _set_aside(out_dir: Path) -> Path | None:
     previous = _previous_dir(out_dir)
     if previous.exists():
         if _finished(out_dir):                     # the killed run had finished: the old one can go
-            _remove_tree(previous)
+            shutil.rmtree(previous)
         else:
             _restore(previous, out_dir)
     if not _finished(out_dir):
@@ -504,14 +505,8 @@ def _set_aside(out_dir: Path) -> Path | None:
 def _restore(previous: Path, out_dir: Path) -> None:
     """Put the set-aside run back in place of whatever the new run left in ``out_dir``."""
     if out_dir.exists():
-        _remove_tree(out_dir)
+        shutil.rmtree(out_dir)
     previous.rename(out_dir)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 def _run_into(stage: Stage, out_root: Path, out_dir: Path, previous: Path | None, *, quick: bool, tiny: bool,
@@ -583,7 +578,7 @@ def _run_into(stage: Stage, out_root: Path, out_dir: Path, previous: Path | None
     _write_atomic(out_root / "index.html", report.render_index(out_root, listed))
     if previous is not None:
         _carry_over(previous, out_dir)
-        _remove_tree(previous)                     # this run finished: the last one is no longer needed
+        shutil.rmtree(previous)                     # this run finished: the last one is no longer needed
     _print_outcome(bars, record)
     return record
 
