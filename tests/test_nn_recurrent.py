@@ -17,8 +17,9 @@ from helpers import assert_graph_dtype, check_grad
 import groundup as gu
 from groundup import functional as F
 from groundup import nn
-from groundup.nn import recurrent
-from groundup.nn.recurrent import GRUScan, LSTMScan, RNNScan, unroll_cell
+from groundup.nn import scans
+from groundup.nn.recurrent import unroll_cell
+from groundup.nn.scans import GRUScan, LSTMScan, RNNScan
 
 try:
     import torch
@@ -234,8 +235,8 @@ def test_float32_stays_float32_through_forward_and_backward(name):
 
 @pytest.fixture(params=["exp", "tanh"])
 def gate_route(request, monkeypatch):
-    """Both ways the scans compute their gates (the machine picks one, ``recurrent._tanh_is_fast``)."""
-    monkeypatch.setattr(recurrent, "_TANH_IS_FAST", request.param == "tanh")
+    """Both ways the scans compute their gates (the machine picks one, ``scans._tanh_is_fast``)."""
+    monkeypatch.setattr(scans, "_TANH_IS_FAST", request.param == "tanh")
     return request.param
 
 

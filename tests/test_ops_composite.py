@@ -337,13 +337,13 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
         "models.gpt_fast.LMHeadLoss", normals((2, 3, 4), (4,), (4,), (5, 4)),
         lambda x, ln_w, ln_b, w: resolve("models.gpt_fast.LMHeadLoss").apply(x, ln_w, ln_b, w, targets=LM_TARGETS),
         lm_head_composite)),
-    # --- fused recurrent scans (nn/recurrent.py): the time loop unrolled into primitive cells
-    ("RNNScan", Case("nn.recurrent.RNNScan", normals((4, 2, 3), (2, 3), (3, 3), (3,)),
-                     lambda xi, h, w, b: resolve("nn.recurrent.RNNScan").apply(xi, h, w, b), rnn_steps)),
-    ("GRUScan", Case("nn.recurrent.GRUScan", normals((4, 2, 9), (2, 3), (9, 3), (9,)),
-                     lambda xi, h, w, b: resolve("nn.recurrent.GRUScan").apply(xi, h, w, b), gru_steps)),
-    ("LSTMScan", Case("nn.recurrent.LSTMScan", normals((4, 2, 12), (2, 3), (2, 3), (12, 3), (12,)),
-                      lambda xi, h, c, w, b: resolve("nn.recurrent.LSTMScan").apply(xi, h, c, w, b), lstm_steps)),
+    # --- fused recurrent scans (nn/scans.py): the time loop unrolled into primitive cells
+    ("RNNScan", Case("nn.scans.RNNScan", normals((4, 2, 3), (2, 3), (3, 3), (3,)),
+                     lambda xi, h, w, b: resolve("nn.scans.RNNScan").apply(xi, h, w, b), rnn_steps)),
+    ("GRUScan", Case("nn.scans.GRUScan", normals((4, 2, 9), (2, 3), (9, 3), (9,)),
+                     lambda xi, h, w, b: resolve("nn.scans.GRUScan").apply(xi, h, w, b), gru_steps)),
+    ("LSTMScan", Case("nn.scans.LSTMScan", normals((4, 2, 12), (2, 3), (2, 3), (12, 3), (12,)),
+                      lambda xi, h, c, w, b: resolve("nn.scans.LSTMScan").apply(xi, h, c, w, b), lstm_steps)),
 ]}
 
 # Fused ops whose composite is a whole model, checked in the model's own tests.

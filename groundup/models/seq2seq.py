@@ -36,7 +36,7 @@ from groundup import creation
 from groundup import functional as F
 from groundup.backend import to_device, to_numpy
 from groundup.nn import GRU, Embedding, Linear, Module
-from groundup.nn.recurrent import GRUScan
+from groundup.nn.scans import GRUScan
 from groundup.ops import additive_attention
 from groundup.tensor import Tensor, no_grad
 

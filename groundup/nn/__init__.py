@@ -1,6 +1,6 @@
 """``groundup.nn``: Module, Parameter, containers and layers with torch.nn's names.
 
-Layers live in small files (layers, norm, conv, recurrent, attention, transformer, positional);
+Layers live in small files (layers, norm, conv, recurrent and its scans, attention, transformer, positional);
 everything public is re-exported here, as ``torch.nn`` does.
 """
 

@@ -82,9 +82,9 @@ FUSED: dict[str, str] = {
                                             "split and merge (about ten movement nodes) as strided views",
     "models.gpt_fast.TransformerStack": "the GPT's whole block stack in one node, the batch split over threads",
     "models.gpt_fast.LMHeadLoss": "final LayerNorm + tied head + cross-entropy in one threaded node, no logits graph",
-    "nn.recurrent.RNNScan": "a whole sequence in one node: the time loop and backprop through time in NumPy",
-    "nn.recurrent.GRUScan": "a whole GRU sequence in one node (T steps of dozens of nodes each otherwise)",
-    "nn.recurrent.LSTMScan": "a whole LSTM sequence in one node (T steps of dozens of nodes each otherwise)",
+    "nn.scans.RNNScan": "a whole sequence in one node: the time loop and backprop through time in NumPy",
+    "nn.scans.GRUScan": "a whole GRU sequence in one node (T steps of dozens of nodes each otherwise)",
+    "nn.scans.LSTMScan": "a whole LSTM sequence in one node (T steps of dozens of nodes each otherwise)",
     "ops.additive_attention.AdditiveAttention": "one decoder step of Bahdanau attention in one node (about a dozen "
                                                 "otherwise), for the teacher-forced seq2seq decoder",
 }
