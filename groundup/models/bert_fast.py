@@ -27,7 +27,9 @@ from groundup import random
 from groundup.backend import array_module
 from groundup.creation import cat
 from groundup.models.bert import BERT, MLMHead, _check_mlm_labels, _mlm_labels
-from groundup.models.gpt_fast import EmbeddingStem, TransformerStack, _fold_layer_norm, _unfold_gradients, softmax_nll_
+from groundup.models.gpt_fast import TransformerStack
+from groundup.models.gpt_fast_block import fold_layer_norm, softmax_nll_, unfold_gradients
+from groundup.models.gpt_fast_workers import EmbeddingStem
 from groundup.models.shared import check_token_ids
 from groundup.nn.hooks import HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
@@ -146,7 +148,7 @@ _MLM_NAMES = ("dense.weight", "dense.bias", "ln.weight", "ln.bias", "decoder.wei
 
 
 class _MLMHead:
-    """``TransformerStack``'s BERT head (the protocol of ``gpt_fast._LMHead``): a chunk's labelled rows
+    """``TransformerStack``'s BERT head (the protocol of ``gpt_fast_workers._LMHead``): a chunk's labelled rows
     (label != -100) through ln_f (pre-norm; folded into dense), dense, GELU, ln (folded into the
     decoder), the decoder, and the sum of their cross-entropies.
 
@@ -168,10 +170,10 @@ class _MLMHead:
         if bad.any():
             raise IndexError(f"cross_entropy: target {int(t[bad][0])} is out of range for {V} classes")
         if head["pre"]:
-            _fold_layer_norm(params, "ln_f", "dense", "dense")
+            fold_layer_norm(params, "ln_f", "dense", "dense")
         else:
             params["dense.folded"], params["dense.folded_bias"] = params["dense.weight"], params["dense.bias"]
-        _fold_layer_norm(params, "ln", "decoder", "decoder")
+        fold_layer_norm(params, "ln", "decoder", "decoder")
         meta = {k: head[k] for k in ("eps", "eps_f", "pre", "activation")}
         return {"params": params, "targets": t, "shape": shape, "meta": meta}
 
@@ -224,10 +226,10 @@ class _MLMHead:
     @staticmethod
     def finish(total: dict[str, Any], state: dict[str, Any]) -> list[Any]:
         params = state["params"]
-        _unfold_gradients(total, params, "ln", "decoder")
+        unfold_gradients(total, params, "ln", "decoder")
         names = _MLM_NAMES
         if state["meta"]["pre"]:
-            _unfold_gradients(total, params, "ln_f", "dense")
+            unfold_gradients(total, params, "ln_f", "dense")
             names = ("ln_f.weight", "ln_f.bias") + names
         return [total[n] for n in names]
 
@@ -237,7 +239,7 @@ MLM_HEAD = _MLMHead()
 
 # ----------------------------------------------------------------------------- the embeddings, fused
 class _BERTStem(EmbeddingStem):
-    """``TransformerStack``'s BERT stem (the protocol of ``gpt_fast.stem_impl``): a chunk's token ids
+    """``TransformerStack``'s BERT stem (the protocol of ``gpt_fast_workers.stem_impl``): a chunk's token ids
     (b, T) -> wte(idx) + wpe(0..T-1) [+ wse(segments)] -> ln_embd -> dropout, the blocks' input x.
 
     Backward: d = ln_embd's backward of (gx * dropout mask); wte's and wse's gradients are d summed
