@@ -362,3 +362,22 @@ def test_attention_only_and_deep_stack_models():
         ablate(attn, ids, targets, "L0MLP")
     trace = causal_trace(attn, ids[0], subject=[0], answer=1, samples=2)
     assert np.isnan(trace.mlp).all() and not np.isnan(trace.attn).any()
+
+
+def test_ablation_hooks_keep_the_gradient_of_the_parts_left_alone():
+    model = tiny_gpt(n_layer=2)
+    ids, targets = ids_and_targets(B=2)
+    with model.hooks(ablation_hooks(model, "L1H0")):
+        model.loss(ids, targets).backward()
+    edited = tiny_gpt(n_layer=2)                            # the same function: head 0's value weights zeroed
+    C = 16
+    edited.blocks[1].attn.qkv.weight.data[2 * C:2 * C + 8] = 0.0
+    edited.blocks[1].attn.qkv.bias.data[2 * C:2 * C + 8] = 0.0
+    edited.loss(ids, targets).backward()
+    grads = dict(model.named_parameters())
+    for name, p in edited.named_parameters():
+        if name.startswith("blocks.1.attn.qkv"):            # the zeroed weights themselves differ
+            continue
+        assert grads[name].grad is not None, name
+        np.testing.assert_allclose(grads[name].grad.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    assert no_hooks_left(model)

@@ -17,6 +17,7 @@ import numpy as np
 from groundup.backend import array_module, to_numpy
 from groundup.nn.hooks import HookedModule
 from groundup.nn.module import Module
+from groundup.ops.methods import where
 from groundup.tensor import Tensor, no_grad
 
 __all__ = ["check_model", "final_norm", "unembedding", "n_layer", "n_head", "has_mlp", "eval_mode",
@@ -112,7 +113,14 @@ def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def replace_at(act: Tensor, index: tuple[Any, ...], value: Any) -> Tensor:
-    """A copy of ``act`` with ``act[index] = value`` (for hooks that patch or ablate a slice)."""
-    data = act.data.copy()
-    data[index] = array_module(data).asarray(value, dtype=data.dtype) if not np.isscalar(value) else value
-    return Tensor(data)
+    """``act`` with ``act[index] = value`` (for hooks that patch or ablate a slice).
+
+    Differentiable: outside ``index`` the gradient flows to ``act`` as through the identity, so a
+    backward pass under ablation hooks reaches every part that was not ablated.
+    """
+    xp = array_module(act.data)
+    chosen = xp.zeros(act.shape, dtype=bool)
+    chosen[index] = True
+    filled = xp.zeros(act.shape, dtype=act.dtype)
+    filled[index] = xp.asarray(value, dtype=act.dtype) if not np.isscalar(value) else value
+    return where(chosen, Tensor(filled), act)
