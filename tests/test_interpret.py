@@ -381,3 +381,27 @@ def test_ablation_hooks_keep_the_gradient_of_the_parts_left_alone():
         assert grads[name].grad is not None, name
         np.testing.assert_allclose(grads[name].grad.numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
     assert no_hooks_left(model)
+
+
+def test_empty_inputs_and_causal_trace_arguments_are_refused_by_name():
+    model = tiny_gpt(n_layer=2)
+    ids, targets = ids_and_targets()
+    empty = ids[:, :0]
+    metric = logit_diff_metric(3, 7)
+    calls = {"logit_lens": lambda: logit_lens(model, empty), "ablate": lambda: ablate(model, empty, empty, "L0H0"),
+             "head_scores": lambda: head_scores(model, empty),
+             "activation_patching": lambda: patch_residual(model, empty, empty, metric),
+             "causal_trace": lambda: causal_trace(model, empty, subject=[0], answer=1)}
+    for tool, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{tool}: .*empty"):
+            call()
+    with pytest.raises(ValueError, match=rf"subject position 10 outside a prompt of {T}"):
+        causal_trace(model, ids, subject=[10], answer=1)      # not position 10 % T
+    assert causal_trace(model, ids, subject=[-1], answer=1, samples=1).subject == [T - 1]
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        causal_trace(model, ids, subject=[1], answer=1, samples=0)
+    with pytest.raises(ValueError, match=f"answer {V} outside the vocabulary of {V}"):
+        causal_trace(model, ids, subject=[1], answer=V)
+    with pytest.raises(ValueError, match="answer -1 outside the vocabulary"):
+        causal_trace(model, ids, subject=[1], answer=-1)
+    assert no_hooks_left(model)

@@ -76,7 +76,7 @@ def eval_mode(model: Module) -> Iterator[Module]:
 
 
 def as_ids(idx: Any, tool: str, one: bool = False) -> np.ndarray:
-    """Token ids as a (B, T) int64 NumPy array; ``one``: exactly one sequence ((T,) or (1, T))."""
+    """Token ids as a (B, T) int64 NumPy array, B, T >= 1; ``one``: exactly one sequence ((T,) or (1, T))."""
     ids = to_numpy(idx.data if isinstance(idx, Tensor) else np.asarray(idx))
     if ids.ndim == 1:
         ids = ids[None]                                                          # (1, T)
@@ -84,6 +84,8 @@ def as_ids(idx: Any, tool: str, one: bool = False) -> np.ndarray:
         raise ValueError(f"{tool}: token ids must be integers of shape (B, T) or (T,), got {ids.dtype} {ids.shape}")
     if one and ids.shape[0] != 1:
         raise ValueError(f"{tool}: give one sequence, (T,) or (1, T); got a batch of {ids.shape[0]}")
+    if ids.size == 0:
+        raise ValueError(f"{tool}: the token ids are empty, shape {ids.shape}; give at least one token")
     return ids.astype(np.int64)
 
 

@@ -211,7 +211,7 @@ def causal_trace(model: Module, idx: Any, subject: Sequence[int], answer: int, n
     Args:
         model: a hooked language model.
         idx: (T,) or (1, T) the prompt; the answer is predicted at its last position.
-        subject: the positions of the subject tokens (noised).
+        subject: the positions of the subject tokens (noised; negative counts from the end).
         answer: the correct answer's token id.
         noise: the noise's standard deviation in units of the embeddings' (ROME: 3).
         samples: noise samples averaged over.   seed: their generator's seed.
@@ -222,11 +222,19 @@ def causal_trace(model: Module, idx: Any, subject: Sequence[int], answer: int, n
     check_model(model, "causal_trace")
     ids = as_ids(idx, "causal_trace", one=True)
     T, L = ids.shape[1], n_layer(model)
-    subject = sorted({int(s) % T for s in subject})
+    for s in subject:
+        if not -T <= int(s) < T:
+            raise ValueError(f"causal_trace: subject position {s} outside a prompt of {T} tokens")
+    subject = sorted({int(s) % T for s in subject})                           # negative: from the end
     if not subject:
         raise ValueError("causal_trace: name at least one subject position")
+    if not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ValueError(f"causal_trace: samples must be a positive integer, got {samples!r}")
     with eval_mode(model):
         clean_logits, cache = model.run_with_cache(ids)
+    V = clean_logits.shape[-1]
+    if not 0 <= int(answer) < V:
+        raise ValueError(f"causal_trace: answer {answer} outside the vocabulary of {V}")
     embeddings = numpy_of(cache["blocks.0.hook_resid_pre"])                   # (1, T, C)
     std = _noise_std(model, embeddings) if noise_std is None else float(noise_std)
     rng = np.random.default_rng(seed)
