@@ -137,6 +137,9 @@ def test_logit_lens_last_row_is_the_models_loss():
     assert lens.loss is None and lens.names == ["embed", "blocks.0", "blocks.1", "blocks.2"]
     with pytest.raises(ValueError, match="one sequence"):
         logit_lens(model, ids)
+    for wrong in (targets[:1], targets[:, :-2]):           # one row for four, or shorter: not broadcast
+        with pytest.raises(ValueError, match=r"lens_losses: targets \(\d, \d\) must match idx \(4, 7\)"):
+            lens_losses(model, ids, wrong)
 
 
 def test_accumulated_and_decomposed_residual_stream():

@@ -61,8 +61,11 @@ def lens_log_probs(model: Module, idx: Any) -> tuple[np.ndarray, list[str]]:
 
 def lens_losses(model: Module, idx: Any, targets: Any) -> np.ndarray:
     """Mean lens loss per row (L + 1,) over a batch idx (B, T), targets (B, T) (-100 ignored)."""
-    logp, _ = lens_log_probs(model, idx)
-    loss = token_losses(logp, as_ids(targets, "lens_losses")[None])           # (L+1, B, T)
+    ids, tgt = as_ids(idx, "lens_losses"), as_ids(targets, "lens_losses")
+    if tgt.shape != ids.shape:
+        raise ValueError(f"lens_losses: targets {tgt.shape} must match idx {ids.shape}")
+    logp, _ = lens_log_probs(model, ids)
+    loss = token_losses(logp, tgt[None])                                      # (L+1, B, T)
     return np.nanmean(loss.reshape(len(loss), -1), axis=1)                    # (L+1,)
 
 
