@@ -26,6 +26,7 @@ from groundup.interpret import (
     ablation_hooks,
     ablation_table,
     all_parts,
+    answer_prob_metric,
     causal_trace,
     direct_logit_attribution,
     head_scores,
@@ -271,6 +272,13 @@ def test_patching_endpoints_and_first_block():
     assert no_hooks_left(model)
     with pytest.raises(ValueError, match="same shape"):
         patch_residual(model, clean, corrupted[:, :-1], metric)
+    for bad, message in ((logit_diff_metric(-1, 7), "answer -1 outside the vocabulary"),   # not token V - 1
+                         (logit_diff_metric(3, V), f"wrong {V} outside the vocabulary of {V}"),
+                         (answer_prob_metric(-2), "answer -2 outside the vocabulary"),
+                         (answer_prob_metric(3, position=T), f"position {T} outside a sequence of {T}")):
+        with pytest.raises(ValueError, match=message):
+            patch_residual(model, clean, corrupted, bad)
+    assert no_hooks_left(model)
 
 
 def test_causal_trace_endpoints():

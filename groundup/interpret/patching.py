@@ -75,9 +75,20 @@ class Patching:
     corrupted: float
 
 
+def _check_metric_args(metric: str, logits: np.ndarray, position: int, **tokens: int) -> None:
+    """A ValueError unless ``position`` is inside logits (B, T, V) and each token id inside the vocabulary."""
+    T, V = logits.shape[1], logits.shape[-1]
+    if not -T <= position < T:
+        raise ValueError(f"{metric}: position {position} outside a sequence of {T}")
+    for name, token in tokens.items():
+        if not 0 <= token < V:          # a negative id would silently read a token from the end
+            raise ValueError(f"{metric}: {name} {token} outside the vocabulary of {V}")
+
+
 def logit_diff_metric(answer: int, wrong: int, position: int = -1) -> Metric:
     """``logits[:, position, answer] - logits[:, position, wrong]``, averaged over the batch."""
     def metric(logits: np.ndarray) -> float:
+        _check_metric_args("logit_diff_metric", logits, position, answer=answer, wrong=wrong)
         z = np.asarray(logits, dtype=np.float64)[:, position]                # (B, V)
         return float((z[:, answer] - z[:, wrong]).mean())
     return metric
@@ -86,6 +97,7 @@ def logit_diff_metric(answer: int, wrong: int, position: int = -1) -> Metric:
 def answer_prob_metric(answer: int, position: int = -1) -> Metric:
     """p(answer) at ``position``, averaged over the batch."""
     def metric(logits: np.ndarray) -> float:
+        _check_metric_args("answer_prob_metric", logits, position, answer=answer)
         return float(np.exp(log_softmax(logits[:, position])[:, answer]).mean())
     return metric
 
