@@ -153,6 +153,10 @@ def test_accumulated_and_decomposed_residual_stream():
     parts, names = cache.decompose_resid()
     assert names == ["embed", "L0H0", "L0H1", "L0attn_bias", "L0MLP", "L1H0", "L1H1", "L1attn_bias", "L1MLP"]
     np.testing.assert_allclose(parts.numpy().sum(0), cache["blocks.1.hook_resid_post"].numpy(), rtol=1e-10, atol=1e-12)
+    _, partial = model.run_with_cache(ids, names=["blocks.0.hook_resid_pre", "blocks.*.hook_resid_post",
+                                                  "blocks.*.attn.hook_result"])     # no hook_mlp_out
+    with pytest.raises(KeyError, match="blocks.0.hook_mlp_out"):   # not a decomposition without the MLPs
+        partial.decompose_resid()
 
 
 def test_decomposition_refuses_post_norm():

@@ -112,7 +112,8 @@ class ActivationCache(Mapping[str, Tensor]):
         stream after the last block is exactly the sum of these parts (Elhage et al. 2021):
         'embed' (``blocks.0.hook_resid_pre``), 'L{l}H{h}' (``blocks.l.attn.hook_result[:, :, h]``),
         'L{l}attn_bias' (the output projection's bias, only when it has one) and 'L{l}MLP'
-        (``blocks.l.hook_mlp_out``, its bias included). Needs ``hook_result`` in the cache.
+        (``blocks.l.hook_mlp_out``, its bias included). Needs ``hook_result`` and, for a model with
+        MLPs, ``hook_mlp_out`` in the cache (a KeyError names what is missing).
 
         Returns:
             ``(stack, labels)``: stack (n_parts, B, T, C), labels as above, in layer order.
@@ -133,8 +134,9 @@ class ActivationCache(Mapping[str, Tensor]):
             if bias is not None:
                 parts.append(array_module(result).broadcast_to(bias.data, result[:, :, 0].shape))  # (B, T, C)
                 labels.append(f"L{layer}attn_bias")
-            if f"blocks.{layer}.hook_mlp_out" in self._acts:
-                parts.append(self._acts[f"blocks.{layer}.hook_mlp_out"].data)             # (B, T, C)
+            has_mlp = hasattr(block, "mlp") if block is not None else f"blocks.{layer}.hook_mlp_out" in self._acts
+            if has_mlp:                 # a model's MLP must be in the cache, else the parts miss it
+                parts.append(self[f"blocks.{layer}.hook_mlp_out"].data)                  # (B, T, C)
                 labels.append(f"L{layer}MLP")
         xp = array_module(parts[0])
         return Tensor(xp.stack([xp.asarray(p, dtype=parts[0].dtype) for p in parts])), labels  # (n_parts, B, T, C)
