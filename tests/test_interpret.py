@@ -157,6 +157,10 @@ def test_accumulated_and_decomposed_residual_stream():
                                                   "blocks.*.attn.hook_result"])     # no hook_mlp_out
     with pytest.raises(KeyError, match="blocks.0.hook_mlp_out"):   # not a decomposition without the MLPs
         partial.decompose_resid()
+    _, first = model.run_with_cache(ids, names=["blocks.0.*", "blocks.*.attn.hook_result", "blocks.*.hook_mlp_out"])
+    for method in (first.accumulated_resid, first.decompose_resid):  # block 0 only: not the final stream
+        with pytest.raises(KeyError, match="blocks.1.hook_resid_post"):
+            method()
 
 
 def test_decomposition_refuses_post_norm():

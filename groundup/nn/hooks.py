@@ -84,11 +84,15 @@ class ActivationCache(Mapping[str, Tensor]):
         return f"ActivationCache({len(self)} activations: {', '.join(list(self)[:4])}{', …' if len(self) > 4 else ''})"
 
     def _n_layer(self) -> int:
+        """The model's number of blocks (counted in the cache for a model without a ``blocks`` list)."""
+        blocks = getattr(self.model, "blocks", None)
         n = 0
-        while f"blocks.{n}.hook_resid_post" in self._acts:
+        while (n < len(blocks)) if blocks is not None else f"blocks.{n}.hook_resid_post" in self._acts:
             n += 1
-        if n == 0 or "blocks.0.hook_resid_pre" not in self._acts:
-            raise KeyError("the cache holds no residual stream (blocks.{i}.hook_resid_pre|post); "
+        missing = [name for name in ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
+                   if name not in self._acts]
+        if n == 0 or missing:           # a stream recorded up to some block only is not the final one
+            raise KeyError(f"the cache lacks the residual stream {missing[:3]}{' …' if len(missing) > 3 else ''}; "
                            "record it with run_with_cache(idx) (all names) or names='blocks.*.hook_resid_*'")
         return n
 
