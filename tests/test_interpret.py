@@ -358,6 +358,12 @@ def test_tools_restore_the_training_mode():
     logit_lens(model, ids, targets)
     ablate(model, ids, targets, "L0H0")
     assert model.training is True
+    model.blocks[0].attn.eval()                             # a mixed state (one part frozen) comes back as it was
+    direct_logit_attribution(model, ids, -1, 3)
+    head_scores(model, ids)
+    assert model.training is True and model.blocks[0].mlp.training is True
+    assert model.blocks[0].attn.training is False and model.blocks[0].attn.qkv.training is False
+    assert gu.is_grad_enabled()
 
 
 def test_attention_only_and_deep_stack_models():

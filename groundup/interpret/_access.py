@@ -65,14 +65,15 @@ def has_mlp(model: Module, layer: int) -> bool:
 
 @contextlib.contextmanager
 def eval_mode(model: Module) -> Iterator[Module]:
-    """Eval mode (no dropout) and no gradients inside; the mode found is restored on exit."""
-    was_training = model.training
+    """Eval mode (no dropout) and no gradients inside; each submodule's mode found is restored on exit."""
+    modes = [(module, module.training) for module in model.modules()]        # a part may be frozen apart
     model.eval()
     try:
         with no_grad():
             yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.train(training)
 
 
 def as_ids(idx: Any, tool: str, one: bool = False) -> np.ndarray:
