@@ -430,3 +430,20 @@ def test_empty_inputs_and_causal_trace_arguments_are_refused_by_name():
     with pytest.raises(ValueError, match="answer -1 outside the vocabulary"):
         causal_trace(model, ids, subject=[1], answer=-1)
     assert no_hooks_left(model)
+
+
+def test_an_unknown_hook_name_lists_the_valid_ones():
+    model = tiny_gpt(n_layer=2)
+    ids, _ = ids_and_targets()
+    with pytest.raises(KeyError) as err:
+        model.run_with_cache(ids, names="blocks.0.hook_resid_psot")
+    message = str(err.value)
+    assert "'blocks.0.hook_resid_psot' (did you mean ['blocks.0.hook_resid_post'" in message
+    for kind in ("hook_embed", "blocks.{i}.hook_resid_pre", "blocks.{i}.hook_mlp_out", "blocks.{i}.attn.hook_pattern",
+                 "ln_f.hook_normalized"):                   # every kind of hook point, not the first few
+        assert repr(kind) in message
+    assert message.endswith("with i in 0..1\"")
+    with pytest.raises(KeyError, match="no hook point matches 'blocks.9.hook_x'; its hook points"), \
+            model.hooks({"blocks.9.hook_x": lambda a, h: None}):
+        pass
+    assert no_hooks_left(model)

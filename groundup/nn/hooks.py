@@ -19,7 +19,9 @@ References: Nanda & Bloom, TransformerLens (hook points named by module path).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fnmatch
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -161,8 +163,12 @@ class HookedModule(Module):
     def _match(self, pattern: str, points: Mapping[str, HookPoint]) -> list[str]:
         names = [n for n in points if n == pattern or fnmatch.fnmatchcase(n, pattern)]
         if not names:
-            raise KeyError(f"{type(self).__name__}: no hook point matches {pattern!r}; "
-                           f"hook points are e.g. {list(points)[:6]}")
+            close = difflib.get_close_matches(pattern, list(points), n=3, cutoff=0.75)
+            kinds = list(dict.fromkeys(re.sub(r"\.\d+\.", ".{i}.", n) for n in points))  # one per layer pattern
+            layers = sorted({int(m) for n in points for m in re.findall(r"\.(\d+)\.", n)})
+            raise KeyError(f"{type(self).__name__}: no hook point matches {pattern!r}"
+                           f"{f' (did you mean {close}?)' if close else ''}; its hook points are {kinds}"
+                           f"{f' with i in 0..{layers[-1]}' if layers else ''}")
         return names
 
     @contextlib.contextmanager
