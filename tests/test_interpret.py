@@ -443,6 +443,7 @@ def test_an_unknown_hook_name_lists_the_valid_ones():
                  "ln_f.hook_normalized"):                   # every kind of hook point, not the first few
         assert repr(kind) in message
     assert message.endswith("with i in 0..1\"")
+    assert len(model.run_with_cache(ids, names=[])[1]) == 0 < len(model.run_with_cache(ids)[1])   # [] is no names
     with pytest.raises(KeyError, match="no hook point matches 'blocks.9.hook_x'; its hook points"), \
             model.hooks({"blocks.9.hook_x": lambda a, h: None}):
         pass

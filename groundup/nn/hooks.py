@@ -190,9 +190,10 @@ class HookedModule(Module):
 
     def run_with_cache(self, *args: Any, names: str | list[str] | None = None, **kwargs: Any
                        ) -> tuple[Tensor, ActivationCache]:
-        """Run ``self(*args, **kwargs)`` without gradients, recording activations (all, or the names/globs)."""
+        """Run ``self(*args, **kwargs)`` without gradients, recording activations (None: all; else the
+        names/globs given, so an empty list records none)."""
         points = self.hook_points()
-        patterns = [names] if isinstance(names, str) else (names or ["*"])
+        patterns = ["*"] if names is None else [names] if isinstance(names, str) else list(names)
         wanted = list(dict.fromkeys(n for p in patterns for n in self._match(p, points)))
         acts: dict[str, Tensor] = {}
 
