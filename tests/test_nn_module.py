@@ -424,3 +424,48 @@ def test_parameter_repr_and_wrapping():
     p = nn.Parameter(gu.ones(2))
     assert p.requires_grad and repr(p).startswith("Parameter containing:")
     assert not nn.Parameter(gu.ones(2), requires_grad=False).requires_grad
+
+
+# ----------------------------------------------------------------------------- eval_mode
+def _mixed_model() -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
+    model.train()
+    model[2].eval()                                                    # one part frozen in eval mode
+    return model
+
+
+def _modes(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def test_eval_mode_restores_every_submodule_even_when_the_block_raises():
+    model = _mixed_model()
+    before = _modes(model)
+    with nn.utils.eval_mode(model):
+        assert not any(_modes(model))
+    assert _modes(model) == before
+    with pytest.raises(ZeroDivisionError), nn.utils.eval_mode(model):
+        1 / 0
+    assert _modes(model) == before
+
+
+def test_the_models_helpers_that_switch_to_eval_mode_restore_a_mixed_mode():
+    from groundup.models.gpt import GPT, GPTConfig
+    from groundup.models.rnn_lm import RNNLM, RNNLMConfig
+    from groundup.train.evaluation import evaluating
+
+    gpt = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1))
+    gpt.train()
+    gpt.blocks[0].eval()
+    before = _modes(gpt)
+    gpt.generate(np.zeros((1, 2), dtype=np.int64), max_new_tokens=3, seed=0)
+    gpt.attention_maps(np.zeros((1, 4), dtype=np.int64))
+    with evaluating(gpt):
+        pass
+    assert _modes(gpt) == before
+    lm = RNNLM(RNNLMConfig(vocab_size=7, cell="gru", n_embd=4, hidden_size=5))
+    lm.train()
+    lm.rnn.eval()
+    before = _modes(lm)
+    lm.generate(2, np.random.default_rng(0), max_len=4)
+    assert _modes(lm) == before

@@ -572,13 +572,9 @@ def verify_hf(model: Any, hf_dir: str | os.PathLike, seed: int = 0) -> float:
     hf_model.eval()
     with torch.no_grad():
         theirs = hf_model(torch.from_numpy(ids)).logits.float().numpy()
+    from groundup.nn.utils import eval_mode
     from groundup.tensor import no_grad
 
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            ours = np.asarray(model(ids).numpy(), dtype=np.float32)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), no_grad():
+        ours = np.asarray(model(ids).numpy(), dtype=np.float32)
     return float(np.abs(ours - theirs).max())

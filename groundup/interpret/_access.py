@@ -17,6 +17,7 @@ import numpy as np
 from groundup.backend import array_module, to_numpy
 from groundup.nn.hooks import HookedModule
 from groundup.nn.module import Module
+from groundup.nn.utils import eval_mode as nn_eval_mode
 from groundup.ops.methods import where
 from groundup.tensor import Tensor, no_grad
 
@@ -66,14 +67,8 @@ def has_mlp(model: Module, layer: int) -> bool:
 @contextlib.contextmanager
 def eval_mode(model: Module) -> Iterator[Module]:
     """Eval mode (no dropout) and no gradients inside; each submodule's mode found is restored on exit."""
-    modes = [(module, module.training) for module in model.modules()]        # a part may be frozen apart
-    model.eval()
-    try:
-        with no_grad():
-            yield model
-    finally:
-        for module, training in modes:
-            module.train(training)
+    with nn_eval_mode(model), no_grad():
+        yield model
 
 
 def as_ids(idx: Any, tool: str, one: bool = False) -> np.ndarray:

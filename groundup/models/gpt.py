@@ -39,6 +39,7 @@ from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, LayerNorm, Linear
 from groundup.nn.module import Module, ModuleList
 from groundup.nn.positional import RotaryEmbedding, SinusoidalPositionalEncoding
+from groundup.nn.utils import eval_mode
 from groundup.ops.kernels import causal_mask
 from groundup.tensor import Tensor
 
@@ -218,12 +219,8 @@ class GPT(HookedModule):
 
     def attention_maps(self, idx: Any, attention_mask: Any = None) -> np.ndarray:
         """Every head's attention weights (n_layer, B, H, T, T) as NumPy, in eval mode, from the hooks."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             _, cache = self.run_with_cache(idx, attention_mask, names="blocks.*.attn.hook_pattern")
-        finally:
-            self.train(was_training)
         return np.stack([np.asarray(cache[f"blocks.{i}.attn.hook_pattern"].numpy()) for i in range(len(self.blocks))])
 
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

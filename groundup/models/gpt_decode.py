@@ -30,6 +30,7 @@ import numpy as np
 from groundup import random
 from groundup.backend import array_module, to_numpy
 from groundup.nn.positional import RotaryEmbedding
+from groundup.nn.utils import eval_mode
 from groundup.ops import kernels as K
 from groundup.parallel import blas_threads
 from groundup.tensor import Tensor, no_grad
@@ -68,20 +69,15 @@ def generate(model: Any, idx: Any, max_new_tokens: int, temperature: float = 1.0
                          f"them; pass use_cache=False so every token runs through the hooked model")
     rng = np.random.default_rng(seed) if seed is not None else random.generator()
     tokens = prompt.astype(np.int64)
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            decoder = KVDecoder(model, tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
-            for step in range(max_new_tokens):
-                if decoder is not None:
-                    logits = decoder.next_logits(tokens, step == 0)
-                else:
-                    logits = to_numpy(model(tokens[:, -cfg.block_size:]).data[:, -1, :])  # (B, V)
-                nxt = sample_next(logits, temperature, top_k, top_p, rng)      # (B,)
-                tokens = np.concatenate([tokens, nxt[:, None]], axis=1)        # (B, T + 1)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), no_grad():
+        decoder = KVDecoder(model, tokens.shape[0], tokens.shape[1] + max_new_tokens) if use_cache else None
+        for step in range(max_new_tokens):
+            if decoder is not None:
+                logits = decoder.next_logits(tokens, step == 0)
+            else:
+                logits = to_numpy(model(tokens[:, -cfg.block_size:]).data[:, -1, :])  # (B, V)
+            nxt = sample_next(logits, temperature, top_k, top_p, rng)      # (B,)
+            tokens = np.concatenate([tokens, nxt[:, None]], axis=1)        # (B, T + 1)
     return Tensor(tokens)
 
 

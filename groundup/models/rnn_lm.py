@@ -25,6 +25,7 @@ import numpy as np
 
 from groundup import functional as F
 from groundup.nn import GRU, LSTM, RNN, Embedding, Linear, Module
+from groundup.nn.utils import eval_mode
 from groundup.tensor import Tensor, no_grad
 
 __all__ = ["RNNLMConfig", "RNNLM", "IGNORE_INDEX", "CELLS"]
@@ -148,28 +149,26 @@ class RNNLM(Module):
         Returns:
             n lists of token ids, without the start and stop tokens.
         """
-        was_training = self.training
-        self.eval()
-        device = self.lm_head.weight.device
-        idx = np.full((n, 1), stop_id, dtype=np.int64)              # (n, 1)
-        state: State = None
-        out = np.zeros((n, max_len), dtype=np.int64)
-        done = np.zeros(n, dtype=bool)
-        lengths = np.full(n, max_len)
-        for t in range(max_len):
-            states, state = self.hidden_states(Tensor(idx, device=device), state)
-            logits = self.lm_head(states[:, -1]).numpy().astype(np.float64) / temperature   # (n, V)
-            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            cumulative = probs.cumsum(axis=1)                       # inverse-CDF sampling, one draw per row
-            draws = rng.random((n, 1)) * cumulative[:, -1:]
-            nxt = np.minimum((cumulative < draws).sum(axis=1), self.cfg.vocab_size - 1)   # (n,)
-            finished = (nxt == stop_id) & ~done
-            lengths[finished] = t
-            done |= nxt == stop_id
-            out[:, t] = nxt
-            idx = nxt[:, None]                                      # (n, 1)
-            if done.all():
-                break
-        self.train(was_training)
+        with eval_mode(self):
+            device = self.lm_head.weight.device
+            idx = np.full((n, 1), stop_id, dtype=np.int64)              # (n, 1)
+            state: State = None
+            out = np.zeros((n, max_len), dtype=np.int64)
+            done = np.zeros(n, dtype=bool)
+            lengths = np.full(n, max_len)
+            for t in range(max_len):
+                states, state = self.hidden_states(Tensor(idx, device=device), state)
+                logits = self.lm_head(states[:, -1]).numpy().astype(np.float64) / temperature   # (n, V)
+                probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+                probs /= probs.sum(axis=1, keepdims=True)
+                cumulative = probs.cumsum(axis=1)                       # inverse-CDF sampling, one draw per row
+                draws = rng.random((n, 1)) * cumulative[:, -1:]
+                nxt = np.minimum((cumulative < draws).sum(axis=1), self.cfg.vocab_size - 1)   # (n,)
+                finished = (nxt == stop_id) & ~done
+                lengths[finished] = t
+                done |= nxt == stop_id
+                out[:, t] = nxt
+                idx = nxt[:, None]                                      # (n, 1)
+                if done.all():
+                    break
         return [out[i, :lengths[i]].tolist() for i in range(n)]

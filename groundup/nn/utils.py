@@ -1,14 +1,16 @@
-"""``nn.utils``: gradient clipping."""
+"""``nn.utils``: gradient clipping, and eval mode for a block of code."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from groundup.backend import array_module
+from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "eval_mode"]
 
 
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0,
@@ -44,3 +46,21 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -
     for p in params:
         if p.grad is not None:
             array_module(p.grad.data).clip(p.grad.data, -clip_value, clip_value, out=p.grad.data)
+
+
+@contextmanager
+def eval_mode(module: Module) -> Iterator[Module]:
+    """``module.eval()`` inside the block; on exit, even when the block raises, every submodule gets back
+    the mode it had. A model training with one part put in eval mode (frozen dropout, say) comes back so;
+    ``was_training = m.training ... m.train(was_training)`` would set that part training again.
+
+        with eval_mode(model), no_grad():
+            logits = model(idx)
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            object.__setattr__(m, "training", training)                        # as Module.train sets it

@@ -18,6 +18,7 @@ import numpy as np
 
 import groundup as gu
 from groundup.nn.module import Module
+from groundup.nn.utils import eval_mode
 from groundup.random import get_rng_state, set_rng_state
 
 __all__ = ["evaluating", "mean_loss"]
@@ -25,17 +26,14 @@ __all__ = ["evaluating", "mean_loss"]
 
 @contextmanager
 def evaluating(model: Module) -> Iterator[Module]:
-    """Eval mode (dropout off) and ``no_grad`` inside; afterwards the mode the model had and groundup's
-    global generator are restored, so evaluating never changes a training run."""
-    was_training = model.training
+    """Eval mode (dropout off) and ``no_grad`` inside; afterwards the mode each part of the model had and
+    groundup's global generator are restored, so evaluating never changes a training run."""
     rng_state = get_rng_state()
-    model.eval()
     try:
-        with gu.no_grad():
+        with eval_mode(model), gu.no_grad():
             yield model
     finally:
         set_rng_state(rng_state)
-        model.train(was_training)
 
 
 def mean_loss(model: Module, batches: Iterable[tuple[Any, ...]],
