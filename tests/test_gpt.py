@@ -207,6 +207,9 @@ def test_errors_are_clear(cls):
         model(np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"shape \(B, T\)"):
         model(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"\(1, 0\); need T >= 1"):      # no tokens: refused before the attention
+        model(np.zeros((1, 0), dtype=np.int64))
+    assert model(np.zeros((0, 3), dtype=np.int64)).shape == (0, 3, 13)   # an empty batch is fine
     with pytest.raises(IndexError, match="outside"):
         model.generate(np.array([[0, 99]]), 2)
     with pytest.raises(ValueError, match="top_p"):

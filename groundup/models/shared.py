@@ -56,7 +56,7 @@ def check_token_ids(ids: Any, owner: str, what: str, block_size: int, vocab_size
 
     Raises:
         TypeError: the ids are not integers.
-        ValueError: not (B, T); T > block_size; B or T is 0 (unless ``allow_empty``).
+        ValueError: not (B, T); T > block_size; T is 0; B is 0 (unless ``allow_empty``).
         IndexError: an id outside 0..vocab_size-1.
     """
     data = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
@@ -65,8 +65,9 @@ def check_token_ids(ids: Any, owner: str, what: str, block_size: int, vocab_size
         raise TypeError(f"{owner}: {what} must hold integer token ids, got dtype {data.dtype}")
     if data.ndim != 2:
         raise ValueError(f"{owner}: {what} must have shape (B, T), got {shape}")
-    if not allow_empty and data.size == 0:
-        raise ValueError(f"{owner}: {what} has shape {shape}; need B >= 1 and T >= 1")
+    if data.size == 0 and (not allow_empty or shape[1] == 0):
+        raise ValueError(f"{owner}: {what} has shape {shape}; need "
+                         f"{'T >= 1' if allow_empty else 'B >= 1 and T >= 1'} (a sequence of at least one token)")
     if shape[1] > block_size:
         raise ValueError(f"{owner}: {what} has shape {shape}: sequence length {shape[1]} > block_size "
                          f"{block_size} (the context); crop the input to its last {block_size} tokens")
