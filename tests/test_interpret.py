@@ -448,3 +448,19 @@ def test_an_unknown_hook_name_lists_the_valid_ones():
             model.hooks({"blocks.9.hook_x": lambda a, h: None}):
         pass
     assert no_hooks_left(model)
+
+
+def test_targets_outside_the_vocabulary_are_refused_and_only_minus_100_is_ignored():
+    model = tiny_gpt(n_layer=1)
+    ids, targets = ids_and_targets()
+    V = model.cfg.vocab_size
+    for bad in (-5, V):
+        wrong = targets.copy()
+        wrong[0, 1] = bad
+        with pytest.raises(IndexError, match=f"target {bad} is outside the vocabulary 0..{V - 1}"):
+            ablate(model, ids, wrong, "L0H0")
+        with pytest.raises(IndexError, match=f"target {bad}"):
+            logit_lens(model, ids, wrong)
+    ignored = targets.copy()
+    ignored[0, 1] = -100
+    assert np.isfinite(ablate(model, ids, ignored, "L0H0").loss)

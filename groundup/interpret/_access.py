@@ -21,6 +21,8 @@ from groundup.nn.utils import eval_mode as nn_eval_mode
 from groundup.ops.methods import where
 from groundup.tensor import Tensor, no_grad
 
+IGNORE_INDEX = -100           # a target that counts for nothing, as in cross_entropy
+
 __all__ = ["check_model", "final_norm", "unembedding", "n_layer", "n_head", "has_mlp", "eval_mode",
            "as_ids", "apply_head", "token_losses", "log_softmax", "numpy_of", "replace_at"]
 
@@ -104,10 +106,18 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def token_losses(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Cross-entropy per position, float64, NaN where the target is -100 (ignored). (..., V), (...) -> (...)."""
     targets = np.asarray(targets)
+    V = logits.shape[-1]
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must hold integer token ids (-100 = ignored), got dtype {targets.dtype}")
+    ignored = targets == IGNORE_INDEX
+    bad = ~ignored & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise IndexError(f"target {int(targets[bad][0])} is outside the vocabulary 0..{V - 1} "
+                         f"(and is not {IGNORE_INDEX}, which means ignored)")
     logp = log_softmax(logits)
-    safe = np.where(targets < 0, 0, targets)
+    safe = np.where(ignored, 0, targets)
     loss = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-    return np.where(targets < 0, np.nan, loss)
+    return np.where(ignored, np.nan, loss)
 
 
 def replace_at(act: Tensor, index: tuple[Any, ...], value: Any) -> Tensor:
