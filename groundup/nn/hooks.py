@@ -188,13 +188,20 @@ class HookedModule(Module):
             for point, fn in added:
                 point._fns.remove(fn)
 
-    def run_with_cache(self, *args: Any, names: str | list[str] | None = None, **kwargs: Any
-                       ) -> tuple[Tensor, ActivationCache]:
-        """Run ``self(*args, **kwargs)`` without gradients, recording activations (None: all; else the
-        names/globs given, so an empty list records none)."""
+    def run_with_cache(self, *args: Any, names: str | list[str] | Callable[[str], bool] | None = None,
+                       **kwargs: Any) -> tuple[Tensor, ActivationCache]:
+        """Run ``self(*args, **kwargs)`` without gradients, recording activations.
+
+        ``names``: None records all; a name or glob, or a list of them (an empty list records none);
+        or a function of a hook point's name that says whether to record it (TransformerLens's
+        ``names_filter``), e.g. ``lambda n: n.endswith("hook_pattern")``.
+        """
         points = self.hook_points()
-        patterns = ["*"] if names is None else [names] if isinstance(names, str) else list(names)
-        wanted = list(dict.fromkeys(n for p in patterns for n in self._match(p, points)))
+        if callable(names):
+            wanted = [n for n in points if names(n)]
+        else:
+            patterns = ["*"] if names is None else [names] if isinstance(names, str) else list(names)
+            wanted = list(dict.fromkeys(n for p in patterns for n in self._match(p, points)))
         acts: dict[str, Tensor] = {}
 
         def record(act: Tensor, hook: HookPoint) -> None:
