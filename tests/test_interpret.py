@@ -464,3 +464,26 @@ def test_targets_outside_the_vocabulary_are_refused_and_only_minus_100_is_ignore
     ignored = targets.copy()
     ignored[0, 1] = -100
     assert np.isfinite(ablate(model, ids, ignored, "L0H0").loss)
+
+
+def test_run_with_cache_takes_a_filter_function_of_the_names():
+    model = tiny_gpt()
+    ids, _ = ids_and_targets()
+    _, cache = model.run_with_cache(ids, names=lambda name: name.endswith("hook_pattern"))
+    assert sorted(cache.keys()) == ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]
+    _, by_glob = model.run_with_cache(ids, names="blocks.*.attn.hook_pattern")
+    assert np.array_equal(cache["blocks.1.attn.hook_pattern"].numpy(), by_glob["blocks.1.attn.hook_pattern"].numpy())
+
+
+def test_a_position_or_token_that_is_not_an_integer_is_a_type_error():
+    model = tiny_gpt(n_layer=1)
+    ids, _ = ids_and_targets()
+    with pytest.raises(TypeError, match="direct_logit_attribution: token must be an integer, got 1.7"):
+        direct_logit_attribution(model, ids[0], 0, 1.7)
+    with pytest.raises(TypeError, match="direct_logit_attribution: position must be an integer"):
+        direct_logit_attribution(model, ids[0], 0.5, 1)
+    assert direct_logit_attribution(model, ids[0], np.int64(-1), np.int64(3)) is not None   # NumPy integers are fine
+    with gu.no_grad():
+        logits = model(ids).numpy()
+    with pytest.raises(TypeError, match="logit_diff_metric: answer must be an integer"):
+        logit_diff_metric(2.0, 3)(logits)

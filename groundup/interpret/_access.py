@@ -24,7 +24,7 @@ from groundup.tensor import Tensor, no_grad
 IGNORE_INDEX = -100           # a target that counts for nothing, as in cross_entropy
 
 __all__ = ["check_model", "final_norm", "unembedding", "n_layer", "n_head", "has_mlp", "eval_mode",
-           "as_ids", "apply_head", "token_losses", "log_softmax", "numpy_of", "replace_at"]
+           "as_ids", "as_int", "apply_head", "token_losses", "log_softmax", "numpy_of", "replace_at"]
 
 
 def check_model(model: Any, tool: str) -> HookedModule:
@@ -71,6 +71,15 @@ def eval_mode(model: Module) -> Iterator[Module]:
     """Eval mode (no dropout) and no gradients inside; each submodule's mode found is restored on exit."""
     with nn_eval_mode(model), no_grad():
         yield model
+
+
+def as_int(value: Any, what: str, tool: str) -> int:
+    """``value`` as a Python int (an int, a NumPy integer or a 0-d integer array); else a TypeError
+    naming the tool and the argument (a float position or token id would index wrongly or fail in NumPy)."""
+    scalar = isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"
+    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or scalar):
+        raise TypeError(f"{tool}: {what} must be an integer, got {value!r}")
+    return int(value)
 
 
 def as_ids(idx: Any, tool: str, one: bool = False) -> np.ndarray:

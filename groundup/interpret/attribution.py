@@ -28,6 +28,7 @@ import numpy as np
 
 from groundup.interpret._access import (
     as_ids,
+    as_int,
     check_model,
     eval_mode,
     final_norm,
@@ -84,6 +85,9 @@ def direct_logit_attribution(model: Module, idx: Any, position: int, token: int,
     check_model(model, "direct_logit_attribution")
     ids = as_ids(idx, "direct_logit_attribution", one=True)
     T = ids.shape[1]
+    position = as_int(position, "position", "direct_logit_attribution")
+    token = as_int(token, "token", "direct_logit_attribution")
+    other = None if other is None else as_int(other, "other", "direct_logit_attribution")
     if not -T <= position < T:
         raise ValueError(f"direct_logit_attribution: position {position} outside a sequence of {T}")
     head = unembedding(model)

@@ -37,6 +37,7 @@ import numpy as np
 from groundup.backend import array_module
 from groundup.interpret._access import (
     as_ids,
+    as_int,
     check_model,
     eval_mode,
     has_mlp,
@@ -78,6 +79,8 @@ class Patching:
 def _check_metric_args(metric: str, logits: np.ndarray, position: int, **tokens: int) -> None:
     """A ValueError unless ``position`` is inside logits (B, T, V) and each token id inside the vocabulary."""
     T, V = logits.shape[1], logits.shape[-1]
+    position = as_int(position, "position", metric)
+    tokens = {name: as_int(token, name, metric) for name, token in tokens.items()}
     if not -T <= position < T:
         raise ValueError(f"{metric}: position {position} outside a sequence of {T}")
     for name, token in tokens.items():
