@@ -7,8 +7,9 @@
 
 This is the model a learner reads and looks inside: every step is an engine op with autograd's
 backward, and hook points (``groundup.nn.hooks``) sit on the activations, named by module path:
-``hook_embed``, ``hook_pos_embed``, ``blocks.{i}.hook_resid_pre|mid|post``, ``blocks.{i}.hook_attn_out``,
-``blocks.{i}.hook_mlp_out``, ``blocks.{i}.attn.hook_q|k|v`` (B, H, T, D, after rotary), ``hook_pattern``
+``hook_embed`` (B, T, C), ``hook_pos_embed`` (T, C: the same for every sequence, learned or sinusoidal
+positions only), ``blocks.{i}.hook_resid_pre|mid|post``, ``blocks.{i}.hook_attn_out``, ``blocks.{i}.hook_mlp_out``
+(each B, T, C), ``blocks.{i}.attn.hook_q|k|v`` (B, H, T, D, after rotary), ``hook_pattern``
 (B, H, T, T), ``hook_z`` (B, H, T, D), ``hook_result`` (B, T, H, C: each head's share of the output),
 ``blocks.{i}.mlp.hook_pre|post`` (B, T, 4C) and ``ln_f.hook_normalized`` (B, T, C).
 
