@@ -163,3 +163,49 @@ def test_the_page_in_chromium(served: tuple[str, Path], artifacts: Path) -> None
             assert errors == [] and page.inner_text("#status") == ""
         finally:
             browser.close()
+
+
+INSIDE_PANELS = ("#chips", "#bars", "#dla", "#attn", "#lens", "#lines")
+
+
+def _inside_is_empty(page) -> bool:
+    """Whether the Inside tab shows no result: no chips, bars, attribution, maps, lens, lines or labels."""
+    return page.evaluate("""(panels) => panels.every((id) => document.querySelector(id).children.length === 0)
+        && ['#dla-label', '#lines-label', '#ablation-summary']
+            .every((id) => document.querySelector(id).textContent === '')
+        && document.querySelector('#pos-label').textContent === '…'""", list(INSIDE_PANELS))
+
+
+def test_the_inside_tab_never_shows_another_texts_results(served: tuple[str, Path]) -> None:
+    """A refused text, an empty text and a run with no checkpoint clear the Inside tab, rather than leaving
+    the previous text's tokens, bars, attribution and lens under the new text; a later text fills it again."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url)
+            page.wait_for_selector("#dla .dla-row")
+            page.fill("#text", "the cat Z")                            # 'Z' is not in the tiny run's vocabulary
+            page.wait_for_function("document.querySelector('#status').textContent.includes('not in the vocabulary')")
+            assert _inside_is_empty(page)
+            page.fill("#text", "")
+            page.wait_for_function("document.querySelector('#status').textContent === ''")
+            assert _inside_is_empty(page)
+            page.click("#ablate-clear")                                # nothing to switch back on: no error
+            page.fill("#text", "the cat")
+            page.wait_for_selector("#dla .dla-row")
+            page.wait_for_selector("#lens-table")
+            assert page.locator("#chips .chip").count() == len("the cat")
+            page.select_option("#run", "live")                          # metrics only, no checkpoint
+            page.wait_for_function("state.run === 'live' && state.info !== null")
+            page.wait_for_timeout(300)
+            assert _inside_is_empty(page)
+            assert page.inner_text("#heads") == ""
+            assert errors == []
+        finally:
+            browser.close()

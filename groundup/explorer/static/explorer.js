@@ -85,7 +85,8 @@ async function selectRun(runId) {
   cache.disabled = !!state.info && state.info.kv_cache === false;
   if (cache.disabled) cache.checked = false;
   if (!state.info || !state.info.has_model) {
-    for (const id of ["#chips", "#bars", "#attn", "#lens", "#heads", "#dla"]) $(id).replaceChildren();
+    clearInside();
+    $("#heads").replaceChildren();
     return;
   }
   api(`/api/heads?run=${encodeURIComponent(runId)}`).then(renderHeads).catch((err) => setStatus(err.message));
@@ -103,16 +104,25 @@ async function sampleDefaultText() {   // a short greedy-ish sample: text the mo
 }
 
 // ------------------------------------------------------------------ inside: analyze
+function clearInside() {             // no text, a refused one or no model: show nothing rather than another text's results
+  state.analysis = null;
+  state.positionSeq = (state.positionSeq || 0) + 1;   // answers still on their way are stale
+  for (const id of ["#chips", "#bars", "#dla", "#attn", "#lens", "#lines"]) $(id).replaceChildren();
+  for (const id of ["#dla-label", "#lines-label", "#ablation-summary"]) $(id).textContent = "";
+  $("#pos-label").textContent = "…";
+}
+
 async function analyze() {
   const text = $("#text").value;
   if (!state.run || !state.info || !state.info.has_model) return;
-  if (!text) { $("#chips").replaceChildren(); return; }
   const request = ++state.requestId;
+  if (!text) { clearInside(); setStatus(""); return; }
   try {
     const data = await api("/api/analyze", { run: state.run, text, k: 10 });
     if (request !== state.requestId) return;          // a newer keystroke won
     setStatus("");
     data.attention = unpack(data.attention);
+    data.text = text;                                 // what ablation and attribution ask about, whatever is typed next
     state.analysis = data;
     const T = data.tokens.length;
     if (state.position === null || state.position >= T) state.position = T - 1;
@@ -120,7 +130,7 @@ async function analyze() {
     api("/api/lens", { run: state.run, text, k: 3 }).then((lens) => { if (request === state.requestId) renderLens(lens); })
       .catch((err) => setStatus(err.message));
   } catch (err) {
-    if (request === state.requestId) setStatus(err.message);
+    if (request === state.requestId) { clearInside(); setStatus(err.message); }
   }
 }
 
@@ -150,7 +160,7 @@ async function renderPosition() {
   const seq = (state.positionSeq = (state.positionSeq || 0) + 1);
   if (heads.length || mlps.length) {
     try {
-      const ab = await api("/api/ablate", { run: state.run, text: $("#text").value, position: t, heads, mlps,
+      const ab = await api("/api/ablate", { run: state.run, text: a.text, position: t, heads, mlps,
         kind: $("#ablate-kind").value, k: 10 });
       if (seq !== state.positionSeq) return;   // a newer click's request superseded this one: its answer is stale
       renderBars(ab.tokens, ab.before, ab.after);
@@ -163,7 +173,7 @@ async function renderPosition() {
     $("#ablation-summary").textContent = a.loss === null ? "" : `loss over the text ${fmt(a.loss, 4)} nats per token`;
   }
   renderLines();
-  renderAttribution();
+  renderAttribution(seq);
 }
 
 function renderBars(tokens, probs, after) {
@@ -176,10 +186,11 @@ function renderBars(tokens, probs, after) {
   }));
 }
 
-async function renderAttribution() {
+async function renderAttribution(seq) {
   const t = state.position;
   try {
-    const d = await api("/api/attribution", { run: state.run, text: $("#text").value, position: t });
+    const d = await api("/api/attribution", { run: state.run, text: state.analysis.text, position: t });
+    if (seq !== state.positionSeq) return;     // a newer click (or text) superseded this one
     $("#dla-label").textContent = `of “${visible(d.token_text)}” after position ${d.position}: logit ${fmt(d.total, 4)} = ` +
       `the sum of the parts' shares ${fmt(d.sum, 4)} (ln_f's scale frozen at ${fmt(d.scale, 3)})`;
     const top = Math.max(...d.values.map(Math.abs), 1e-9);
@@ -189,7 +200,7 @@ async function renderAttribution() {
         el("div", { class: "track" }, el("div", { class: v >= 0 ? "pos" : "neg", style: `width:${width}%` })),
         el("span", { class: "num", text: fmt(v, 3) }));
     }));
-  } catch (err) { $("#dla").replaceChildren(el("p", { class: "muted", text: err.message })); }
+  } catch (err) { if (seq === state.positionSeq) $("#dla").replaceChildren(el("p", { class: "muted", text: err.message })); }
 }
 
 // ------------------------------------------------------------------ attention
@@ -205,6 +216,7 @@ function drawHeatmap(canvas, matrix) {
 }
 
 function renderAttention() {
+  if (!state.analysis) return;
   const { attention, n_layer, n_head, tokens } = state.analysis;
   const T = tokens.length, size = Math.max(48, Math.min(120, 4 * T));
   const rows = [];
