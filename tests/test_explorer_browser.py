@@ -209,3 +209,41 @@ def test_the_inside_tab_never_shows_another_texts_results(served: tuple[str, Pat
             assert errors == []
         finally:
             browser.close()
+
+
+def test_a_run_followed_while_it_trains_shows_its_model_once_it_has_a_checkpoint(served: tuple[str, Path]) -> None:
+    """A run picked before it has a checkpoint: when its first checkpoint is written, the run list drops
+    '(no checkpoint yet)' and the Inside tab analyses the text, without choosing the run again."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    url, root = served
+    later = root / "later"
+    later.mkdir()
+    (later / "metrics.jsonl").write_text("".join(_records(0, 2)))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url)
+            page.wait_for_selector("#chips .chip")
+            page.select_option("#run", "later")
+            page.wait_for_function("state.run === 'later' && state.info !== null && !state.info.has_model")
+            assert "no checkpoint yet" in page.inner_text("#run option[value=later]")
+            assert page.locator("#chips .chip").count() == 0
+            for name in ("config.json", "tokenizer.json", "model.safetensors"):   # the checkpoint last
+                shutil.copy(root / "tiny" / name, later / name)
+            page.wait_for_selector("#chips .chip", timeout=15_000)
+            page.wait_for_selector("#dla .dla-row")
+            assert "no checkpoint yet" not in page.inner_text("#run option[value=later]")
+            assert page.locator(".head-map").count() == 2 * 2
+            (later / "summary.json").write_text(json.dumps({"val_loss": 2.5, "iters": 3}))
+            page.click("#tabs button[data-tab=training]")
+            page.wait_for_function("document.querySelector('#t-live').textContent === ''", timeout=15_000)
+            assert "2.5" in page.inner_text("#summary")
+            assert errors == []
+        finally:
+            browser.close()

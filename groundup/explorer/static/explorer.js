@@ -81,6 +81,10 @@ async function selectRun(runId) {
   state.info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch((err) => { setStatus(err.message); return null; });
   renderConfig();
   refreshMetrics(true);
+  await showModel(runId);
+}
+
+async function showModel(runId) {    // the Inside tab and the KV cache box for the run's model, or nothing without one
   const cache = $("#g-cache");
   cache.disabled = !!state.info && state.info.kv_cache === false;
   if (cache.disabled) cache.checked = false;
@@ -92,6 +96,20 @@ async function selectRun(runId) {
   api(`/api/heads?run=${encodeURIComponent(runId)}`).then(renderHeads).catch((err) => setStatus(err.message));
   if (!$("#text").value) await sampleDefaultText();
   await analyze();
+}
+
+async function refreshInfo() {       // the followed run's config and summary, and its model once its first checkpoint is written
+  const runId = state.run, had = !!(state.info && state.info.has_model);
+  const info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch(() => null);
+  if (!info || runId !== state.run) return;
+  state.info = info;
+  renderConfig();
+  if (had || !info.has_model) return;
+  const option = [...$("#run").options].find((o) => o.value === runId);
+  if (option) option.textContent = runId;
+  const listed = state.runs.find((r) => r.id === runId);
+  if (listed) listed.has_model = true;
+  await showModel(runId);
 }
 
 async function sampleDefaultText() {   // a short greedy-ish sample: text the model finds familiar
@@ -382,14 +400,18 @@ async function refreshMetrics(reset) {
 async function refreshMetricsOnce() {
   const ids = [state.run, $("#compare").value].filter((id, i, all) => id && all.indexOf(id) === i);
   if (state.metricsReset) { state.metricsReset = false; for (const id of ids) delete state.metrics[id]; }
+  let ended = false;                  // the followed run finished since the last fetch: its summary and checkpoint are new
   for (const id of ids) {
     const entry = state.metrics[id] || (state.metrics[id] = { records: [], next: 0, finished: false });
     if (entry.finished && entry.next > 0) continue;
+    const following = entry.next > 0;
     try {
       const data = await api(`/api/metrics?run=${encodeURIComponent(id)}&since=${entry.next}`);
       entry.records.push(...data.records); entry.next = data.next; entry.finished = data.finished;
+      if (following && data.finished && id === state.run) ended = true;
     } catch (err) { setStatus(err.message); }
   }
+  if (ended) refreshInfo();
   drawChart(ids);
   renderSamples(ids);
   const live = ids.filter((id) => !state.metrics[id].finished);
@@ -397,10 +419,7 @@ async function refreshMetricsOnce() {
   clearTimeout(state.pollTimer);
   if (live.length) {
     state.pollTimer = setTimeout(async () => {
-      if (live.includes(state.run)) {     // a new checkpoint may have appeared: refresh the summary too
-        state.info = await api(`/api/run?run=${encodeURIComponent(state.run)}`).catch(() => state.info);
-        renderConfig();
-      }
+      if (live.includes(state.run)) await refreshInfo();   // a new checkpoint may have appeared
       refreshMetrics(false);
     }, 1500);
   }
