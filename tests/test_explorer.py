@@ -385,6 +385,19 @@ def test_explore_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert err.startswith(f"groundup: error: RUN_DIR {stage} is a roadmap stage's folder") and err.count("\n") == 1
     assert f"groundup explore --runs {tmp_path}" in err
+    (tmp_path / "notes.txt").write_text("x")             # a file is not a directory that is missing
+    assert groundup_main(["explore", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"groundup: error: RUN_DIR {tmp_path / 'notes.txt'} is a file, not a run directory\n"
+
+
+def test_explore_refuses_a_runs_folder_given_as_a_run(runs_root: Path, capsys: pytest.CaptureFixture) -> None:
+    """`groundup explore runs` (the folder of runs, not one run) points at --runs instead of serving an
+    empty run called 'runs' with a warning that it has no checkpoint yet."""
+    assert groundup_main(["explore", str(runs_root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"groundup: error: RUN_DIR {runs_root} is a folder of runs") and err.count("\n") == 1
+    assert f"groundup explore --runs {runs_root}" in err
 
 
 def test_explore_warns_about_a_run_without_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -72,11 +72,23 @@ def _check_port(host: str, port: int) -> None:
                                f"or --host") from None
 
 
+def _holds_runs(path: Path) -> bool:
+    """Whether ``path`` is a runs folder rather than one run: no run files of its own, runs or stages below it."""
+    from groundup.explorer.runs import Registry, is_run_dir
+
+    if is_run_dir(path):
+        return False
+    registry = Registry(runs_root=path)
+    return bool(registry.runs() or registry.stages())
+
+
 def explore_command(args: argparse.Namespace) -> int:
     """Check the arguments, build the app and serve it until Ctrl-C."""
     waiting = []
     for given in args.run_dirs:
         path = Path(given)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"RUN_DIR {given} is a file, not a run directory")
         if not path.is_dir():
             raise UsageError(f"RUN_DIR {given}: no such directory")
         if (path / "model.safetensors").is_file():
@@ -84,6 +96,9 @@ def explore_command(args: argparse.Namespace) -> int:
         if (path / "metrics.json").is_file():
             raise UsageError(f"RUN_DIR {given} is a roadmap stage's folder, not a training run: "
                              f"`groundup explore --runs {path.parent}` shows the stages and the models in them")
+        if _holds_runs(path):
+            raise UsageError(f"RUN_DIR {given} is a folder of runs, not a training run: "
+                             f"`groundup explore --runs {given}` serves every run and stage in it")
         waiting.append(str(given))
     runs_root = args.runs
     if runs_root is not None and not Path(runs_root).is_dir():

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Run", "Registry", "safe_file", "read_json", "read_metrics", "ExplorerError", "SERVED_SUFFIXES"]
+__all__ = ["Run", "Registry", "is_run_dir", "safe_file", "read_json", "read_metrics", "ExplorerError",
+           "SERVED_SUFFIXES"]
 
 MAX_JSON_BYTES = 4_000_000          # config, summary, run.json, a stage's metrics.json
 MAX_METRICS_LINES = 20_000          # records returned by one /api/metrics call
@@ -89,7 +90,8 @@ def read_metrics(path: Path, since: int = 0) -> tuple[list[dict[str, Any]], int]
     return records, max(line_no, since)
 
 
-def _is_run_dir(path: Path) -> bool:
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a training run's files (and is not a roadmap stage's folder)."""
     # a stage's folder holds metrics.json; a training run may hold a report.html of its own
     return any((path / name).is_file() for name in _RUN_FILES) and not (path / "metrics.json").is_file()
 
@@ -137,7 +139,7 @@ class Registry:
         for child in children:
             if child.name.startswith(".") or ".old-" in child.name:
                 continue
-            if _is_run_dir(child):
+            if is_run_dir(child):
                 out.append(child)
             elif depth + 1 < SEARCH_DEPTH:
                 out.extend(self._scan(child, depth + 1))
