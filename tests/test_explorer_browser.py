@@ -247,3 +247,28 @@ def test_a_run_followed_while_it_trains_shows_its_model_once_it_has_a_checkpoint
             assert errors == []
         finally:
             browser.close()
+
+
+def test_a_refused_prompt_s_error_goes_once_a_generation_starts(served: tuple[str, Path]) -> None:
+    """The status line's error about a refused prompt does not stay up beside the next, good generation."""
+    from playwright.sync_api import sync_playwright
+
+    url, _ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("#chips .chip")
+            page.click("#tabs button[data-tab=generate]")
+            page.fill("#g-n", "5")
+            page.fill("#prompt", "the Z")                              # 'Z' is not in the tiny run's vocabulary
+            page.click("#g-go")
+            page.wait_for_function("document.querySelector('#status').textContent.includes('prompt')")
+            page.wait_for_function("!document.querySelector('#g-go').disabled")
+            page.fill("#prompt", "the ")
+            page.click("#g-go")
+            page.wait_for_selector("#g-out[data-done=true]")
+            assert page.inner_text("#status") == ""
+        finally:
+            browser.close()

@@ -365,6 +365,7 @@ async function generate() {
   const controller = new AbortController();
   state.generation = controller;
   $("#g-go").disabled = true; $("#g-stop").disabled = false; $("#g-speed").textContent = "";
+  setStatus("");                     // an earlier error (a refused prompt) is not this generation's
   try {
     await streamEvents(`/api/generate?${params}`, (event, data) => {
       if (event === "token") {
