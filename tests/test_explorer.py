@@ -507,3 +507,26 @@ def test_the_command_serves_on_loopback_until_interrupted(runs_root: Path) -> No
             process.communicate()
     assert f"at http://127.0.0.1:{port}/" in out and "Traceback" not in err
     assert process.returncode in (0, 130)
+
+
+def test_a_run_whose_checkpoint_cannot_be_loaded_still_shows_its_config_and_summary(runs_root: Path,
+                                                                                   tmp_path: Path) -> None:
+    """/api/run of a run with a damaged model.safetensors is its config, summary and run.json with the
+    reason in ``model_error`` (the training tab still has something to show); the model's endpoints are 409."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs_root / "tiny", broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    client = TestClient(create_app([broken]))
+    response = client.get("/api/run", params={"run": "broken"})
+    assert response.status_code == 200
+    view = response.json()
+    assert view["config"]["n_layer"] == 2 and view["summary"]["iters"] == 3 and view["run"] is not None
+    assert "cannot be loaded" in view["model_error"] and "tokenizer" not in view
+    refused = client.post("/api/analyze", json={"run": "broken", "text": "the"})
+    assert refused.status_code == 409 and "cannot be loaded" in refused.json()["detail"]
+    assert client.get("/api/run", params={"run": "tiny-rotary"}).status_code == 404
+    good = TestClient(create_app([runs_root / "tiny"])).get("/api/run", params={"run": "tiny"}).json()
+    assert good["model_error"] is None and good["tokenizer"]["vocab_size"] > 0

@@ -2,7 +2,8 @@
 
     GET  /                       the page (static/index.html); /static/* its CSS and JS
     GET  /api/runs               the runs served (id, config, summary, whether a checkpoint exists)
-    GET  /api/run?run=ID         one run: config, run.json, summary, tokenizer, parameter count
+    GET  /api/run?run=ID         one run: config, run.json, summary, tokenizer, parameter count (model_error:
+                                 why its checkpoint cannot be loaded, if it cannot)
     GET  /api/metrics?run=ID&since=N   metrics.jsonl records from line N on (poll it to follow training)
     POST /api/analyze            tokens, top-k next-token probabilities at every position, attention, loss
     GET  /api/heads?run=ID       previous-token and induction scores of every head
@@ -183,8 +184,13 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
         view = _run_view(entry.id, entry.path, registry.root)
         record = read_json(entry.path / "run.json")
         view["run"] = record if isinstance(record, dict) else None
+        view["model_error"] = None
         if view["has_model"]:
-            model = loaded(run)
+            try:
+                model = loaded(run)
+            except ExplorerError as err:   # a damaged checkpoint: the config, summary and curves still show
+                view["model_error"] = err.message
+                return view
             view["tokenizer"] = {"kind": type(model.tokenizer).__name__, "vocab_size": model.tokenizer.vocab_size}
             view["n_params"] = model.model.num_parameters()
             view["model"] = type(model.model).__name__

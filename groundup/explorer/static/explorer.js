@@ -88,9 +88,10 @@ async function showModel(runId) {    // the Inside tab and the KV cache box for 
   const cache = $("#g-cache");
   cache.disabled = !!state.info && state.info.kv_cache === false;
   if (cache.disabled) cache.checked = false;
-  if (!state.info || !state.info.has_model) {
+  if (!state.info || !state.info.has_model || state.info.model_error) {
     clearInside();
     $("#heads").replaceChildren();
+    if (state.info && state.info.model_error) setStatus(state.info.model_error);
     return;
   }
   api(`/api/heads?run=${encodeURIComponent(runId)}`).then(renderHeads).catch((err) => setStatus(err.message));
@@ -99,12 +100,12 @@ async function showModel(runId) {    // the Inside tab and the KV cache box for 
 }
 
 async function refreshInfo() {       // the followed run's config and summary, and its model once its first checkpoint is written
-  const runId = state.run, had = !!(state.info && state.info.has_model);
+  const runId = state.run, had = !!(state.info && state.info.has_model && !state.info.model_error);
   const info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch(() => null);
   if (!info || runId !== state.run) return;
   state.info = info;
   renderConfig();
-  if (had || !info.has_model) return;
+  if (had || !info.has_model || info.model_error) return;
   const option = [...$("#run").options].find((o) => o.value === runId);
   if (option) option.textContent = runId;
   const listed = state.runs.find((r) => r.id === runId);
