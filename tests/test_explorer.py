@@ -301,6 +301,17 @@ def test_openapi_schema_names_every_endpoint(client: TestClient) -> None:
     assert client.get("/static/explorer.js").status_code == 200
 
 
+def test_the_api_docs_page_works_offline_and_lists_every_endpoint(client: TestClient) -> None:
+    """/docs is the explorer's own page (FastAPI's loads Swagger UI from a CDN, blank offline)."""
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert "http://" not in docs.text and "https://" not in docs.text and "<script" not in docs.text
+    for path in client.get("/openapi.json").json()["paths"]:
+        assert f"<code>{path}</code>" in docs.text
+    assert "run, text, k?" in docs.text                               # /api/analyze's JSON body, k optional
+    assert client.get("/redoc").status_code == 404
+
+
 def test_concurrent_requests_get_the_answers_of_serial_ones(client: TestClient) -> None:
     """Ablation hooks live on the shared model: the lock must keep them out of other requests."""
     clean = client.post("/api/analyze", json={"run": "tiny", "text": PROMPT}).json()["top"]
@@ -335,6 +346,7 @@ def test_a_new_checkpoint_is_picked_up(runs_root: Path, tmp_path: Path) -> None:
     shutil.copytree(runs_root / "tiny", run)
     client = TestClient(create_app([run]))
     first = client.post("/api/analyze", json={"run": "copy", "text": PROMPT}).json()["top"]
+    stamp = client.get("/api/run", params={"run": "copy"}).json()["checkpoint"]
     model = GPT.load(run)
     model.lm_head.weight.data[:] *= 2.0                                 # a "later" checkpoint
     model.save(run)
@@ -342,6 +354,7 @@ def test_a_new_checkpoint_is_picked_up(runs_root: Path, tmp_path: Path) -> None:
     os.utime(run / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = client.post("/api/analyze", json={"run": "copy", "text": PROMPT}).json()["top"]
     assert second["probs"] != first["probs"]
+    assert client.get("/api/run", params={"run": "copy"}).json()["checkpoint"] != stamp   # the page re-asks on this
 
 
 # ----------------------------------------------------------------------------- the command

@@ -272,3 +272,48 @@ def test_a_refused_prompt_s_error_goes_once_a_generation_starts(served: tuple[st
             assert page.inner_text("#status") == ""
         finally:
             browser.close()
+
+
+def test_runs_started_later_join_the_list_and_a_newer_checkpoint_refreshes_the_inside_tab(
+        served: tuple[str, Path]) -> None:
+    """A run that appears after the page loaded joins the run lists without a reload; when the followed
+    run writes a newer checkpoint, the Inside tab's numbers are recomputed from it (not left from the old)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+    from safetensors.numpy import save_file
+
+    from groundup.train.safetensors_file import read_tensors
+
+    url, root = served
+    moving = root / "moving"
+    moving.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        shutil.copy(root / "tiny" / name, moving / name)
+    (moving / "metrics.jsonl").write_text("".join(_records(0, 2)))   # no summary.json: still training
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_require_browser(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(url)
+            page.wait_for_selector("#chips .chip")
+            newcomer = root / "newcomer"
+            newcomer.mkdir()
+            (newcomer / "metrics.jsonl").write_text("".join(_records(0, 1)))
+            page.wait_for_selector("#run option[value=newcomer]", state="attached", timeout=15_000)
+            page.wait_for_selector("#compare option[value=newcomer]", state="attached")
+
+            page.select_option("#run", "moving")
+            page.wait_for_function("state.run === 'moving' && state.analysis !== null")
+            before = page.evaluate("[state.info.checkpoint, state.analysis.loss]")
+            arrays, metadata = read_tensors(moving / "model.safetensors")
+            arrays = {k: (a * 3 if a.dtype.kind == "f" else a) for k, a in arrays.items()}   # other weights
+            save_file(arrays, str(moving / "next.safetensors"), metadata=metadata)
+            os.replace(moving / "next.safetensors", moving / "model.safetensors")
+            page.wait_for_function(f"state.info.checkpoint !== {json.dumps(before[0])} && state.analysis !== null "
+                                   f"&& state.analysis.loss !== {json.dumps(before[1])}", timeout=15_000)
+            assert errors == []
+        finally:
+            browser.close()

@@ -1,9 +1,10 @@
-"""The explorer's FastAPI app: a JSON API (OpenAPI schema at /openapi.json, docs at /docs) and the page.
+"""The explorer's FastAPI app: a JSON API (OpenAPI schema at /openapi.json, an offline page of it at /docs)
+and the page.
 
     GET  /                       the page (static/index.html); /static/* its CSS and JS
     GET  /api/runs               the runs served (id, config, summary, whether a checkpoint exists)
-    GET  /api/run?run=ID         one run: config, run.json, summary, tokenizer, parameter count (model_error:
-                                 why its checkpoint cannot be loaded, if it cannot)
+    GET  /api/run?run=ID         one run: config, run.json, summary, tokenizer, parameter count, checkpoint
+                                 (changes with each newer one; model_error: why it cannot be loaded, if not)
     GET  /api/metrics?run=ID&since=N   metrics.jsonl records from line N on (poll it to follow training)
     POST /api/analyze            tokens, top-k next-token probabilities at every position, attention, loss
     GET  /api/heads?run=ID       previous-token and induction scores of every head
@@ -20,6 +21,7 @@ Bad input is a 4xx with ``{"detail": message}`` (422 from FastAPI's own validati
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -31,7 +33,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -132,6 +134,33 @@ def _run_view(run_id: str, path: Path, registry_root: Path | None) -> dict[str, 
             "summary": _summary_view(summary), "finished": isinstance(summary, dict)}
 
 
+def api_docs_page(schema: dict[str, Any]) -> str:
+    """The API's endpoints as one HTML page from its OpenAPI schema: method, path, summary, parameters
+    and request body, with no script or stylesheet from the network (the explorer runs offline)."""
+    components = schema.get("components", {}).get("schemas", {})
+    rows = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            params = [f"{q['name']}{'' if q.get('required') else '?'} ({q.get('in', '')})"
+                      for q in op.get("parameters", [])]
+            content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            ref = content.get("schema", {}).get("$ref", "")
+            body = components.get(ref.rsplit("/", 1)[-1], {}) if ref else {}
+            fields = [f"{name}{'' if name in body.get('required', []) else '?'}" for name in body.get("properties", {})]
+            rows.append(f"<tr><td><code>{html.escape(method.upper())}</code></td><td><code>{html.escape(path)}</code></td>"
+                        f"<td>{html.escape(op.get('summary', ''))}</td><td>{html.escape(', '.join(params))}</td>"
+                        f"<td>{html.escape(', '.join(fields))}</td></tr>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>groundup explorer API</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:2em}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
+            "text-align:left;vertical-align:top}table{border-collapse:collapse}</style></head><body>"
+            f"<h1>{html.escape(schema.get('info', {}).get('title', 'API'))}</h1>"
+            f"<p>{html.escape(schema.get('info', {}).get('description', ''))} The full schema is "
+            "<a href='/openapi.json'>/openapi.json</a>; <code>?</code> marks an optional parameter or field. "
+            "Bad input is a 4xx with <code>{\"detail\": message}</code>.</p>"
+            "<table><tr><th>method</th><th>path</th><th>what</th><th>parameters</th><th>JSON body</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+
+
 def _summary_view(summary: Any) -> dict[str, Any] | None:
     if not isinstance(summary, dict):
         return None
@@ -149,7 +178,8 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
     """
     registry = Registry(list(run_dirs), runs_root)
     cache = Cache()
-    app = FastAPI(title="groundup explorer", version="0.1.0",
+    # NOTE: FastAPI's own /docs loads Swagger UI from a CDN, blank offline: ``api_docs`` serves a page of its own
+    app = FastAPI(title="groundup explorer", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Look inside a trained groundup GPT, watch it train, browse the roadmap.")
     app.state.registry = registry
 
@@ -169,6 +199,10 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_page(app.openapi()))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -195,6 +229,7 @@ def create_app(run_dirs: list[str | os.PathLike] | tuple = (), runs_root: str | 
             view["n_params"] = model.model.num_parameters()
             view["model"] = type(model.model).__name__
             view["kv_cache"] = model.is_gpt
+            view["checkpoint"] = "-".join(map(str, model.stamp))   # changes when the run writes a newer one
         return view
 
     @app.get("/api/metrics", summary="metrics.jsonl records from line `since` on")

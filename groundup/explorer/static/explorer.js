@@ -64,12 +64,32 @@ async function loadRuns() {
   state.runs = data.runs;
   const select = $("#run"), compare = $("#compare");
   const previous = select.value;
-  select.replaceChildren(...data.runs.map((r) => el("option", { value: r.id, text: r.id + (r.has_model ? "" : " (no checkpoint yet)") })));
+  select.replaceChildren(...data.runs.map((r) => el("option", { value: r.id, text: runLabel(r) })));
   compare.replaceChildren(el("option", { value: "", text: "(none)" }), ...data.runs.map((r) => el("option", { value: r.id, text: r.id })));
   if (!data.runs.length) { setStatus("no runs served: start with `groundup explore RUN_DIR`"); return; }
   const first = data.runs.find((r) => r.has_model) || data.runs[0];
   select.value = data.runs.some((r) => r.id === previous) ? previous : first.id;
   await selectRun(select.value);
+}
+
+function runLabel(r) { return r.id + (r.has_model ? "" : " (no checkpoint yet)"); }
+
+async function refreshRunList() {     // runs started (or checkpointed) since the page loaded join the lists; the choice stays
+  if (document.hidden || !state.runs) return;
+  const data = await api("/api/runs").catch(() => null);
+  if (!data) return;
+  const known = new Map(state.runs.map((r) => [r.id, r]));
+  for (const r of data.runs) {
+    const option = [...$("#run").options].find((o) => o.value === r.id);
+    if (!known.has(r.id)) {
+      $("#run").append(el("option", { value: r.id, text: runLabel(r) }));
+      $("#compare").append(el("option", { value: r.id, text: r.id }));
+    } else if (option && r.id !== state.run) {
+      option.textContent = runLabel(r);   // the followed run's label is refreshInfo's
+    }
+  }
+  state.runs = data.runs.map((r) => (r.id === state.run && known.has(r.id) ? known.get(r.id) : r));
+  if (!state.run && data.runs.length) { $("#run").value = data.runs[0].id; await selectRun(data.runs[0].id); }
 }
 
 async function selectRun(runId) {
@@ -101,10 +121,15 @@ async function showModel(runId) {    // the Inside tab and the KV cache box for 
 
 async function refreshInfo() {       // the followed run's config and summary, and its model once its first checkpoint is written
   const runId = state.run, had = !!(state.info && state.info.has_model && !state.info.model_error);
+  const before = had ? state.info.checkpoint : null;
   const info = await api(`/api/run?run=${encodeURIComponent(runId)}`).catch(() => null);
   if (!info || runId !== state.run) return;
   state.info = info;
   renderConfig();
+  if (had && info.has_model && !info.model_error && info.checkpoint !== before) {
+    await showModel(runId);           // a newer checkpoint: the Inside tab's numbers come from it, not the old one
+    return;
+  }
   if (had || !info.has_model || info.model_error) return;
   const option = [...$("#run").options].find((o) => o.value === runId);
   if (option) option.textContent = runId;
@@ -576,4 +601,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#g-go").addEventListener("click", generate);
   $("#g-stop").addEventListener("click", () => state.generation && state.generation.abort());
   loadRuns().catch((err) => setStatus(err.message));
+  setInterval(() => refreshRunList().catch(() => {}), 3000);
 });
