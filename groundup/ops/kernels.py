@@ -1,7 +1,7 @@
 """Raw-array kernels: each formula's forward and backward written once, over NumPy/CuPy arrays.
 
 The engine's fused Functions (``ops/fused.py``, ``ops/attention.py``) and the GPT's fast twin
-(``models/gpt_fast.py``, ``models/gpt_decode.py``) call these; nothing here knows about Tensors
+(``models/gpt_fast_block.py``, ``models/gpt_decode.py``) call these; nothing here knows about Tensors
 or autograd. Row-wise kernels take 2-D ``(N, C)`` arrays (N = every leading dim flattened).
 
     layer norm  y = xhat w + b, xhat = (x - mean) rstd   dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
@@ -195,7 +195,8 @@ def layer_norm_backward_xhat(dxhat: Any, xhat: Any, rstd: Any) -> Any:
     """dx of ``layer_norm_stats`` from the gradient of xhat, in place on dxhat.
 
     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)). With the norm's weight folded into the
-    Linear after it (see ``models/gpt_fast.py``), that Linear's backward gives dxhat directly.
+    Linear after it (``fold_layer_norm`` in ``models/gpt_fast_block.py``), that Linear's backward gives
+    dxhat directly.
     """
     xp = array_module(dxhat)
     n = dxhat.shape[1]
