@@ -221,3 +221,20 @@ def test_reexport_leaves_no_stale_tokenizer(tmp_path):
     hf.export_tokenizer(bpe, tmp_path, model_max_length=64)
     assert not (tmp_path / "tokenizer.json").exists()
     assert transformers.AutoTokenizer.from_pretrained(str(tmp_path))(TEXT)["input_ids"] == bpe.encode(TEXT)
+
+
+def test_import_again_into_the_same_directory_loads(tmp_path):
+    """Re-running an import into its earlier output (another model and tokenizer kind) gives a run that loads."""
+    from groundup.commands import load_tokenizer
+    from groundup.train.checkpoint import verify_covered
+
+    hf.export_hf(random_gpt("learned"), tmp_path / "a", tokenizer=CharTokenizer("abcdefghijklmnopqrstuvw"))
+    bpe = ByteLevelBPE.train(TEXT * 3, vocab_size=270)
+    second = random_gpt("rotary", vocab_size=270)
+    hf.export_hf(second, tmp_path / "b", tokenizer=bpe)
+    hf.import_hf(tmp_path / "a", tmp_path / "run")
+    hf.import_hf(tmp_path / "b", tmp_path / "run")
+    verify_covered(tmp_path / "run")                  # what `groundup sample` checks first
+    assert load_tokenizer(tmp_path / "run").encode(TEXT) == bpe.encode(TEXT)
+    back = GPT.load(tmp_path / "run")
+    assert back.cfg == second.cfg

@@ -539,12 +539,13 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
                             f"there with tokenizer.save_pretrained({str(folder)!r})")
     model = from_hf(hf_config, read_hf_weights(folder))
     out = Path(out_dir)
-    model.save(out)
+    out.mkdir(parents=True, exist_ok=True)
     _remove(out, TOKENIZER_FILES)
     tokenizer.save(out)
     (out / "run.json").write_text(json.dumps({"imported_from": str(folder.resolve()), "model": model.cfg.to_dict(),
                                               "hf_architecture": (hf_config.get("architectures") or [None])[0]},
                                              indent=1) + "\n")
+    model.save(out)   # last: its state.json records the digests of the tokenizer and run.json just written
     return out
 
 
