@@ -98,3 +98,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("groundup: error:") and words in lines[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_import_refuses_to_overwrite_a_training_run(tmp_path, capsys):
+    """`groundup import HF_DIR RUN` over a trained run (or other files) is refused, and nothing is touched."""
+    run, hf_dir, other = tmp_path / "run", tmp_path / "hf", tmp_path / "other"
+    make_run(run, CharTokenizer(TEXT), pos_encoding="rotary")
+    (run / "metrics.jsonl").write_text("{}\n")
+    code, _, err = run_main(capsys, "export", str(run), "--to", "hf", str(hf_dir))
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    for target, words in ((run, "training run"), (other, "not an earlier import")):
+        code, _, err = run_main(capsys, "import", str(hf_dir), str(target))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and words in lines[0], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    back = tmp_path / "back"
+    for _ in range(2):                                   # a new directory, then an earlier import: both fine
+        code, _, err = run_main(capsys, "import", str(hf_dir), str(back))
+        assert code == 0, err

@@ -51,7 +51,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                     "GPT2LMHeadModel and GPTNeoXForCausalLM (rotary_pct 1.0, sequential residual, tanh GELU) "
                     "map exactly; anything else is refused with the reason.")
     p.add_argument("hf_dir", metavar="HF_DIR", help="transformers model directory")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="run directory to write")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="run directory to write: new, empty, or an earlier import (a training run is refused)")
     p.set_defaults(handler=import_command)
 
 
@@ -108,7 +109,7 @@ def import_command(args: argparse.Namespace) -> int:
         return _error("OUT_DIR must differ from HF_DIR")
     try:
         import_hf(hf_dir, out_dir)
-    except (ImportRefused, FileNotFoundError, ValueError, KeyError) as err:
+    except (ImportRefused, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         return _error(f"cannot import {hf_dir}: {err}")
     except OSError as err:
         return _error(f"writing {out_dir}: {err}", 1)

@@ -516,17 +516,36 @@ def export_hf(source: Any, out_dir: str | os.PathLike, tokenizer: Any = None) ->
     return folder
 
 
+def _check_import_target(out: Path) -> None:
+    """Refuse an ``out`` that holds anything but an earlier import: a training run would lose its model,
+    optimizer and checkpoint, and other files (an export, say) would be mixed with the run's."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        earlier = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and "imported_from" in earlier:
+        return
+    what = "a training run" if (out / "state.json").exists() else "files that are not an earlier import"
+    raise FileExistsError(f"{out} holds {what}, which the import would overwrite or mix with its own files; "
+                          f"choose a new or empty directory")
+
+
 def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Turn a transformers directory into a groundup run directory (model, config.json, tokenizer).
 
-    The result loads with ``GPT.load(out_dir)`` and runs with ``groundup sample out_dir``.
+    The result loads with ``GPT.load(out_dir)`` and runs with ``groundup sample out_dir``. ``out_dir``
+    must be new, empty, or the output of an earlier import (which is replaced).
 
     Raises:
         ImportRefused: for a model that groundup's GPT cannot compute identically, or a directory with
             no tokenizer groundup can run (``groundup sample`` needs one).
         FileNotFoundError: for a directory without config.json or weights.
+        FileExistsError: for an ``out_dir`` that holds a training run or other files.
     """
     folder = Path(hf_dir)
+    _check_import_target(Path(out_dir))
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in {folder} (is it a directory written by save_pretrained?)")
     hf_config = json.loads((folder / "config.json").read_text())
