@@ -79,3 +79,18 @@ def test_interop_imports_no_torch_or_transformers():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_reexport_leaves_no_stale_tokenizer(tmp_path):
+    """A BPE run exported over an older character export: the folder must hold the BPE alone."""
+    from groundup.commands import load_tokenizer
+    from groundup.tokenizers import ByteLevelBPE
+
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
+    export_torch(random_gpt("learned"), tmp_path, tokenizer=CharTokenizer("abcdefghijklmnopqrs"))
+    bpe = ByteLevelBPE.train(text, vocab_size=270)
+    export_torch(random_gpt("rotary"), tmp_path, tokenizer=bpe)
+    assert not (tmp_path / "tokenizer.json").exists()
+    assert load_tokenizer(tmp_path).encode(text) == bpe.encode(text)
+    export_torch(random_gpt("rotary"), tmp_path)                  # no tokenizer: none of the old ones is left
+    assert not {"tokenizer.json", "vocab.json", "merges.txt"} & {p.name for p in tmp_path.iterdir()}

@@ -4,7 +4,8 @@
                                 (the key map to ``TorchGPT`` is the identity, see torch_gpt.py)
     OUT_DIR/config.json         the GPTConfig as JSON
     OUT_DIR/torch_gpt.py        the twin's source (imports only torch and NumPy)
-    OUT_DIR/tokenizer files     as in the run directory (groundup's formats), when there is one
+    OUT_DIR/tokenizer files     as in the run directory (groundup's formats), when there is one;
+                                tokenizer files already in OUT_DIR are removed first
 
     >>> import sys; sys.path.insert(0, "OUT_DIR")        # doctest: +SKIP
     >>> from torch_gpt import load; model = load("OUT_DIR")  # doctest: +SKIP
@@ -37,7 +38,7 @@ def export_torch(source: Any, out_dir: str | os.PathLike, tokenizer: Any = None)
     """
     from safetensors.numpy import save_file
 
-    from groundup.interop.hf import load_run
+    from groundup.interop.hf import TOKENIZER_FILES, load_run
 
     if isinstance(source, str | os.PathLike):
         model, run_tokenizer = load_run(source)
@@ -46,6 +47,8 @@ def export_torch(source: Any, out_dir: str | os.PathLike, tokenizer: Any = None)
         model = source
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:   # an older export's tokenizer of the other kind must not be the one loaded
+        (folder / name).unlink(missing_ok=True)
     state = {name: np.ascontiguousarray(value) for name, value in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", "producer": "groundup"})
     (folder / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=1) + "\n")
