@@ -238,3 +238,15 @@ def test_import_again_into_the_same_directory_loads(tmp_path):
     assert load_tokenizer(tmp_path / "run").encode(TEXT) == bpe.encode(TEXT)
     back = GPT.load(tmp_path / "run")
     assert back.cfg == second.cfg
+
+
+def test_import_refuses_a_tokenizer_bigger_than_the_model(tmp_path):
+    """Token ids the embedding has no row for would fail only later, in `groundup sample --prompt`."""
+    hf.export_hf(random_gpt("learned", vocab_size=23), tmp_path / "hf", tokenizer=CharTokenizer(TEXT))  # 33 chars
+    with pytest.raises(hf.ImportRefused, match=r"tokenizer.*33.*vocab_size=23"):
+        hf.import_hf(tmp_path / "hf", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    bigger = random_gpt("learned", vocab_size=40)           # a padded vocabulary is fine
+    hf.export_hf(bigger, tmp_path / "hf", tokenizer=CharTokenizer(TEXT))
+    hf.import_hf(tmp_path / "hf", tmp_path / "run")
+    assert GPT.load(tmp_path / "run").cfg == bigger.cfg

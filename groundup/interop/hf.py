@@ -540,10 +540,13 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     Raises:
         ImportRefused: for a model that groundup's GPT cannot compute identically, or a directory with
-            no tokenizer groundup can run (``groundup sample`` needs one).
+            no tokenizer groundup can run (``groundup sample`` needs one) or with more token ids than
+            the model has embedding rows.
         FileNotFoundError: for a directory without config.json or weights.
         FileExistsError: for an ``out_dir`` that holds a training run or other files.
     """
+    from groundup.tokenizers import ByteLevelBPE
+
     folder = Path(hf_dir)
     _check_import_target(Path(out_dir))
     if not (folder / "config.json").is_file():
@@ -557,6 +560,10 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         raise ImportRefused(f"{folder} has no tokenizer (vocab.json + merges.txt, or tokenizer.json); save one "
                             f"there with tokenizer.save_pretrained({str(folder)!r})")
     model = from_hf(hf_config, read_hf_weights(folder))
+    ids = max(tokenizer.vocab.values()) + 1 if isinstance(tokenizer, ByteLevelBPE) else tokenizer.vocab_size
+    _need(ids <= model.cfg.vocab_size,
+          f"the tokenizer has {ids} token ids, more than the model's vocab_size={model.cfg.vocab_size} "
+          f"embedding rows (they do not belong together)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove(out, TOKENIZER_FILES)
