@@ -282,6 +282,10 @@ def sample_command(args: argparse.Namespace) -> int:
     if not (directory / "model.safetensors").exists():
         raise UsageError(f"{directory} holds no trained GPT (no model.safetensors){_stage_hint(directory)}")
     saved = read_checkpoint_config(directory)
+    if "model_type" in saved:  # a transformers config (save_pretrained, `groundup export --to hf`)
+        raise UsageError(f"{directory} is a Hugging Face transformers directory (model_type "
+                         f"{saved['model_type']!r}), not a groundup run: `groundup import {directory} RUN_DIR` "
+                         f"turns it into one, then `groundup sample RUN_DIR`")
     if isinstance(saved.get("model"), dict):  # a config that nests the model's
         saved = saved["model"]
     cfg = config_from_dict(GPTConfig, saved, directory / "config.json")

@@ -120,3 +120,13 @@ def test_import_refuses_to_overwrite_a_training_run(tmp_path, capsys):
     for _ in range(2):                                   # a new directory, then an earlier import: both fine
         code, _, err = run_main(capsys, "import", str(hf_dir), str(back))
         assert code == 0, err
+
+
+def test_sample_on_a_transformers_directory_says_to_import_it(tmp_path, capsys):
+    run, hf_dir = tmp_path / "run", tmp_path / "hf"
+    make_run(run, CharTokenizer(TEXT))
+    code, _, err = run_main(capsys, "export", str(run), "--to", "hf", str(hf_dir))
+    assert code == 0, err
+    code, _, err = run_main(capsys, "sample", str(hf_dir), "--max-new-tokens", "3")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"groundup import {hf_dir}" in lines[0], err
