@@ -120,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the run in --out from its checkpoint; the flags must be the first run's "
                         "(a difference that changes the result is refused)")
     p.add_argument("--allow-changes", action="store_true",
-                   help="with --resume: accept changed settings (the resume is then not exact); the changes "
-                        "are recorded in metrics.jsonl")
+                   help="with --resume: accept changed data or training settings (the resume is then not "
+                        "exact; the model and tokenizer cannot change); the changes are recorded in metrics.jsonl")
     p.add_argument("--replace", action="store_true",
                    help="--out holds another run: move it aside to OUT.old-N (nothing is deleted) and start "
                         "afresh")

@@ -4,8 +4,9 @@ tokenizer, train with Ctrl-C saving a checkpoint, and end with a summary a perso
 Resume is exact or refused: the settings that shape the result (every TrainConfig field but the ones
 in ``FREE_ON_RESUME``, the model's config, the data and tokenizer of run.json, and the schedule's
 horizon: ``max_iters`` only matters through ``lr_decay_iters=None``) are compared with the checkpoint's,
-and a difference is an error listing each one, unless ``--allow-changes``; either way a
-``{"kind": "resume", ...}`` record with the changes goes to metrics.jsonl.
+and a difference is an error listing each one, unless ``--allow-changes`` (which cannot change the
+model or the tokenizer: the checkpoint's weights fit one model); either way a ``{"kind": "resume", ...}``
+record with the changes goes to metrics.jsonl.
 
 Ctrl-C: the first one asks the Trainer to stop after the current step, which then evaluates, saves a
 checkpoint at that step and writes the summary; the command prints how to resume and exits 130. A
@@ -281,6 +282,11 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
     if args.resume:
         changes = resume_differences(state["train_config"], train_cfg.to_dict(), saved_model, model_cfg.to_dict(),
                                      saved_run, run)
+        fixed = [c for c in changes if c.startswith(("model.", "tokenizer:", "bpe_vocab_size:"))]
+        if fixed and args.allow_changes:   # the checkpoint's weights fit one model; run.json's tokenizer is kept
+            raise UsageError(f"--resume cannot change the model or its tokenizer ({'; '.join(fixed)}): "
+                             f"--allow-changes accepts other data and training settings only; give the first "
+                             f"run's model and tokenizer flags, or start a new run (--replace or another --out)")
         if changes and not args.allow_changes:
             raise UsageError(f"--resume would not continue {out} exactly; changed since the checkpoint: "
                              f"{'; '.join(changes)}. Give the first run's flags, or --allow-changes to accept "

@@ -294,6 +294,10 @@ def test_resume_is_exact_or_refused(finished_run, tmp_path):
     assert_one_line_error(result, 2, "the schedule's horizon", "3 -> 6")
     result = train(run, "--resume", *same, cwd=tmp_path)                         # nothing changed, nothing left
     assert result.returncode == 0 and "nothing left to train" in result.stdout, result.stderr
+    for change, words in ((["--model.n_head=4"], "model.n_head: 2 -> 4"),        # no checkpoint fits these
+                          (["--tokenizer", "bpe"], "tokenizer: 'char' -> 'bpe'")):
+        result = train(run, "--resume", "--allow-changes", *change, *same, cwd=tmp_path, max_iters=5)
+        assert_one_line_error(result, 2, "cannot change the model or its tokenizer", words)
     result = train(run, "--resume", "--allow-changes", *same, cwd=tmp_path, max_iters=5)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
