@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -440,6 +441,17 @@ def test_generation_is_seeded_and_respects_top_k():
     draws = {int(sample_next(logits, 1.0, top_p=0.5, rng=np.random.default_rng(i))[0]) for i in range(50)}
     assert draws == {1}
     assert model.generate(np.array([2, 3]), 0).shape == (1, 2)
+
+
+def test_a_tiny_temperature_samples_the_argmax():
+    """logits / T overflows to inf for a tiny T (inf - inf = nan in the softmax): it must still pick the argmax."""
+    logits = np.array([[0.0, 5.0, 4.0, -3.0], [9.0, -1.0, 2.0, 8.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # no overflow or invalid-value warnings either
+        for temperature in (1e-300, 1e-320, 5e-324):
+            for seed in range(5):
+                draws = sample_next(logits, temperature, top_k=3, rng=np.random.default_rng(seed))
+                np.testing.assert_array_equal(draws, [1, 0])
 
 
 # ----------------------------------------------------------------------------- training and checkpoints

@@ -92,7 +92,8 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None 
     if temperature == 0:
         return logits.argmax(axis=-1).astype(np.int64)
     rng = rng if rng is not None else random.generator()
-    z = logits / temperature
+    with np.errstate(over="ignore"):   # <= 0, so a tiny temperature sends the others to -inf, not inf - inf
+        z = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.sort(z, axis=-1)[:, -top_k][:, None]                           # (B, 1)
         z = np.where(z < kth, -np.inf, z)
