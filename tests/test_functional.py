@@ -382,6 +382,39 @@ def test_sdpa_dropout_statistics_and_backward() -> None:
     np.testing.assert_allclose(v.grad.numpy().sum(), values.sum(), rtol=1e-10)
 
 
+ALL_IGNORED = np.array([-100, -100, -100])
+ZERO_WEIGHT_CLASSES = np.array([0, 2, 2])          # counted targets whose class weight is 0
+
+
+@pytest.mark.parametrize("case,target", [
+    (lambda f, x, t, w: f.cross_entropy(x, t), ALL_IGNORED),
+    (lambda f, x, t, w: f.cross_entropy(x, t, label_smoothing=0.1), ALL_IGNORED),
+    (lambda f, x, t, w: f.cross_entropy(x, t, weight=w, ignore_index=1), np.array([1, 1, 1])),
+    (lambda f, x, t, w: f.cross_entropy(x, t, weight=w), ZERO_WEIGHT_CLASSES),
+    (lambda f, x, t, w: f.nll_loss(x.log_softmax(1), t, weight=w), ALL_IGNORED),
+    (lambda f, x, t, w: f.nll_loss(x.log_softmax(1), t, weight=w), ZERO_WEIGHT_CLASSES),
+], ids=["ce", "ce_smoothing", "ce_weight_ignore_index", "ce_zero_weights", "nll", "nll_zero_weights"])
+def test_a_mean_over_no_counted_target_is_nan_with_torchs_gradient(case, target: np.ndarray) -> None:
+    """torch: a mean over no counted target is 0 / 0 = nan, but when every target is ignored the
+    gradient is exactly 0 (an all-padding batch must not write NaN into the parameters); targets
+    that count with class weight 0 give a nan gradient, in torch too. Neither warns."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as TF
+
+    x, weight = np.random.standard_normal((3, 4)), np.array([0.0, 2.0, 0.0, 1.0])
+    theirs = torch.tensor(x, requires_grad=True)
+    case(TF, theirs, torch.tensor(target), torch.tensor(weight)).backward()
+    ours = gu.tensor(x, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = case(F, ours, gu.tensor(target), gu.tensor(weight))
+        out.backward()
+    assert np.isnan(out.item())
+    np.testing.assert_array_equal(ours.grad.numpy(), theirs.grad.numpy())
+
+
 # ---------------------------------------------------------------- errors
 def test_functional_errors_name_the_problem() -> None:
     x = gu.randn(3, 4)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from groundup.backend import array_module
 from groundup.function import Function
 from groundup.ops import kernels as K
@@ -90,7 +92,8 @@ def _reduce(losses: Any, reduction: str, denom: Any, op: str) -> Any:
     if reduction == "sum":
         return losses.sum()
     if reduction == "mean":
-        return losses.sum() / denom
+        with np.errstate(invalid="ignore", divide="ignore"):   # every target ignored: 0 / 0 = nan, as torch
+            return losses.sum() / denom
     raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
@@ -164,7 +167,10 @@ class CrossEntropy(Function):
             g *= q.sum(axis=1, keepdims=True)
             g -= q
         if reduction == "mean":
-            g *= gz / denom
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g *= gz / denom
+            if valid is not None:                                  # ignored rows: exactly 0, even when
+                g = xp.where(valid[:, None], g, 0)                 # every row is ignored (0 / 0), as torch
         elif reduction == "sum":
             g *= gz
         else:
@@ -189,15 +195,16 @@ class NLLLoss(Function):
         losses = -logp[xp.arange(n), safe_t] * w_t
         out_shape = (x.shape[0],) + tuple(x.shape[2:]) if x.ndim > 1 else ()
         denom = w_t.sum()
-        self.ctx_data = (safe_t, w_t, denom, reduction, x.shape, n, c)
+        self.ctx_data = (safe_t, valid, w_t, denom, reduction, x.shape, n, c)
         return _reduce(losses.reshape(out_shape), reduction, denom, "nll_loss").astype(x.dtype, copy=False)
 
     def backward(self, gz):
-        t, w_t, denom, reduction, shape, n, c = self.ctx_data
+        t, valid, w_t, denom, reduction, shape, n, c = self.ctx_data
         xp = array_module(gz)
         g = xp.zeros((n, c), dtype=gz.dtype)
-        scale = gz / denom if reduction == "mean" else (gz if reduction == "sum" else gz.reshape(-1))
-        g[xp.arange(n), t] = -w_t * scale
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = gz / denom if reduction == "mean" else (gz if reduction == "sum" else gz.reshape(-1))
+            g[xp.arange(n), t] = xp.where(valid, -w_t * scale, 0)   # ignored targets: exactly 0 (even 0 / 0)
         return _classes_back(g, shape)
 
 
