@@ -13,7 +13,7 @@ from groundup import backend, random
 from groundup.creation import one_hot
 from groundup.ops import attention, conv, fused, kernels
 from groundup.ops.methods import log_softmax, softmax
-from groundup.tensor import Tensor
+from groundup.tensor import Tensor, is_grad_enabled
 
 __all__ = [
     "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "binary_cross_entropy_with_logits",
@@ -26,24 +26,34 @@ def _raw(x: Any) -> Any:
     return x.data if isinstance(x, Tensor) else x
 
 
+def _constant(x: Any, name: str, op: str) -> Any:
+    """The raw array of an argument that the loss treats as a constant: one that requires grad is
+    refused, as its gradient (which torch computes) would silently be missing."""
+    if isinstance(x, Tensor) and x.requires_grad and is_grad_enabled():
+        raise RuntimeError(f"{op}: {name} requires grad, but no gradient flows into {name} here; "
+                           f"pass {name}.detach()")
+    return _raw(x)
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits ``input`` (N, C) or (N, C, d...) against class indices or
     class probabilities ``target``."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _raw(target)
+    t = _constant(target, "target", "cross_entropy")
     if t.dtype.kind == "f" and t.dtype != input.dtype:
         t = t.astype(input.dtype)
-    return fused.CrossEntropy.apply(input, target=t, weight=_raw(weight), ignore_index=ignore_index,
+    weight = _constant(weight, "weight", "cross_entropy")
+    return fused.CrossEntropy.apply(input, target=t, weight=weight, ignore_index=ignore_index,
                                     reduction=reduction, label_smoothing=label_smoothing)
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of log-probabilities ``input`` (N, C)."""
-    return fused.NLLLoss.apply(input, target=_raw(target), weight=_raw(weight), ignore_index=ignore_index,
-                               reduction=reduction)
+    return fused.NLLLoss.apply(input, target=_raw(target), weight=_constant(weight, "weight", "nll_loss"),
+                               ignore_index=ignore_index, reduction=reduction)
 
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -63,12 +73,13 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                      reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
     """Binary cross-entropy of logits, numerically stable for any magnitude."""
-    t = _raw(target)
+    op = "binary_cross_entropy_with_logits"
+    t = _constant(target, "target", op)
     if tuple(t.shape) != input.shape:
-        raise ValueError(f"binary_cross_entropy_with_logits: target {tuple(t.shape)} and input "
-                         f"{input.shape} differ in shape")
-    return fused.BCEWithLogits.apply(input, target=t.astype(input.dtype, copy=False), weight=_raw(weight),
-                                     pos_weight=_raw(pos_weight), reduction=reduction)
+        raise ValueError(f"{op}: target {tuple(t.shape)} and input {input.shape} differ in shape")
+    return fused.BCEWithLogits.apply(input, target=t.astype(input.dtype, copy=False),
+                                     weight=_constant(weight, "weight", op),
+                                     pos_weight=_constant(pos_weight, "pos_weight", op), reduction=reduction)
 
 
 def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,

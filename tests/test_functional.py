@@ -415,6 +415,25 @@ def test_a_mean_over_no_counted_target_is_nan_with_torchs_gradient(case, target:
     np.testing.assert_array_equal(ours.grad.numpy(), theirs.grad.numpy())
 
 
+@pytest.mark.parametrize("call,name", [
+    (lambda x, c: F.cross_entropy(x, c.softmax(1)), "target"),
+    (lambda x, c: F.cross_entropy(x, gu.tensor([0, 1, 2]), weight=c[0]), "weight"),
+    (lambda x, c: F.nll_loss(x, gu.tensor([0, 1, 2]), weight=c[0]), "weight"),
+    (lambda x, c: F.binary_cross_entropy_with_logits(x, c.sigmoid()), "target"),
+    (lambda x, c: F.binary_cross_entropy_with_logits(x, x.detach().sigmoid(), weight=c), "weight"),
+    (lambda x, c: F.binary_cross_entropy_with_logits(x, x.detach().sigmoid(), pos_weight=c[0]), "pos_weight"),
+], ids=["ce_target", "ce_weight", "nll_weight", "bce_target", "bce_weight", "bce_pos_weight"])
+def test_a_loss_argument_that_requires_grad_is_refused_not_silently_constant(call, name: str) -> None:
+    """torch differentiates these too (e.g. soft targets from a teacher that is still training); the
+    fused losses treat them as constants, so a graph into them is refused instead of dropped."""
+    x, c = gu.randn(3, 4, requires_grad=True), gu.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=rf"requires grad.*pass {name}\.detach\(\)"):
+        call(x, c)
+    with gu.no_grad():
+        call(x, c)                                      # no graph wanted: fine
+    call(x, c.detach())
+
+
 # ---------------------------------------------------------------- errors
 def test_functional_errors_name_the_problem() -> None:
     x = gu.randn(3, 4)
