@@ -155,7 +155,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
            dilation: Any = 1, groups: int = 1) -> Tensor:
-    """2-D convolution (cross-correlation, as torch): (N, C, H, W) * (O, C / groups, kh, kw) -> (N, O, Ho, Wo).
+    """2-D convolution (cross-correlation, as torch): (N, C, H, W) * (O, C / groups, kh, kw) -> (N, O, Ho, Wo);
+    an unbatched (C, H, W) input gives (O, Ho, Wo).
 
     ``groups`` splits the channels into that many independent convolutions (torch's meaning; C and O
     divisible by it; groups = C is a depthwise convolution).
@@ -164,19 +165,30 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
         if padding != "valid":
             raise ValueError(f"conv2d: padding={padding!r} is not supported; give a number or 'valid'")
         padding = 0
-    args = (input, weight) if bias is None else (input, weight, bias)
-    return conv.Conv2d.apply(*args, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return _batched_2d("conv2d", input, lambda x: conv.Conv2d.apply(
+        *((x, weight) if bias is None else (x, weight, bias)), stride=stride, padding=padding, dilation=dilation,
+        groups=groups))
 
 
 def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1) -> Tensor:
-    """Max over sliding windows (N, C, H, W) -> (N, C, Ho, Wo)."""
-    return conv.MaxPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
-                                dilation=dilation)
+    """Max over sliding windows (N, C, H, W) -> (N, C, Ho, Wo); also unbatched (C, H, W) -> (C, Ho, Wo)."""
+    return _batched_2d("max_pool2d", input, lambda x: conv.MaxPool2d.apply(
+        x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation))
 
 
 def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
-    """Mean over sliding windows (zero padding counts toward the mean)."""
-    return conv.AvgPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding)
+    """Mean over sliding windows (zero padding counts toward the mean); (N, C, H, W) or (C, H, W)."""
+    return _batched_2d("avg_pool2d", input, lambda x: conv.AvgPool2d.apply(
+        x, kernel_size=kernel_size, stride=stride, padding=padding))
+
+
+def _batched_2d(op: str, input: Tensor, run: Any) -> Tensor:
+    """``run`` on a (N, C, H, W) input; an unbatched (C, H, W) one runs as N = 1, as torch accepts it."""
+    if input.ndim == 3:
+        return run(input.unsqueeze(0)).squeeze(0)                 # (C, H, W) -> (1, C, H, W) -> (C, Ho, Wo)
+    if input.ndim != 4:
+        raise RuntimeError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {input.shape}")
+    return run(input)
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,

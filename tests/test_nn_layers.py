@@ -97,14 +97,18 @@ CASES = [
     ("conv2d-same", lambda m: m.Conv2d(2, 3, 3, padding="same", dilation=2), floats(2, 2, 6, 5), (TRAIN,)),
     ("conv2d-same-even-kernel", lambda m: m.Conv2d(2, 3, (2, 4), padding="same"), floats(2, 2, 5, 6), (TRAIN,)),
     ("conv2d-valid", lambda m: m.Conv2d(2, 3, 3, padding="valid"), floats(2, 2, 5, 6), (TRAIN,)),
+    ("conv2d-unbatched", lambda m: m.Conv2d(2, 3, 3, stride=2, padding=1), floats(2, 7, 6), (TRAIN,)),
+    ("conv2d-unbatched-same", lambda m: m.Conv2d(2, 4, (2, 3), padding="same", groups=2), floats(2, 5, 6), (TRAIN,)),
     ("maxpool2d", lambda m: m.MaxPool2d(2), floats(2, 3, 6, 6), (TRAIN,)),
     ("maxpool2d-odd-input", lambda m: m.MaxPool2d(2), floats(2, 3, 7, 5), (TRAIN,)),
     ("maxpool2d-stride-padding", lambda m: m.MaxPool2d(3, stride=2, padding=1), floats(2, 2, 7, 8), (TRAIN,)),
     ("maxpool2d-dilation", lambda m: m.MaxPool2d(2, stride=1, dilation=2), floats(1, 2, 6, 6), (TRAIN,)),
     ("maxpool2d-rect", lambda m: m.MaxPool2d((2, 3), stride=(1, 2)), floats(1, 2, 5, 7), (TRAIN,)),
+    ("maxpool2d-unbatched", lambda m: m.MaxPool2d(3, stride=2, padding=1), floats(3, 7, 6), (TRAIN,)),
     ("avgpool2d", lambda m: m.AvgPool2d(2), floats(2, 3, 6, 6), (TRAIN,)),
     ("avgpool2d-stride-padding", lambda m: m.AvgPool2d(3, stride=2, padding=1), floats(2, 2, 7, 8), (TRAIN,)),
     ("avgpool2d-rect", lambda m: m.AvgPool2d((2, 3), stride=(1, 2)), floats(1, 2, 5, 7), (TRAIN,)),
+    ("avgpool2d-unbatched", lambda m: m.AvgPool2d(2), floats(3, 6, 5), (TRAIN,)),
 ]
 
 
@@ -239,6 +243,11 @@ def test_conv_errors():
         nn.Conv2d(3, 4, 3, padding="full")
     with pytest.raises(RuntimeError, match=r"\(N, 3, H, W\)"):
         nn.Conv2d(3, 4, 3)(gu.randn(2, 4, 5, 5))
+    with pytest.raises(RuntimeError, match=r"\(N, 3, H, W\) or unbatched \(3, H, W\)"):
+        nn.Conv2d(3, 4, 3)(gu.randn(4, 5, 5))
+    for pool in (nn.MaxPool2d(2), nn.AvgPool2d(2)):             # not a NumPy unpacking error
+        with pytest.raises(RuntimeError, match=r"pool2d: expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\)"):
+            pool(gu.randn(4, 4))
 
 
 @pytest.mark.parametrize("make", [

@@ -32,6 +32,8 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as torch).   x: (N, C_in, H, W) -> (N, C_out, H_out, W_out)
 
+    An unbatched (C_in, H, W) input gives (C_out, H_out, W_out), as in torch.
+
     H_out = (H + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1 (same for W).
 
     Args:
@@ -86,8 +88,9 @@ class Conv2d(Module):
         return F.pad(x, pads), (0, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise RuntimeError(f"Conv2d: expected input (N, {self.in_channels}, H, W), got shape {x.shape}")
+        if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise RuntimeError(f"Conv2d: expected input (N, {self.in_channels}, H, W) or unbatched "
+                               f"({self.in_channels}, H, W), got shape {x.shape}")
         if self.padding == "same":
             x, padding = self._same_padding(x)
         else:
@@ -110,7 +113,7 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
-    """Max over sliding windows.   x: (N, C, H, W) -> (N, C, H_out, W_out)
+    """Max over sliding windows.   x: (N, C, H, W) -> (N, C, H_out, W_out), or unbatched (C, H, W)
 
     Args:
         kernel_size: window size, an int or an (h, w) pair.
@@ -135,7 +138,7 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     """Mean over sliding windows (zero padding counts toward the mean, torch's default).
 
-    x: (N, C, H, W) -> (N, C, H_out, W_out). Arguments as ``MaxPool2d`` (no dilation).
+    x: (N, C, H, W) -> (N, C, H_out, W_out), or unbatched (C, H, W). Arguments as ``MaxPool2d`` (no dilation).
     """
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0):
