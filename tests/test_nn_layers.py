@@ -257,6 +257,16 @@ def test_conv_errors():
     lambda m: m.BatchNorm2d(4),
     lambda m: m.RMSNorm((2, 3), eps=1e-6),
     lambda m: m.AvgPool2d(3, stride=2, padding=1),
+    lambda m: m.MaxPool2d(3, stride=2, padding=1, dilation=(1, 2)),
+    lambda m: m.LayerNorm((2, 3), eps=1e-3),
+    lambda m: m.LayerNorm(4, elementwise_affine=False),
+    lambda m: m.LayerNorm(4, bias=False),
+    lambda m: m.Dropout(0.25),
+    lambda m: m.Flatten(0, -2),
+    lambda m: m.GELU(approximate="tanh"),
+    lambda m: m.Softmax(dim=1),
+    lambda m: m.LogSoftmax(dim=-1),
+    lambda m: m.Sequential(m.Linear(2, 3, bias=False), m.ReLU(), m.Dropout(), m.Embedding(5, 2, padding_idx=1)),
 ])
 def test_repr_matches_torch(make):
     assert repr(make(nn)) == repr(make(torch.nn))

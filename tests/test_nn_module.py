@@ -366,7 +366,7 @@ def test_repr_nests_children():
     text = repr(net)
     assert text.startswith("Net(\n  (blocks): ModuleList(\n    (0): Block(\n      (proj): Linear(in_features=4")
     assert "(head): Linear(in_features=4, out_features=2, bias=False)" in text
-    assert text.endswith("(drop): Dropout(p=0.5)\n)")
+    assert text.endswith("(drop): Dropout(p=0.5, inplace=False)\n)")
     assert repr(nn.ReLU()) == "ReLU()"
 
 
