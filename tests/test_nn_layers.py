@@ -97,6 +97,14 @@ CASES = [
     ("conv2d-same", lambda m: m.Conv2d(2, 3, 3, padding="same", dilation=2), floats(2, 2, 6, 5), (TRAIN,)),
     ("conv2d-same-even-kernel", lambda m: m.Conv2d(2, 3, (2, 4), padding="same"), floats(2, 2, 5, 6), (TRAIN,)),
     ("conv2d-valid", lambda m: m.Conv2d(2, 3, 3, padding="valid"), floats(2, 2, 5, 6), (TRAIN,)),
+    ("conv2d-reflect", lambda m: m.Conv2d(2, 3, 3, stride=2, padding=(1, 2), padding_mode="reflect"),
+     floats(2, 2, 6, 7), (TRAIN,)),
+    ("conv2d-replicate-same-even-kernel", lambda m: m.Conv2d(2, 4, (2, 3), padding="same", groups=2,
+                                                            padding_mode="replicate"), floats(2, 2, 5, 6), (TRAIN,)),
+    ("conv2d-circular-dilation", lambda m: m.Conv2d(2, 3, 3, padding=2, dilation=2, padding_mode="circular"),
+     floats(1, 2, 6, 5), (TRAIN,)),
+    ("conv2d-circular-same", lambda m: m.Conv2d(2, 3, 3, padding="same", padding_mode="circular"),
+     floats(1, 2, 4, 5), (TRAIN,)),
     ("conv2d-unbatched", lambda m: m.Conv2d(2, 3, 3, stride=2, padding=1), floats(2, 7, 6), (TRAIN,)),
     ("conv2d-unbatched-same", lambda m: m.Conv2d(2, 4, (2, 3), padding="same", groups=2), floats(2, 5, 6), (TRAIN,)),
     ("maxpool2d", lambda m: m.MaxPool2d(2), floats(2, 3, 6, 6), (TRAIN,)),
@@ -241,6 +249,8 @@ def test_conv_errors():
         nn.Conv2d(3, 4, 3, stride=2, padding="same")
     with pytest.raises(ValueError, match="padding"):
         nn.Conv2d(3, 4, 3, padding="full")
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        nn.Conv2d(3, 4, 3, padding_mode="mirror")
     with pytest.raises(RuntimeError, match=r"\(N, 3, H, W\)"):
         nn.Conv2d(3, 4, 3)(gu.randn(2, 4, 5, 5))
     with pytest.raises(RuntimeError, match=r"\(N, 3, H, W\) or unbatched \(3, H, W\)"):
@@ -253,6 +263,7 @@ def test_conv_errors():
 @pytest.mark.parametrize("make", [
     lambda m: m.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2, groups=1, bias=False),
     lambda m: m.Conv2d(4, 4, (1, 3), padding="same", groups=2),
+    lambda m: m.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
     lambda m: m.BatchNorm1d(4, momentum=None, affine=False),
     lambda m: m.BatchNorm2d(4),
     lambda m: m.RMSNorm((2, 3), eps=1e-6),

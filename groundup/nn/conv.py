@@ -18,6 +18,8 @@ from groundup.tensor import Tensor
 
 __all__ = ["Conv2d", "MaxPool2d", "AvgPool2d"]
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
 
 def _pair(value: Any, name: str) -> tuple[int, int]:
     """An int or a pair of ints -> a pair of ints (torch's ``_pair``)."""
@@ -42,6 +44,8 @@ class Conv2d(Module):
             ``'valid'`` (no padding) or ``'same'`` (output size = input size; needs stride 1).
         groups: split the channels into this many independent convolutions.
         bias: learn a bias of shape (C_out,).
+        padding_mode: what the padding holds: ``'zeros'`` (the default), or the input's
+            ``'reflect'``, ``'replicate'`` or ``'circular'`` continuation (``F.pad``'s modes).
 
     Parameters: ``weight`` (C_out, C_in // groups, kh, kw) and ``bias`` (C_out,), both initialised
     as torch does: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with
@@ -49,8 +53,12 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
-                 dilation: Any = 1, groups: int = 1, bias: bool = True, dtype: Any = None):
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 dtype: Any = None):
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         if groups <= 0 or in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                              f"divisible by groups ({groups})")
@@ -82,10 +90,14 @@ class Conv2d(Module):
         """'same' padding: total d * (k - 1) per dim, the extra odd pixel on the right/bottom (as torch)."""
         total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
         left = [t // 2 for t in total]
-        if all(t % 2 == 0 for t in total):
+        if all(t % 2 == 0 for t in total) and self.padding_mode == "zeros":
             return x, (left[0], left[1])
         pads = (left[1], total[1] - left[1], left[0], total[0] - left[0])  # (w_left, w_right, h_top, h_bottom)
-        return F.pad(x, pads), (0, 0)
+        return self._pad(x, pads), (0, 0)
+
+    def _pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        """x padded by (w_left, w_right, h_top, h_bottom) with ``padding_mode``."""
+        return F.pad(x, pads) if self.padding_mode == "zeros" else F.pad(x, pads, mode=self.padding_mode)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
@@ -95,6 +107,8 @@ class Conv2d(Module):
             x, padding = self._same_padding(x)
         else:
             padding = (0, 0) if self.padding == "valid" else self.padding
+            if self.padding_mode != "zeros" and padding != (0, 0):       # torch: pad first, then convolve
+                x, padding = self._pad(x, (padding[1], padding[1], padding[0], padding[0])), (0, 0)
         # groups > 1: one convolution per channel group, batched into one GEMM by F.conv2d
         return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=padding, dilation=self.dilation,
                         groups=self.groups)
@@ -109,6 +123,8 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"   # unquoted, as torch prints it
         return s
 
 
