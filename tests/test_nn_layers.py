@@ -255,6 +255,16 @@ def test_conv_errors():
         nn.Conv2d(3, 4, 3)(gu.randn(2, 4, 5, 5))
     with pytest.raises(RuntimeError, match=r"\(N, 3, H, W\) or unbatched \(3, H, W\)"):
         nn.Conv2d(3, 4, 3)(gu.randn(4, 5, 5))
+    x = gu.randn(1, 1, 5, 5)
+    with pytest.raises(RuntimeError, match="avg_pool2d: padding"):          # as max_pool2d and torch
+        nn.AvgPool2d(2, padding=2)(x)
+    for layer, op, what in [(nn.Conv2d(1, 1, 3, stride=0), "conv2d", "stride must be positive, got 0"),
+                            (nn.Conv2d(1, 1, 3, padding=-1), "conv2d", "padding must be non-negative, got -1"),
+                            (nn.Conv2d(1, 1, 3, dilation=(1, 0)), "conv2d", "dilation must be positive, got 0"),
+                            (nn.MaxPool2d(2, stride=0), "max_pool2d", "stride must be positive"),
+                            (nn.AvgPool2d(0), "avg_pool2d", "kernel_size must be positive")]:
+        with pytest.raises(RuntimeError, match=f"{op}: {what}"):            # not a ZeroDivisionError
+            layer(x)
     for pool in (nn.MaxPool2d(2), nn.AvgPool2d(2)):             # not a NumPy unpacking error
         with pytest.raises(RuntimeError, match=r"pool2d: expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\)"):
             pool(gu.randn(4, 4))

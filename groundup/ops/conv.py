@@ -21,6 +21,9 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int, op: str) -> int:
+    for name, value, low in (("kernel_size", k, 1), ("stride", s, 1), ("padding", p, 0), ("dilation", d, 1)):
+        if value < low:
+            raise RuntimeError(f"{op}: {name} must be {'positive' if low else 'non-negative'}, got {value}")
     out = (size + 2 * p - d * (k - 1) - 1) // s + 1
     if out <= 0:
         raise RuntimeError(f"{op}: input size {size} (padding {p}) is too small for kernel {k} "
@@ -244,6 +247,8 @@ class AvgPool2d(Function):
     def forward(self, x, kernel_size=2, stride=None, padding=0):
         kh, kw = _pair(kernel_size)
         stride, padding = _pair(stride if stride is not None else kernel_size), _pair(padding)
+        if padding[0] > kh // 2 or padding[1] > kw // 2:
+            raise RuntimeError(f"avg_pool2d: padding {padding} must be at most half the kernel {(kh, kw)}")
         n, c, h, w = x.shape
         ho = _out_size(h, kh, stride[0], padding[0], 1, "avg_pool2d")
         wo = _out_size(w, kw, stride[1], padding[1], 1, "avg_pool2d")
