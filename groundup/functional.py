@@ -136,6 +136,9 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None) -> 
     idx = _raw(input)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    if padding_idx is not None and not -weight.shape[0] <= padding_idx < weight.shape[0]:
+        raise ValueError(f"embedding: padding_idx must be within the {weight.shape[0]} rows of weight, "
+                         f"got {padding_idx}")
     if padding_idx is not None and padding_idx < 0:
         padding_idx += weight.shape[0]
     return fused.Embedding.apply(weight, idx=idx, padding_idx=padding_idx)

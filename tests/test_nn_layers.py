@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import groundup as gu
+from groundup import functional as F
 from groundup import nn
 
 torch = pytest.importorskip("torch")
@@ -240,6 +241,15 @@ def test_batchnorm_errors():
     with pytest.raises(RuntimeError, match="expected 3 channels"):
         nn.BatchNorm2d(3)(gu.randn(2, 4, 2, 2))
     nn.BatchNorm1d(3).eval()(gu.randn(1, 3))  # one sample is fine in eval
+
+
+def test_embedding_padding_idx_out_of_range_is_refused():
+    for padding_idx in (5, -6):                  # -6 wrapped round to row 4 and silently froze it
+        with pytest.raises(ValueError, match=f"padding_idx must be within.*got {padding_idx}"):
+            nn.Embedding(5, 2, padding_idx=padding_idx)
+        with pytest.raises(ValueError, match=f"padding_idx must be within.*got {padding_idx}"):
+            F.embedding(gu.tensor([0, 4]), gu.randn(5, 2), padding_idx=padding_idx)
+    assert nn.Embedding(5, 2, padding_idx=-5).padding_idx == 0
 
 
 def test_conv_errors():
