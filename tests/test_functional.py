@@ -443,6 +443,13 @@ def test_functional_errors_name_the_problem() -> None:
         F.cross_entropy(x, gu.tensor([0, 1, 1]), reduction="avg")
     with pytest.raises(ValueError, match="label_smoothing"):
         F.cross_entropy(x, gu.tensor([0, 1, 1]), label_smoothing=1.5)
+    x3, t3 = gu.randn(2, 4, 3), gu.tensor(np.zeros((2, 3), np.int64))
+    for loss in (F.cross_entropy, F.nll_loss):                 # as many targets, but paired wrongly
+        for target in (t3.transpose(0, 1), t3.reshape(-1), t3.unsqueeze(-1)):
+            with pytest.raises(ValueError, match=r"target has shape .*, expected \(2, 3\) for input \(2, 4, 3\)"):
+                loss(x3, target)
+        with pytest.raises(ValueError, match=r"expected \(3,\)"):
+            loss(x, gu.tensor([[0], [1], [1]]))
     with pytest.raises(IndexError, match="embedding"):
         F.embedding(gu.tensor([0, 5]), gu.randn(5, 2))
     with pytest.raises(RuntimeError, match=r"linear.*\(3, 4\).*\(2, 5\)"):

@@ -86,6 +86,15 @@ def _classes_back(g2: Any, shape: tuple[int, ...]) -> Any:
     return g2.reshape(n, -1, c).transpose(0, 2, 1).reshape(shape)  # (N, C, d1, ...)
 
 
+def _check_index_target(x_shape: tuple[int, ...], target: Any, op: str) -> None:
+    """Class indices must have the input's shape without the class dim C: (N, d1, ...) for
+    (N, C, d1, ...), () for (C,); a target that only has as many elements would pair them wrongly."""
+    want = tuple(x_shape[:1]) + tuple(x_shape[2:]) if len(x_shape) > 1 else ()
+    if tuple(target.shape) != want:
+        raise ValueError(f"{op}: class-index target has shape {tuple(target.shape)}, expected {want} for input "
+                         f"{tuple(x_shape)} (the input's shape without the class dim 1)")
+
+
 def _reduce(losses: Any, reduction: str, denom: Any, op: str) -> Any:
     if reduction == "none":
         return losses
@@ -124,10 +133,8 @@ class CrossEntropy(Function):
             denom = n
             valid = None
         else:
+            _check_index_target(x.shape, target, "cross_entropy")
             t = target.reshape(-1)
-            if t.shape[0] != n:
-                raise ValueError(f"cross_entropy: input {tuple(x.shape)} and target {tuple(target.shape)} "
-                                 f"have different batch sizes")
             valid = t != ignore_index
             safe_t = xp.where(valid, t, 0)
             if ((safe_t < 0) | (safe_t >= c)).any():
@@ -186,6 +193,7 @@ class NLLLoss(Function):
         xp = array_module(x)
         logp = _classes_last(x)
         n, c = logp.shape
+        _check_index_target(x.shape, target, "nll_loss")
         t = target.reshape(-1)
         valid = t != ignore_index
         safe_t = xp.where(valid, t, 0)
