@@ -176,8 +176,10 @@ class CrossEntropy(Function):
         if reduction == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):
                 g *= gz / denom
-            if valid is not None:                                  # ignored rows: exactly 0, even when
-                g = xp.where(valid[:, None], g, 0)                 # every row is ignored (0 / 0), as torch
+            # ignored rows are 0 already (times valid) unless every row is ignored (0 / 0 = nan): then
+            # exactly 0, as torch; the check is skipped on NumPy when denom != 0 (a pass less per step)
+            if valid is not None and (xp is not np or not denom):
+                g = xp.where(valid[:, None], g, 0)
         elif reduction == "sum":
             g *= gz
         else:
