@@ -148,9 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float_range(0.0, 1.0, low_open=True), default=None,
                    help="sample only among the most likely tokens whose probabilities add up to p (nucleus "
                         "sampling)")
-    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=None, help="seed for a reproducible sample")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token "
-                                                           "instead of using the KV cache")
+    p.add_argument("--seed", type=int_range(0, MAX_SEED), default=None,
+                   help="seed for a reproducible sample (default: a fresh one each time, printed to stderr so "
+                        "that --seed N gives the same sample again)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole context for every token instead of using the KV cache. The same "
+                        "text within the context; past it, rotary and position-free models read a sliding "
+                        "window through the cache but a recomputed window without it, so the text may differ")
     p.add_argument("--no-weight-check", action="store_true",
                    help="load weights even if they are not finite or not floating point")
     p.set_defaults(handler=sample_command)
@@ -297,8 +301,12 @@ def sample_command(args: argparse.Namespace) -> int:
     except (UnknownTokenError, KeyError) as err:
         raise UsageError(f"--prompt: {' '.join(str(err).split())}") from None
     prompt = prompt or [start_id(tokenizer)]
+    seed = args.seed
+    if seed is None and args.temperature > 0 and args.max_new_tokens > 0:   # greedy needs no seed
+        seed = int(np.random.SeedSequence().entropy % (MAX_SEED + 1))         # fresh from the OS
+        print(f"seed {seed} (--seed {seed} gives this sample again)", file=sys.stderr)
     out = model.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+                         top_k=args.top_k, top_p=args.top_p, seed=seed, use_cache=not args.no_cache)
     print(decode(tokenizer, out.numpy()[0].tolist()))
     return 0
 

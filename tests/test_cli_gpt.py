@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -110,6 +111,18 @@ def test_two_iteration_run_writes_every_file_then_samples_and_resumes(tmp_path, 
     printed = capsys.readouterr().out
     assert printed.startswith("emma") and len(printed.rstrip("\n")) >= 4
     assert cli.main(["sample", str(out), "--prompt", "EMMA", "--max-new-tokens", "2"]) == 2   # not in the alphabet
+    # without --seed each sample is fresh, and the seed it prints gives it again
+    texts, seeds = [], []
+    for _ in range(2):
+        assert cli.main(["sample", str(out), "--prompt", "emma", "--max-new-tokens", "40"]) == 0
+        got = capsys.readouterr()
+        texts.append(got.out)
+        seeds.append(re.search(r"seed (\d+) \(--seed \1 gives this sample again\)", got.err).group(1))
+    assert texts[0] != texts[1] and seeds[0] != seeds[1]
+    assert cli.main(["sample", str(out), "--prompt", "emma", "--max-new-tokens", "40", "--seed", seeds[1]]) == 0
+    assert capsys.readouterr().out == texts[1]
+    assert cli.main(["sample", str(out), "--prompt", "emma", "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    assert "seed" not in capsys.readouterr().err                        # greedy: no seed to give
 
     # resume to 4 iterations == a 4-iteration run from scratch
     assert cli.main(["train", "gpt", "--data", "names", "--out", str(out), "--max-iters", "4", "--batch-size", "4",
