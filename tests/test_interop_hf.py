@@ -153,6 +153,30 @@ def test_import_refuses_other_architectures():
         hf.from_hf({"model_type": "llama"}, {})
 
 
+def test_import_refuses_a_classifier_and_any_tensor_it_would_drop(tmp_path):
+    """GPT2ForSequenceClassification has a GPT-2 body and a `score` head: imported as an LM, the head
+    would be dropped silently. Refused by its architecture, and by the unused tensor without one."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=29, n_positions=12, n_embd=16, n_layer=1, n_head=4, num_labels=3,
+                                     pad_token_id=0)
+    transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    tensors = hf.read_hf_weights(tmp_path)
+    assert "score.weight" in tensors
+    with pytest.raises(hf.ImportRefused, match=r"architectures \['GPT2ForSequenceClassification'\]"):
+        hf.from_hf(saved, tensors)
+    saved.pop("architectures")
+    with pytest.raises(hf.ImportRefused, match="no place for: score.weight"):
+        hf.from_hf(saved, tensors)
+    model = random_gpt("rotary")                                 # NeoX too; its rotary buffer is not a weight
+    config, tensors = hf.to_hf(model)
+    tensors["gpt_neox.layers.0.attention.rotary_emb.inv_freq"] = np.ones(2, dtype=np.float32)
+    hf.from_hf(config, tensors)
+    tensors["gpt_neox.extra.weight"] = np.ones(2, dtype=np.float32)
+    with pytest.raises(hf.ImportRefused, match="no place for: extra.weight"):
+        hf.from_hf(config, tensors)
+
+
 # ----------------------------------------------------------------------------- tokenizers
 def test_char_tokenizer_encodes_identically_in_transformers(tmp_path):
     ours = CharTokenizer(TEXT)

@@ -232,9 +232,39 @@ def to_hf(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------- HF -> groundup
-def _strip(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+class _Reads(dict):
+    """A file's tensors by name, recording which the mapping read (``read``): what is left over is a
+    tensor groundup's GPT would silently drop (a classification head, say), so the import refuses it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)  # type: ignore[arg-type]
+        return super().__contains__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def unread(self) -> list[str]:
+        """Names never read, less the buffers transformers saves that hold no weights (causal masks,
+        rotary frequencies)."""
+        return sorted(k for k in self if k not in self.read and not k.endswith(_BUFFERS))
+
+
+_BUFFERS = (".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq")
+LM_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model", "GPTNeoXForCausalLM")
+
+
+def _strip(tensors: dict[str, np.ndarray], prefix: str) -> _Reads:
     """Drop the base-model prefix (``transformer.`` / ``gpt_neox.``), which older files lack."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+    return _Reads({(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()})
 
 
 def _need(condition: bool, message: str) -> None:
@@ -242,7 +272,7 @@ def _need(condition: bool, message: str) -> None:
         raise ImportRefused(message)
 
 
-def _gpt2_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _gpt2_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray], _Reads]:
     C, L = int(hf.get("n_embd", 768)), int(hf.get("n_layer", 12))
     _need(hf.get("activation_function", "gelu_new") in TANH_GELUS,
           f"activation_function={hf.get('activation_function')!r}: groundup's GELU is the tanh approximation "
@@ -270,7 +300,7 @@ def _gpt2_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str,
               "block_size": int(hf.get("n_positions", t["wpe.weight"].shape[0])), "n_layer": L,
               "n_head": int(hf.get("n_head", 12)), "n_embd": C, "dropout": float(hf.get("resid_pdrop", 0.1)),
               "pos_encoding": "learned", "eps": float(hf.get("layer_norm_epsilon", 1e-5))}
-    return fields, sd
+    return fields, sd, t
 
 
 def _neox_rope(hf: dict[str, Any]) -> tuple[float, float, str]:
@@ -281,7 +311,7 @@ def _neox_rope(hf: dict[str, Any]) -> tuple[float, float, str]:
     return float(factor), float(theta), str(kind)
 
 
-def _neox_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _neox_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray], _Reads]:
     C, L, H = int(hf["hidden_size"]), int(hf["num_hidden_layers"]), int(hf["num_attention_heads"])
     factor, theta, kind = _neox_rope(hf)
     _need(not hf.get("use_parallel_residual", True),
@@ -318,7 +348,7 @@ def _neox_state(hf: dict[str, Any], t: dict[str, np.ndarray]) -> tuple[dict[str,
               "block_size": int(hf.get("max_position_embeddings", 2048)), "n_layer": L, "n_head": H, "n_embd": C,
               "dropout": float(hf.get("hidden_dropout", 0.0)), "pos_encoding": "rotary",
               "eps": float(hf.get("layer_norm_eps", 1e-5))}
-    return fields, sd
+    return fields, sd, t
 
 
 def from_hf(hf_config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
@@ -334,16 +364,23 @@ def from_hf(hf_config: dict[str, Any], tensors: dict[str, np.ndarray]) -> Any:
     from groundup.models.gpt import GPT, GPTConfig
 
     model_type = hf_config.get("model_type")
+    architectures = hf_config.get("architectures") or []
+    other = [a for a in architectures if a not in LM_ARCHITECTURES]
+    _need(not other, f"architectures {other}: groundup imports language models ({', '.join(LM_ARCHITECTURES)}); "
+                     f"another head (classification, question answering) has no place in its GPT")
     try:
         if model_type == "gpt2":
-            fields, sd = _gpt2_state(hf_config, tensors)
+            fields, sd, reads = _gpt2_state(hf_config, tensors)
         elif model_type == "gpt_neox":
-            fields, sd = _neox_state(hf_config, tensors)
+            fields, sd, reads = _neox_state(hf_config, tensors)
         else:
             raise ImportRefused(f"model_type={model_type!r}: groundup imports gpt2 (GPT2LMHeadModel) and gpt_neox "
                                 f"(GPTNeoXForCausalLM, rotary_pct 1.0, sequential residual)")
     except KeyError as err:
         raise ImportRefused(f"the weights lack tensor {err.args[0]!r} that a {model_type} model has") from None
+    left = reads.unread()
+    _need(not left, f"tensors groundup's GPT has no place for: {', '.join(left[:5])}"
+                    f"{f' and {len(left) - 5} more' if len(left) > 5 else ''}")
     eps = fields.pop("eps")
     _need(math.isclose(eps, LN_EPS, rel_tol=1e-6), f"layer norm eps {eps}: groundup's LayerNorm uses {LN_EPS}")
     sd = {k: _f32(v) for k, v in sd.items()}
