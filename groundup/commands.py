@@ -228,6 +228,18 @@ def start_id(tokenizer: Any) -> int:
     return int(ids[0]) if ids else 0
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if chr(c) not in "\n\t"}   # C0 and DEL
+_CONTROLS.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})                       # C1
+
+
+def for_terminal(text: str, stream: Any) -> str:
+    """``text`` with its control characters (but newline and tab) as ``\\xNN`` escapes when ``stream`` is a
+    terminal: a model's bytes (an early byte-level BPE sample, say) must not move the cursor, change
+    colours or ring; to a file or a pipe the text goes as it is."""
+    isatty = getattr(stream, "isatty", None)
+    return text.translate(_CONTROLS) if isatty is not None and isatty() else text
+
+
 def decode(tokenizer: Any, ids: list[int]) -> str:
     """Text of ``ids``; an id the tokenizer does not have (a padded vocabulary) shows as U+FFFD."""
     known = [i for i in ids if 0 <= i < tokenizer.vocab_size]
@@ -307,7 +319,7 @@ def sample_command(args: argparse.Namespace) -> int:
         print(f"seed {seed} (--seed {seed} gives this sample again)", file=sys.stderr)
     out = model.generate(np.array([prompt]), args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p, seed=seed, use_cache=not args.no_cache)
-    print(decode(tokenizer, out.numpy()[0].tolist()))
+    print(for_terminal(decode(tokenizer, out.numpy()[0].tolist()), sys.stdout))
     return 0
 
 

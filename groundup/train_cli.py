@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from groundup.cli_options import UsageError, apply_overrides, collect
-from groundup.commands import SAMPLE_CHARS, TRAIN_PRESETS, VAL_FRACTION, decode, load_tokenizer, start_id
+from groundup.commands import SAMPLE_CHARS, TRAIN_PRESETS, VAL_FRACTION, decode, for_terminal, load_tokenizer, start_id
 from groundup.train.files import append_line, open_regular
 from groundup.train.trainer import FREE_ON_RESUME, ResumeWarning
 
@@ -65,7 +65,7 @@ def read_corpus(name_or_path: str) -> str:
     with f:
         data = f.read()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")   # a byte-order mark (Windows editors) is not a character of the text
     except UnicodeDecodeError as err:
         raise UsageError(f"--data {name_or_path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
                          f"{err.start}); convert it, e.g. iconv -f latin1 -t utf-8") from None
@@ -301,7 +301,10 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
     if not args.resume:
         _save_tokenizer(tokenizer, out)
         run_dir.write("run.json", json.dumps(run, indent=1) + "\n")
-    print(f"GPT {args.preset}: {model.num_parameters():,} parameters, vocab {model_cfg.vocab_size}, "
+    base = type(model_cfg).preset(args.preset, vocab_size=model_cfg.vocab_size).to_dict()
+    changed = [f"{k}={v}" for k, v in model_cfg.to_dict().items() if base.get(k) != v]   # --model.FIELD overrides
+    preset = f"{args.preset} ({', '.join(changed)})" if changed else args.preset
+    print(f"GPT {preset}: {model.num_parameters():,} parameters, vocab {model_cfg.vocab_size}, "
           f"{cut:,} train / {len(ids) - cut:,} val tokens -> {out}", file=sys.stderr)
     if args.resume:
         print(f"resuming {out} at iter {state['step']} of {train_cfg.max_iters}"
@@ -320,7 +323,8 @@ def _train(args: argparse.Namespace, out: Path, text: str, run_dir: Any) -> int:
                   file=sys.stderr, flush=True)
         sample = model.generate(np.array([[first]]), min(SAMPLE_CHARS, 4 * T), temperature=0.8, seed=trainer.iter)
         text_out = decode(tokenizer, sample.numpy()[0].tolist())
-        print(f"--- sample at iter {info['iter']} ---\n{text_out.strip()}\n---", file=sys.stderr, flush=True)
+        print(f"--- sample at iter {info['iter']} ---\n{for_terminal(text_out.strip(), sys.stderr)}\n---",
+              file=sys.stderr, flush=True)
         trainer.record({"kind": "sample", "iter": info["iter"], "text": text_out})   # for the explorer, live
 
     trainer = Trainer(model, train_cfg, batch, callbacks=[on_event], model_config=model_cfg, tokens_per_batch=B * T)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -236,3 +237,27 @@ def test_torch_oracle_trains_to_the_same_losses(tmp_path):
     assert ours[0]["val_loss"] > ours[-1]["val_loss"] + 0.1                # it learned something
     for a, b in zip(ours, theirs):
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-4 and abs(a["train_loss"] - b["train_loss"]) < 1e-4
+
+
+def test_a_byte_order_mark_is_not_text_and_the_header_names_the_overrides(tmp_path, capsys):
+    corpus = tmp_path / "bom.txt"
+    corpus.write_bytes(b"\xef\xbb\xbf" + b"the cat sat on the mat. " * 40)       # UTF-8 with a BOM
+    out = tmp_path / "run"
+    assert cli.main(["train", "gpt", "--data", str(corpus), "--out", str(out), "--max-iters", "1",
+                     "--batch-size", "2", *TINY]) == 0
+    chars = json.loads((out / "tokenizer.json").read_text())["chars"]
+    assert "\ufeff" not in chars and "".join(chars) == "".join(sorted(set("the cat sat on the mat. ")))
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.startswith("GPT baby (") and "n_layer=1" in header   # not the baby preset's size any more
+
+
+def test_control_characters_are_escaped_on_a_terminal_only():
+    from groundup.commands import for_terminal
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    text = "a\x1b[2Jb\n\tc\x07\x9b"
+    assert for_terminal(text, Terminal()) == "a\\x1b[2Jb\n\tc\\x07\\x9b"
+    assert for_terminal(text, io.StringIO()) == text                    # a file or a pipe gets the text as it is

@@ -82,7 +82,7 @@ def load_text(name_or_path: str | os.PathLike) -> str:
         raise FileNotFoundError(
             f"no text named {str(name_or_path)!r}: give one of {sorted(_SHIPPED_TEXTS)} or a text file's path"
         )
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8-sig")   # a byte-order mark (Windows editors) is not text
 
 
 def shakespeare_splits(train_fraction: float = 0.9) -> tuple[str, str]:
