@@ -124,6 +124,16 @@ def test_float32_adamw_matches_torch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_sgd_default_lr_is_torchs():
+    arrays, grad_steps = _initial_params(), _gradients()
+    _, _, ours = _run_ours(lambda g: gu.optim.SGD(g), arrays, grad_steps, {})
+    _, _, theirs = _run_torch(lambda g: torch.optim.SGD(g), arrays, grad_steps, {})
+    assert gu.optim.SGD([Parameter(gu.zeros(1))]).defaults["lr"] == torch.optim.SGD(
+        [torch.nn.Parameter(torch.zeros(1))]).defaults["lr"] == 1e-3
+    for a, b in zip(ours[-1], theirs[-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["sgd-weight-decay", "adam-weight-decay", "adamw-nanogpt"])
 def test_step_leaves_gradients_untouched(name):
     make, extra = CASES[name]
@@ -211,8 +221,6 @@ def test_param_group_errors_and_zero_grad():
         SGD([p], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="learning rate"):
         AdamW([p], lr=-1.0)
-    with pytest.raises(ValueError, match="required optimization parameter lr"):
-        SGD([p])
     opt = SGD([p], lr=0.1)
     opt.add_param_group({"params": [q], "lr": 0.01})
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from groundup.backend import array_module
-from groundup.optim.optimizer import Optimizer, ParamsT, required
+from groundup.optim.optimizer import Optimizer, ParamsT
 from groundup.tensor import no_grad
 
 __all__ = ["SGD"]
@@ -29,16 +29,16 @@ class SGD(Optimizer):
 
     Args:
         params: Tensors or parameter-group dicts.
-        lr: learning rate (required).
+        lr: learning rate (default 1e-3, as torch).
         momentum: momentum factor (0 = plain SGD).
         dampening: dampening of the momentum's gradient term.
         weight_decay: L2 penalty added to the gradient.
         nesterov: Nesterov momentum (needs momentum > 0 and dampening == 0).
     """
 
-    def __init__(self, params: ParamsT, lr: float = required, momentum: float = 0.0, dampening: float = 0.0,
+    def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        if lr is not required and lr < 0.0:
+        if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
