@@ -276,6 +276,24 @@ def test_load_state_dict_non_strict():
         net.load_state_dict(partial, strict=False)
 
 
+@pytest.mark.torch
+def test_load_state_dict_returns_torchs_named_pair():
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    matched, matched_torch = ours.load_state_dict(ours.state_dict()), theirs.load_state_dict(theirs.state_dict())
+    assert matched == ([], []) and repr(matched) == repr(matched_torch) == "<All keys matched successfully>"
+    partial = {"weight": ours.state_dict()["weight"], "extra": np.zeros(1)}
+    result = ours.load_state_dict(partial, strict=False)
+    result_torch = theirs.load_state_dict({k: torch.from_numpy(v) for k, v in partial.items()}, strict=False)
+    assert result._fields == result_torch._fields == ("missing_keys", "unexpected_keys")
+    assert result.missing_keys == result_torch.missing_keys == ["bias"]
+    assert result.unexpected_keys == result_torch.unexpected_keys == ["extra"]
+    missing, unexpected = result
+    assert (missing, unexpected) == tuple(result_torch)
+    with pytest.raises(RuntimeError, match="unexpected keys: extra"):  # strict still raises
+        ours.load_state_dict(partial)
+
+
 def test_buffers_are_in_state_dict_unless_non_persistent():
     class WithBuffers(nn.Module):
         def __init__(self):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +31,21 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` returns, as torch: a pair ``(missing_keys, unexpected_keys)`` that
+    also names its fields; its repr says when every key matched."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return f"IncompatibleKeys(missing_keys={self.missing_keys}, unexpected_keys={self.unexpected_keys})"
+
+    __str__ = __repr__
 
 
 class Module:
@@ -181,7 +196,7 @@ class Module:
                         out[f"{mod_prefix}.{name}" if mod_prefix else name] = t
         return out
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> tuple[list[str], list[str]]:
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy arrays (NumPy arrays, Tensors or torch tensors) into this module's parameters.
 
         Checks everything before changing anything: missing keys, unexpected keys and shape
@@ -192,7 +207,7 @@ class Module:
         it and from each other are refused.
 
         Returns:
-            (missing_keys, unexpected_keys)
+            ``IncompatibleKeys(missing_keys, unexpected_keys)``, a NamedTuple (unpackable as a pair).
         """
         own = self._state_tensors()
         missing = [k for k in own if k not in state_dict]
@@ -225,7 +240,7 @@ class Module:
             for key, value in arrays.items():
                 target = own[key]
                 target.data = to_device(value.astype(target.dtype, copy=True), target.device)
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------ modes, devices, grads
     def train(self, mode: bool = True) -> Module:
