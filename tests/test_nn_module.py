@@ -294,6 +294,57 @@ def test_load_state_dict_returns_torchs_named_pair():
         ours.load_state_dict(partial)
 
 
+def _tree(lib):
+    """The same small tree of modules in groundup or torch (``lib`` is ``nn`` or ``torch.nn``)."""
+    tree = lib.Sequential(lib.Linear(2, 3), lib.Sequential(lib.BatchNorm1d(3), lib.Linear(3, 1, bias=False)))
+    tree.note = "not a module"
+    return tree
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("method,target", [
+    ("get_submodule", ""), ("get_submodule", "1.0"), ("get_submodule", "2"), ("get_submodule", "0.weight"),
+    ("get_submodule", "1.x.y"), ("get_submodule", "note"), ("get_parameter", "0.weight"),
+    ("get_parameter", "1.1.bias"), ("get_parameter", "0.nope"), ("get_parameter", "1.0.running_mean"),
+    ("get_parameter", "x.weight"), ("get_parameter", "weight"), ("get_parameter", "note"),
+    ("get_buffer", "1.0.num_batches_tracked"), ("get_buffer", "1.0.weight"), ("get_buffer", "1.0.nope"),
+])
+def test_get_submodule_parameter_buffer_match_torch(method, target):
+    torch = pytest.importorskip("torch")
+    ours, theirs = _tree(nn), _tree(torch.nn)
+
+    def outcome(tree):
+        try:
+            found = getattr(tree, method)(target)
+        except AttributeError as err:
+            return "AttributeError", str(err)
+        path = [name for name, obj in [*tree.named_modules(), *tree.named_parameters(), *tree.named_buffers()]
+                if obj is found]
+        return type(found).__name__, path
+
+    assert outcome(ours) == outcome(theirs)
+
+
+def test_get_buffer_finds_non_persistent_buffers():
+    m = nn.Module()
+    m.register_buffer("scratch", gu.ones(2), persistent=False)
+    assert m.get_buffer("scratch") is m.scratch
+
+
+@pytest.mark.torch
+def test_state_dict_prefix_destination_and_keep_vars_match_torch():
+    torch = pytest.importorskip("torch")
+    ours, theirs = _tree(nn), _tree(torch.nn)
+    assert list(ours.state_dict(prefix="model.")) == list(theirs.state_dict(prefix="model."))
+    kept, kept_torch = ours.state_dict(keep_vars=True), theirs.state_dict(keep_vars=True)
+    assert [type(v).__name__ for v in kept.values()] == [type(v).__name__ for v in kept_torch.values()]
+    assert kept["0.weight"] is ours[0].weight and kept["1.0.running_mean"] is ours[1][0].running_mean
+    assert all(isinstance(v, np.ndarray) for v in ours.state_dict().values())  # copies unless keep_vars
+    target = {"step": 3}
+    assert ours.state_dict(destination=target, prefix="m.") is target
+    assert list(target) == ["step", *theirs.state_dict(prefix="m.")]
+
+
 def test_buffers_are_in_state_dict_unless_non_persistent():
     class WithBuffers(nn.Module):
         def __init__(self):

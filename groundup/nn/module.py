@@ -167,24 +167,60 @@ class Module:
         for _, b in self.named_buffers():
             yield b
 
+    def get_submodule(self, target: str) -> Module:
+        """The submodule at the dotted path ``target`` (``""`` is self), as torch; an AttributeError
+        names the first part that is missing or is not a Module."""
+        if target == "":
+            return self
+        mod: Any = self
+        for item in target.split("."):
+            if not hasattr(mod, item):
+                raise AttributeError(f"{type(mod).__name__} has no attribute `{item}`")
+            mod = getattr(mod, item)
+            if not isinstance(mod, Module):
+                raise AttributeError(f"`{item}` is not an nn.Module")
+        return mod
+
+    def get_parameter(self, target: str) -> Parameter:
+        """The Parameter at the dotted path ``target`` (``"blocks.0.proj.weight"``), as torch."""
+        module_path, _, name = target.rpartition(".")
+        mod = self.get_submodule(module_path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+        param = getattr(mod, name)
+        if not isinstance(param, Parameter):
+            raise AttributeError(f"`{name}` is not an nn.Parameter")
+        return param
+
+    def get_buffer(self, target: str) -> Tensor:
+        """The buffer at the dotted path ``target`` (``"bn.running_mean"``), persistent or not, as torch."""
+        module_path, _, name = target.rpartition(".")
+        mod = self.get_submodule(module_path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+        if name not in mod._buffers:
+            raise AttributeError(f"`{name}` is not a buffer")
+        return mod._buffers[name]
+
     def num_parameters(self) -> int:
         """Total number of learnable scalars."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------ state
-    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+    def state_dict(self, *, destination: dict[str, Any] | None = None, prefix: str = "",
+                   keep_vars: bool = False) -> OrderedDict[str, Any]:
         """Parameter and persistent buffer names -> NumPy arrays (copies, on the CPU).
 
         Tied parameters and shared submodules appear under every name that refers to them, as in torch.
+
+        Args:
+            destination: a dict to fill and return instead of a new OrderedDict (as torch).
+            prefix: put before every key (``prefix="model."`` gives ``model.0.weight``).
+            keep_vars: map the names to the Parameters and buffer Tensors themselves, not to copies.
         """
-        out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for mod_prefix, module in self.named_modules(remove_duplicate=False):
-            for name, p in module._parameters.items():
-                if p is not None:
-                    out[f"{mod_prefix}.{name}" if mod_prefix else name] = to_numpy(p.data).copy()
-            for name, b in module._buffers.items():
-                if b is not None and name not in module._non_persistent:
-                    out[f"{mod_prefix}.{name}" if mod_prefix else name] = to_numpy(b.data).copy()
+        out: dict[str, Any] = OrderedDict() if destination is None else destination
+        for key, t in self._state_tensors().items():
+            out[prefix + key] = t if keep_vars else to_numpy(t.data).copy()
         return out
 
     def _state_tensors(self) -> dict[str, Tensor]:
