@@ -252,6 +252,38 @@ def test_embedding_padding_idx_out_of_range_is_refused():
     assert nn.Embedding(5, 2, padding_idx=-5).padding_idx == 0
 
 
+@pytest.mark.parametrize("freeze,padding_idx", [(True, None), (False, None), (False, 1), (True, -1)])
+def test_embedding_from_pretrained_matches_torch(freeze, padding_idx):
+    rows = np.random.default_rng(0).standard_normal((4, 3))
+    ours = nn.Embedding.from_pretrained(gu.tensor(rows), freeze=freeze, padding_idx=padding_idx)
+    theirs = torch.nn.Embedding.from_pretrained(torch.from_numpy(rows), freeze=freeze, padding_idx=padding_idx)
+    assert repr(ours) == repr(theirs) and ours.padding_idx == theirs.padding_idx
+    assert ours.weight.requires_grad == theirs.weight.requires_grad == (not freeze)
+    np.testing.assert_array_equal(ours.weight.detach().numpy(), rows)  # the padding row keeps its values
+    assert ours.weight.dtype == np.float64
+    idx = [1, 2, 1, 3]
+    out, out_torch = ours(gu.tensor(idx)), theirs(torch.tensor(idx))
+    np.testing.assert_array_equal(out.detach().numpy(), out_torch.detach().numpy())
+    if not freeze:
+        out.sum().backward(), out_torch.sum().backward()
+        np.testing.assert_array_equal(ours.weight.grad.numpy(), theirs.weight.grad.numpy())
+
+
+def test_embedding_from_pretrained_shares_memory_and_refuses_bad_input():
+    rows = gu.randn(5, 2)
+    gu.manual_seed(0)
+    expected = gu.randn(3).numpy()
+    gu.manual_seed(0)
+    emb = nn.Embedding.from_pretrained(rows)
+    np.testing.assert_array_equal(gu.randn(3).numpy(), expected)  # no random init is drawn (and thrown away)
+    rows.data[0] = 7.0
+    assert emb.weight.data[0, 0] == 7.0                        # shares memory, as torch
+    with pytest.raises(ValueError, match="must be 2-D"):
+        nn.Embedding.from_pretrained(gu.randn(3))
+    with pytest.raises(ValueError, match="padding_idx must be within"):
+        nn.Embedding.from_pretrained(rows, padding_idx=5)
+
+
 def test_conv_errors():
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)

@@ -13,7 +13,7 @@ from groundup import creation
 from groundup import functional as F
 from groundup.nn import init
 from groundup.nn.module import Module, Parameter
-from groundup.tensor import Tensor
+from groundup.tensor import Tensor, tensor
 
 __all__ = [
     "Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "Flatten", "ReLU", "GELU", "Tanh",
@@ -49,7 +49,7 @@ class Embedding(Module):
     """A lookup table: integer ids (*) -> rows of ``weight`` (*, embedding_dim). Init N(0, 1)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 dtype: Any = None):
+                 dtype: Any = None, *, _weight: Tensor | None = None, _freeze: bool = False):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
@@ -58,9 +58,30 @@ class Embedding(Module):
         if padding_idx is not None and padding_idx < 0:
             padding_idx += num_embeddings
         self.padding_idx = padding_idx
+        if _weight is not None:                       # given rows (from_pretrained): kept as they are, as torch
+            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                raise ValueError(f"Embedding: _weight of shape {tuple(_weight.shape)} does not match "
+                                 f"(num_embeddings, embedding_dim) = ({num_embeddings}, {embedding_dim})")
+            self.weight = Parameter(_weight, requires_grad=not _freeze)
+            return
         self.weight = Parameter(creation.randn(num_embeddings, embedding_dim, dtype=dtype))
         if padding_idx is not None:
             self.weight.data[padding_idx] = 0
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True, padding_idx: int | None = None) -> Embedding:
+        """An Embedding whose weight is the 2-D ``embeddings`` (rows, dim), sharing its memory, as torch.
+
+        ``freeze`` (the default) makes the weight not require grad; ``padding_idx`` only stops that
+        row's gradient (the row keeps its given values, as torch).
+        """
+        if not isinstance(embeddings, Tensor):
+            embeddings = tensor(embeddings)
+        if embeddings.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained: embeddings must be 2-D (num_embeddings, embedding_dim), "
+                             f"got shape {tuple(embeddings.shape)}")
+        rows, dim = embeddings.shape
+        return cls(rows, dim, padding_idx=padding_idx, _weight=embeddings, _freeze=freeze)
 
     def forward(self, idx: Tensor) -> Tensor:
         return F.embedding(idx, self.weight, self.padding_idx)
