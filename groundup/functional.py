@@ -35,6 +35,26 @@ def _constant(x: Any, name: str, op: str) -> Any:
     return _raw(x)
 
 
+def _refuse_mixed_dtypes(op: str, input: Tensor, params: dict[str, Tensor | None],
+                         half_with_float32: bool = False) -> None:
+    """Refuse an input whose dtype is not its parameters' (as ``linear`` does and torch does):
+    promoting silently would compute a float32 layer in float64, or hand back another dtype.
+
+    ``half_with_float32``: a float16 input with float32 parameters is allowed (torch's mixed-precision
+    path for the normalisation layers, whose output keeps the input's dtype).
+    """
+    for name, p in params.items():
+        if p is None or p.dtype == input.dtype:
+            continue
+        if input.dtype.kind != "f":
+            raise RuntimeError(f"{op}: input dtype {input.dtype} is not floating point, {name} is {p.dtype}; "
+                               f"convert the input first (x.float())")
+        if half_with_float32 and input.dtype == backend.float16 and p.dtype == backend.float32:
+            continue
+        raise RuntimeError(f"{op}: input dtype {input.dtype} differs from the {name}'s {p.dtype}; convert one of "
+                           f"them first (x.to({name}.dtype) or module.to(dtype))")
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits ``input`` (N, C) or (N, C, d...) against class indices or
@@ -89,18 +109,26 @@ def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = Non
     if input.shape[-len(shape):] != shape:
         raise RuntimeError(f"layer_norm: normalized_shape {shape} does not match the input's trailing "
                            f"dims {input.shape}")
+    _refuse_mixed_dtypes("layer_norm", input, {"weight": weight, "bias": bias}, half_with_float32=True)
     params = [p for p in (weight, bias) if p is not None]
-    return fused.LayerNorm.apply(input, *params, n=len(shape), eps=eps, has_weight=weight is not None)
+    out = fused.LayerNorm.apply(input, *params, n=len(shape), eps=eps, has_weight=weight is not None)
+    return out if out.dtype == input.dtype else out.to(input.dtype)  # float16 input stays float16, as torch
 
 
 def rms_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
-    """x / sqrt(mean(x^2) + eps) * weight over the trailing dims (composite)."""
+    """x / sqrt(mean(x^2) + eps) * weight over the trailing dims (composite).
+
+    A weight of another float dtype is accepted, as torch does, and the output keeps the input's dtype.
+    """
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = tuple(range(-len(shape), 0))
     eps = eps if eps is not None else float(backend.np.finfo(input.dtype).eps)
     out = input * ((input * input).mean(dim=dims, keepdim=True) + eps).rsqrt()
-    return out * weight if weight is not None else out
+    if weight is None:
+        return out
+    out = out * weight
+    return out if out.dtype == input.dtype else out.to(input.dtype)
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
@@ -168,6 +196,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: An
         if padding != "valid":
             raise ValueError(f"conv2d: padding={padding!r} is not supported; give a number or 'valid'")
         padding = 0
+    _refuse_mixed_dtypes("conv2d", input, {"weight": weight, "bias": bias})
     return _batched_2d("conv2d", input, lambda x: conv.Conv2d.apply(
         *((x, weight) if bias is None else (x, weight, bias)), stride=stride, padding=padding, dilation=dilation,
         groups=groups))

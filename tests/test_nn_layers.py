@@ -284,6 +284,53 @@ def test_embedding_from_pretrained_shares_memory_and_refuses_bad_input():
         nn.Embedding.from_pretrained(rows, padding_idx=5)
 
 
+MIXED_DTYPE_LAYERS = {
+    "Conv2d": (lambda lib: lib.Conv2d(3, 4, 3), (2, 3, 5, 5)),
+    "LayerNorm": (lambda lib: lib.LayerNorm(5), (2, 3, 5)),
+    "LayerNorm-no-affine": (lambda lib: lib.LayerNorm(5, elementwise_affine=False), (2, 3, 5)),
+    "BatchNorm1d": (lambda lib: lib.BatchNorm1d(3), (4, 3)),
+    "BatchNorm2d": (lambda lib: lib.BatchNorm2d(3), (2, 3, 4, 4)),
+    "BatchNorm2d-eval": (lambda lib: lib.BatchNorm2d(3).eval(), (2, 3, 4, 4)),
+    "BatchNorm1d-no-affine": (lambda lib: lib.BatchNorm1d(3, affine=False), (4, 3, 2)),
+    "BatchNorm1d-stateless": (lambda lib: lib.BatchNorm1d(3, affine=False, track_running_stats=False), (4, 3)),
+    "RMSNorm": (lambda lib: lib.RMSNorm(5), (2, 3, 5)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight:UserWarning")
+@pytest.mark.parametrize("input_dtype,param_dtype", [
+    (np.float64, np.float32), (np.float32, np.float64), (np.float16, np.float32), (np.float16, np.float64),
+])
+@pytest.mark.parametrize("name", list(MIXED_DTYPE_LAYERS))
+def test_mixed_input_and_parameter_dtypes_as_torch(name, input_dtype, param_dtype):
+    """Refused where torch refuses (naming both dtypes); elsewhere torch's output dtype and values."""
+    make, shape = MIXED_DTYPE_LAYERS[name]
+    torch_dtype = {np.float16: torch.float16, **TORCH_DTYPE}
+    theirs = make(torch.nn).to(torch_dtype[param_dtype])
+    ours = make(nn)
+    ours.load_state_dict(theirs.state_dict())
+    ours.to(param_dtype)
+    x = np.random.default_rng(0).standard_normal(shape).astype(input_dtype)
+    try:
+        expected = theirs(torch.from_numpy(x))
+    except RuntimeError:
+        pattern = (f"input dtype {np.dtype(input_dtype)} differs from the "
+                   f"(weight|running_mean)'s {np.dtype(param_dtype)}; convert one of them first")
+        with pytest.raises(RuntimeError, match=pattern):
+            ours(gu.tensor(x))
+        return
+    got = ours(gu.tensor(x))
+    assert got.dtype == np.dtype(str(expected.dtype).removeprefix("torch."))
+    tol = dict(rtol=1e-2, atol=1e-2) if input_dtype == np.float16 else TOL[np.float32]
+    np.testing.assert_allclose(got.detach().numpy().astype(np.float64), expected.detach().double().numpy(), **tol)
+
+
+def test_integer_input_to_a_float_layer_is_refused():
+    for layer, shape in [(nn.Conv2d(3, 4, 3), (1, 3, 5, 5)), (nn.LayerNorm(5), (2, 5)), (nn.BatchNorm1d(3), (4, 3))]:
+        with pytest.raises(RuntimeError, match="input dtype int64 is not floating point"):
+            layer(gu.ones(*shape, dtype=gu.int64))
+
+
 def test_conv_errors():
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv2d(3, 4, 3, groups=2)

@@ -86,6 +86,9 @@ class _BatchNorm(Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, C, *) -> (N, C, *), normalised per channel C."""
         self._check_input_dim(x)
+        F._refuse_mixed_dtypes(type(self).__name__, x, {"weight": self.weight, "bias": self.bias,
+                                                        "running_mean": self.running_mean,
+                                                        "running_var": self.running_var}, half_with_float32=True)
         if x.shape[1] != self.num_features:
             raise RuntimeError(f"{type(self).__name__}: expected {self.num_features} channels in dim 1, "
                                f"got input of shape {x.shape}")
@@ -109,7 +112,7 @@ class _BatchNorm(Module):
             out = out * self.weight.reshape(channel_shape)
         if self.bias is not None:
             out = out + self.bias.reshape(channel_shape)
-        return out
+        return out if out.dtype == x.dtype else out.to(x.dtype)  # float16 input stays float16, as torch
 
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
         """running = (1 - m) * running + m * batch, with the *unbiased* batch variance (as torch).
