@@ -266,11 +266,13 @@ FLOAT32_OPS = {
     + F.cross_entropy(x, gu.tensor([0, 3, 1]), weight=gu.tensor([1.0, 2.0, 0.5, 1.0]), reduction="sum")
     + F.nll_loss(x, gu.tensor([0, 1, 2])) + F.mse_loss(x, x.detach() * 2.0)
     + F.binary_cross_entropy_with_logits(x, (x > 0).float(), pos_weight=gu.ones(4) * 2.0),
-    "layers": lambda x: F.layer_norm(x, (4,), gu.ones(4), gu.zeros(4)) + F.gelu(x) + F.gelu(x, approximate="tanh")
+    "layers": lambda x: F.layer_norm(x, (4,), gu.ones(4, dtype=x.dtype), gu.zeros(4, dtype=x.dtype))
+    + F.gelu(x) + F.gelu(x, approximate="tanh")
     + F.linear(x, gu.ones(4, 4, dtype=x.dtype) * 0.5, gu.ones(4, dtype=x.dtype))
     + F.embedding(gu.tensor([0, 1, 2]), x, padding_idx=1)
     + F.dropout(x, 0.3) + F.silu(x) + F.rms_norm(x, (4,), gu.ones(4)),
-    "conv_pool": lambda x: F.conv2d(x.reshape(1, 1, 3, 4), gu.ones(2, 1, 2, 2) * 0.5, gu.zeros(2), padding=1).sum()
+    "conv_pool": lambda x: F.conv2d(x.reshape(1, 1, 3, 4), gu.ones(2, 1, 2, 2, dtype=x.dtype) * 0.5,
+                                                gu.zeros(2, dtype=x.dtype), padding=1).sum()
     + F.max_pool2d(x.reshape(1, 1, 3, 4), 2).sum() + F.avg_pool2d(x.reshape(1, 1, 3, 4), 2, padding=1).sum() + x,
     "attention": lambda x: F.scaled_dot_product_attention(x[None], x[None], x[None], is_causal=True)[0]
     + F.scaled_dot_product_attention(x, x, x, attn_mask=(x @ x.T).detach() > 0, scale=0.5)

@@ -35,9 +35,10 @@ import numpy as np
 from groundup.backend import array_module, to_numpy
 from groundup.models.gpt import CausalSelfAttention
 from groundup.models.shared import check_token_ids, gpt_init_, next_token_loss
+from groundup.nn.containers import ModuleList
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, Identity, LayerNorm, Linear
-from groundup.nn.module import Module, ModuleList
+from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
 __all__ = ["AttnOnlyConfig", "AttnOnlyLM"]

@@ -51,9 +51,10 @@ from groundup.backend import array_module, to_numpy
 from groundup.creation import cat
 from groundup.models.shared import as_twin, check_token_ids, load_saved
 from groundup.nn import init
+from groundup.nn.containers import ModuleList
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Dropout, Embedding, Identity, LayerNorm, Linear
-from groundup.nn.module import Module, ModuleList
+from groundup.nn.module import Module
 from groundup.ops.packed_attention import PackedAttention
 from groundup.tensor import Tensor
 

@@ -36,9 +36,10 @@ from groundup.backend import array_module
 from groundup.models.gpt_config import GPTConfig
 from groundup.models.gpt_decode import generate
 from groundup.models.shared import as_twin, check_token_ids, gpt_init_, load_saved
+from groundup.nn.containers import ModuleList
 from groundup.nn.hooks import HookedModule, HookPoint
 from groundup.nn.layers import Embedding, LayerNorm, Linear
-from groundup.nn.module import Module, ModuleList
+from groundup.nn.module import Module
 from groundup.nn.positional import RotaryEmbedding, SinusoidalPositionalEncoding
 from groundup.nn.utils import eval_mode
 from groundup.ops.kernels import causal_mask

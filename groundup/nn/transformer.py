@@ -28,9 +28,10 @@ from groundup import functional as F
 from groundup.backend import DEFAULT_FLOAT, as_dtype
 from groundup.nn import init
 from groundup.nn.attention import MultiheadAttention, canonical_mask
+from groundup.nn.containers import ModuleList
 from groundup.nn.hooks import HookPoint
 from groundup.nn.layers import Dropout, LayerNorm, Linear
-from groundup.nn.module import Module, ModuleList
+from groundup.nn.module import Module
 from groundup.tensor import Tensor
 
 __all__ = [
