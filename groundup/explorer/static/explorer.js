@@ -438,7 +438,7 @@ async function refreshMetricsOnce() {
       if (following && data.finished && id === state.run) ended = true;
     } catch (err) { setStatus(err.message); }
   }
-  if (ended) refreshInfo();
+  if (ended) await refreshInfo();     // its summary shown before the page stops saying "following live"
   drawChart(ids);
   renderSamples(ids);
   const live = ids.filter((id) => !state.metrics[id].finished);
