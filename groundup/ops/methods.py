@@ -241,16 +241,35 @@ def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     return R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode="max")
 
 
-def var(x: Tensor, dim: Any = None, keepdim: bool = False, correction: float = 1,
-        unbiased: bool | None = None) -> Tensor:
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
+def _correction(op: str, dim: Any, unbiased: Any, correction: float | None) -> tuple[Any, float]:
+    """torch's forms of var / std: ``(dim, unbiased, keepdim)`` positionally, ``correction=`` by keyword
+    only, and ``x.var(False)`` (a bool alone is ``unbiased``); returns (dim, correction)."""
+    if isinstance(dim, bool):
+        if unbiased is not None:
+            raise TypeError(f"{op}: dim must be an int, a tuple of ints or None, got {dim!r}")
+        dim, unbiased = None, dim
+    if unbiased is not None and not isinstance(unbiased, bool):
+        raise TypeError(f"{op}: unbiased (the second positional argument, as in torch) must be a bool, "
+                        f"got {unbiased!r}; pass keepdim= and correction= by keyword")
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{op}: give unbiased or correction, not both")
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    return dim, correction
+
+
+def var(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: float | None = None) -> Tensor:
+    """Variance over ``dim`` with torch's signature: ``x.var(dim, unbiased, keepdim)`` or
+    ``x.var(dim, keepdim=..., correction=...)`` (Bessel's correction, 1 by default)."""
+    dim, correction = _correction("var", dim, unbiased, correction)
     return R.Var.apply(x, dim=dim, keepdim=keepdim, correction=correction)
 
 
-def std(x: Tensor, dim: Any = None, keepdim: bool = False, correction: float = 1,
-        unbiased: bool | None = None) -> Tensor:
-    return var(x, dim, keepdim, correction, unbiased).sqrt()
+def std(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool = False, *,
+        correction: float | None = None) -> Tensor:
+    """Standard deviation, the square root of ``var`` (same signature)."""
+    return var(x, dim, unbiased, keepdim, correction=correction).sqrt()
 
 
 def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
@@ -547,10 +566,10 @@ class TensorMethods:
 
     def min(self, dim: Any = None, keepdim: bool = False) -> Any: return max_or_min(self, dim, keepdim, "min")
     def amax(self, dim: Any = None, keepdim: bool = False) -> Tensor: return amax(self, dim, keepdim)
-    def var(self, dim: Any = None, keepdim: bool = False, correction: float = 1,
-            unbiased: bool | None = None) -> Tensor: return var(self, dim, keepdim, correction, unbiased)
-    def std(self, dim: Any = None, keepdim: bool = False, correction: float = 1,
-            unbiased: bool | None = None) -> Tensor: return std(self, dim, keepdim, correction, unbiased)
+    def var(self, dim: Any = None, unbiased: bool | None = None, keepdim: bool = False, *,
+            correction: float | None = None) -> Tensor: return var(self, dim, unbiased, keepdim, correction=correction)
+    def std(self, dim: Any = None, unbiased: bool | None = None, keepdim: bool = False, *,
+            correction: float | None = None) -> Tensor: return std(self, dim, unbiased, keepdim, correction=correction)
     def logsumexp(self, dim: Any = None, keepdim: bool = False) -> Tensor: return logsumexp(self, dim, keepdim)
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> Tensor: return argmax(self, dim, keepdim)
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> Tensor: return argmin(self, dim, keepdim)
