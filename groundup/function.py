@@ -19,6 +19,39 @@ if TYPE_CHECKING:
     from groundup.tensor import Tensor
 
 
+# id(memory) -> how many in-place writes it has had. Keyed by the array that owns the memory, so a view,
+# a reshape that shares memory and a detached tensor all count into one number, as torch's version
+# counter is shared by every tensor viewing one storage; an entry is dropped when its memory is freed.
+_STORAGE_VERSIONS: dict[int, int] = {}
+
+
+def storage_of(array: Any) -> Any:
+    """The object that owns the memory ``array`` reads (``array`` itself when it owns it): the end of
+    its chain of ``.base`` (a slice, a transpose, ``broadcast_to`` and ``as_strided`` keep one)."""
+    while (base := getattr(array, "base", None)) is not None:
+        array = base
+    return array
+
+
+def storage_version(array: Any) -> int:
+    """How many in-place writes the memory under ``array`` has had (through any view of it)."""
+    return _STORAGE_VERSIONS.get(id(storage_of(array)), 0)
+
+
+def bump_storage_version(array: Any) -> None:
+    """Count one in-place write into the memory under ``array`` (called by every in-place op)."""
+    root = storage_of(array)
+    key = id(root)
+    count = _STORAGE_VERSIONS.get(key)
+    if count is None:
+        count = 0
+        try:
+            weakref.finalize(root, _STORAGE_VERSIONS.pop, key, None)   # forget the memory when it is freed
+        except TypeError:                                               # bytes and the like: keep the entry
+            pass
+    _STORAGE_VERSIONS[key] = count + 1
+
+
 def wrap_dim(dim: Any, ndim: int, op: str, new_axis: bool = False) -> int:
     """``dim`` in ``-ndim .. ndim - 1`` as ``0 .. ndim - 1``; an IndexError naming ``op`` otherwise (torch's
     rule; a 0-d tensor takes dims -1 and 0). ``new_axis``: the dim of an axis to insert (unsqueeze,
@@ -75,7 +108,7 @@ class Function:
             return Tensor._make(out, False, None)
         ctx.parents = inputs
         result = Tensor._make(out, True, ctx)
-        ctx._versions = _watch_saved(ctx, inputs, result)
+        ctx._versions = _watch_saved(ctx)
         return result
 
 
@@ -89,11 +122,14 @@ def _check_one_device(op: str, inputs: tuple[Tensor, ...]) -> None:
                 raise RuntimeError(f"{op}: all inputs must be on one device, got ({devices})")
 
 
-def _watch_saved(ctx: Function, inputs: tuple[Tensor, ...], result: Tensor) -> list[tuple[Any, int]]:
-    """(tensor, version) for each input whose array ``forward`` saved, and for the output when it
-    is saved itself (exp, tanh, softmax): backward() compares versions to catch in-place edits."""
-    saved_ids = {id(a) for a in ctx.saved}
-    versions = [(t, t._version) for t in inputs if id(t.data) in saved_ids]
-    if id(result.data) in saved_ids:
-        versions.append((weakref.proxy(result), 0))
-    return versions
+def _watch_saved(ctx: Function) -> list[tuple[Any, int]]:
+    """(memory, version) for the memory under each array ``forward`` saved (an input, the output as
+    exp, tanh and softmax save it, or a view of either): backward() compares the versions, so an
+    in-place write into that memory through any tensor viewing it (a slice, a reshape, ``detach()``)
+    is caught, as torch's shared version counter catches it."""
+    roots: dict[int, Any] = {}
+    for array in ctx.saved:
+        if hasattr(array, "base"):
+            root = storage_of(array)
+            roots[id(root)] = root
+    return [(root, _STORAGE_VERSIONS.get(key, 0)) for key, root in roots.items()]

@@ -27,6 +27,7 @@ import numpy as np
 
 from groundup import backend
 from groundup.backend import array_module, as_dtype, device_of, to_device, to_numpy
+from groundup.function import bump_storage_version, storage_version
 from groundup.ops.methods import TensorMethods
 
 _state = threading.local()
@@ -78,7 +79,7 @@ class Tensor(TensorMethods):
     (``groundup/ops/methods.py``); this class holds the array, the graph and ``backward``.
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_version", "_retain_grad", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_retain_grad", "__weakref__")
     __array_priority__ = 1000  # numpy scalars defer to Tensor's reflected operators
 
     def __init__(self, data: Any, dtype: Any = None, requires_grad: bool = False, device: Any = None):
@@ -100,7 +101,6 @@ class Tensor(TensorMethods):
         self._data = array                  # the values (``.data``): a numpy.ndarray or a cupy.ndarray
         self.grad: Tensor | None = None     # dL/d(self) after backward(), for leaves (and retain_grad)
         self._ctx = None                    # the Function node that made this tensor; None for a leaf
-        self._version = 0                   # bumped by in-place ops, so stale saved arrays are caught
         self._retain_grad = False
         self.requires_grad = False
         if requires_grad:
@@ -110,8 +110,7 @@ class Tensor(TensorMethods):
     def _make(cls, data: Any, requires_grad: bool, ctx: Any) -> Tensor:
         """Fast internal constructor (no dtype inference or checks)."""
         t = object.__new__(cls)
-        t._data, t.grad, t.requires_grad, t._ctx, t._version, t._retain_grad = (
-            data, None, requires_grad, ctx, 0, False)
+        t._data, t.grad, t.requires_grad, t._ctx, t._retain_grad = data, None, requires_grad, ctx, False
         return t
 
     def _set_data(self, value: Any) -> None:
@@ -223,8 +222,15 @@ class Tensor(TensorMethods):
     def __itruediv__(self, other: Any) -> Tensor:
         return self._inplace(other, "div_", "/")
 
+    @property
+    def _version(self) -> int:
+        """In-place writes into this tensor's memory so far, through it or any view of it (torch's
+        ``_version``, shared by the views of one storage)."""
+        return storage_version(self._data)
+
     def _bump_version(self) -> None:
-        """Called by every in-place op: refuse it on a graph tensor, else count the change."""
+        """Called by every in-place op: refuse it on a graph tensor, else count the change (in the
+        counter of its memory, which its views and detached copies share)."""
         if self.requires_grad and is_grad_enabled():
             if self._ctx is None:
                 raise RuntimeError("a leaf tensor that requires grad is used in an in-place operation; "
@@ -233,7 +239,7 @@ class Tensor(TensorMethods):
             # values had not changed; refuse instead of returning a silently wrong gradient.
             raise RuntimeError(f"in-place operation on a tensor computed by {type(self._ctx).__name__} that "
                                "requires grad is not recorded in the graph; use the out-of-place op")
-        self._version += 1
+        bump_storage_version(self._data)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -349,11 +355,13 @@ def _check_saved_arrays(ctx: Any) -> None:
     if ctx.saved is None:
         raise RuntimeError("backward() through the graph a second time: the saved arrays were "
                            "freed; call backward(retain_graph=True) the first time")
-    for tensor, version in ctx._versions:
-        if tensor._version != version:
+    for memory, version in ctx._versions:
+        now = storage_version(memory)
+        if now != version:
             raise RuntimeError(
-                f"{type(ctx).__name__}: a tensor saved for backward (shape {tensor.shape}) was "
-                f"modified in place after it was used (version {tensor._version}, saved at "
+                f"{type(ctx).__name__}: a tensor saved for backward (its memory: shape "
+                f"{tuple(getattr(memory, 'shape', ()))}) was modified in place after it was used, through "
+                f"it or a tensor sharing its memory (a view, a detach()) (version {now}, saved at "
                 f"{version}); gradients would be wrong")
 
 

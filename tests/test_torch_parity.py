@@ -40,3 +40,43 @@ def test_var_refuses_unbiased_with_correction_and_a_non_bool_unbiased() -> None:
         x.var(1, True, correction=0)
     with pytest.raises(TypeError, match="unbiased .* must be a bool"):
         x.std(1, 0)
+
+
+# ---------------------------------------------------------------- in-place writes through views
+def _w_grad_after(lib: object, edit: str) -> list[float]:
+    """w's gradient of sum(a[:2] viewed some way * w) after an in-place ``edit`` of ``a`` or a view of it."""
+    a = lib.tensor([[1.0, 2.0], [3.0, 4.0]])
+    w = lib.tensor([[1.0, -1.0], [2.0, 0.5]], requires_grad=True)
+    saved = {"base": a, "T": a.T, "row": a[0:1].expand(2, 2), "reshape": a.reshape(4)[:4].reshape(2, 2),
+             "unsqueeze": a.unsqueeze(0)[0]}[edit.split(":")[0]]
+    z = (saved * w).sum()
+    target = {"view": a[1:], "T": a.T, "detach": a.detach(), "base": a, "reshape": a.reshape(4)}[edit.split(":")[1]]
+    with lib.no_grad():
+        target.mul_(2)
+    z.backward()
+    return w.grad.tolist()
+
+
+@pytest.mark.parametrize("edit", ["base:view", "base:T", "T:base", "row:base", "reshape:view", "unsqueeze:detach",
+                                  "base:detach", "T:reshape"])
+def test_an_in_place_write_through_a_view_of_a_saved_tensor_is_caught_as_in_torch(edit: str) -> None:
+    """Views share one version counter in torch; here each tensor had its own, so writing into a saved
+    array through a view (or writing the base of a saved view, or a detached copy) went unseen and
+    backward returned gradients computed from the changed values."""
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _w_grad_after(torch, edit)
+    with pytest.raises(RuntimeError, match="modified in place after it was used"):
+        _w_grad_after(gu, edit)
+
+
+def test_memory_that_is_not_shared_is_not_flagged() -> None:
+    """A copy (advanced indexing) has memory of its own: writing it is fine."""
+    for lib in (torch, gu):
+        a = lib.tensor([[1.0, 2.0], [3.0, 4.0]])
+        w = lib.tensor([[1.0, -1.0], [2.0, 0.5]], requires_grad=True)
+        z = (a * w).sum()
+        with lib.no_grad():
+            a[[0, 1]].mul_(2)
+        z.backward()
+        assert w.grad.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
