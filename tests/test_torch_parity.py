@@ -80,3 +80,30 @@ def test_memory_that_is_not_shared_is_not_flagged() -> None:
         z.backward()
         assert w.grad.tolist() == [[1.0, 2.0], [3.0, 4.0]]
 
+
+# ---------------------------------------------------------------- reductions: dim=() and repeated dims
+REDUCTIONS = ("sum", "mean", "amax", "var", "std", "logsumexp")
+
+
+@pytest.mark.parametrize("op", REDUCTIONS)
+@given(shape=shapes_1d, keepdim=st.booleans(), empty=st.sampled_from([(), []]))
+def test_an_empty_dim_list_reduces_every_dim_as_in_torch(op: str, shape: tuple, keepdim: bool, empty: object) -> None:
+    """``x.sum(dim=())`` is the sum of everything in torch; here it reduced nothing (NumPy's reading).
+    (torch's own var / std gradient over dim=() is inf, its backward counting no elements: the values
+    are compared there, the gradient is checked against dim=None's.)"""
+    keepdim = keepdim or op == "logsumexp"          # torch's logsumexp(dim=(), keepdim=False) fails itself
+    grad = op not in ("var", "std")
+    assert_matches_torch([shape], lambda x: getattr(x, op)(dim=empty, keepdim=keepdim), grad=grad)
+    if not grad:
+        assert_matches_torch([shape], lambda x: getattr(x, op)(dim=None, keepdim=keepdim),
+                             lambda x: getattr(x, op)(dim=empty, keepdim=keepdim))
+
+
+@pytest.mark.parametrize("op", REDUCTIONS)
+def test_a_dim_given_twice_is_refused_as_in_torch(op: str) -> None:
+    """(0, 0) or (0, -3) named one dim twice; it was silently read as (0,)."""
+    for dims in ((0, 0), (2, -1)):
+        with pytest.raises(RuntimeError, match="multiple times"):
+            getattr(torch.randn(2, 3, 4), op)(dim=dims)
+        with pytest.raises(RuntimeError, match="appears more than once"):
+            getattr(gu.randn(2, 3, 4), op)(dim=dims)

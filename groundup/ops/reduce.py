@@ -13,18 +13,21 @@ from groundup.function import Function
 
 
 def normalize_dims(dim: Any, ndim: int, op: str = "reduce") -> tuple[int, ...]:
-    """``dim`` as a sorted tuple of non-negative axes; None means every axis."""
-    if dim is None:
+    """``dim`` as a sorted tuple of non-negative axes; None, and an empty tuple or list (torch's rule),
+    mean every axis. A dim given twice is an error, as in torch."""
+    dims = () if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
+    if not dims:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
     out = []
     for d in dims:
         if not -max(ndim, 1) <= d < max(ndim, 1):
             raise IndexError(f"{op}: dim {d} is out of range for a tensor with {ndim} dimensions")
+        if d % max(ndim, 1) in out:
+            raise RuntimeError(f"{op}: dim {d} appears more than once in dims {dims}")
         out.append(d % max(ndim, 1))
     if ndim == 0:  # torch accepts dim 0 / -1 on a 0-d tensor: there is nothing to reduce
         return ()
-    return tuple(sorted(set(out)))
+    return tuple(sorted(out))
 
 
 def _expand_back(g: Any, in_shape: tuple[int, ...], axes: tuple[int, ...], keepdim: bool) -> Any:
