@@ -7,6 +7,7 @@ Shapes and dims are drawn by Hypothesis; ``assert_matches_torch`` (``helpers.py`
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from helpers import assert_matches_torch
 from hypothesis import given
@@ -107,3 +108,35 @@ def test_a_dim_given_twice_is_refused_as_in_torch(op: str) -> None:
             getattr(torch.randn(2, 3, 4), op)(dim=dims)
         with pytest.raises(RuntimeError, match="appears more than once"):
             getattr(gu.randn(2, 3, 4), op)(dim=dims)
+
+
+# ---------------------------------------------------------------- indexing: torch's reading of lists and masks
+@given(data=st.data())
+def test_a_list_holding_lists_indexes_as_a_tuple_as_in_torch(data: st.DataObject) -> None:
+    """torch reads ``x[[[0, 1], [2, 3]]]`` as ``x[[0, 1], [2, 3]]`` (one index per dim), with a warning
+    that it deprecates this; NumPy's reading, one (2, 2) index into dim 0, gave another shape and other
+    values, silently. Both now read it torch's way and warn; the tuple says the same without a warning."""
+    shape = (4, 3, 3)
+    n = data.draw(st.integers(1, 3))
+    k = data.draw(st.integers(1, 4))
+    index = [data.draw(st.lists(st.integers(-shape[d], shape[d] - 1), min_size=k, max_size=k)) for d in range(n)]
+    with pytest.warns(UserWarning, match="non-tuple sequence"), pytest.warns(UserWarning, match="tuple of indices"):
+        assert_matches_torch([shape], lambda x: x[list(index)])
+        assert_matches_torch([shape], lambda x: x[[index[0], slice(None)] + index[1:2]])
+    assert_matches_torch([shape], lambda x: x[tuple(index)])
+
+
+@pytest.mark.filterwarnings("ignore:indexing with dtype torch.uint8")   # torch's deprecation note
+def test_uint8_masks_empty_lists_and_negative_steps_read_as_in_torch() -> None:
+    """A uint8 tensor is a mask in torch (it was read as the indices 0 and 1); ``x[[]]`` selects no row
+    (it was a NumPy error about a float index); a negative step is refused as in torch (NumPy reversed)."""
+    mask = np.array([1, 0, 1, 1], dtype=np.uint8)
+    assert_matches_torch([(4, 3), mask], lambda x, m: x[m])
+    assert_matches_torch([(4, 3)], lambda x: x[[]])
+    assert_matches_torch([(4, 3)], lambda x: x[:, []])
+    for lib in (torch, gu):
+        x = lib.zeros(4, 3)
+        with pytest.raises(ValueError, match="step must be greater than zero"):
+            x[::-1]
+        with pytest.raises(ValueError, match="step must be greater than zero"):
+            x[:, ::-2] = 1.0

@@ -13,6 +13,7 @@ This file imports nothing from ``tensor.py`` (which imports it), so an isinstanc
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,15 +65,40 @@ def as_tensor_like(value: Any, like: Tensor) -> Tensor:
     return constant(arr, like)
 
 
+def _as_tuple(index: list) -> bool:
+    """torch's rule for a list index: it is a tuple of indices (``x[[[0, 1], [2, 3]]]`` is ``x[[0, 1], [2, 3]]``)
+    when it is short and holds a sequence, a slice, None, Ellipsis or a tensor; else one index array."""
+    return len(index) < 32 and any(isinstance(i, (list, tuple, slice, np.ndarray)) or i is None or i is Ellipsis
+                                   or is_tensor(i) for i in index)
+
+
+def _raw_item(item: Any) -> Any:
+    """One entry of an index as NumPy reads it with torch's meaning: a tensor becomes its array, a uint8
+    array a boolean mask (torch reads it so), an empty list an empty integer array; a slice's step must be
+    positive, as in torch (NumPy would reverse)."""
+    if is_tensor(item):
+        item = item.data
+    elif isinstance(item, list):
+        item = np.asarray(item, dtype=np.int64) if not item else np.asarray(item)
+    elif isinstance(item, slice):
+        if item.step is not None and item.step < 0:
+            raise ValueError(f"index {item}: step must be greater than zero (torch has no negative steps)")
+        return item
+    if getattr(item, "dtype", None) == np.uint8 and getattr(item, "ndim", 0) > 0:
+        item = item.astype(bool)
+    return item
+
+
 def raw_index(index: Any) -> Any:
-    """Replace Tensors inside an index by their arrays."""
-    if is_tensor(index):
-        return index.data
+    """Replace Tensors inside an index by their arrays, with torch's reading of lists and uint8 masks."""
+    if isinstance(index, list) and _as_tuple(index):
+        warnings.warn("indexing with a list that holds lists, slices or None reads it as a tuple of indices, "
+                      "as torch does (and deprecates: torch will read it as one index tensor); write "
+                      "x[tuple(seq)] to keep this meaning", UserWarning, stacklevel=3)
+        index = tuple(index)
     if isinstance(index, tuple):
-        return tuple(i.data if is_tensor(i) else i for i in index)
-    if isinstance(index, list):
-        return np.asarray(index)
-    return index
+        return tuple(_raw_item(i) for i in index)
+    return _raw_item(index)
 
 
 def _promote(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
