@@ -140,3 +140,15 @@ def test_uint8_masks_empty_lists_and_negative_steps_read_as_in_torch() -> None:
             x[::-1]
         with pytest.raises(ValueError, match="step must be greater than zero"):
             x[:, ::-2] = 1.0
+
+
+# ---------------------------------------------------------------- movement: what torch refuses
+@pytest.mark.parametrize("op", ["tril", "triu"])
+def test_tril_and_triu_refuse_fewer_than_two_dims(op: str) -> None:
+    """NumPy turns a vector into an (n, n) triangle; torch refuses a tensor of fewer than 2 dims."""
+    for shape in ((4,), ()):
+        with pytest.raises(RuntimeError, match="at least 2 dim"):
+            getattr(torch.randn(shape), op)()
+        with pytest.raises(RuntimeError, match="at least 2 dims"):
+            getattr(gu.randn(shape), op)()
+

@@ -186,6 +186,9 @@ class Triangle(Function):
 
     def forward(self, x, diagonal: int = 0, upper: bool = False):
         xp = array_module(x)
+        if x.ndim < 2:   # NumPy would make a (n, n) matrix of a vector; torch refuses
+            raise RuntimeError(f"{'triu' if upper else 'tril'}: the input needs at least 2 dims, got shape "
+                               f"{tuple(x.shape)}")
         self.diagonal, self.upper = diagonal, upper
         return xp.triu(x, diagonal) if upper else xp.tril(x, diagonal)
 
