@@ -152,3 +152,11 @@ def test_tril_and_triu_refuse_fewer_than_two_dims(op: str) -> None:
         with pytest.raises(RuntimeError, match="at least 2 dims"):
             getattr(gu.randn(shape), op)()
 
+
+def test_expand_refuses_minus_one_in_a_new_leading_dim() -> None:
+    """-1 keeps an existing dim's size; in a new leading dim it read the size of another dim."""
+    with pytest.raises(RuntimeError, match="isn't allowed in a leading, non-existing dimension"):
+        torch.randn(3, 1).expand(-1, 3, 4)
+    with pytest.raises(RuntimeError, match="not allowed in a new leading dim"):
+        gu.randn(3, 1).expand(-1, 3, 4)
+    assert_matches_torch([(3, 1)], lambda x: x.expand(2, -1, 4))

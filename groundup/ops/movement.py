@@ -53,6 +53,9 @@ class Expand(Function):
         lead = len(shape) - x.ndim
         if lead < 0:
             raise RuntimeError(f"expand: target shape {tuple(shape)} has fewer dims than {tuple(x.shape)}")
+        if -1 in shape[:lead]:
+            raise RuntimeError(f"expand: size -1 is not allowed in a new leading dim (shape {tuple(x.shape)} to "
+                               f"{tuple(shape)}); -1 keeps an existing dim's size")
         target = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
         for i, n in enumerate(x.shape):
             if n != 1 and n != target[lead + i]:
