@@ -160,3 +160,14 @@ def test_expand_refuses_minus_one_in_a_new_leading_dim() -> None:
     with pytest.raises(RuntimeError, match="not allowed in a new leading dim"):
         gu.randn(3, 1).expand(-1, 3, 4)
     assert_matches_torch([(3, 1)], lambda x: x.expand(2, -1, 4))
+
+
+@given(data=st.data())
+def test_masked_fill_with_a_mask_larger_than_the_input_has_torchs_gradient(data: st.DataObject) -> None:
+    """A mask that broadcasts the input up gives a larger output (as torch); its backward returned the
+    output's shape for the input's, and backward failed."""
+    shape = data.draw(array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3))
+    mask_shape = data.draw(st.tuples(*[st.sampled_from([n, 2] if n == 1 else [n, 1]) for n in shape]))
+    lead = data.draw(st.sampled_from([(), (2,)]))
+    mask = np.random.standard_normal(lead + mask_shape) > 0
+    assert_matches_torch([shape, mask], lambda x, m: x.masked_fill(m, -2.0))

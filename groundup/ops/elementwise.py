@@ -294,12 +294,13 @@ class MaskedFill(Function):
 
     def forward(self, x, mask: Any = None, value: float = 0.0):
         xp = array_module(x)
-        self.mask = mask
+        self.mask, self.in_shape = mask, x.shape
         return xp.where(mask, xp.asarray(value, dtype=x.dtype), x)
 
     def backward(self, gz):
         xp = array_module(gz)
-        return xp.where(self.mask, xp.zeros((), dtype=gz.dtype), gz)
+        # a mask of more dims or larger sizes than x broadcasts the output up, as in torch: sum back to x
+        return unbroadcast(xp.where(self.mask, xp.zeros((), dtype=gz.dtype), gz), self.in_shape)
 
 
 class Cast(Function):
