@@ -171,3 +171,18 @@ def test_masked_fill_with_a_mask_larger_than_the_input_has_torchs_gradient(data:
     lead = data.draw(st.sampled_from([(), (2,)]))
     mask = np.random.standard_normal(lead + mask_shape) > 0
     assert_matches_torch([shape, mask], lambda x, m: x.masked_fill(m, -2.0))
+
+
+@pytest.mark.parametrize("make", ["T", "slice", "expand"])
+def test_contiguous_of_a_strided_view_is_a_copy_as_in_torch(make: str) -> None:
+    """torch's contiguous() copies a non-contiguous tensor; here it returned the view itself, so an
+    in-place write into the "copy" changed the tensor it came from."""
+    for lib in (torch, gu):
+        a = lib.tensor([[1.0, 2.0], [3.0, 4.0]])
+        view = {"T": a.T, "slice": a[:, :1], "expand": a[:1].expand(3, 2)}[make]
+        view.contiguous().add_(10.0)
+        assert a.tolist() == [[1.0, 2.0], [3.0, 4.0]], lib.__name__
+        same = a.contiguous()
+        same.add_(1.0)
+        assert a.tolist() == [[2.0, 3.0], [4.0, 5.0]], lib.__name__    # a contiguous tensor is returned itself
+    assert_matches_torch([(3, 4)], lambda x: x.T.contiguous() * 2)

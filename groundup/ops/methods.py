@@ -623,7 +623,10 @@ class TensorMethods:
     def split(self, split_size_or_sections: int | list[int], dim: int = 0) -> tuple[Tensor, ...]:
         return split(self, split_size_or_sections, dim)
     def chunk(self, chunks: int, dim: int = 0) -> tuple[Tensor, ...]: return chunk(self, chunks, dim)
-    def contiguous(self) -> Tensor: return self  # every array op here copies when it must
+    def contiguous(self) -> Tensor:
+        """Itself when its memory is laid out row-major, else a row-major copy in the graph (as torch: a
+        write into the copy must not reach the tensor it was made from)."""
+        return self if self.data.flags.c_contiguous else E.Clone.apply(self)
     def __getitem__(self, index: Any) -> Tensor: return getitem(self, index)
     def masked_fill(self, mask: Any, value: float) -> Tensor: return masked_fill(self, mask, value)
     def tril(self, diagonal: int = 0) -> Tensor: return tril(self, diagonal)
