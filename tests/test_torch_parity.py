@@ -186,3 +186,17 @@ def test_contiguous_of_a_strided_view_is_a_copy_as_in_torch(make: str) -> None:
         same.add_(1.0)
         assert a.tolist() == [[2.0, 3.0], [4.0, 5.0]], lib.__name__    # a contiguous tensor is returned itself
     assert_matches_torch([(3, 4)], lambda x: x.T.contiguous() * 2)
+
+
+# ---------------------------------------------------------------- var / std at the edges
+@given(shape=shapes_1d, data=st.data())
+def test_std_of_a_constant_slice_has_torchs_zero_gradient(shape: tuple, data: st.DataObject) -> None:
+    """torch's std has gradient 0 where the deviation is 0; std was sqrt(var) here, whose backward
+    gave 0 * inf = nan in every element of a constant slice (a padded row, a saturated feature)."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = np.random.standard_normal(shape)
+    first = [slice(None)] * len(shape)
+    first[(dim + 1) % len(shape)] = 0
+    x[tuple(first)] = 1.5                    # one slice across dim is constant (when dims > 1), or all of x
+    assert_matches_torch([x], lambda t: t.std(dim=dim, keepdim=True))
+    assert_matches_torch([np.full(shape, 2.0)], lambda t: t.std())

@@ -56,7 +56,8 @@ CONVENIENCE: dict[str, str] = {
     "ops.elementwise.MaskedFill": "where(mask, value, x) with the mask kept as a raw array, no value tensor",
     "ops.elementwise.Clone": "torch's clone: a copy that stays in the graph (x * 1 without the multiply)",
     "ops.reduce.Mean": "one node for sum * (1 / n)",
-    "ops.reduce.Var": "one node saving the centred values (the composite is six nodes over mean, square, sum)",
+    "ops.reduce.Var": "one node saving the centred values (the composite is six nodes over mean, square, sum); "
+                      "std in the same node, with torch's zero gradient where it is 0",
     "ops.reduce.LogSumExp": "stable (shifted by the max) in one node; saves only the softmax",
     "ops.movement.Repeat": "torch's repeat in one node (reshape, expand, reshape)",
     "ops.movement.Cat": "n inputs in one node (the composite places each with a 0/1 matmul and adds)",

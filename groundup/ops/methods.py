@@ -294,8 +294,10 @@ def var(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool 
 
 def std(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool = False, *,
         correction: float | None = None) -> Tensor:
-    """Standard deviation, the square root of ``var`` (same signature)."""
-    return var(x, dim, unbiased, keepdim, correction=correction).sqrt()
+    """Standard deviation, the square root of ``var`` (same signature; its gradient is 0 where it is 0,
+    as torch's)."""
+    dim, correction = _correction("std", dim, unbiased, correction)
+    return R.Var.apply(x, dim=dim, keepdim=keepdim, correction=correction, root=True)
 
 
 def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:

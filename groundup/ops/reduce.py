@@ -106,21 +106,30 @@ class MaxMin(Function):
 
 
 class Var(Function):
-    """Variance with Bessel's ``correction`` (torch's default 1)."""
+    """Variance with Bessel's ``correction`` (torch's default 1); ``root=True`` gives the standard
+    deviation in the same node. NOTE: where the deviation is 0 its gradient is 0, as torch's (the
+    composite sqrt(var) gives 0 * inf = nan there)."""
 
-    def forward(self, x, dim: Any = None, keepdim: bool = False, correction: float = 1):
+    def forward(self, x, dim: Any = None, keepdim: bool = False, correction: float = 1, root: bool = False):
+        xp = array_module(x)
         self.axes = normalize_dims(dim, x.ndim, "var")
         count = 1
         for a in self.axes:
             count *= x.shape[a]
         self.denom = max(count - correction, 0)
         centered = x - x.mean(axis=self.axes, keepdims=True)
-        self.save_for_backward(centered)
         self.keepdim, self.in_shape = keepdim, x.shape
-        return (centered * centered).sum(axis=self.axes, keepdims=keepdim) / self.denom
+        out = (centered * centered).sum(axis=self.axes, keepdims=keepdim) / self.denom
+        if root:
+            out = xp.sqrt(out)
+        self.save_for_backward(centered, out if root else None)
+        return out
 
     def backward(self, gz):
-        (centered,) = self.saved
+        centered, std = self.saved
+        if std is not None:                                  # d std = d var / (2 std), and 0 where std is 0
+            xp = array_module(gz)
+            gz = xp.where(std == 0, 0, gz / xp.where(std == 0, 1, 2 * std))
         g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
         return (g * centered * (2.0 / self.denom)).astype(gz.dtype)
 
