@@ -200,3 +200,16 @@ def test_std_of_a_constant_slice_has_torchs_zero_gradient(shape: tuple, data: st
     x[tuple(first)] = 1.5                    # one slice across dim is constant (when dims > 1), or all of x
     assert_matches_torch([x], lambda t: t.std(dim=dim, keepdim=True))
     assert_matches_torch([np.full(shape, 2.0)], lambda t: t.std())
+
+
+@pytest.mark.parametrize("op", ["var", "std"])
+def test_var_with_no_degrees_of_freedom_is_inf_or_nan_as_in_torch(op: str) -> None:
+    """correction >= the count (one element with the default correction, an empty dim) gives inf or nan
+    as torch; the backward was a ZeroDivisionError. (torch's own var gradient for correction > count
+    divides by the negative count - correction, unlike its forward; the values are compared there.)"""
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.warns(UserWarning, match="degrees of freedom"):
+        assert_matches_torch([np.array([[1.0, 2.0, 4.0], [3.0, 3.0, 3.0]])],
+                             lambda x: getattr(x, op)(dim=1, correction=3))
+        assert_matches_torch([(3, 1)], lambda x: getattr(x, op)(dim=1))
+        assert_matches_torch([(0, 3)], lambda x: getattr(x, op)(dim=0))
+        assert_matches_torch([(2, 3)], lambda x: getattr(x, op)(dim=1, correction=5), grad=False)

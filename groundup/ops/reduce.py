@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from groundup.backend import array_module
 from groundup.function import Function
 
@@ -117,9 +119,11 @@ class Var(Function):
         for a in self.axes:
             count *= x.shape[a]
         self.denom = max(count - correction, 0)
-        centered = x - x.mean(axis=self.axes, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):   # an empty dim's mean is nan, as torch
+            centered = x - (x.mean(axis=self.axes, keepdims=True) if count else x.sum(axis=self.axes, keepdims=True))
         self.keepdim, self.in_shape = keepdim, x.shape
-        out = (centered * centered).sum(axis=self.axes, keepdims=keepdim) / self.denom
+        with np.errstate(divide="ignore", invalid="ignore"):   # no degrees of freedom left: inf or nan, as torch
+            out = (centered * centered).sum(axis=self.axes, keepdims=keepdim) / self.denom
         if root:
             out = xp.sqrt(out)
         self.save_for_backward(centered, out if root else None)
@@ -131,7 +135,9 @@ class Var(Function):
             xp = array_module(gz)
             gz = xp.where(std == 0, 0, gz / xp.where(std == 0, 1, 2 * std))
         g = _expand_back(gz, self.in_shape, self.axes, self.keepdim)
-        return (g * centered * (2.0 / self.denom)).astype(gz.dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = float(np.float64(2.0) / self.denom)      # inf when no degrees of freedom are left
+            return (g * centered * scale).astype(gz.dtype)
 
 
 class LogSumExp(Function):
