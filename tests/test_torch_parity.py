@@ -213,3 +213,13 @@ def test_var_with_no_degrees_of_freedom_is_inf_or_nan_as_in_torch(op: str) -> No
         assert_matches_torch([(3, 1)], lambda x: getattr(x, op)(dim=1))
         assert_matches_torch([(0, 3)], lambda x: getattr(x, op)(dim=0))
         assert_matches_torch([(2, 3)], lambda x: getattr(x, op)(dim=1, correction=5), grad=False)
+
+
+@pytest.mark.parametrize("op", ["var", "std"])
+def test_var_and_std_refuse_integer_tensors_as_torch(op: str) -> None:
+    """They returned float64 for an int64 or bool tensor (NumPy's promotion); torch refuses, as mean does."""
+    for data in ([1, 2, 4], [True, False, True]):
+        with pytest.raises(RuntimeError, match="only support floating point"):
+            getattr(torch.tensor(data), op)()
+        with pytest.raises(RuntimeError, match="expected a floating point tensor"):
+            getattr(gu.tensor(data), op)()

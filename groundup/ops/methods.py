@@ -267,9 +267,11 @@ def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     return R.MaxMin.apply(x, dim=dim, keepdim=keepdim, mode="max")
 
 
-def _correction(op: str, dim: Any, unbiased: Any, correction: float | None) -> tuple[Any, float]:
+def _correction(op: str, x: Tensor, dim: Any, unbiased: Any, correction: float | None) -> tuple[Any, float]:
     """torch's forms of var / std: ``(dim, unbiased, keepdim)`` positionally, ``correction=`` by keyword
     only, and ``x.var(False)`` (a bool alone is ``unbiased``); returns (dim, correction)."""
+    if x.dtype.kind != "f":
+        raise RuntimeError(f"{op}(): expected a floating point tensor, got dtype {x.dtype} (as torch; x.float() first)")
     if isinstance(dim, bool):
         if unbiased is not None:
             raise TypeError(f"{op}: dim must be an int, a tuple of ints or None, got {dim!r}")
@@ -288,7 +290,7 @@ def var(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool 
         correction: float | None = None) -> Tensor:
     """Variance over ``dim`` with torch's signature: ``x.var(dim, unbiased, keepdim)`` or
     ``x.var(dim, keepdim=..., correction=...)`` (Bessel's correction, 1 by default)."""
-    dim, correction = _correction("var", dim, unbiased, correction)
+    dim, correction = _correction("var", x, dim, unbiased, correction)
     return R.Var.apply(x, dim=dim, keepdim=keepdim, correction=correction)
 
 
@@ -296,7 +298,7 @@ def std(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool 
         correction: float | None = None) -> Tensor:
     """Standard deviation, the square root of ``var`` (same signature; its gradient is 0 where it is 0,
     as torch's)."""
-    dim, correction = _correction("std", dim, unbiased, correction)
+    dim, correction = _correction("std", x, dim, unbiased, correction)
     return R.Var.apply(x, dim=dim, keepdim=keepdim, correction=correction, root=True)
 
 
