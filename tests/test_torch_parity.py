@@ -223,3 +223,18 @@ def test_var_and_std_refuse_integer_tensors_as_torch(op: str) -> None:
             getattr(torch.tensor(data), op)()
         with pytest.raises(RuntimeError, match="expected a floating point tensor"):
             getattr(gu.tensor(data), op)()
+
+
+# ---------------------------------------------------------------- integer inputs: torch's result dtypes
+@pytest.mark.parametrize("data", [[[1, -4, 7], [0, 3, -2]], [[True, False, True], [False, False, True]]])
+def test_clamp_to_a_float_bound_and_logsumexp_of_integers_are_float32_as_in_torch(data: list) -> None:
+    """NumPy's promotion made both float64; torch gives its default float32 (clamp to int bounds keeps int64)."""
+    x = np.asarray(data)
+    for fn in (lambda t: t.clamp(-1.5, 2.5), lambda t: t.clamp(min=0.5), lambda t: t.logsumexp(dim=1),
+               lambda t: t.clamp(max=2.0)):
+        assert_matches_torch([x], fn)
+    assert_matches_torch([np.asarray(data, dtype=np.int64)], lambda t: t.clamp(-1, 2))
+    with pytest.raises(RuntimeError, match="At least one of 'min' or 'max'"):
+        torch.tensor(data).clamp()
+    with pytest.raises(RuntimeError, match="at least one of min and max"):
+        gu.tensor(data).clamp()

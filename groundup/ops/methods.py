@@ -196,6 +196,10 @@ def where(cond: Any, a: Operand, b: Operand) -> Tensor:
 
 
 def clamp(x: Tensor, min: float | None = None, max: float | None = None) -> Tensor:
+    if min is None and max is None:
+        raise RuntimeError("clamp: at least one of min and max must be given (as torch)")
+    if x.dtype.kind != "f" and (isinstance(min, float) or isinstance(max, float)):
+        x = x.type(backend.DEFAULT_FLOAT)  # an integer tensor with a float bound is float32, as in torch
     return E.Clamp.apply(x, min=min, max=max)
 
 
@@ -303,6 +307,8 @@ def std(x: Tensor, dim: Any = None, unbiased: bool | None = None, keepdim: bool 
 
 
 def logsumexp(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    if x.dtype.kind != "f":
+        x = x.type(backend.DEFAULT_FLOAT)  # an integer tensor gives float32, as in torch (NumPy: float64)
     return R.LogSumExp.apply(x, dim=dim, keepdim=keepdim)
 
 
