@@ -238,3 +238,27 @@ def test_clamp_to_a_float_bound_and_logsumexp_of_integers_are_float32_as_in_torc
         torch.tensor(data).clamp()
     with pytest.raises(RuntimeError, match="at least one of min and max"):
         gu.tensor(data).clamp()
+
+
+# ---------------------------------------------------------------- softmax: 0-d, empty, integer inputs
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@given(shape=array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3), data=st.data())
+def test_softmax_of_empty_and_0d_tensors_and_its_dtype_argument_match_torch(op: str, shape: tuple,
+                                                                            data: st.DataObject) -> None:
+    """An empty input (a size-0 dim) and a 0-d input failed inside NumPy; ``dtype=`` was unknown."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    assert_matches_torch([shape], lambda x: getattr(x, op)(dim))
+    assert_matches_torch([()], lambda x: getattr(x, op)(0))
+    assert_matches_torch([shape], lambda x: getattr(torch.nn.functional, op)(x, dim=dim, dtype=torch.float64),
+                         lambda x: getattr(gu.functional, op)(x, dim=dim, dtype=gu.float64))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_softmax_refuses_an_integer_tensor_as_torch(op: str) -> None:
+    """It failed inside NumPy (casting exp's output into an int64 array); torch refuses with dtype= as the way out."""
+    with pytest.raises(RuntimeError, match="not implemented for 'Long'"):
+        getattr(torch.tensor([[1, 2, 3]]), op)(-1)
+    with pytest.raises(RuntimeError, match="expected a floating point tensor, got dtype int64; pass dtype="):
+        getattr(gu.tensor([[1, 2, 3]]), op)(-1)
+    assert_matches_torch([np.array([[1, 2, 3]])], lambda x: getattr(x, op)(-1, dtype=torch.float32),
+                         lambda x: getattr(x, op)(-1, dtype=gu.float32))

@@ -464,19 +464,40 @@ def gather(x: Tensor, dim: int, index: Any) -> Tensor:
     return M.Gather.apply(x, index=idx, dim=wrap_dim(dim, x.ndim, "gather"))
 
 
-def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """exp(x) / sum(exp(x)) over ``dim``. NOTE: a slice that is all -inf (every key masked) gives
-    zeros, where torch gives NaN: a fully masked query then contributes nothing instead of poisoning
-    every later sum with NaN."""
+def _softmax_input(op: str, x: Tensor, dim: int, dtype: Any) -> tuple[Tensor, int]:
+    """The input cast to ``dtype`` (torch's argument) and ``dim`` wrapped; integers are refused, as torch."""
+    if dtype is not None:
+        x = x.type(dtype)
+    if x.dtype.kind != "f":
+        raise RuntimeError(f"{op}: expected a floating point tensor, got dtype {x.dtype}; pass dtype= or call "
+                           f"x.float() first (as torch)")
+    return x, wrap_dim(dim, x.ndim, op)
+
+
+def softmax(x: Tensor, dim: int = -1, dtype: Any = None) -> Tensor:
+    """exp(x) / sum(exp(x)) over ``dim``; ``dtype`` casts the input first, as torch. NOTE: a slice that is
+    all -inf (every key masked) gives zeros, where torch gives NaN: a fully masked query then contributes
+    nothing instead of poisoning every later sum with NaN."""
     from groundup.ops.fused import Softmax
 
-    return Softmax.apply(x, dim=wrap_dim(dim, x.ndim, "softmax"))
+    x, dim = _softmax_input("softmax", x, dim, dtype)
+    if x.ndim == 0:                                     # one element: softmax 1, as torch
+        return softmax(x.reshape(1), 0).reshape(())
+    if x.data.size == 0:                                # nothing to normalise: an empty result, as torch
+        return E.Clone.apply(x)
+    return Softmax.apply(x, dim=dim)
 
 
-def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+def log_softmax(x: Tensor, dim: int = -1, dtype: Any = None) -> Tensor:
+    """log(softmax(x)) over ``dim``, computed stably; ``dtype`` casts the input first, as torch."""
     from groundup.ops.fused import LogSoftmax
 
-    return LogSoftmax.apply(x, dim=wrap_dim(dim, x.ndim, "log_softmax"))
+    x, dim = _softmax_input("log_softmax", x, dim, dtype)
+    if x.ndim == 0:
+        return log_softmax(x.reshape(1), 0).reshape(())
+    if x.data.size == 0:
+        return E.Clone.apply(x)
+    return LogSoftmax.apply(x, dim=dim)
 
 
 # ------------------------------------------------------------------ dtype and device
@@ -558,8 +579,8 @@ class TensorMethods:
     def sigmoid(self) -> Tensor: return _unary(E.Sigmoid, self)
     def relu(self) -> Tensor: return E.Relu.apply(self)
     def abs(self) -> Tensor: return E.Abs.apply(self)
-    def softmax(self, dim: int = -1) -> Tensor: return softmax(self, dim)
-    def log_softmax(self, dim: int = -1) -> Tensor: return log_softmax(self, dim)
+    def softmax(self, dim: int = -1, dtype: Any = None) -> Tensor: return softmax(self, dim, dtype)
+    def log_softmax(self, dim: int = -1, dtype: Any = None) -> Tensor: return log_softmax(self, dim, dtype)
 
     # --- comparisons and logic: boolean tensors outside the graph
     def __lt__(self, other: Operand) -> Tensor: return _compare("__lt__", self, other)
