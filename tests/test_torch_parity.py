@@ -262,3 +262,23 @@ def test_softmax_refuses_an_integer_tensor_as_torch(op: str) -> None:
         getattr(gu.tensor([[1, 2, 3]]), op)(-1)
     assert_matches_torch([np.array([[1, 2, 3]])], lambda x: getattr(x, op)(-1, dtype=torch.float32),
                          lambda x: getattr(x, op)(-1, dtype=gu.float32))
+
+
+# ---------------------------------------------------------------- reductions of empty tensors
+@given(shape=array_shapes(min_dims=2, max_dims=3, min_side=0, max_side=3).filter(lambda s: 0 in s),
+       data=st.data())
+def test_reductions_of_an_empty_tensor_match_torch(shape: tuple, data: st.DataObject) -> None:
+    """max / min / amax over the non-empty dims of an empty tensor are empty, as torch (they were refused);
+    logsumexp over a size-0 dim is -inf (a NumPy error); over a size-0 dim max is refused by both."""
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    keepdim = data.draw(st.booleans())
+    with np.errstate(invalid="ignore"):      # the helper's weighted sum of -inf values is nan
+        assert_matches_torch([shape], lambda x: x.logsumexp(dim, keepdim=keepdim))
+    for op in ("max", "min", "amax"):
+        if shape[dim] != 0:
+            assert_matches_torch([shape], lambda x, op=op: getattr(x, op)(dim, keepdim=keepdim))
+            continue
+        with pytest.raises((RuntimeError, IndexError), match="non-zero size"):
+            getattr(torch.zeros(shape), op)(dim)
+        with pytest.raises(RuntimeError, match="cannot reduce over a dim of size 0"):
+            getattr(gu.zeros(shape), op)(dim)

@@ -79,9 +79,11 @@ class MaxMin(Function):
 
     def forward(self, x, dim: Any = None, keepdim: bool = False, mode: str = "max"):
         xp = array_module(x)
-        if x.size == 0:
-            raise RuntimeError(f"{mode}(): cannot reduce an empty tensor of shape {tuple(x.shape)}")
         self.axes = normalize_dims(dim, x.ndim, mode)
+        if x.size == 0 and (x.ndim == 0 or any(x.shape[a] == 0 for a in self.axes) or not self.axes):
+            # a reduction over a size-0 dim has no value; over other dims of an empty tensor it is empty (torch)
+            raise RuntimeError(f"{mode}(): cannot reduce over a dim of size 0 (tensor of shape {tuple(x.shape)}, "
+                               f"dim {dim})")
         self.keepdim, self.in_shape, self.dim, self.mode = keepdim, x.shape, dim, mode
         reduce = xp.max if mode == "max" else xp.min
         out = reduce(x, axis=self.axes, keepdims=True) if x.ndim else x.copy()
@@ -147,6 +149,10 @@ class LogSumExp(Function):
         xp = array_module(x)
         self.axes = normalize_dims(dim, x.ndim, "logsumexp")
         self.keepdim, self.in_shape = keepdim, x.shape
+        if x.size == 0:                          # an empty sum of exps: log 0 = -inf (torch), or an empty result
+            out = xp.full([1 if i in self.axes else n for i, n in enumerate(x.shape)], -np.inf, dtype=x.dtype)
+            self.save_for_backward(xp.zeros_like(x))
+            return out if keepdim else out.reshape([n for i, n in enumerate(x.shape) if i not in self.axes])
         shift = xp.max(x, axis=self.axes, keepdims=True)
         shift = xp.where(xp.isfinite(shift), shift, 0)
         e = xp.exp(x - shift)
