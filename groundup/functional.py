@@ -62,6 +62,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     t = _constant(target, "target", "cross_entropy")
+    if t.dtype.kind == "f" and ignore_index != -100:
+        raise RuntimeError(f"cross_entropy: ignore_index={ignore_index} is not supported for a class-probability "
+                           f"(float) target, as in torch; give zero probabilities instead")
     if t.dtype.kind == "f" and t.dtype != input.dtype:
         t = t.astype(input.dtype)
     weight = _constant(weight, "weight", "cross_entropy")

@@ -282,3 +282,14 @@ def test_reductions_of_an_empty_tensor_match_torch(shape: tuple, data: st.DataOb
             getattr(torch.zeros(shape), op)(dim)
         with pytest.raises(RuntimeError, match="cannot reduce over a dim of size 0"):
             getattr(gu.zeros(shape), op)(dim)
+
+
+def test_cross_entropy_refuses_ignore_index_with_probability_targets() -> None:
+    """ignore_index was silently dropped for a float target; torch refuses the pair."""
+    logits, probs = np.random.standard_normal((4, 3)), np.full((4, 3), 1 / 3)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+        torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(probs), ignore_index=1)
+    with pytest.raises(RuntimeError, match="ignore_index=1 is not supported for a class-probability"):
+        gu.functional.cross_entropy(gu.tensor(logits), gu.tensor(probs), ignore_index=1)
+    assert_matches_torch([(4, 3), probs], lambda x, t: torch.nn.functional.cross_entropy(x, t, ignore_index=-100),
+                         lambda x, t: gu.functional.cross_entropy(x, t, ignore_index=-100), const=(1,))
