@@ -293,3 +293,27 @@ def test_cross_entropy_refuses_ignore_index_with_probability_targets() -> None:
         gu.functional.cross_entropy(gu.tensor(logits), gu.tensor(probs), ignore_index=1)
     assert_matches_torch([(4, 3), probs], lambda x, t: torch.nn.functional.cross_entropy(x, t, ignore_index=-100),
                          lambda x, t: gu.functional.cross_entropy(x, t, ignore_index=-100), const=(1,))
+
+
+# ---------------------------------------------------------------- layers with a size-0 side
+def _layer_matches_torch(ours: gu.nn.Module, theirs: torch.nn.Module, x: np.ndarray) -> None:
+    """Copy torch's weights into ours, then compare the output and every gradient."""
+    ours.load_state_dict({k: gu.tensor(v.detach().numpy()) for k, v in theirs.state_dict().items()})
+    assert_matches_torch([x], lambda t: theirs(t), lambda t: ours(t), dtypes=("float32",))
+    for (name, p), q in zip(theirs.named_parameters(), ours.parameters()):
+        assert q.grad is not None and q.grad.shape == tuple(p.grad.shape), name
+        np.testing.assert_allclose(q.grad.numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")   # torch's note on its own init
+@pytest.mark.parametrize("sizes", [(3, 0, (2, 3)), (0, 3, (2, 0)), (0, 0, (4, 0)), (3, 2, (0, 3))])
+def test_linear_with_no_input_or_output_features_matches_torch(sizes: tuple) -> None:
+    """Linear(0, n) and Linear(n, 0) failed inside NumPy (reshape(-1, 0) is ambiguous); torch gives
+    zeros (a bias alone) and empty gradients."""
+    n_in, n_out, shape = sizes
+    _layer_matches_torch(gu.nn.Linear(n_in, n_out), torch.nn.Linear(n_in, n_out), np.random.standard_normal(shape))
+
+
+def test_an_embedding_of_width_zero_matches_torch() -> None:
+    ours, theirs = gu.nn.Embedding(4, 0), torch.nn.Embedding(4, 0)
+    _layer_matches_torch(ours, theirs, np.array([[1, 2], [3, 3]]))

@@ -315,7 +315,7 @@ class Linear(Function):
         if x.dtype != weight.dtype:                         # torch: "mat1 and mat2 must have the same dtype"
             raise RuntimeError(f"linear: input dtype {x.dtype} differs from the weight's {weight.dtype}; convert "
                                f"one of them first (x.to(weight.dtype) or module.to(dtype))")
-        x2 = x.reshape(-1, x.shape[-1])                            # (N, in)
+        x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])       # (N, in); N explicit: -1 is ambiguous at size 0
         y = K.linear(x2, weight, bias[0] if bias else None)        # (N, out)
         self.save_for_backward(x2, weight)
         self.in_shape = x.shape
@@ -323,7 +323,7 @@ class Linear(Function):
 
     def backward(self, gz):
         x2, weight = self.saved
-        g2 = gz.reshape(-1, weight.shape[0])                       # (N, out)
+        g2 = gz.reshape(x2.shape[0], weight.shape[0])              # (N, out)
         gx = (g2 @ weight).reshape(self.in_shape) if self.needs_input_grad[0] else None
         gw = K.matmul_tn(g2, x2) if self.needs_input_grad[1] else None   # (out, in) = g2^T x2
         if len(self.needs_input_grad) == 3:
@@ -342,7 +342,7 @@ class Embedding(Function):
 
     def backward(self, gz):
         num, dim = self.shape
-        grad = K.embedding_grad(self.idx.reshape(-1), gz.reshape(-1, dim), num)   # (V, C)
+        grad = K.embedding_grad(self.idx.reshape(-1), gz.reshape(self.idx.size, dim), num)   # (V, C)
         if self.padding_idx is not None:
             grad[self.padding_idx] = 0
         return grad
