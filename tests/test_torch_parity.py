@@ -317,3 +317,15 @@ def test_linear_with_no_input_or_output_features_matches_torch(sizes: tuple) -> 
 def test_an_embedding_of_width_zero_matches_torch() -> None:
     ours, theirs = gu.nn.Embedding(4, 0), torch.nn.Embedding(4, 0)
     _layer_matches_torch(ours, theirs, np.array([[1, 2], [3, 3]]))
+
+
+def test_masked_fill_with_a_value_that_requires_grad_differentiates_it_as_torch() -> None:
+    """A 0-d value tensor was read as a number, so its gradient (torch: the sum over the masked places)
+    was silently missing; a value with dims is refused as in torch."""
+    mask = np.random.standard_normal((3, 4)) > 0
+    assert_matches_torch([(3, 4), mask, ()], lambda x, m, v: x.masked_fill(m, v))
+    assert_matches_torch([(3, 1), mask, ()], lambda x, m, v: x.masked_fill(m, v))
+    with pytest.raises(RuntimeError, match="0-dimensional value"):
+        torch.zeros(3, 4).masked_fill(torch.tensor(mask), torch.zeros(4))
+    with pytest.raises(RuntimeError, match="0-d tensor"):
+        gu.zeros(3, 4).masked_fill(gu.tensor(mask), gu.zeros(4))

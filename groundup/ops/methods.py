@@ -448,6 +448,13 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
         np.broadcast_shapes(m.shape, x.shape)
     except ValueError:
         raise RuntimeError(f"masked_fill: mask shape {tuple(m.shape)} does not broadcast to {x.shape}") from None
+    if is_tensor(value):
+        if value.ndim != 0:
+            raise RuntimeError(f"masked_fill: value must be a number or a 0-d tensor (as torch), got shape "
+                               f"{value.shape}")
+        if value.requires_grad:        # torch differentiates the value too: the sum of the gradient where masked
+            return where(m, value.type(x.dtype) if x.dtype.kind == "f" else value, x)
+        value = value.item()
     return E.MaskedFill.apply(x, mask=m, value=float(value) if x.dtype.kind == "f" else value)
 
 
