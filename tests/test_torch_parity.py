@@ -329,3 +329,16 @@ def test_masked_fill_with_a_value_that_requires_grad_differentiates_it_as_torch(
         torch.zeros(3, 4).masked_fill(torch.tensor(mask), torch.zeros(4))
     with pytest.raises(RuntimeError, match="0-d tensor"):
         gu.zeros(3, 4).masked_fill(gu.tensor(mask), gu.zeros(4))
+
+
+@given(data=st.data())
+def test_clamp_to_tensor_bounds_broadcasts_and_differentiates_them_as_torch(data: st.DataObject) -> None:
+    """Tensor bounds went to NumPy's clip, whose backward failed (``bool & Tensor``) and would have given
+    the bounds no gradient; torch broadcasts them and passes the gradient to the bound that wins."""
+    shape = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=3))
+    low = data.draw(st.sampled_from([shape, shape[-1:], (1,) + shape]))
+    x = np.round(np.random.standard_normal(shape), 1)           # rounded: some values tie with a bound
+    lo = np.round(np.random.standard_normal(low), 1) - 0.5
+    assert_matches_torch([x, lo, lo + 1.0], lambda t, a, b: t.clamp(a, b))
+    assert_matches_torch([x, lo], lambda t, a: t.clamp(min=a))
+    assert_matches_torch([x, lo], lambda t, b: t.clamp(max=b))

@@ -200,6 +200,10 @@ def clamp(x: Tensor, min: float | None = None, max: float | None = None) -> Tens
         raise RuntimeError("clamp: at least one of min and max must be given (as torch)")
     if x.dtype.kind != "f" and (isinstance(min, float) or isinstance(max, float)):
         x = x.type(backend.DEFAULT_FLOAT)  # an integer tensor with a float bound is float32, as in torch
+    if is_tensor(min) or is_tensor(max):
+        # tensor bounds broadcast and get gradients as in torch: x where min <= x <= max, a bound where it wins
+        out = x if min is None else where(x < min, min, x)
+        return out if max is None else where(out > max, max, out)
     return E.Clamp.apply(x, min=min, max=max)
 
 
