@@ -342,3 +342,33 @@ def test_clamp_to_tensor_bounds_broadcasts_and_differentiates_them_as_torch(data
     assert_matches_torch([x, lo, lo + 1.0], lambda t, a, b: t.clamp(a, b))
     assert_matches_torch([x, lo], lambda t, a: t.clamp(min=a))
     assert_matches_torch([x, lo], lambda t, b: t.clamp(max=b))
+
+
+# ---------------------------------------------------------------- a net over many ops on permuted views
+VIEW_OPS = {
+    "add_other": lambda x, y: x + y, "mul_other": lambda x, y: x * y, "div_other": lambda x, y: x / (y.abs() + 1),
+    "maximum": lambda x, y: x.maximum(y), "sum": lambda x, d, k: x.sum(d, keepdim=k),
+    "mean": lambda x, d, k: x.mean(d, keepdim=k), "max": lambda x, d, k: x.max(d, keepdim=k),
+    "min": lambda x, d, k: x.min(d, keepdim=k), "amax": lambda x, d, k: x.amax(d, keepdim=k),
+    "logsumexp": lambda x, d, k: x.logsumexp(d, keepdim=k), "var": lambda x, d, k: x.var(d, keepdim=k),
+    "std": lambda x, d, k: x.std(d, keepdim=k), "softmax": lambda x, d, k: x.softmax(d),
+    "log_softmax": lambda x, d, k: x.log_softmax(d), "argmax": lambda x, d, k: x.argmax(d, keepdim=k),
+    "unsqueeze": lambda x, d, k: x.unsqueeze(d) * 2, "flatten": lambda x, d, k: x.flatten(),
+    "index": lambda x, d, k: x[..., ::2], "matmul": lambda x, d, k: x @ x.mT,
+    "tanh": lambda x, d, k: x.tanh(), "sigmoid": lambda x, d, k: x.sigmoid(), "relu": lambda x, d, k: x.relu(),
+}
+
+
+@pytest.mark.parametrize("op", list(VIEW_OPS))
+@given(shape=array_shapes(min_dims=2, max_dims=3, min_side=2, max_side=4), data=st.data())
+def test_ops_on_permuted_views_match_torch(op: str, shape: tuple, data: st.DataObject) -> None:
+    """Each op on a permuted (non-contiguous) view, with a random dim, keepdim and a broadcast second
+    operand: values, shapes, dtypes and gradients as torch's."""
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    fn = VIEW_OPS[op]
+    if op.endswith("_other") or op == "maximum":
+        other = tuple(1 if data.draw(st.booleans()) else shape[p] for p in perm)[data.draw(st.integers(0, 1)):]
+        assert_matches_torch([shape, other], lambda x, y: fn(x.permute(*perm), y))
+        return
+    dim, keepdim = data.draw(st.integers(-len(shape), len(shape) - 1)), data.draw(st.booleans())
+    assert_matches_torch([shape], lambda x: fn(x.permute(*perm), dim, keepdim))
