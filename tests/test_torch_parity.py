@@ -372,3 +372,11 @@ def test_ops_on_permuted_views_match_torch(op: str, shape: tuple, data: st.DataO
         return
     dim, keepdim = data.draw(st.integers(-len(shape), len(shape) - 1)), data.draw(st.booleans())
     assert_matches_torch([shape], lambda x: fn(x.permute(*perm), dim, keepdim))
+
+
+@pytest.mark.parametrize("exponent", [2, 3, 0, 2.0])
+def test_a_bool_tensor_to_a_number_has_torchs_dtype(exponent: float) -> None:
+    """bool ** 2 stayed bool here (NumPy's x * x), so (m ** 2) + (m ** 2) was a logical or, 1 where torch gives 2."""
+    m = np.array([True, False, True])
+    assert_matches_torch([m], lambda t: t**exponent)
+    assert_matches_torch([m], lambda t: t**exponent + t**exponent)

@@ -157,6 +157,8 @@ def div(a: Operand, b: Operand) -> Tensor:
 def pow(a: Operand, b: Operand) -> Tensor:
     if is_tensor(a) and isinstance(b, float) and a.dtype.kind != "f":
         a = a.type(backend.DEFAULT_FLOAT)  # int ** float is float32 in torch, not NumPy's float64
+    elif is_tensor(a) and a.dtype.kind == "b" and isinstance(b, int) and not isinstance(b, bool):
+        a = a.type(backend.int64)          # bool ** int is int64 in torch (NumPy: x * x stays bool for 2)
     if is_tensor(a) and isinstance(b, (int, float)) and not isinstance(b, bool):
         return E.PowScalar.apply(a, exponent=b)
     return _binary(E.Pow, a, b)
