@@ -241,6 +241,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """
     if is_causal and attn_mask is not None:
         raise RuntimeError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+    mask_dtype = getattr(attn_mask, "dtype", None)
+    if attn_mask is not None and mask_dtype is not None and mask_dtype.kind not in "bf":
+        # an integer 0/1 mask would be added to the scores as numbers, not read as a mask (torch refuses it)
+        raise RuntimeError(f"scaled_dot_product_attention: attn_mask must be bool (True = may attend) or float "
+                           f"(added to the scores), got dtype {mask_dtype}; use mask.bool() for a 0/1 mask")
     rng = random.generator() if dropout_p > 0 else None
     if isinstance(attn_mask, Tensor) and attn_mask.requires_grad and attn_mask.dtype.kind == "f":
         return attention.ScaledDotProductAttention.apply(query, key, value, attn_mask, is_causal=is_causal,

@@ -380,3 +380,18 @@ def test_a_bool_tensor_to_a_number_has_torchs_dtype(exponent: float) -> None:
     m = np.array([True, False, True])
     assert_matches_torch([m], lambda t: t**exponent)
     assert_matches_torch([m], lambda t: t**exponent + t**exponent)
+
+
+def test_attention_refuses_an_integer_mask_as_torch() -> None:
+    """A 0/1 int64 mask was added to the scores as numbers (+1 where meant "may attend", nothing blocked)."""
+    q, k = np.random.standard_normal((2, 3, 8)), np.random.standard_normal((2, 5, 8))
+    mask = np.random.standard_normal((3, 5)) > 0
+    mask[:, 0] = True
+    with pytest.raises(RuntimeError, match="Expected attn_mask dtype to be bool or float"):
+        torch.nn.functional.scaled_dot_product_attention(torch.tensor(q), torch.tensor(k), torch.tensor(k),
+                                                         attn_mask=torch.tensor(mask.astype(np.int64)))
+    with pytest.raises(RuntimeError, match="attn_mask must be bool .* got dtype int64"):
+        gu.functional.scaled_dot_product_attention(gu.tensor(q), gu.tensor(k), gu.tensor(k),
+                                                   attn_mask=gu.tensor(mask.astype(np.int64)))
+    assert_matches_torch([q, k, k, mask], lambda a, b, c, m: torch.nn.functional.scaled_dot_product_attention(
+        a, b, c, attn_mask=m), lambda a, b, c, m: gu.functional.scaled_dot_product_attention(a, b, c, attn_mask=m))
