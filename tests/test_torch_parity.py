@@ -395,3 +395,13 @@ def test_attention_refuses_an_integer_mask_as_torch() -> None:
                                                    attn_mask=gu.tensor(mask.astype(np.int64)))
     assert_matches_torch([q, k, k, mask], lambda a, b, c, m: torch.nn.functional.scaled_dot_product_attention(
         a, b, c, attn_mask=m), lambda a, b, c, m: gu.functional.scaled_dot_product_attention(a, b, c, attn_mask=m))
+
+
+@pytest.mark.parametrize("lengths", [(4, 0), (0, 5), (0, 0)])
+def test_attention_over_no_keys_or_no_queries_matches_torch(lengths: tuple) -> None:
+    """No keys (an empty memory) gives zeros as torch, no queries an empty output; both failed inside NumPy."""
+    (n_q, n_k), sdpa = lengths, torch.nn.functional.scaled_dot_product_attention
+    for causal in (False, True):
+        assert_matches_torch([(2, n_q, 8), (2, n_k, 8), (2, n_k, 6)],
+                             lambda q, k, v, c=causal: sdpa(q, k, v, is_causal=c),
+                             lambda q, k, v, c=causal: gu.functional.scaled_dot_product_attention(q, k, v, is_causal=c))

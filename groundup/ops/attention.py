@@ -37,7 +37,8 @@ class ScaledDotProductAttention(Function):
         bias = attention_bias(mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, xp)
         if bias is not None:
             scores += bias
-        attn = K.softmax_(scores)                                            # rows with no key: zeros
+        # rows with every key masked: zeros; no keys at all (S = 0) or no queries: empty, so the output is 0
+        attn = K.softmax_(scores) if scores.size else scores
         self.weights = attn if return_weights else None
         keep = None
         if dropout_p > 0:
