@@ -35,6 +35,14 @@ def _constant(x: Any, name: str, op: str) -> Any:
     return _raw(x)
 
 
+def _float_input(op: str, input: Tensor) -> None:
+    """Refuse an integer or bool input, as torch does: a loss of int64 logits came back as a truncated
+    int64, gelu's as float64, and the norms failed inside NumPy."""
+    if input.dtype.kind != "f":
+        raise RuntimeError(f"{op}: expected a floating point input, got dtype {input.dtype}; convert it first "
+                           f"(x.float())")
+
+
 def _refuse_mixed_dtypes(op: str, input: Tensor, params: dict[str, Tensor | None],
                          half_with_float32: bool = False) -> None:
     """Refuse an input whose dtype is not its parameters' (as ``linear`` does and torch does):
@@ -59,6 +67,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
                   reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits ``input`` (N, C) or (N, C, d...) against class indices or
     class probabilities ``target``."""
+    _float_input("cross_entropy", input)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     t = _constant(target, "target", "cross_entropy")
@@ -75,6 +84,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of log-probabilities ``input`` (N, C)."""
+    _float_input("nll_loss", input)
     return fused.NLLLoss.apply(input, target=_raw(target), weight=_constant(weight, "weight", "nll_loss"),
                                ignore_index=ignore_index, reduction=reduction)
 
@@ -96,6 +106,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                      reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
     """Binary cross-entropy of logits, numerically stable for any magnitude."""
+    _float_input("binary_cross_entropy_with_logits", input)
     op = "binary_cross_entropy_with_logits"
     t = _constant(target, "target", op)
     if tuple(t.shape) != input.shape:
@@ -113,6 +124,7 @@ def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = Non
         raise RuntimeError(f"layer_norm: normalized_shape {shape} does not match the input's trailing "
                            f"dims {input.shape}")
     _refuse_mixed_dtypes("layer_norm", input, {"weight": weight, "bias": bias}, half_with_float32=True)
+    _float_input("layer_norm", input)
     params = [p for p in (weight, bias) if p is not None]
     out = fused.LayerNorm.apply(input, *params, n=len(shape), eps=eps, has_weight=weight is not None)
     return out if out.dtype == input.dtype else out.to(input.dtype)  # float16 input stays float16, as torch
@@ -124,6 +136,7 @@ def rms_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
 
     A weight of another float dtype is accepted, as torch does, and the output keeps the input's dtype.
     """
+    _float_input("rms_norm", input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     dims = tuple(range(-len(shape), 0))
     eps = eps if eps is not None else float(backend.np.finfo(input.dtype).eps)
@@ -136,6 +149,7 @@ def rms_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     """Gaussian error linear unit; ``approximate='tanh'`` is GPT-2's form."""
+    _float_input("gelu", input)
     return fused.GELU.apply(input, approximate=approximate)
 
 

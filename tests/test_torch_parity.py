@@ -405,3 +405,18 @@ def test_attention_over_no_keys_or_no_queries_matches_torch(lengths: tuple) -> N
         assert_matches_torch([(2, n_q, 8), (2, n_k, 8), (2, n_k, 6)],
                              lambda q, k, v, c=causal: sdpa(q, k, v, is_causal=c),
                              lambda q, k, v, c=causal: gu.functional.scaled_dot_product_attention(q, k, v, is_causal=c))
+
+
+@pytest.mark.parametrize("op", ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "layer_norm",
+                                "rms_norm", "gelu"])
+def test_functional_ops_refuse_integer_inputs_as_torch(op: str) -> None:
+    """cross_entropy and nll_loss of int64 logits returned a truncated int64 loss, the BCE an int64, gelu
+    float64, and the norms failed inside NumPy; torch refuses an integer input to each."""
+    x = np.array([[1, -2, 3], [0, 4, -5]])
+    args = {"cross_entropy": (np.array([0, 2]),), "nll_loss": (np.array([0, 2]),), "layer_norm": ((3,),),
+            "binary_cross_entropy_with_logits": (np.ones((2, 3)),), "rms_norm": ((3,),), "gelu": ()}[op]
+    with pytest.raises((RuntimeError, NotImplementedError), match="not implemented for 'Long'|Long"):
+        getattr(torch.nn.functional, op)(torch.tensor(x), *[torch.tensor(a) if isinstance(a, np.ndarray) else a
+                                                             for a in args])
+    with pytest.raises(RuntimeError, match=f"{op}: expected a floating point input, got dtype int64"):
+        getattr(gu.functional, op)(gu.tensor(x), *[gu.tensor(a) if isinstance(a, np.ndarray) else a for a in args])
