@@ -26,6 +26,8 @@ def source_lines(path: str, qualname: str) -> int:
     obj = module
     for part in qualname.split("."):
         obj = getattr(obj, part)
+    where = inspect.getsourcefile(obj) or ""
+    assert Path(where).as_posix().endswith(path), f"READING.md: {qualname} is defined in {where}, not in {path}"
     return len(inspect.getsourcelines(obj)[0])
 
 
