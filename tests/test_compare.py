@@ -77,3 +77,18 @@ def test_out_must_be_an_html_file(stage_runs, tmp_path, capsys):
     a, b = stage_runs
     assert main(["compare", str(a), str(b), "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_different_headlines_are_not_subtracted(stage_runs, tmp_path, capsys):
+    """A stage's accuracy and another stage's (or a training run's) bits per character are different measures:
+    the headline shows both values but no change and no "higher is better"."""
+    a, _ = stage_runs
+    assert main(["run", "mlp", "--tiny", "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "page.html"
+    assert main(["compare", str(a), str(tmp_path / "m" / "mlp"), "--out", str(out)]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("headline:"))
+    assert line.startswith("headline: softmax test accuracy / MLP test accuracy: A ")
+    assert line.endswith("(different measures, not compared)") and "better" not in line and "%" not in line
+    headline = re.search(r'<p class="headline">(.*?)</p>', out.read_text()).group(1)
+    assert "different measures, not compared" in headline and "is better" not in headline

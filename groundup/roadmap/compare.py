@@ -183,8 +183,11 @@ def compare_runs(run_a: dict[str, Any], run_b: dict[str, Any]) -> dict[str, Any]
         statement = (ca or cb)[2]
         claims.append((statement, _claim_text(ca, words), _claim_text(cb, words),
                        (ca or (None,))[0] != (cb or (None,))[0]))
-    return {"headline": (ha[0] if ha[0] == hb[0] else f"{ha[0]} / {hb[0]}", _fmt(ha[1]), _fmt(hb[1]),
-                         _diff(ha[1], hb[1]), ha[2] or hb[2]),
+    if ha[0] == hb[0]:
+        headline = (ha[0], _fmt(ha[1]), _fmt(hb[1]), _diff(ha[1], hb[1]), ha[2] or hb[2])
+    else:  # two different measures (basics' accuracy, a GPT's bits per character): no difference, no "better"
+        headline = (f"{ha[0]} / {hb[0]}", _fmt(ha[1]), _fmt(hb[1]), "different measures, not compared", "")
+    return {"headline": headline,
             "settings": settings, "claims": claims, "numbers": _rows(run_a["numbers"], run_b["numbers"])}
 
 
