@@ -503,3 +503,26 @@ def test_every_stage_tiny_keeps_its_metric_keys_and_measured_prose(tmp_path):
         assert unmeasured_numbers(record) == [], stage.name
         missing = set(golden.get(stage.name, ())) - keys(record["metrics"])
         assert not missing, (stage.name, sorted(missing))
+
+
+def test_run_refuses_an_out_that_is_not_a_runs_directory(tmp_path, capsys, fake_registry):
+    """--out names the folder above the stage folders: a stage's own folder, a training run or a file is one
+    error line (exit 2) before anything trains, and nothing is written into it."""
+    assert main(["run", "good", "--out", str(tmp_path)]) == 0
+    training = tmp_path / "gpt"
+    training.mkdir()
+    (training / "run.json").write_text("{}")
+    (training / "metrics.jsonl").write_text("")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    capsys.readouterr()
+    for out, message in ((tmp_path / "good", "is the folder of stage good"),
+                         (training, "is a training run of `groundup train`"),
+                         (afile, "is a file, not a directory")):
+        before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+        assert main(["run", "good", "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert err.startswith(f"groundup: error: --out {out} {message}") and "--out names the runs directory" in err
+        assert len(err.splitlines()) == 1 and "PASS" not in captured.out
+        assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before

@@ -155,12 +155,35 @@ def run_command(args: argparse.Namespace) -> int:
               "pip install 'groundup[train]'", file=sys.stderr)
         return 2
     options: dict[str, Any] = {"dataset": args.dataset, **parse_set_options(args.set_options, chosen)}
+    check_runs_dir(args.out)
     console = _console()
     records = run_stages(chosen, args.out, console=console, all_stages=stages, quick=args.quick,
                          tiny=args.tiny, device=args.device, seed=args.seed, options=options)
     index = (Path(args.out) / "index.html").resolve()
     _print_summary(console, records, index)
     return 0 if all(r["status"] in ("pass", "smoke") for r in records) else 1
+
+
+def check_runs_dir(out: str | Path) -> None:
+    """Refuse an ``--out`` that is not a runs directory, before any stage trains: a file, a training run of
+    ``groundup train``, or a stage's own folder (``--out runs/basics`` would write runs/basics/basics)."""
+    import json
+
+    from groundup.roadmap.train_report import is_training_run
+
+    d = Path(out)
+    hint = "--out names the runs directory that holds the stage folders (default: runs; --out runs/try writes " \
+           "runs/try/STAGE)"
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory; {hint}")
+    if d.is_dir() and is_training_run(d):
+        raise UsageError(f"--out {out} is a training run of `groundup train`; {hint}")
+    try:
+        stage = json.loads((d / "metrics.json").read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if isinstance(stage, str):
+        raise UsageError(f"--out {out} is the folder of stage {stage}, written by an earlier run; {hint}")
 
 
 def _print_summary(console: Any, records: list[dict[str, Any]], index: Path) -> None:
