@@ -199,9 +199,10 @@ def shifts(ctx: Context, state: dict[str, Any]) -> Finding:
         claims=[claims.claim("cnn.shift", "Shifted digits hurt a CNN less than an MLP (accuracy lost on the same "
                              "test digits moved by one and two pixels)",
                              claims.gt("MLP accuracy drop", drop["mlp"], "CNN accuracy drop", drop["cnn"]))],
-        text=[f"Moving the test digits by one or two pixels costs the CNN {drop['cnn']:.1%} of accuracy on average "
-              f"and the MLP {drop['mlp']:.1%}: the MLP has one weight per pixel position, while the CNN's filters "
-              "find a stroke wherever it is."])
+        text=[f"Moving the test digits by one or two pixels lowers the CNN's test accuracy by {drop['cnn']:.3f} on "
+              f"average (from {acc['cnn'][0]:.3f} unshifted) and the MLP's by {drop['mlp']:.3f} (from "
+              f"{acc['mlp'][0]:.3f}): the MLP has one weight per pixel position, while the CNN's filters find a "
+              "stroke wherever it is."])
 
 # Report guide: static text, not part of the run's record (the provenance check reads only the record).
 HOW = (
