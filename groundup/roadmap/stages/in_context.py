@@ -252,7 +252,8 @@ def train_models(ctx: Context, state: dict[str, Any]) -> Finding:
         plots=[ctx.savefig(_position_plot(ctx, runs, uniform), "per_position_loss.png", "Held-out loss at each "
                            "position (mean over sequences). The first half is random; a random segment of it repeats "
                            "somewhere in the second half.")],
-        text=[f"Both models read {block}-token streams of {vocab} random tokens in which a random segment of "
+        text=[f"Both models read sequences of {block} tokens drawn at random from a vocabulary of {vocab}, in which "
+              "a random segment of "
               f"{repeat[0]}-{repeat[1]} tokens from the first half repeats in the second half; they train for "
               f"{steps} steps of {batch} sequences ({runs[2]['history']['wall_s']:.0f} s and "
               f"{runs[1]['history']['wall_s']:.0f} s).",
