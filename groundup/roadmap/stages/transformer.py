@@ -353,13 +353,13 @@ def ablations(ctx: Context, state: dict[str, Any]) -> Finding:
              for r in ablation["per_layer"] for kind in ("attention", "feed_forward")]
     worst = max(parts)
     ablation["most_important_sublayer"] = {"loss_increase": worst[0], "name": worst[1]}
-    fractions = ", ".join(f"{f['fraction']:.0%} of the heads {f['attention_heads']:.2f} vs {f['fraction']:.0%} of "
-                          f"the hidden units {f['feed_forward_units']:.2f}" for f in ablation["fraction"])
+    fractions = "; ".join(f"{f['fraction']:.0%} of the attention heads costs {f['attention_heads']:.2f} nats, "
+                          f"{f['fraction']:.0%} of the feed-forward hidden units {f['feed_forward_units']:.2f}"
+                          for f in ablation["fraction"])
     heads_cost_more = all(f["attention_heads"] > f["feed_forward_units"] for f in ablation["fraction"])
-    note = (f"Zeroing the same fraction of attention heads and of feed-forward hidden units in every layer costs "
-            f"{fractions} nats" + (": per unit the picture reverses. A head is a large unit and there are few of "
-                                   "them; the feed-forward layers spread what they hold over many units."
-                                   if heads_cost_more else "."))
+    note = (f"Zeroing the same fraction of each in every layer: {fractions}"
+            + (". Fraction for fraction the picture reverses: a head is a large unit and there are few of them; "
+               "the feed-forward layers spread what they hold over many units." if heads_cost_more else "."))
     return Finding(
         title="What the sub-layers carry", metrics={"ablation": ablation},
         claims=[claims.claim("transformer.feed_forward", "The feed-forward layers carry much of what is learned: "
@@ -577,7 +577,8 @@ def _ablation_table(ablation: dict[str, Any]) -> str:
     rows += "".join(f"<tr><td>{f['fraction']:.0%} of heads / of hidden units, every layer</td>"
                     f"<td class=num>{f['attention_heads']:.3f}</td><td class=num>{f['feed_forward_units']:.3f}</td>"
                     f"</tr>" for f in ablation["fraction"])
-    return (f"<p>Validation loss {ablation['base_loss']:.3f} with everything on; the increase when a part is "
+    return (f"<p>Validation loss {ablation['base_loss']:.3f} with everything on (on the ablations' own, fewer, "
+            "validation batches, so it differs a little from the headline's); the increase when a part is "
             "switched off (its output projection, or the columns of it that carry the chosen heads or hidden units, "
             "set to zero):</p><table><tr><th>switched off</th><th>attention</th><th>feed-forward</th></tr>"
             + rows + "</table>")
