@@ -372,8 +372,9 @@ def cheap_finetuning(ctx: Context, state: dict[str, Any]) -> Finding:
 
 
 def _confusion_plot(ctx: Context, cm: np.ndarray, speakers: list[str], who: str, acc: float) -> Any:
-    return plot_confusion(ctx, cm, "confusion.png", f"Test confusion matrix of the best model with all labels "
-                          f"({who}, accuracy {acc:.1%}): rows are the true speakers, columns the predicted ones.",
+    return plot_confusion(ctx, cm, "confusion.png", f"Test confusion matrix of the best single run (one seed) "
+                          f"with all labels ({who}, accuracy {acc:.1%}; the plot above shows means over seeds): "
+                          "rows are the true speakers, columns the predicted ones.",
                           labels=[s.title()[:10] for s in speakers], what="speaker")
 
 
