@@ -383,6 +383,24 @@ def test_checks_write_their_own_threshold_and_detail():
         claims.claim("x", "s")
 
 
+def test_a_failed_claim_marks_the_checks_that_did_not_hold():
+    """A claim of several checks that fails says which ones: the rule (the report's threshold column) and the
+    detail (the console line) mark each failing check, and nothing else."""
+    failed = claims.claim("x", "s", claims.gt("pretrained, 16", 0.14, "scratch, 16", 0.09),
+                          claims.gt("pretrained, 977", 0.1405, "scratch, 977", 0.1405),
+                          claims.ge("gain at fewest", math.nan, 0.0))
+    assert not failed.passed
+    assert failed.threshold == ("pretrained, 16 > scratch, 16; pretrained, 977 > scratch, 977 (not held); "
+                                "gain at fewest >= 0 (not held)")
+    assert failed.detail == ("pretrained, 16 0.14 > scratch, 16 0.09; pretrained, 977 0.1405 > scratch, 977 0.1405 "
+                             "(not held); gain at fewest nan >= 0 (not held)")
+    nested = claims.claim("y", "s", claims.all_of(claims.ge("a", 1.0, 0.5), claims.ge("b", 0.0, 1.0)),
+                          claims.ge("c", 0.0, 1.0))
+    assert nested.detail == "a 1 >= 0.5; b 0 >= 1 (not held); c 0 >= 1 (not held)"   # each marked once
+    single = claims.claim("z", "s", claims.ge("a", 0.0, 1.0))
+    assert single.threshold == "a >= 1" and single.detail == "a 0 >= 1"              # FAIL alone says it
+
+
 def _experiment_stage(text: str, crash: bool = False) -> Stage:
     from groundup.roadmap import Finding
 

@@ -221,13 +221,21 @@ def is_true(label: str, flag: bool, values: dict[str, float] | None = None) -> C
                  + (f" ({shown})" if shown else ""))
 
 
+NOT_HELD = " (not held)"
+
+
 def all_of(*checks: Check) -> Check:
-    """Several checks as one: passes when every one does."""
+    """Several checks as one: passes when every one does. When it fails, each check that did not hold is marked
+    ``(not held)`` in the rule and the detail, so a reader of a long claim sees which part failed."""
     values: dict[str, float] = {}
     for c in checks:
         values.update(c.values)
-    return Check(all(c.passed for c in checks), values, "; ".join(c.rule for c in checks),
-                 "; ".join(c.detail for c in checks))
+
+    def mark(c: Check, text: str) -> str:
+        return text + NOT_HELD if len(checks) > 1 and not c.passed and NOT_HELD not in c.detail else text
+
+    return Check(all(c.passed for c in checks), values, "; ".join(mark(c, c.rule) for c in checks),
+                 "; ".join(mark(c, c.detail) for c in checks))
 
 
 def claim(name: str, statement: str, *checks: Check) -> Claim:
