@@ -197,7 +197,7 @@ def _folds_plot(ctx: Context, folds: list[dict[str, Any]], n_test: int) -> Any:
     low = min(min(f["linear_test_accuracy"], f["mlp_test_accuracy"]) for f in folds)
     ax.set(xticks=idx, xticklabels=[f"fold {i + 1}" for i in idx], ylabel="test accuracy",
            ylim=(max(0.0, low - 0.03), 1.0))
-    ax.legend()
+    ax.legend(ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the bars, none hidden
     return ctx.savefig(fig, "folds.png", f"Test accuracy on each cross-validation fold. With {n_test} test digits "
                        f"one mistake is {1 / n_test:.1%} of accuracy, so single splits differ by a point or more; "
                        "the claims use the mean over folds.")
