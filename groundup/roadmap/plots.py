@@ -61,10 +61,11 @@ def image_grid(ctx: Context, images: np.ndarray, titles: list[str], filename: st
 
 
 def plot_confusion(ctx: Context, cm: np.ndarray, filename: str, caption: str, title: str = "",
-                   labels: list[str] | None = None, what: str = "digit") -> Plot:
+                   labels: list[str] | None = None, what: str = "digit", counted: str = "test digits") -> Plot:
     """A confusion matrix (rows: true class, columns: predicted) with its counts, saved as ``filename``.
 
-    ``labels`` names the classes (default 0..K-1); ``what`` is the axes' noun ("digit", "speaker").
+    ``labels`` names the classes (default 0..K-1); ``what`` is the axes' noun ("digit", "speaker"); ``counted``
+    names what a cell counts, for the colour bar ("test digits", "test speeches").
     """
     k = cm.shape[0]
     fig = ctx.figure(5.4, 4.8) if labels is None else ctx.figure(6.0, 5.2)
@@ -79,7 +80,7 @@ def plot_confusion(ctx: Context, cm: np.ndarray, filename: str, caption: str, ti
     if labels is not None:
         ax.set_xticklabels(labels, rotation=60, fontsize=7)
         ax.set_yticklabels(labels, fontsize=7)
-    fig.colorbar(shown, ax=ax)
+    fig.colorbar(shown, ax=ax, label=counted)
     return ctx.savefig(fig, filename, caption)
 
 

@@ -375,7 +375,7 @@ def _confusion_plot(ctx: Context, cm: np.ndarray, speakers: list[str], who: str,
     return plot_confusion(ctx, cm, "confusion.png", f"Test confusion matrix of the best single run (one seed) "
                           f"with all labels ({who}, accuracy {acc:.1%}; the plot above shows means over seeds): "
                           "rows are the true speakers, columns the predicted ones.",
-                          labels=[s.title()[:10] for s in speakers], what="speaker")
+                          labels=[s.title()[:10] for s in speakers], what="speaker", counted="test speeches")
 
 
 # ----------------------------------------------------------------------------- 5. names
