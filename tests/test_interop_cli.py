@@ -122,6 +122,32 @@ def test_import_refuses_to_overwrite_a_training_run(tmp_path, capsys):
         assert code == 0, err
 
 
+def test_export_refuses_to_overwrite_a_run(tmp_path, capsys):
+    """`groundup export RUN --to hf|torch OUT` into another training run, a stage's folder or a file is refused and
+    nothing is touched (it replaced the run's config.json and model.safetensors, so the run no longer loaded);
+    a new directory, then the same export again, are fine."""
+    run, other, stage, afile = tmp_path / "run", tmp_path / "other", tmp_path / "stage", tmp_path / "notes.txt"
+    make_run(run, CharTokenizer(TEXT), pos_encoding="rotary")
+    make_run(other, CharTokenizer(TEXT), pos_encoding="learned")
+    (other / "metrics.jsonl").write_text("{}\n")
+    stage.mkdir()
+    (stage / "metrics.json").write_text('{"stage": "basics"}')
+    afile.write_text("mine\n")
+    snapshot = {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (other, stage)}
+    for to in ("hf", "torch"):
+        for target, words in ((other, "holds a groundup run (state.json, metrics.jsonl)"),
+                              (stage, "holds a groundup run (metrics.json)"), (afile, "is a file")):
+            code, _, err = run_main(capsys, "export", str(run), "--to", to, str(target))
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and lines[0].startswith("groundup: error:") and words in lines[0], err
+    assert {d: {p.name: p.read_bytes() for p in d.iterdir()} for d in (other, stage)} == snapshot
+    assert afile.read_text() == "mine\n"
+    assert GPT.load(other).cfg.pos_encoding == "learned"
+    for _ in range(2):                                   # a new directory, then an earlier export: both fine
+        code, _, err = run_main(capsys, "export", str(run), "--to", "hf", str(tmp_path / "hf"))
+        assert code == 0, err
+
+
 def test_sample_on_a_transformers_directory_says_to_import_it(tmp_path, capsys):
     run, hf_dir = tmp_path / "run", tmp_path / "hf"
     make_run(run, CharTokenizer(TEXT))

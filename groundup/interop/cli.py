@@ -37,7 +37,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                     "non-causal models have no transformers equivalent and are refused.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `groundup train gpt`")
     p.add_argument("--to", choices=("hf", "torch"), required=True, help="target format")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (created if needed)")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="directory to write: new, empty, or an earlier export (created if needed; a run is refused)")
     p.add_argument("--verify", action="store_true",
                    help="(--to hf) load the export with transformers and compare its logits with groundup's "
                         f"on a random batch (needs torch and transformers; fails above {VERIFY_TOLERANCE:g})")
@@ -59,6 +60,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 register = add_parsers     # groundup.cli calls each command group's register(subparsers)
 
 
+# Files that make a directory a groundup run (a training run, an import, a roadmap stage); an export writes none.
+RUN_FILES = ("state.json", "run.json", "metrics.jsonl", "metrics.json", "summary.json", "optimizer.safetensors")
+
+
 def export_command(args: argparse.Namespace) -> int:
     """``groundup export RUN_DIR --to hf|torch OUT_DIR``: returns the exit code."""
     from groundup.interop import MissingDependency
@@ -73,6 +78,12 @@ def export_command(args: argparse.Namespace) -> int:
         return _error("--verify checks a Hugging Face export: use it with --to hf")
     if out_dir.resolve() == run_dir.resolve():
         return _error("OUT_DIR must differ from RUN_DIR (the export would overwrite the run's files)")
+    if out_dir.exists() and not out_dir.is_dir():
+        return _error(f"OUT_DIR {out_dir} is a file; give a new or empty directory (or an earlier export)")
+    held = [name for name in RUN_FILES if (out_dir / name).is_file()]
+    if held:
+        return _error(f"OUT_DIR {out_dir} holds a groundup run ({', '.join(held)}), whose files the export would "
+                      "overwrite or mix with its own; give a new or empty directory (or an earlier export)")
     try:
         model, tokenizer = load_run(run_dir)
         if args.to == "hf":
