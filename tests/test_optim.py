@@ -322,7 +322,8 @@ def test_warmup_cosine_scheduler_follows_the_function():
 
 
 # ------------------------------------------------------------------ clipping
-@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (1e3, 2.0), (0.5, math.inf), (2.0, 1.0)])
+@pytest.mark.parametrize("max_norm, norm_type", [(1.0, 2.0), (1e3, 2.0), (0.5, math.inf), (2.0, 1.0), (0.01, -math.inf),
+                                                 (1.0, 0), (1e-3, -1.0), (1.0, 0.5), (0.5, "inf"), ("0.5", 3)])
 def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     grads = [g for g in _gradients()[0] if g is not None] + [np.full((2, 2), 0.25)]
     ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]
@@ -334,8 +335,23 @@ def test_clip_grad_norm_matches_torch(max_norm, norm_type):
     assert float(total) == pytest.approx(expected.item(), rel=1e-12)
     for p, q in zip(ours, theirs):
         np.testing.assert_allclose(p.grad.data, q.grad.numpy(), rtol=1e-12, atol=0)
-    clipped = max_norm < expected.item()
+    clipped = float(max_norm) < expected.item()
     assert clipped == (not np.array_equal(ours[0].grad.data, grads[0]))
+
+
+def test_clip_grad_norm_of_a_nan_gradient_and_foreach_as_torch():
+    """A NaN anywhere makes the total NaN, and torch then multiplies every gradient by NaN (the others were
+    left unscaled); ``foreach=`` is part of torch's signature."""
+    grads = [np.array([1.0, np.nan, 2.0]), np.array([3.0, 4.0])]
+    ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros(*g.shape, dtype=torch.float64)) for g in grads]
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad, q.grad = gu.tensor(g.copy(), dtype=gu.float64), torch.from_numpy(g.copy())
+    total = clip_grad_norm_(ours, 1.0, foreach=False)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, foreach=False)
+    assert math.isnan(total) and math.isnan(expected.item())
+    for p, q in zip(ours, theirs):
+        np.testing.assert_array_equal(p.grad.data, q.grad.numpy())
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
