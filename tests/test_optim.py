@@ -15,7 +15,7 @@ import pytest
 
 import groundup as gu
 from groundup.nn import Parameter
-from groundup.nn.utils import clip_grad_norm_
+from groundup.nn.utils import clip_grad_norm_, clip_grad_value_
 from groundup.optim import SGD, Adam, AdamW
 from groundup.optim.schedule import (
     CosineAnnealingLR,
@@ -350,6 +350,18 @@ def test_clip_grad_norm_of_a_nan_gradient_and_foreach_as_torch():
     total = clip_grad_norm_(ours, 1.0, foreach=False)
     expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, foreach=False)
     assert math.isnan(total) and math.isnan(expected.item())
+    for p, q in zip(ours, theirs):
+        np.testing.assert_array_equal(p.grad.data, q.grad.numpy())
+
+
+def test_clip_grad_value_takes_torchs_arguments():
+    grads = [np.array([[-3.0, 0.2], [0.7, 5.0]]), np.array([-0.1, -2.0])]
+    ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros(*g.shape, dtype=torch.float64)) for g in grads]
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad, q.grad = gu.tensor(g.copy(), dtype=gu.float64), torch.from_numpy(g.copy())
+    clip_grad_value_(ours, "0.5", foreach=False)
+    torch.nn.utils.clip_grad_value_(theirs, "0.5", foreach=False)
     for p, q in zip(ours, theirs):
         np.testing.assert_array_equal(p.grad.data, q.grad.numpy())
 

@@ -63,8 +63,10 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
     return total
 
 
-def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
-    """Clamp every gradient element to [-clip_value, clip_value] (in place)."""
+def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every gradient element to [-clip_value, clip_value] (in place); ``foreach`` is accepted for
+    torch's signature and changes nothing."""
+    clip_value = float(clip_value)
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     for p in params:
         if p.grad is not None:
