@@ -354,6 +354,36 @@ def test_clip_grad_norm_of_a_nan_gradient_and_foreach_as_torch():
         np.testing.assert_array_equal(p.grad.data, q.grad.numpy())
 
 
+@pytest.mark.parametrize("name, kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.05)),
+                                          ("AdamW", dict(lr=0.05, weight_decay=0.1))])
+def test_step_takes_torchs_closure(name, kwargs):
+    """``opt.step(closure)``: the closure runs first with grad enabled (step itself runs under no_grad),
+    zeroes the gradients, backpropagates and returns the loss, which step returns; as torch, step by step."""
+    rng = np.random.default_rng(3)
+    x, w0 = rng.standard_normal((6, 4)), rng.standard_normal((4, 2))
+    ours_w = Parameter(gu.tensor(w0.copy(), dtype=gu.float64))
+    theirs_w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    ours, theirs = getattr(gu.optim, name)([ours_w], **kwargs), getattr(torch.optim, name)([theirs_w], **kwargs)
+
+    def our_closure():
+        ours.zero_grad()
+        loss = ((gu.tensor(x) @ ours_w) ** 2).mean()
+        loss.backward()
+        return loss
+
+    def their_closure():
+        theirs.zero_grad()
+        loss = ((torch.from_numpy(x) @ theirs_w) ** 2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(4):
+        loss, expected = ours.step(our_closure), theirs.step(their_closure)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+        np.testing.assert_allclose(ours_w.data, theirs_w.detach().numpy(), rtol=1e-12, atol=1e-15)
+    assert ours.step() is None and theirs.step() is None
+
+
 def test_clip_grad_value_takes_torchs_arguments():
     grads = [np.array([[-3.0, 0.2], [0.7, 5.0]]), np.array([-0.1, -2.0])]
     ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]

@@ -22,6 +22,7 @@ Loshchilov & Hutter 2017, "Decoupled Weight Decay Regularization" (AdamW).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,17 @@ class Adam(Optimizer):
         self._flat_buckets: dict[tuple[int, ...], dict[str, Any]] = {}   # see _update_flat
 
     @no_grad()
-    def step(self) -> None:
-        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped)."""
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped).
+
+        Args:
+            closure: as torch, an optional function that recomputes the loss (zero_grad, forward,
+                backward) and returns it; it is called first, with grad enabled.
+
+        Returns:
+            the closure's loss, or None without one.
+        """
+        loss = self._run_closure(closure)
         todo = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
 
         def update(items: list[tuple[Tensor, dict[str, Any]]]) -> None:
@@ -109,6 +119,7 @@ class Adam(Optimizer):
             update(todo)                      # NOTE: no parallel_map hand-off (or BLAS-thread toggling) at all
         else:
             parallel_map(update, _share_out(todo, threads))
+        return loss
 
     def _update(self, p: Tensor, group: dict[str, Any]) -> None:
         param = p.data

@@ -17,13 +17,13 @@ the autograd graph, and reuse one scratch buffer so a step allocates almost noth
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from groundup.backend import array_module, device_of, to_device, to_numpy
-from groundup.tensor import Tensor
+from groundup.tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "ParamsT"]
 
@@ -98,8 +98,25 @@ class Optimizer:
                 else:
                     p.grad.data[...] = 0
 
-    def step(self) -> None:  # pragma: no cover - every subclass overrides it
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # pragma: no cover - subclasses override it
+        """One update; ``closure`` (optional, as torch) recomputes the loss and is called first, with grad enabled.
+
+        Returns:
+            what ``closure`` returned (the loss), or None without one.
+        """
         raise TypeError(f"{type(self).__name__} must implement step()")
+
+    @staticmethod
+    def _run_closure(closure: Callable[[], Any] | None) -> Any:
+        """torch's closure protocol: call ``closure()`` with graph recording on (``step`` runs under no_grad),
+        so it can zero the gradients, compute the loss and backpropagate; its result is the step's return."""
+        if closure is None:
+            return None
+        if not callable(closure):
+            raise TypeError(f"step(closure): closure must be a callable that returns the loss, "
+                            f"got {type(closure).__name__}")
+        with enable_grad():
+            return closure()
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _scratch_like(self, array: Any, slot: int = 0) -> Any:

@@ -13,6 +13,7 @@ learning" (the momentum form PyTorch uses, where lr multiplies the whole buffer)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,17 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     @no_grad()
-    def step(self) -> None:
-        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped)."""
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped).
+
+        Args:
+            closure: as torch, an optional function that recomputes the loss (zero_grad, forward,
+                backward) and returns it; it is called first, with grad enabled.
+
+        Returns:
+            the closure's loss, or None without one.
+        """
+        loss = self._run_closure(closure)
         with np.errstate(under="ignore"):  # tiny gradients underflowing to 0 are not an error
             for group in self.param_groups:
                 lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
@@ -60,6 +70,7 @@ class SGD(Optimizer):
                     if p.grad is None:
                         continue
                     self._update(p, p.grad.data, lr, momentum, dampening, weight_decay, nesterov)
+        return loss
 
     def _update(self, p: Any, grad: Any, lr: float, momentum: float, dampening: float, weight_decay: float,
                 nesterov: bool) -> None:
