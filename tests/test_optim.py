@@ -384,6 +384,25 @@ def test_step_takes_torchs_closure(name, kwargs):
     assert ours.step() is None and theirs.step() is None
 
 
+@pytest.mark.parametrize("name, kwargs", [("Adam", dict(lr=math.nan)), ("AdamW", dict(lr=math.nan)),
+                                          ("Adam", dict(weight_decay=math.nan)), ("AdamW", dict(eps=math.nan)),
+                                          ("AdamW", dict(lr=-1e-3)), ("SGD", dict(lr=-0.1))])
+def test_optimizers_refuse_the_hyper_parameters_torch_refuses(name, kwargs):
+    """A NaN lr, eps or weight decay is refused as torch's Adam and AdamW refuse it (it was accepted, and the
+    first step turned every weight into NaN)."""
+    with pytest.raises(ValueError, match="Invalid"):
+        getattr(torch.optim, name)([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+    with pytest.raises(ValueError, match="Invalid"):
+        getattr(gu.optim, name)([Parameter(gu.zeros(2))], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=math.nan), dict(momentum=math.nan), dict(weight_decay=math.nan)])
+def test_sgd_refuses_a_nan_hyper_parameter(kwargs):
+    """torch's SGD lets a NaN through (its checks are ``lr < 0``); here it is refused like a negative one."""
+    with pytest.raises(ValueError, match="Invalid"):
+        SGD([Parameter(gu.zeros(2))], **kwargs)
+
+
 def test_clip_grad_value_takes_torchs_arguments():
     grads = [np.array([[-3.0, 0.2], [0.7, 5.0]]), np.array([-0.1, -2.0])]
     ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]
