@@ -24,7 +24,7 @@ import groundup as gu
 import groundup.functional as F
 import groundup.nn as nn
 from groundup.optim import AdamW
-from groundup.optim.schedule import warmup_cosine_lr
+from groundup.optim.schedule import scheduled_lr, warmup_cosine_lr
 from groundup.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from groundup.train import checkpoint as checkpoint_module
 from groundup.train import trainer as trainer_module
@@ -297,6 +297,31 @@ def test_config_is_checked():
         TrainConfig.from_dict({"lr_max": 1.0})
     assert TrainConfig.from_dict(TrainConfig(betas=[0.8, 0.9]).to_dict()).betas == (0.8, 0.9)
     assert TrainConfig(max_iters=50).decay_iters == 50
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(lr=1e-5), r"min_lr=0.0001 is above lr=1e-05: the cosine schedule would raise"),
+    (dict(lr=1e-3, min_lr=1e-2, schedule="linear"), "min_lr=0.01 is above lr=0.001: the linear schedule"),
+    (dict(warmup_iters=100, lr_decay_iters=50), "lr_decay_iters=50 is not after warmup_iters=100"),
+    (dict(max_iters=11, warmup_iters=10, lr_decay_iters=10), "lr_decay_iters=10 is not after warmup_iters=10"),
+])
+def test_config_refuses_a_schedule_that_contradicts_itself(values, message):
+    """The default min_lr (1e-4) above a smaller lr made the cosine 'decay' climb tenfold over the run, and a
+    decay ending before the warmup dropped straight to min_lr after it; both were silently accepted."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**values)
+    assert scheduled_lr("cosine", 1999, 1e-5, 1e-4, 100, 2000) > 1e-5    # what the refused config would have run
+
+
+def test_config_allows_what_only_looks_odd():
+    """``"constant"`` ignores min_lr; lr == min_lr is a flat schedule; a run shorter than its warmup (a smoke
+    test) stays allowed, whatever its decay horizon, and so does a horizon past max_iters (a run to extend)."""
+    TrainConfig(lr=1e-5, schedule="constant")
+    TrainConfig(lr=1e-4, min_lr=1e-4)
+    TrainConfig(max_iters=3, warmup_iters=100)
+    TrainConfig(max_iters=2, warmup_iters=100, lr_decay_iters=4)
+    TrainConfig(max_iters=100, warmup_iters=10, lr_decay_iters=400)
+    TrainConfig(warmup_iters=0, lr_decay_iters=1)
 
 
 def test_nan_loss_raises_a_clear_error():

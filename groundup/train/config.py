@@ -73,9 +73,10 @@ class TrainConfig:
     Attributes:
         max_iters: number of optimizer steps.
         batch_size: batch size (informative for the Trainer: ``get_batch`` draws the batches).
-        lr, min_lr: peak and final learning rate.
+        lr, min_lr: peak and final learning rate (``min_lr <= lr``, unless the schedule is ``"constant"``).
         warmup_iters: steps of linear warmup (``lr * (it + 1) / (warmup_iters + 1)``).
-        lr_decay_iters: step at which the decay reaches ``min_lr``; None means ``max_iters``.
+        lr_decay_iters: step at which the decay reaches ``min_lr`` (after ``warmup_iters``); None means
+            ``max_iters``. A run shorter than ``warmup_iters`` ends in the warmup, below ``lr``.
         schedule: ``"cosine"`` (warmup, cosine to min_lr), ``"linear"`` (warmup, linear to min_lr) or
             ``"constant"`` (warmup, then lr).
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``.
@@ -141,6 +142,16 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {value}")
         if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must both be in [0, 1), got {self.betas}")
+        if self.schedule != "constant" and self.min_lr > self.lr:
+            raise ValueError(f"TrainConfig.min_lr={self.min_lr:g} is above lr={self.lr:g}: the {self.schedule} "
+                             f"schedule would raise the learning rate from lr to min_lr; give min_lr <= lr "
+                             f"(or schedule='constant', which ignores min_lr)")
+        if (self.schedule != "constant" and self.lr_decay_iters is not None
+                and self.lr_decay_iters <= self.warmup_iters < self.max_iters):
+            raise ValueError(f"TrainConfig.lr_decay_iters={self.lr_decay_iters} is not after warmup_iters="
+                             f"{self.warmup_iters}: the {self.schedule} decay would be over before the warmup "
+                             f"ends, and at step {self.warmup_iters} of the {self.max_iters} the learning rate "
+                             f"would drop to min_lr at once; give lr_decay_iters > warmup_iters")
 
     @property
     def decay_iters(self) -> int:
