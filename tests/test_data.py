@@ -8,6 +8,7 @@ import datetime
 import gzip
 import hashlib
 import http.server
+import re
 import socket
 import threading
 from functools import partial
@@ -331,6 +332,28 @@ def test_data_loader_reshuffles_each_epoch():
     np.testing.assert_array_equal(np.concatenate([by for _, by in replay]), first)
     single = next(iter(DataLoader(np.arange(5), 2, shuffle=False)))
     np.testing.assert_array_equal(single, [0, 1])
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "4"])
+def test_data_loader_refuses_a_batch_size_at_construction_as_torch(batch_size):
+    """torch's DataLoader refuses these when it is built; here len() was a ZeroDivisionError, a negative size
+    a bare '__len__() should return >= 0', a float a TypeError from range() on the first iteration and True
+    a batch of one."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="batch_size should be a positive integer value, but got batch_size="):
+        torch.utils.data.DataLoader(list(range(10)), batch_size=batch_size)
+    with pytest.raises(ValueError, match=rf"DataLoader: batch_size should be a positive integer value, but got "
+                                         rf"batch_size={re.escape(repr(batch_size))}"):
+        DataLoader((np.arange(10), np.arange(10)), batch_size=batch_size)
+    with pytest.raises(ValueError, match="batches: batch_size should be a positive integer value"):
+        next(batches(np.arange(10), batch_size))
+
+
+def test_data_loader_without_a_seed_draws_each_epoch_afresh():
+    loader = DataLoader(np.arange(50), batch_size=50, seed=None)
+    first, second = next(iter(loader)), next(iter(loader))
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(50))
+    assert not np.array_equal(first, second)
 
 
 def test_pad_sequences_and_mask():

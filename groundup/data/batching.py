@@ -45,6 +45,13 @@ def get_batch(
     return x, y
 
 
+def _check_batch_size(batch_size: object, where: str) -> int:
+    """``batch_size`` if it is a positive int (not a bool), else the ValueError torch's DataLoader raises."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size should be a positive integer value, but got batch_size={batch_size!r}")
+    return int(batch_size)
+
+
 def _as_arrays(arrays: np.ndarray | Sequence[np.ndarray]) -> tuple[list[np.ndarray], bool]:
     single = isinstance(arrays, np.ndarray)
     arrays = [arrays] if single else [np.asarray(a) for a in arrays]
@@ -75,8 +82,7 @@ def batches(
     Yields:
         a batch of the single array, or a tuple with one batch per array, each (batch_size, ...).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = _check_batch_size(batch_size, "batches")
     arrays, single = _as_arrays(arrays)
     n = len(arrays[0])
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
@@ -92,7 +98,11 @@ class DataLoader:
 
     Args:
         arrays, batch_size, shuffle, drop_last: as in `batches`.
-        seed: base seed; the k-th iteration over the loader (k = 0, 1, ...) uses seed + k.
+        seed: base seed; the k-th iteration over the loader (k = 0, 1, ...) uses seed + k; None draws a
+            fresh order every epoch.
+
+    Raises:
+        ValueError: at construction, for a batch_size that is not a positive int (as torch's DataLoader).
 
     Example:
         >>> loader = DataLoader((np.arange(10), np.arange(10) * 2), batch_size=4, shuffle=False)
@@ -105,9 +115,10 @@ class DataLoader:
         arrays: np.ndarray | Sequence[np.ndarray],
         batch_size: int,
         shuffle: bool = True,
-        seed: int = 0,
+        seed: int | None = 0,
         drop_last: bool = False,
     ):
+        batch_size = _check_batch_size(batch_size, "DataLoader")
         self.arrays, _ = _as_arrays(arrays)
         self._single = isinstance(arrays, np.ndarray)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
@@ -119,7 +130,7 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[np.ndarray | tuple[np.ndarray, ...]]:
         arrays = self.arrays[0] if self._single else self.arrays
-        epoch_seed = self.seed + self.epoch
+        epoch_seed = None if self.seed is None else self.seed + self.epoch
         self.epoch += 1
         return batches(arrays, self.batch_size, self.shuffle, epoch_seed, self.drop_last)
 
