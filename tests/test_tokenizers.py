@@ -7,10 +7,12 @@ same pre-tokens, same ids from the same vocab.json/merges.txt, and the same merg
 import json
 import unicodedata
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import groundup as gu
 from groundup.data import load_text
 from groundup.tokenizers import ByteLevelBPE, CharTokenizer, UnknownTokenError, bytes_to_unicode, pre_tokenize
 
@@ -168,6 +170,33 @@ def test_bpe_special_tokens_and_errors():
         tok.decode([99999])
     with pytest.raises(ValueError, match="smaller than the 257 base tokens"):
         ByteLevelBPE.train("abc", vocab_size=200, special_tokens=["<s>"])
+
+
+@pytest.mark.parametrize("ids, error, message", [
+    ([1.7], TypeError, r"token ids must be integers, got 1.7 \(float\)"),
+    ([np.float64(2.0)], TypeError, "token ids must be integers, got"),
+    ("12", TypeError, "ids must be a sequence of integer token ids, got str '12'"),
+    (np.array([[1, 2]]), ValueError, r"ids must be one sequence of token ids \(1-D\), got shape \(1, 2\)"),
+])
+def test_decode_refuses_ids_that_are_not_integers(bpe, ids, error, message):
+    """int() truncated 1.7 to 1 and read the string "12" as the ids 1 and 2; a (1, T) batch was NumPy's
+    'only 0-dimensional arrays can be converted'. Hugging Face's decode refuses floats and strings too."""
+    char = CharTokenizer("abcdef")
+    for tok, name in ((char, "CharTokenizer.decode"), (bpe, "ByteLevelBPE.decode")):
+        with pytest.raises(error, match=f"{name}: {message}"):
+            tok.decode(ids)
+
+
+def test_decode_takes_ints_of_any_kind(bpe):
+    """Python ints, NumPy integers, a 1-D int array, a 1-D Tensor (and bools, as int subclasses)."""
+    char = CharTokenizer("abcdef")
+    for tok in (char, bpe):
+        ids = tok.encode("face")
+        assert tok.decode(np.array(ids)) == tok.decode([np.int32(i) for i in ids]) == "face"
+        assert tok.decode(gu.tensor(ids)) == tok.decode(tuple(ids)) == "face"
+    assert char.decode([True, False]) == "ba"
+    with pytest.raises(UnknownTokenError, match="token id 99999 is not in the vocabulary"):
+        bpe.decode([99999])
 
 
 def test_bpe_decode_invalid_utf8(bpe):

@@ -31,6 +31,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from groundup.tokenizers.char import UnknownTokenError, token_ids
+
 __all__ = ["ByteLevelBPE", "bytes_to_unicode", "gpt2_pattern", "pre_tokenize"]
 
 VOCAB_FILE = "vocab.json"
@@ -305,13 +307,17 @@ class ByteLevelBPE:
 
         Returns:
             the text.
+
+        Raises:
+            UnknownTokenError (a KeyError): for an id not in the vocabulary.
+            TypeError, ValueError: for ids that are not integers, or not one sequence (1-D).
         """
         decoder = _byte_decoder()
         data = bytearray()
-        for i in ids:
-            token = self.id_to_token.get(int(i))
+        for i in token_ids(ids, "ByteLevelBPE.decode"):
+            token = self.id_to_token.get(i)
             if token is None:
-                raise KeyError(f"token id {i} is not in the vocabulary (ids are 0..{self.vocab_size - 1})")
+                raise UnknownTokenError(f"token id {i} is not in the vocabulary (ids are 0..{self.vocab_size - 1})")
             if all(char in decoder for char in token):
                 data.extend(decoder[char] for char in token)
             else:  # e.g. an added token outside the byte alphabet: its UTF-8 bytes, as HF's ByteLevel decoder

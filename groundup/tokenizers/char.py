@@ -14,11 +14,13 @@ Reference: https://github.com/karpathy/nanoGPT/blob/master/data/shakespeare_char
 from __future__ import annotations
 
 import json
+import operator
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CharTokenizer", "UnknownTokenError"]
+__all__ = ["CharTokenizer", "UnknownTokenError", "token_ids"]
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -28,6 +30,29 @@ class UnknownTokenError(KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+def token_ids(ids: Any, where: str) -> list[int]:
+    """``ids`` as a list of Python ints: one sequence (a list, a 1-D array or Tensor) of integers.
+
+    Raises:
+        ValueError: for an array or Tensor that is not 1-D (a batch: decode each row).
+        TypeError: for an id that is not an integer (a float, a string of digits ...), as Hugging Face's
+            decode; ``int()`` would have truncated 1.7 to 1 and read the string "12" as the ids 1 and 2.
+    """
+    shape = getattr(ids, "shape", None)
+    if shape is not None and len(shape) != 1:
+        raise ValueError(f"{where}: ids must be one sequence of token ids (1-D), got shape {tuple(shape)}; "
+                         f"decode each row of a batch")
+    if isinstance(ids, str | bytes):
+        raise TypeError(f"{where}: ids must be a sequence of integer token ids, got {type(ids).__name__} {ids!r:.40}")
+    out = []
+    for i in ids:
+        try:
+            out.append(operator.index(i))
+        except TypeError:
+            raise TypeError(f"{where}: token ids must be integers, got {i!r:.40} ({type(i).__name__})") from None
+    return out
 
 
 class CharTokenizer:
@@ -90,10 +115,10 @@ class CharTokenizer:
 
         Raises:
             UnknownTokenError (a KeyError): naming the first id outside 0..vocab_size-1.
+            TypeError, ValueError: for ids that are not integers, or not one sequence (see ``token_ids``).
         """
         chars = []
-        for i in ids:
-            i = int(i)
+        for i in token_ids(ids, "CharTokenizer.decode"):
             if not 0 <= i < self.vocab_size:
                 raise UnknownTokenError(f"token id {i} is out of range: ids are 0..{self.vocab_size - 1}")
             if not (skip_specials and i < len(self.specials)):
