@@ -72,6 +72,33 @@ def test_char_tokenizer_unknown_character_error():
         tok.decode([-1])
 
 
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: CharTokenizer("abc", specials="<pad>"), TypeError, r"specials must be a list of tokens, got the string "
+                                                                 r"'<pad>'.*write \['<pad>'\]"),
+    (lambda: CharTokenizer("abc", specials=[""]), ValueError, "every special token must be a non-empty str"),
+    (lambda: CharTokenizer(b"abc"), TypeError, "text must be a str"),
+    (lambda: CharTokenizer(["ab", "cd"]), TypeError, "text must be a str .* or single characters, got list"),
+    (lambda: ByteLevelBPE.train("low lower", vocab_size="300"), TypeError, "vocab_size must be an int, got '300'"),
+    (lambda: ByteLevelBPE.train("low lower", vocab_size=300.0), TypeError, "vocab_size must be an int, got 300.0"),
+    (lambda: ByteLevelBPE.train("low", 300, special_tokens="<eos>"), TypeError,
+     "special_tokens must be a list of tokens, got the string '<eos>'"),
+    (lambda: ByteLevelBPE.train("low", 300, special_tokens=[""]), ValueError,
+     "every special token must be a non-empty str"),
+    (lambda: ByteLevelBPE.train(["low", 7], 300), TypeError, "an iterable of str; item 1 is int"),
+])
+def test_tokenizers_refuse_arguments_they_would_misread(make, error, message):
+    """specials="<pad>" made each of '<', 'p', 'a', 'd', '>' a special token, and the same string as BPE
+    special_tokens gave '<' and '>' two ids each; an empty special, bytes (ids 97, 98 ... as 'characters') or
+    multi-character 'characters' were kept; a vocab_size of "300" was a bare '<' TypeError."""
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_char_tokenizer_takes_an_alphabet_as_characters():
+    """What the str check above keeps working: an alphabet as a list or set of single characters."""
+    assert CharTokenizer(["b", "a", "b"]).tokens == CharTokenizer({"a", "b"}).tokens == CharTokenizer("ab").tokens
+
+
 def test_char_tokenizer_save_load(tmp_path):
     tok = CharTokenizer("hello wörld 🙂\n")
     tok.save(tmp_path / "tok")

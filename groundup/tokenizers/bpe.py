@@ -355,7 +355,15 @@ class ByteLevelBPE:
         Returns:
             the trained tokenizer.
         """
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"ByteLevelBPE.train: vocab_size must be an int, got {vocab_size!r}")
+        if isinstance(special_tokens, str):
+            raise TypeError(f"ByteLevelBPE.train: special_tokens must be a list of tokens, got the string "
+                            f"{special_tokens!r} (each of its characters would become a token); "
+                            f"write [{special_tokens!r}]")
         special_tokens = list(special_tokens)
+        if any(not isinstance(t, str) or not t for t in special_tokens):
+            raise ValueError(f"ByteLevelBPE.train: every special token must be a non-empty str, got {special_tokens}")
         base_size = len(dict.fromkeys(special_tokens)) + 256
         if vocab_size < base_size:
             raise ValueError(
@@ -365,7 +373,10 @@ class ByteLevelBPE:
         texts = [text_or_iter] if isinstance(text_or_iter, str) else text_or_iter
         pattern = gpt2_pattern()
         word_counts: Counter[str] = Counter()
-        for text in texts:
+        for number, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"ByteLevelBPE.train: the corpus must be a str or an iterable of str; item {number} "
+                                f"is {type(text).__name__}")
             word_counts.update(pattern.findall(text))
 
         id_to_token: list[str] = []

@@ -59,7 +59,8 @@ class CharTokenizer:
     """Maps each character of a fixed alphabet to an integer id and back.
 
     Args:
-        text: the corpus (or just its alphabet); every distinct character becomes a token.
+        text: the corpus (or just its alphabet, as a str or single characters); every distinct character
+            becomes a token.
         specials: special tokens with the first ids (``"<pad>"``, or a single character such as ``"."``);
             a special that is one character is also what ``encode`` maps that character to.
 
@@ -72,7 +73,18 @@ class CharTokenizer:
     """
 
     def __init__(self, text: str, specials: Iterable[str] = ()):
+        if not isinstance(text, str):  # an alphabet given as characters: ['a', 'b'] or a set of them
+            chars = list(text) if isinstance(text, Iterable) and not isinstance(text, bytes | bytearray) else None
+            if chars is None or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+                raise TypeError(f"CharTokenizer: text must be a str (the corpus or its alphabet) or single "
+                                f"characters, got {type(text).__name__} {text!r:.60}")
+            text = "".join(chars)
+        if isinstance(specials, str):
+            raise TypeError(f"CharTokenizer: specials must be a list of tokens, got the string {specials!r} "
+                            f"(its characters would each become a special); write [{specials!r}]")
         self.specials: list[str] = list(specials)
+        if any(not isinstance(t, str) or not t for t in self.specials):
+            raise ValueError(f"CharTokenizer: every special token must be a non-empty str, got {self.specials}")
         if len(set(self.specials)) != len(self.specials):
             raise ValueError(f"CharTokenizer: repeated special tokens {self.specials}")
         self.chars: list[str] = sorted(set(text) - set(self.specials))
