@@ -114,6 +114,61 @@ def test_char_tokenizer_save_load(tmp_path):
         CharTokenizer.load(tmp_path / "bad")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"{bad", "not UTF-8 JSON"), (b"\xff\xfe", "not UTF-8 JSON"), (b"[]", "not a character tokenizer file"),
+    (b'{"type": "char", "chars": ["a", "b"], "specials": ["a"]}', "'specials' repeat a token or one of 'chars'"),
+])
+def test_char_tokenizer_load_names_the_file_it_refuses(tmp_path, content, message):
+    """Bad JSON, bad UTF-8 and a JSON list were a bare JSONDecodeError, UnicodeDecodeError and AttributeError
+    without the file; a special also listed among the chars shifted every id after it."""
+    (tmp_path / "tokenizer.json").write_bytes(content)
+    with pytest.raises(ValueError, match=f"{tmp_path / 'tokenizer.json'}.*{message}"):
+        CharTokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize("vocab, message", [
+    (b"{bad", "not UTF-8 JSON"), (b"[1, 2]", "must be an object of token -> id"),
+    (b'{"a": "0"}', "must be an object of token -> id"), (b'{"a": 0, "b": 0}', "id 0 is given to more than one token"),
+    (b'{"a": true}', "must be an object of token -> id"),
+])
+def test_bpe_load_names_the_vocab_file_it_refuses(tmp_path, vocab, message):
+    """A list was a bare 'dictionary update sequence' TypeError; string ids were kept (encode returned
+    strings); two tokens with one id broke the round trip (decode gave the other one)."""
+    (tmp_path / "vocab.json").write_bytes(vocab)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'vocab.json'}: .*{message}"):
+        ByteLevelBPE.load(tmp_path)
+
+
+def test_tokenizer_saves_are_atomic_and_never_write_through_a_symlink(tmp_path, monkeypatch, bpe):
+    """A save writes a temporary file and renames it: a symlink in the directory is replaced (write_text
+    wrote through it, into the file it pointed at), and a failed save leaves the previous file whole."""
+    import os
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me", encoding="utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (run / name).symlink_to(outside)
+    CharTokenizer("abc").save(run)
+    bpe.save(run)
+    assert outside.read_text(encoding="utf-8") == "keep me"
+    assert not (run / "tokenizer.json").is_symlink() and CharTokenizer.load(run).tokens == ["a", "b", "c"]
+    assert ByteLevelBPE.load(run).vocab == bpe.vocab
+
+    before = (run / "tokenizer.json").read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        CharTokenizer("xyz").save(run)
+    assert (run / "tokenizer.json").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == ["merges.txt", "tokenizer.json", "vocab.json"]
+
+
 @settings(max_examples=200)
 @given(st.text())
 def test_char_tokenizer_round_trip_property(text):

@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from groundup.tokenizers.char import UnknownTokenError, token_ids
+from groundup.tokenizers.char import UnknownTokenError, read_json, token_ids, write_text_atomic
 
 __all__ = ["ByteLevelBPE", "bytes_to_unicode", "gpt2_pattern", "pre_tokenize"]
 
@@ -428,7 +428,8 @@ class ByteLevelBPE:
 
     # ------------------------------------------------------------------ files
     def save(self, directory: str | os.PathLike) -> None:
-        """Write `vocab.json` (token -> id, in id order) and `merges.txt` ("#version: 0.2" then "left right").
+        """Write `vocab.json` (token -> id, in id order) and `merges.txt` ("#version: 0.2" then "left right"),
+        each atomically (a crash leaves the previous file whole).
 
         Args:
             directory: created if missing.
@@ -436,11 +437,9 @@ class ByteLevelBPE:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         ordered = dict(sorted(self.vocab.items(), key=lambda item: item[1]))
-        (directory / VOCAB_FILE).write_text(
-            json.dumps(ordered, ensure_ascii=False, separators=(",", ":")), encoding="utf-8"
-        )
+        write_text_atomic(directory / VOCAB_FILE, json.dumps(ordered, ensure_ascii=False, separators=(",", ":")))
         lines = [_MERGES_HEADER, *(f"{left} {right}" for left, right in self.merges)]
-        (directory / MERGES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> ByteLevelBPE:
@@ -463,9 +462,18 @@ class ByteLevelBPE:
         for path in (vocab_path, merges_path):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"tokenizer file not found: {path}")
-        vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+        vocab = read_json(Path(vocab_path), "vocab.json")
+        if not isinstance(vocab, dict) or any(type(i) is not int or i < 0 for i in vocab.values()):
+            raise ValueError(f"{vocab_path}: a vocab.json must be an object of token -> id (an int >= 0)")
+        if len(set(vocab.values())) != len(vocab):
+            repeated = next(i for i in vocab.values() if list(vocab.values()).count(i) > 1)
+            raise ValueError(f"{vocab_path}: id {repeated} is given to more than one token")
+        try:
+            text = Path(merges_path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{merges_path}: not a merges.txt (not UTF-8: {err})") from None
         merges = []
-        for number, line in enumerate(Path(merges_path).read_text(encoding="utf-8").split("\n"), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             line = line.removesuffix("\r")
             if not line or line.startswith("#version"):
                 continue

@@ -20,9 +20,32 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CharTokenizer", "UnknownTokenError", "token_ids"]
+__all__ = ["CharTokenizer", "UnknownTokenError", "token_ids", "write_text_atomic", "read_json"]
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically: a temporary file in the same directory, fsynced, then
+    ``os.replace``. A crash or a full disk leaves the old file whole, and a symlink at ``path`` is replaced,
+    not written through."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; ValueError naming the file when it is not UTF-8 JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a {what} (not UTF-8 JSON: {str(err)[:120]})") from None
 
 
 class UnknownTokenError(KeyError):
@@ -138,13 +161,14 @@ class CharTokenizer:
         return "".join(chars)
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write `tokenizer.json` ({"type": "char", "chars": [...]}, and "specials" if any) into `directory`."""
+        """Write `tokenizer.json` ({"type": "char", "chars": [...]}, and "specials" if any) into `directory`,
+        atomically (a crash leaves the previous file whole)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         payload: dict = {"type": "char", "chars": self.chars}
         if self.specials:
             payload["specials"] = self.specials
-        (directory / TOKENIZER_FILE).write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(directory / TOKENIZER_FILE, json.dumps(payload, ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CharTokenizer:
@@ -152,8 +176,8 @@ class CharTokenizer:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory}")
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        if payload.get("type") != "char" or not isinstance(payload.get("chars"), list):
+        payload = read_json(path, "character tokenizer file")
+        if not isinstance(payload, dict) or payload.get("type") != "char" or not isinstance(payload.get("chars"), list):
             raise ValueError(f"{path} is not a character tokenizer file (want type 'char', a 'chars' list)")
         chars = payload["chars"]
         if any(not isinstance(c, str) or len(c) != 1 for c in chars) or chars != sorted(set(chars)):
@@ -161,4 +185,7 @@ class CharTokenizer:
         specials = payload.get("specials", [])
         if not isinstance(specials, list) or any(not isinstance(t, str) or not t for t in specials):
             raise ValueError(f"{path}: 'specials' must be a list of non-empty strings")
+        if set(specials) & set(chars) or len(set(specials)) != len(specials):
+            raise ValueError(f"{path}: 'specials' repeat a token or one of 'chars' "
+                             f"({sorted(set(specials) & set(chars)) or specials}); the ids would shift")
         return cls("".join(chars), specials=specials)
