@@ -369,3 +369,20 @@ def test_pad_sequences_and_mask():
     cut, cut_mask = pad_sequences([[1, 2, 3]], max_len=2, truncate=True)
     np.testing.assert_array_equal(cut, [[1, 2]])
     assert cut_mask.all()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: pad_sequences([[1, 2], [1.5, 2.7]]), TypeError, "sequence 1 must be a 1-D sequence of integer token "
+                                                            "ids, got float64"),
+    (lambda: pad_sequences(["abc"]), TypeError, "sequence 0 must be a 1-D sequence of integer token ids, got <U3"),
+    (lambda: pad_sequences([[[1, 2]]]), TypeError, r"sequence 0 .* of shape \(1, 2\)"),
+    (lambda: pad_sequences([[1, 2]], max_len=2.5), TypeError, "max_len must be an int, got 2.5"),
+    (lambda: pad_sequences([[1, 2]], pad_id=0.5), TypeError, "pad_id must be an int, got 0.5"),
+])
+def test_pad_sequences_refuses_what_is_not_token_ids(call, error, message):
+    """Floats were truncated to ints without a word (1.5 -> 1, 2.7 -> 2), a pad_id of 0.5 became 0, and a
+    string was NumPy's "invalid literal for int()"."""
+    with pytest.raises(error, match=f"pad_sequences: {message}"):
+        call()
+    padded, mask = pad_sequences([np.array([3, 4], dtype=np.int32), [], (5,)], pad_id=np.int64(9))
+    np.testing.assert_array_equal(padded, [[3, 4], [9, 9], [5, 9]])

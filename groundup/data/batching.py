@@ -141,7 +141,7 @@ def pad_sequences(
     """Right-pad variable-length id sequences into one array, with a mask of the real tokens.
 
     Args:
-        seqs: B sequences of token ids.
+        seqs: B sequences of integer token ids (lists or 1-D arrays; floats and strings are refused).
         pad_id: id written in the padding positions.
         max_len: T; default the longest sequence.
         truncate: cut sequences longer than `max_len` (keeping the start) instead of raising.
@@ -149,8 +149,18 @@ def pad_sequences(
     Returns:
         (padded, mask): padded int64 (B, T); mask bool (B, T), True at real tokens.
     """
-    lengths = [len(s) for s in seqs]
-    width = max(lengths, default=0) if max_len is None else max_len
+    arrays = []
+    for row, seq in enumerate(seqs):
+        array = np.asarray(seq)
+        if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+            raise TypeError(f"pad_sequences: sequence {row} must be a 1-D sequence of integer token ids, got "
+                            f"{array.dtype} of shape {array.shape}")
+        arrays.append(array)
+    for name, value in (("pad_id", pad_id), ("max_len", max_len)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+            raise TypeError(f"pad_sequences: {name} must be an int, got {value!r}")
+    lengths = [len(a) for a in arrays]
+    width = max(lengths, default=0) if max_len is None else int(max_len)
     if width < 0:
         raise ValueError(f"max_len must be >= 0, got {max_len}")
     too_long = [i for i, length in enumerate(lengths) if length > width]
@@ -159,8 +169,8 @@ def pad_sequences(
         raise ValueError(f"sequence {i} has length {lengths[i]} > max_len={width}; truncate=True cuts")
     padded = np.full((len(seqs), width), pad_id, dtype=np.int64)  # (B, T)
     mask = np.zeros((len(seqs), width), dtype=bool)  # (B, T)
-    for row, seq in enumerate(seqs):
-        length = min(len(seq), width)
-        padded[row, :length] = np.asarray(seq[:length], dtype=np.int64)
+    for row, array in enumerate(arrays):
+        length = min(len(array), width)
+        padded[row, :length] = array[:length]
         mask[row, :length] = True
     return padded, mask
