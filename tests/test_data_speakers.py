@@ -112,3 +112,19 @@ def test_masking_is_redrawn_and_always_gives_a_target():
         assert (labels != -100).sum() == 1 and labels[0, 0] == -100 and labels[0, 6] == -100
     with pytest.raises(ValueError, match="special"):
         mask_tokens(np.array([[PAD, CLS]]), rng, MASK, 20, (0, 1, 2, 3), 4)
+
+
+@pytest.mark.parametrize("ids, mask_id, rng, error, message", [
+    ([[CLS, 7, 25]], MASK, 0, ValueError, r"ids hold 25, outside the vocabulary 0..19 \(vocab_size=20\)"),
+    ([[CLS, -1, 7]], MASK, 0, ValueError, "ids hold -1, outside the vocabulary"),
+    ([[CLS, 7, 8]], 20, 0, ValueError, r"mask_id=20 is not a token id of the vocabulary \(0..19\)"),
+    (np.zeros((0, 5), dtype=np.int64), MASK, 0, ValueError, r"ids of shape \(0, 5\) hold no position to mask"),
+    ([[CLS, 7, 8]], MASK, None, TypeError, "rng must be a numpy.random.Generator"),
+])
+def test_masking_refuses_ids_outside_the_vocabulary(ids, mask_id, rng, error, message):
+    """An id past vocab_size, or a mask_id outside it, was kept (an IndexError later in the embedding, or a
+    label no output scores); an empty batch said 'every position holds a special token'; an int seed for rng
+    was an AttributeError."""
+    generator = np.random.default_rng(0) if rng == 0 else rng
+    with pytest.raises(error, match=f"mask_tokens: {message}"):
+        mask_tokens(np.asarray(ids), generator, mask_id, 20, (0, 1, 2, 3), 4)

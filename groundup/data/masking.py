@@ -53,6 +53,17 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, mask_id: int, vocab_s
                          f"{mask_prob}, {replace_prob}, {random_prob}")
     if not 0 <= random_low < vocab_size:
         raise ValueError(f"mask_tokens: random_low={random_low} must be in 0..vocab_size-1 ({vocab_size - 1})")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"mask_tokens: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_tokens: mask_id={mask_id} is not a token id of the vocabulary (0..{vocab_size - 1})")
+    if ids.size == 0:
+        raise ValueError(f"mask_tokens: ids of shape {ids.shape} hold no position to mask")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(f"mask_tokens: ids hold {bad}, outside the vocabulary 0..{vocab_size - 1} (vocab_size="
+                         f"{vocab_size}); it would be an input no embedding has and a label no output scores")
     ids = ids.astype(np.int64)
     maskable = ~np.isin(ids, np.asarray(list(special_ids), dtype=np.int64))   # (B, T)
     if not maskable.any():
