@@ -307,6 +307,13 @@ def test_get_batch_shifted_windows():
         get_batch(np.arange(8), 2, 8, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("rng", [0, None, np.random.RandomState(0)])
+def test_get_batch_refuses_an_rng_that_is_not_a_generator(rng):
+    """An int seed was "'int' object has no attribute 'integers'"; a legacy RandomState has no .integers."""
+    with pytest.raises(TypeError, match="get_batch: rng must be a numpy.random.Generator"):
+        get_batch(np.arange(50), 2, 8, rng)
+
+
 def test_batches_cover_rows_once():
     x, y = np.arange(10) * 10, np.arange(10)
     seen = [(bx, by) for bx, by in batches((x, y), batch_size=4, shuffle=True, seed=0)]

@@ -38,6 +38,9 @@ def get_batch(
             raise ValueError(f"get_batch: {name} must be a positive int, got {value!r}")
     if len(data) <= block_size:
         raise ValueError(f"data has {len(data)} tokens; need more than block_size={block_size}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"get_batch: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
     starts = rng.integers(0, len(data) - block_size, size=batch_size)  # (B,)
     index = starts[:, None] + np.arange(block_size)  # (B, T)
     x = data[index].astype(np.int64)  # (B, T)
