@@ -344,6 +344,13 @@ def _checkpoint(tmp_path: Path, step: int = 1) -> tuple[MLP, AdamW, dict[str, np
     return model, optimizer, weights(model)
 
 
+def test_load_checkpoint_given_the_weights_file_says_so(tmp_path):
+    """A path to model.safetensors itself said 'checkpoint directory .../model.safetensors does not exist'."""
+    _checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.safetensors is a file, not a checkpoint directory"):
+        load_checkpoint(tmp_path / "model.safetensors", make_model())
+
+
 def test_save_load_round_trip(tmp_path):
     model, optimizer, saved = _checkpoint(tmp_path)
     fresh = make_model(seed=7)

@@ -474,6 +474,9 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
             optimizer are then unchanged. FileNotFoundError when there is no model.safetensors.
     """
     directory = Path(out_dir)
+    if directory.is_file():
+        raise FileNotFoundError(f"{directory} is a file, not a checkpoint directory: load_checkpoint reads the "
+                                f"directory holding {MODEL_FILE} (read_safetensors reads one file)")
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
     files, state, _ = _read_record(directory)
