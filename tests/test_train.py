@@ -324,6 +324,27 @@ def test_config_allows_what_only_looks_odd():
     TrainConfig(warmup_iters=0, lr_decay_iters=1)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model=nn.Linear(8, 4)), r"Linear has no loss\(\*batch\) method; give loss_fn="),
+    (dict(get_batch=None), "get_batch must be a function, got NoneType"),
+    (dict(callbacks=[print, "log"]), r"each callback must be a function callback\(trainer, event, info\), got str"),
+    (dict(config={"max_iters": 3}), "config must be a TrainConfig, got dict"),
+])
+def test_trainer_names_a_bad_argument_when_built(kwargs, message):
+    """A model without loss() was an AttributeError at the first evaluation, a bad callback a TypeError from
+    inside fit, a dict for the config an AttributeError on '.device'."""
+    args = {"model": make_model(), "config": config(), "get_batch": get_batch, **kwargs}
+    with pytest.raises(TypeError, match=f"Trainer: {message}"):
+        Trainer(**args)
+
+
+def test_trainer_takes_one_callback_alone():
+    """callbacks=fn (not [fn]) was "Value after * must be an iterable, not function"."""
+    events = []
+    Trainer(make_model(), config(max_iters=2), get_batch, callbacks=lambda t, e, info: events.append(e)).fit()
+    assert events[0] == "fit_start" and events[-1] == "fit_end" and events.count("step") == 2
+
+
 def test_nan_loss_raises_a_clear_error():
     def bad_loss(model, batch):
         return model.loss(*batch) * float("nan")

@@ -102,7 +102,8 @@ class Trainer:
         get_batch: ``get_batch(split, rng) -> tuple`` of Tensors or NumPy arrays for split ``"train"``
             or ``"val"``, drawing its randomness from the NumPy Generator ``rng`` only.
         loss_fn: ``loss_fn(model, batch) -> scalar Tensor``; default ``model.loss(*batch)``.
-        callbacks: functions ``callback(trainer, event, info)`` (events in ``groundup/train/callbacks.py``).
+        callbacks: functions ``callback(trainer, event, info)`` (events in ``groundup/train/callbacks.py``);
+            one function alone is taken as a list of one.
         model_config: the model's config (dataclass or dict), saved as config.json; by default the
             model's ``cfg`` / ``config`` dataclass attribute if it has one.
         tokens_per_batch: for tokens/s; by default the size of the first batch element if it holds
@@ -120,10 +121,26 @@ class Trainer:
     """
 
     def __init__(self, model: Module, config: TrainConfig, get_batch: Callable[[str, np.random.Generator], Any],
-                 loss_fn: Callable[[Module, tuple], Tensor] | None = None, callbacks: Iterable[Callback] = (),
+                 loss_fn: Callable[[Module, tuple], Tensor] | None = None,
+                 callbacks: Iterable[Callback] | Callback = (),
                  model_config: Any = None, tokens_per_batch: int | None = None, optimizer: Optimizer | None = None,
                  evaluate: Callable[[Trainer], dict[str, float]] | None = None, default_callbacks: bool = True,
                  data_parallel: bool | Callable[..., Any] = False):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer: config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(model, Module):
+            raise TypeError(f"Trainer: model must be a groundup Module, got {type(model).__name__}")
+        if loss_fn is None and not callable(getattr(model, "loss", None)):
+            raise TypeError(f"Trainer: {type(model).__name__} has no loss(*batch) method; give "
+                            f"loss_fn=lambda model, batch: ... returning the scalar loss")
+        for name, value in (("get_batch", get_batch), ("loss_fn", loss_fn), ("evaluate", evaluate)):
+            if (value is not None or name == "get_batch") and not callable(value):
+                raise TypeError(f"Trainer: {name} must be a function, got {type(value).__name__}")
+        callbacks = [callbacks] if callable(callbacks) else list(callbacks)   # one callback, or several
+        for callback in callbacks:
+            if not callable(callback):
+                raise TypeError(f"Trainer: each callback must be a function callback(trainer, event, info), got "
+                                f"{type(callback).__name__}")
         self.config = config
         self.model = model.to(config.device)
         if data_parallel and loss_fn is not None:
