@@ -338,6 +338,21 @@ def test_trainer_names_a_bad_argument_when_built(kwargs, message):
         Trainer(**args)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(evaluate=lambda trainer: 0.5), "evaluate must return a dict of name -> number.*got float 0.5"),
+    (dict(evaluate=lambda trainer: {"acc": "high"}), "evaluate returned .*every value must be a number"),
+    (dict(get_batch=lambda split, rng: {"x": np.zeros((2, 8))}), r"get_batch\('train', rng\) must return a tuple "
+                                                                 r"of Tensors or numeric arrays.*item 0 is dict"),
+    (dict(get_batch=lambda split, rng: (np.zeros((2, 8)), ["a", "b"])), "get_batch.*item 1 is list of dtype <U1"),
+])
+def test_trainer_names_what_a_users_function_returned_wrong(kwargs, message):
+    """These were an AttributeError ('float' object has no attribute 'items'), a bare float() ValueError and
+    'tensor: cannot make a tensor from data of dtype object' / '<U1'."""
+    args = {"model": make_model(), "config": config(), "get_batch": get_batch, **kwargs}
+    with pytest.raises(TypeError, match=f"Trainer: {message}"):
+        Trainer(**args).fit()
+
+
 def test_trainer_takes_one_callback_alone():
     """callbacks=fn (not [fn]) was "Value after * must be an iterable, not function"."""
     events = []

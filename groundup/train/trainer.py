@@ -307,7 +307,14 @@ class Trainer:
         """Evaluate (the default mean losses or ``evaluate``); returns the "eval" event's info."""
         if self.evaluate_fn is not None:
             with evaluating(self.model):
-                result = {k: float(v) for k, v in self.evaluate_fn(self).items()}
+                returned = self.evaluate_fn(self)
+            if not isinstance(returned, Mapping):
+                raise TypeError(f"Trainer: evaluate must return a dict of name -> number (give 'val_loss' to "
+                                f"track the best), got {type(returned).__name__} {returned!r:.60}")
+            try:
+                result = {str(k): float(v) for k, v in returned.items()}
+            except (TypeError, ValueError):
+                raise TypeError(f"Trainer: evaluate returned {returned!r:.100}; every value must be a number") from None
         else:
             losses = self.evaluate()
             self.last_losses = losses
@@ -324,11 +331,16 @@ class Trainer:
             batch = (batch,)
         device = self.config.device
         out = []
-        for item in batch:
+        for index, item in enumerate(batch):
             if isinstance(item, Tensor):
                 out.append(item if item.device == normalize_device(device) else item.to(device))
-            else:
-                out.append(Tensor(np.asarray(item), device=device))
+                continue
+            array = np.asarray(item) if not isinstance(item, Mapping | str | bytes) else None
+            if array is None or array.dtype.kind not in "biuf":
+                kind = type(item).__name__ if array is None else f"{type(item).__name__} of dtype {array.dtype}"
+                raise TypeError(f"Trainer: get_batch({split!r}, rng) must return a tuple of Tensors or numeric "
+                                f"arrays (passed to the loss as model.loss(*batch)); item {index} is {kind}")
+            out.append(Tensor(array, device=device))
         return tuple(out)
 
     def _loss(self, batch: tuple[Tensor, ...]) -> Tensor:
