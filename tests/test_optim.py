@@ -403,6 +403,20 @@ def test_sgd_refuses_a_nan_hyper_parameter(kwargs):
         SGD([Parameter(gu.zeros(2))], **kwargs)
 
 
+def test_optimizers_refuse_parameters_in_a_set_as_torch():
+    """A set's order changes between runs, so state_dict's numbering would too: torch refuses a set in a group
+    (and here a top-level set as well, where torch lets it through); groundup took both."""
+    ours, theirs = Parameter(gu.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError, match="ordering of tensors in sets will change between runs") as expected:
+        torch.optim.SGD([{"params": {theirs}}], lr=0.1)
+    for params in ([{"params": {ours}}], {ours}, [{"params": frozenset([ours])}]):
+        with pytest.raises(TypeError) as info:
+            SGD(params, lr=0.1)
+        assert str(info.value) == str(expected.value)
+    with pytest.raises(ValueError, match="parameter group has no 'params'"):
+        SGD([{"lr": 0.1}])
+
+
 def test_clip_grad_value_takes_torchs_arguments():
     grads = [np.array([[-3.0, 0.2], [0.7, 5.0]]), np.array([-0.1, -2.0])]
     ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]

@@ -39,6 +39,11 @@ class _Required:
 
 required = _Required()
 
+# torch's words: a set's order depends on the objects' ids, so the parameter numbering in state_dict() would
+# differ from one process to the next and a saved state would be loaded onto the wrong parameters
+_SET_MESSAGE = ("optimizer parameters need to be organized in ordered collections, but the ordering of tensors in "
+                "sets will change between runs. Please use a list instead.")
+
 
 class Optimizer:
     """Base class of the optimizers. Subclasses implement ``step()``.
@@ -57,6 +62,8 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             "but got a Tensor (wrap it in a list)")
+        if isinstance(params, set | frozenset):
+            raise TypeError(_SET_MESSAGE)
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -71,7 +78,11 @@ class Optimizer:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
+        if "params" not in group:
+            raise ValueError(f"parameter group has no 'params' (its keys: {sorted(group)})")
         params = group["params"]
+        if isinstance(params, set | frozenset):
+            raise TypeError(_SET_MESSAGE)
         group["params"] = [params] if isinstance(params, Tensor) else list(params)
         for p in group["params"]:
             if not isinstance(p, Tensor):
