@@ -417,6 +417,25 @@ def test_optimizers_refuse_parameters_in_a_set_as_torch():
         SGD([{"lr": 0.1}])
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_load_state_dict_refuses_torchs_maximize(name):
+    """A torch state saved with maximize=True loaded silently (its flag copied into the group, unused), and
+    the optimizer went on minimising; maximize=False loads as before."""
+    theirs = torch.nn.Parameter(torch.ones(3))
+    for maximize in (True, False):
+        opt = getattr(torch.optim, name)([theirs], lr=0.1, maximize=maximize)
+        theirs.grad = torch.ones(3)
+        opt.step()
+        ours = getattr(gu.optim, name)([Parameter(gu.ones(3))], lr=0.1)
+        if maximize:
+            with pytest.raises(ValueError, match="group 0 has maximize=True"):
+                ours.load_state_dict(opt.state_dict())
+            assert ours.state == {}
+        else:
+            ours.load_state_dict(opt.state_dict())
+            assert len(ours.state) == (0 if name == "SGD" else 1)
+
+
 def test_clip_grad_value_takes_torchs_arguments():
     grads = [np.array([[-3.0, 0.2], [0.7, 5.0]]), np.array([-0.1, -2.0])]
     ours = [Parameter(gu.zeros(*g.shape, dtype=gu.float64)) for g in grads]

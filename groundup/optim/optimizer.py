@@ -166,12 +166,18 @@ class Optimizer:
         """Load a state from :meth:`state_dict` (or from a torch optimizer with the same groups).
 
         Everything is checked before anything changes: the number of groups, the number of
-        parameters per group and the shape of every buffer; a mismatch raises ``ValueError``.
+        parameters per group and the shape of every buffer; a mismatch raises ``ValueError``, and so
+        does a torch group saved with ``maximize=True`` (these optimizers only minimise).
         """
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
                              f"this optimizer has {len(self.param_groups)}")
+        for g, saved in enumerate(saved_groups):
+            if saved.get("maximize") and "maximize" not in self.defaults:
+                raise ValueError(f"loaded state dict's parameter group {g} has maximize=True (torch's gradient "
+                                 f"ascent), which {type(self).__name__} here does not do; loading it would "
+                                 f"minimise instead")
         id_to_param: dict[int, Tensor] = {}
         for g, (ours, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if len(ours["params"]) != len(saved["params"]):
