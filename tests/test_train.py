@@ -676,3 +676,31 @@ def test_a_path_is_a_valid_out_dir_and_a_model_only_checkpoint_explains_a_failed
     save_checkpoint(tmp_path / "p", trainer.model)                     # as model.save(dir) does: no optimizer
     with pytest.raises(CheckpointError, match=r"optimizer.safetensors: not found.*as model.save\(dir\) writes"):
         Trainer(make_model(seed=0), config(tmp_path / "p", max_iters=3), get_batch).fit(resume=True)
+
+
+@pytest.mark.parametrize("module_name", ["groundup.train", "groundup.train.callbacks", "groundup.optim",
+                                         "groundup.optim.schedule", "groundup.tokenizers", "groundup.data",
+                                         "groundup.nn.utils"])
+def test_public_api_has_docstrings(module_name):
+    """Every class and function in ``__all__`` and every public method or property of those classes has a
+    docstring (inherited ones count, as ``help()`` shows them)."""
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    missing = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        if inspect.isclass(obj):
+            for attr, value in vars(obj).items():
+                if attr.startswith("_"):
+                    continue
+                if isinstance(value, property) and not value.__doc__:
+                    missing.append(f"{name}.{attr}")
+                elif inspect.isfunction(value) and not inspect.getdoc(getattr(obj, attr)):
+                    missing.append(f"{name}.{attr}")
+    assert not missing, f"{module_name}: no docstring for {missing}"

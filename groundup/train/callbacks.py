@@ -53,6 +53,7 @@ class Throughput:
 
     @property
     def overall_tokens_per_s(self) -> float:
+        """Tokens (or samples) per second over the whole run: all counted tokens / all step time."""
         return self.tokens / self.train_s if self.train_s > 0 else 0.0
 
 
@@ -107,6 +108,7 @@ class ProgressBar:
             self.close()
 
     def close(self) -> None:
+        """Stop the bar (the terminal gets its cursor and line back); the Trainer calls it when fit ends."""
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
