@@ -362,7 +362,8 @@ def _check_saved_arrays(ctx: Any) -> None:
                 f"{type(ctx).__name__}: a tensor saved for backward (its memory: shape "
                 f"{tuple(getattr(memory, 'shape', ()))}) was modified in place after it was used, through "
                 f"it or a tensor sharing its memory (a view, a detach()) (version {now}, saved at "
-                f"{version}); gradients would be wrong")
+                f"{version}); gradients would be wrong (an optimizer's step() writes the parameters in place: "
+                f"call backward() before it)")
 
 
 def _release(ctx: Any) -> None:

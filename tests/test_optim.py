@@ -484,3 +484,29 @@ def test_adam_flat_update_of_small_parameters_equals_one_at_a_time(monkeypatch, 
     assert state["step"] == 6 and state["exp_avg"].shape == small.shape
     assert state["exp_avg"].base is not None                         # a view of the bucket's flat moments
     assert not np.array_equal(flat[0].data, start[0])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_a_step_between_forward_and_backward_is_refused_as_in_torch(name):
+    """The step writes the weights in place: a graph that saved them before it cannot backpropagate
+    through the old values any more. torch raises (its version counter); so must we, not use the new ones."""
+    torch = pytest.importorskip("torch")
+    x = np.ones((2, 3), np.float32)
+    w0 = np.full((3, 1), 0.5, np.float32)
+    for lib, param, opt_cls in (("torch", torch.nn.Parameter(torch.tensor(w0)), getattr(torch.optim, name)),
+                                ("groundup", Parameter(gu.tensor(w0)), {"SGD": SGD, "Adam": Adam,
+                                                                         "AdamW": AdamW}[name])):
+        inp = torch.tensor(x, requires_grad=True) if lib == "torch" else gu.tensor(x, requires_grad=True)
+        opt = opt_cls([param], lr=0.1)
+        (inp @ param).sum().backward(retain_graph=True)        # a first backward gives the weight a gradient
+        loss = (inp @ param).sum()                             # a graph that saved the weight
+        opt.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation|modified in place"):
+            loss.backward()
+    fresh = Parameter(gu.tensor(w0))                               # a graph made after the step is fine
+    opt = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}[name]([fresh], lr=0.1)
+    (gu.tensor(x) @ fresh).sum().backward()
+    opt.step()
+    inp = gu.tensor(x, requires_grad=True)
+    (inp @ fresh).sum().backward()
+    np.testing.assert_allclose(inp.grad.numpy(), np.broadcast_to(fresh.data.reshape(1, 3), (2, 3)))

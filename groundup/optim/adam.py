@@ -79,6 +79,7 @@ class Adam(Optimizer):
         """
         loss = self._run_closure(closure)
         todo = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self._mark_updated(p for p, _ in todo)
 
         def update(items: list[tuple[Tensor, dict[str, Any]]]) -> None:
             with np.errstate(under="ignore"):  # second moments of tiny gradients underflowing to 0 are no error

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from groundup.backend import array_module, device_of, to_device, to_numpy
+from groundup.function import bump_storage_version
 from groundup.tensor import Tensor, enable_grad
 
 __all__ = ["Optimizer", "ParamsT"]
@@ -116,6 +117,14 @@ class Optimizer:
             what ``closure`` returned (the loss), or None without one.
         """
         raise TypeError(f"{type(self).__name__} must implement step()")
+
+    @staticmethod
+    def _mark_updated(params: Iterable[Tensor]) -> None:
+        """Count the coming in-place write into each parameter's memory (torch bumps the same version
+        counter): a graph that saved a parameter before the step then refuses to backpropagate through
+        the old values, as torch refuses, instead of silently using the new ones."""
+        for p in params:
+            bump_storage_version(p.data)
 
     @staticmethod
     def _run_closure(closure: Callable[[], Any] | None) -> Any:

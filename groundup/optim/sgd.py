@@ -62,6 +62,7 @@ class SGD(Optimizer):
             the closure's loss, or None without one.
         """
         loss = self._run_closure(closure)
+        self._mark_updated(p for group in self.param_groups for p in group["params"] if p.grad is not None)
         with np.errstate(under="ignore"):  # tiny gradients underflowing to 0 are not an error
             for group in self.param_groups:
                 lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
