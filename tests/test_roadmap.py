@@ -544,3 +544,16 @@ def test_run_refuses_an_out_that_is_not_a_runs_directory(tmp_path, capsys, fake_
         assert err.startswith(f"groundup: error: --out {out} {message}") and "--out names the runs directory" in err
         assert len(err.splitlines()) == 1 and "PASS" not in captured.out
         assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+
+
+def test_roadmap_refuses_an_out_that_is_missing_or_a_file(tmp_path, capsys, fake_registry):
+    """`groundup roadmap --out DIR` with a DIR that does not exist (a typo) or is a file is one error line
+    (exit 2), not a table that calls every stage 'not run yet'; the default runs/ may be missing."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    for out, message in ((tmp_path / "rnus", "no such directory"), (afile, "is a file")):
+        assert main(["roadmap", "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert err.startswith(f"groundup: error: roadmap --out {out}") and message in err
+        assert len(err.splitlines()) == 1 and "not run yet" not in captured.out

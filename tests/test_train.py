@@ -506,7 +506,7 @@ def test_refuses_a_mismatched_optimizer_and_changes_nothing(tmp_path):
     _checkpoint(tmp_path)
     model = make_model(seed=9)
     sgd = gu.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    _refused(tmp_path, r"optimizer\.safetensors: holds the state of a AdamW optimizer, not of a SGD",
+    _refused(tmp_path, r"optimizer\.safetensors: holds the state of the optimizer AdamW, not of SGD",
              model=model, optimizer=sgd)
     assert sgd.state == {}
     two_groups = AdamW([{"params": [model.fc1.weight]}, {"params": [model.fc2.weight]}])

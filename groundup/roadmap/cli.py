@@ -103,6 +103,13 @@ def _headline_text(rec: dict[str, Any]) -> str:
 def roadmap_command(args: argparse.Namespace) -> int:
     """Print the stages in order with the last run's status and headline metric."""
     stages = load_stages()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"roadmap --out {args.out} is a file; --out names the runs directory that "
+                         f"`groundup run` wrote (default: runs)")
+    if not out.exists() and args.out != "runs":       # a fresh checkout has no runs/ yet: every stage 'not run'
+        raise UsageError(f"roadmap --out {args.out}: no such directory; --out names the runs directory that "
+                         f"`groundup run --out DIR` wrote (default: runs)")
     console = _console()
     rows = []
     for i, stage in enumerate(stages, 1):

@@ -511,8 +511,8 @@ def load_checkpoint(out_dir: str | os.PathLike, model: Module | None = None, *, 
         opt_arrays, metadata = read_safetensors(opt_path)
         saved_class = metadata.get("optimizer")
         if saved_class != type(optimizer).__name__:
-            raise CheckpointError(f"{opt_path}: holds the state of a {str(saved_class)[:40]} optimizer, "
-                                  f"not of a {type(optimizer).__name__}")
+            raise CheckpointError(f"{opt_path}: holds the state of the optimizer {str(saved_class)[:40]}, "
+                                  f"not of {type(optimizer).__name__}")
         if check_values:
             _check_finite(opt_arrays, opt_path)
         try:
