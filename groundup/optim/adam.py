@@ -68,18 +68,8 @@ class Adam(Optimizer):
 
     @no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped).
-
-        Args:
-            closure: as torch, an optional function that recomputes the loss (zero_grad, forward,
-                backward) and returns it; it is called first, with grad enabled.
-
-        Returns:
-            the closure's loss, or None without one.
-        """
-        loss = self._run_closure(closure)
-        todo = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self._mark_updated(p for p, _ in todo)
+        """One Adam update of every parameter that has a gradient; ``closure`` and the result as ``Optimizer.step``."""
+        loss, todo = self._begin_step(closure)
 
         def update(items: list[tuple[Tensor, dict[str, Any]]]) -> None:
             with np.errstate(under="ignore"):  # second moments of tiny gradients underflowing to 0 are no error

@@ -111,20 +111,28 @@ class Optimizer:
                     p.grad.data[...] = 0
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # pragma: no cover - subclasses override it
-        """One update; ``closure`` (optional, as torch) recomputes the loss and is called first, with grad enabled.
+        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped).
+
+        Args:
+            closure: as torch, an optional function that recomputes the loss (zero_grad, forward,
+                backward) and returns it; it is called first, with grad enabled.
 
         Returns:
-            what ``closure`` returned (the loss), or None without one.
+            the closure's loss, or None without one.
         """
         raise TypeError(f"{type(self).__name__} must implement step()")
 
-    @staticmethod
-    def _mark_updated(params: Iterable[Tensor]) -> None:
-        """Count the coming in-place write into each parameter's memory (torch bumps the same version
-        counter): a graph that saved a parameter before the step then refuses to backpropagate through
-        the old values, as torch refuses, instead of silently using the new ones."""
-        for p in params:
+    def _begin_step(self, closure: Callable[[], Any] | None) -> tuple[Any, list[tuple[Tensor, dict[str, Any]]]]:
+        """What every ``step`` does first: run ``closure`` (``_run_closure``), then list the parameters to
+        update, (parameter, its group) for each one with a gradient, and count the coming in-place write
+        into each one's memory (torch bumps the same version counter): a graph that saved a parameter
+        before the step then refuses to backpropagate through the old values, as torch refuses, instead
+        of silently using the new ones. Returns (the closure's loss or None, that list)."""
+        loss = self._run_closure(closure)
+        todo = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for p, _ in todo:
             bump_storage_version(p.data)
+        return loss, todo
 
     @staticmethod
     def _run_closure(closure: Callable[[], Any] | None) -> Any:

@@ -52,17 +52,8 @@ class SGD(Optimizer):
 
     @no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient (parameters with ``grad is None`` are skipped).
-
-        Args:
-            closure: as torch, an optional function that recomputes the loss (zero_grad, forward,
-                backward) and returns it; it is called first, with grad enabled.
-
-        Returns:
-            the closure's loss, or None without one.
-        """
-        loss = self._run_closure(closure)
-        self._mark_updated(p for group in self.param_groups for p in group["params"] if p.grad is not None)
+        """One SGD update of every parameter that has a gradient; ``closure`` and the result as ``Optimizer.step``."""
+        loss, _ = self._begin_step(closure)
         with np.errstate(under="ignore"):  # tiny gradients underflowing to 0 are not an error
             for group in self.param_groups:
                 lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
