@@ -300,8 +300,8 @@ def labels_sweep(ctx: Context, state: dict[str, Any]) -> Finding:
     b, g = summary["bert"], summary["gpt"]
     best_mean = max(max(summary[f][k]["mean"]) for f in summary for k in ("pretrained", "scratch"))
     notes = ["At this budget no model gets far above the majority answer: the models are small and briefly trained, "
-             "and telling the speakers apart from the opening lines of a speech is hard. The full budget pretrains "
-             "and fine-tunes far longer."] if best_mean < chance + 0.05 else []
+             "and telling the speakers apart from the opening lines of a speech is hard."] \
+        if best_mean < chance + 0.05 else []
     return Finding(notes=notes,
         title="Fine-tuned against trained from scratch, as labels grow",
         metrics={"sweep": {"sizes": sizes, "seeds": seeds, "steps": state["finetune_steps"], "lr": FINETUNE_LR,
