@@ -184,3 +184,21 @@ def test_500_requests_from_50_clients(runs_root: Path, capsys: pytest.CaptureFix
               f"{record['wall_s']:.1f} s")
     assert record["requests"] == 500 and record["errors"] == 0, record["first_errors"]
     assert record["wall_s"] < 120
+
+
+@pytest.mark.parametrize("text", ["²", "①", "3 ²", "-1", "1.5", "12", "x"])
+def test_a_run_without_tokenizer_refuses_what_is_not_an_id_as_a_key_error(text: str) -> None:
+    # LoadedRun.encode turns a KeyError into a 422; '²'.isdigit() is True but int('²') raises ValueError (a 500)
+    from groundup.explorer.analysis import IdTokenizer
+
+    tokenizer = IdTokenizer(vocab_size=12)
+    with pytest.raises(KeyError, match="write token ids 0..11"):
+        tokenizer.encode(text)
+
+
+def test_a_run_without_tokenizer_reads_ids_and_writes_them_back() -> None:
+    from groundup.explorer.analysis import IdTokenizer
+
+    tokenizer = IdTokenizer(vocab_size=12)
+    assert tokenizer.encode("3 11, 0") == [3, 11, 0]
+    assert tokenizer.decode([3, 11]) == "3 11 "

@@ -56,7 +56,7 @@ class IdTokenizer:
     def encode(self, text: str) -> list[int]:
         ids = []
         for word in text.replace(",", " ").split():
-            if not word.isdigit() or int(word) >= self.vocab_size:
+            if not (word.isascii() and word.isdigit()) or int(word) >= self.vocab_size:   # '²'.isdigit() too
                 raise KeyError(f"this run has no tokenizer: write token ids 0..{self.vocab_size - 1} separated by "
                                f"spaces ({word[:20]!r} is not one)")
             ids.append(int(word))
