@@ -25,8 +25,8 @@ timeout "${BENCH_LIMIT:-200}" $PY benchmarks/bench_gpu.py --json "$OUT/bench_gpu
 echo "bench exit: ${PIPESTATUS[0]}"
 
 echo "== 3. groundup train --device cuda"
-timeout "${TRAIN_LIMIT:-120}" $PY -m groundup.cli train gpt --preset small --device cuda --max-iters 300 \
-    --train.eval_interval 150 --train.eval_iters 20 --no-progress --out /tmp/gpu-run --replace 2>&1 \
+timeout "${TRAIN_LIMIT:-120}" $PY -m groundup.cli train gpt --preset small --device cuda --max-iters 100 \
+    --train.eval_interval 50 --train.eval_iters 20 --no-progress --out /tmp/gpu-run --replace 2>&1 \
     | tee "$OUT/train.log" | tail -20
 echo "train exit: ${PIPESTATUS[0]}"
 cp /tmp/gpu-run/summary.json "$OUT/train_summary.json" 2>/dev/null || true

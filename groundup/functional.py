@@ -22,17 +22,29 @@ __all__ = [
 ]
 
 
-def _raw(x: Any) -> Any:
-    return x.data if isinstance(x, Tensor) else x
+def _raw(x: Any, like: Tensor | None = None, name: str = "", op: str = "") -> Any:
+    """The raw array of a tensor or array argument; with ``like``, on ``like``'s device.
+
+    A tensor on another device is refused, as torch does (it names the op and both devices); a plain
+    NumPy array (or list) next to a CUDA input is copied to the GPU, as the models copy NumPy ids.
+    """
+    raw = x.data if isinstance(x, Tensor) else x
+    if like is None or raw is None or backend.device_of(raw) == like.device:
+        return raw
+    if isinstance(x, Tensor) or like.device == "cpu":
+        raise RuntimeError(f"{op}: {name} is on {backend.device_of(raw)} but the input is on {like.device}; "
+                           f"move it first ({name}.to({like.device!r}))")
+    return backend.to_device(raw, like.device)
 
 
-def _constant(x: Any, name: str, op: str) -> Any:
-    """The raw array of an argument that the loss treats as a constant: one that requires grad is
-    refused, as its gradient (which torch computes) would silently be missing."""
+def _constant(x: Any, name: str, op: str, like: Tensor | None = None) -> Any:
+    """The raw array of an argument that the loss treats as a constant (on ``like``'s device, as
+    ``_raw``): one that requires grad is refused, as its gradient (which torch computes) would
+    silently be missing."""
     if isinstance(x, Tensor) and x.requires_grad and is_grad_enabled():
         raise RuntimeError(f"{op}: {name} requires grad, but no gradient flows into {name} here; "
                            f"pass {name}.detach()")
-    return _raw(x)
+    return _raw(x, like, name, op)
 
 
 def _float_input(op: str, input: Tensor) -> None:
@@ -70,13 +82,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     _float_input("cross_entropy", input)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _constant(target, "target", "cross_entropy")
+    t = _constant(target, "target", "cross_entropy", input)
     if t.dtype.kind == "f" and ignore_index != -100:
         raise RuntimeError(f"cross_entropy: ignore_index={ignore_index} is not supported for a class-probability "
                            f"(float) target, as in torch; give zero probabilities instead")
     if t.dtype.kind == "f" and t.dtype != input.dtype:
         t = t.astype(input.dtype)
-    weight = _constant(weight, "weight", "cross_entropy")
+    weight = _constant(weight, "weight", "cross_entropy", input)
     return fused.CrossEntropy.apply(input, target=t, weight=weight, ignore_index=ignore_index,
                                     reduction=reduction, label_smoothing=label_smoothing)
 
@@ -85,7 +97,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of log-probabilities ``input`` (N, C)."""
     _float_input("nll_loss", input)
-    return fused.NLLLoss.apply(input, target=_raw(target), weight=_constant(weight, "weight", "nll_loss"),
+    return fused.NLLLoss.apply(input, target=_raw(target, input, "target", "nll_loss"),
+                               weight=_constant(weight, "weight", "nll_loss", input),
                                ignore_index=ignore_index, reduction=reduction)
 
 
@@ -108,12 +121,12 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
     """Binary cross-entropy of logits, numerically stable for any magnitude."""
     _float_input("binary_cross_entropy_with_logits", input)
     op = "binary_cross_entropy_with_logits"
-    t = _constant(target, "target", op)
+    t = _constant(target, "target", op, input)
     if tuple(t.shape) != input.shape:
         raise ValueError(f"{op}: target {tuple(t.shape)} and input {input.shape} differ in shape")
     return fused.BCEWithLogits.apply(input, target=t.astype(input.dtype, copy=False),
-                                     weight=_constant(weight, "weight", op),
-                                     pos_weight=_constant(pos_weight, "pos_weight", op), reduction=reduction)
+                                     weight=_constant(weight, "weight", op, input),
+                                     pos_weight=_constant(pos_weight, "pos_weight", op, input), reduction=reduction)
 
 
 def layer_norm(input: Tensor, normalized_shape: Any, weight: Tensor | None = None,
@@ -265,7 +278,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         return attention.ScaledDotProductAttention.apply(query, key, value, attn_mask, is_causal=is_causal,
                                                          scale=scale, dropout_p=dropout_p, rng=rng)
     return attention.ScaledDotProductAttention.apply(
-        query, key, value, mask=_raw(attn_mask), is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng)
+        query, key, value, mask=_raw(attn_mask, query, "attn_mask", "scaled_dot_product_attention"),
+        is_causal=is_causal, scale=scale, dropout_p=dropout_p, rng=rng)
 
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")

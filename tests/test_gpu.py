@@ -239,3 +239,53 @@ def test_float32_training_on_the_gpu_lowers_the_loss() -> None:
         opt.step()
         first = loss.item() if first is None else first
     assert loss.dtype == gu.float32 and loss.item() < 0.3 * first, (first, loss.item())
+
+
+# ----------------------------------------------------------------------------- devices at the boundaries
+def test_a_loss_refuses_a_target_tensor_on_the_cpu_and_moves_a_numpy_one() -> None:
+    import groundup.functional as F
+
+    logits = gu.randn(3, 13, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"cross_entropy: target is on cpu but the input is on cuda"):
+        F.cross_entropy(logits, gu.tensor(TARGETS[0, :3]))
+    with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: attn_mask is on cpu"):
+        q = gu.randn(2, 3, 4, device=DEVICE)
+        F.scaled_dot_product_attention(q, q, q, attn_mask=gu.ones(3, 3, dtype=gu.bool))
+    loss = F.cross_entropy(logits, TARGETS[0, :3])                             # a NumPy array: copied over
+    expected = F.cross_entropy(logits.detach().cpu(), TARGETS[0, :3])
+    assert loss.device == DEVICE
+    np.testing.assert_allclose(loss.item(), expected.item(), rtol=1e-6)
+
+
+def test_indexing_and_gather_with_numpy_indices_on_the_gpu() -> None:
+    x = gu.randn(5, 4, dtype=gu.float64, device=DEVICE, requires_grad=True)
+    rows, picks = np.array([3, 0, 3, 1]), np.array([[0, 2], [1, 1], [3, 0], [2, 2], [0, 0]])
+    out = (x[rows] * 2.0).sum() + x.gather(1, gu.tensor(picks, device=DEVICE)).sum()
+    out.backward()
+    expected = np.zeros((5, 4))
+    np.add.at(expected, rows, 2.0)
+    np.add.at(expected, (np.arange(5)[:, None], picks), 1.0)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+@pytest.mark.parametrize("pos", ["rotary", "learned"])
+def test_the_exported_torch_twin_runs_on_cuda(pos: str) -> None:
+    """TorchGPT (what ``groundup export --to torch`` ships) keeps its rotary tables and positions on the
+    model's device, and gives groundup's loss and greedy tokens there."""
+    import torch
+
+    from groundup.interop.torch_gpt import TorchGPT
+    from groundup.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0, pos_encoding=pos)
+    gu.manual_seed(0)
+    model = GPT(cfg).double()
+    ref = TorchGPT(cfg).double()
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+    ref = ref.cuda()
+    model.to(DEVICE)
+    ours = model.loss(*on(DEVICE, IDS, TARGETS)).item()
+    theirs = ref.loss(torch.from_numpy(IDS).cuda(), torch.from_numpy(TARGETS).cuda()).item()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+    tokens = ref.generate(torch.from_numpy(IDS[:, :3]).cuda(), 6, temperature=1e-6).cpu().numpy()
+    np.testing.assert_array_equal(tokens, model.generate(IDS[:, :3], 6, temperature=0.0).numpy())

@@ -8,6 +8,7 @@ hand in the test, never against numbers copied from a previous run.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,6 +250,11 @@ def test_the_oracles_can_fail() -> None:
 
 
 # ---------------------------------------------------------------- dtypes
+def on(x: gu.Tensor, data: Any, dtype: Any = None) -> gu.Tensor:
+    """A constant on x's device (CUDA for the cupy backend), in x's dtype when ``dtype`` is "x"."""
+    return gu.tensor(data, dtype=x.dtype if isinstance(dtype, str) else dtype, device=x.device)
+
+
 FLOAT32_OPS = {
     "scalars": lambda x: 2.5 * x + 1.5 - x / 3.0 + 1 - 0.5 ** x.sigmoid() + x**2.0 + (1.0 - x) * 0.1,
     "unary": lambda x: x.exp() + x.abs().add(1.0).log() + (x * x + 1.0).sqrt() + (x * x + 1).rsqrt() + x.tanh(),
@@ -260,23 +266,23 @@ FLOAT32_OPS = {
     + gu.cat([x.permute(1, 0), x.T], dim=1).sum(),
     "split_stack": lambda x: gu.stack(x.split(2, dim=1), dim=0).sum(0) + x.chunk(2)[0].sum(),
     "matmul": lambda x: x @ x.T @ x[:, 0] + x.mT.matmul(x).sum() + x[0] @ x[1],
-    "index": lambda x: x[x > 0].sum() + x[None, ..., 1] + x.gather(1, gu.tensor([[0, 0], [1, 3], [2, 2]])).sum(),
-    "softmax_losses": lambda x: F.softmax(x, 1) + F.log_softmax(x, 0) + F.cross_entropy(x, gu.tensor([0, 3, 1]),
-                                                                                        label_smoothing=0.1)
-    + F.cross_entropy(x, gu.tensor([0, 3, 1]), weight=gu.tensor([1.0, 2.0, 0.5, 1.0]), reduction="sum")
-    + F.nll_loss(x, gu.tensor([0, 1, 2])) + F.mse_loss(x, x.detach() * 2.0)
-    + F.binary_cross_entropy_with_logits(x, (x > 0).float(), pos_weight=gu.ones(4) * 2.0),
-    "layers": lambda x: F.layer_norm(x, (4,), gu.ones(4, dtype=x.dtype), gu.zeros(4, dtype=x.dtype))
+    "index": lambda x: x[x > 0].sum() + x[None, ..., 1] + x.gather(1, on(x, [[0, 0], [1, 3], [2, 2]])).sum(),
+    "softmax_losses": lambda x: F.softmax(x, 1) + F.log_softmax(x, 0)
+    + F.cross_entropy(x, on(x, [0, 3, 1]), label_smoothing=0.1)
+    + F.cross_entropy(x, on(x, [0, 3, 1]), weight=on(x, [1.0, 2.0, 0.5, 1.0]), reduction="sum")
+    + F.nll_loss(x, on(x, [0, 1, 2])) + F.mse_loss(x, x.detach() * 2.0)
+    + F.binary_cross_entropy_with_logits(x, (x > 0).float(), pos_weight=on(x, [2.0] * 4)),
+    "layers": lambda x: F.layer_norm(x, (4,), on(x, np.ones(4), "x"), on(x, np.zeros(4), "x"))
     + F.gelu(x) + F.gelu(x, approximate="tanh")
-    + F.linear(x, gu.ones(4, 4, dtype=x.dtype) * 0.5, gu.ones(4, dtype=x.dtype))
-    + F.embedding(gu.tensor([0, 1, 2]), x, padding_idx=1)
-    + F.dropout(x, 0.3) + F.silu(x) + F.rms_norm(x, (4,), gu.ones(4)),
-    "conv_pool": lambda x: F.conv2d(x.reshape(1, 1, 3, 4), gu.ones(2, 1, 2, 2, dtype=x.dtype) * 0.5,
-                                                gu.zeros(2, dtype=x.dtype), padding=1).sum()
+    + F.linear(x, on(x, np.full((4, 4), 0.5), "x"), on(x, np.ones(4), "x"))
+    + F.embedding(on(x, [0, 1, 2]), x, padding_idx=1)
+    + F.dropout(x, 0.3) + F.silu(x) + F.rms_norm(x, (4,), on(x, np.ones(4, dtype=np.float32))),
+    "conv_pool": lambda x: F.conv2d(x.reshape(1, 1, 3, 4), on(x, np.full((2, 1, 2, 2), 0.5), "x"),
+                                    on(x, np.zeros(2), "x"), padding=1).sum()
     + F.max_pool2d(x.reshape(1, 1, 3, 4), 2).sum() + F.avg_pool2d(x.reshape(1, 1, 3, 4), 2, padding=1).sum() + x,
     "attention": lambda x: F.scaled_dot_product_attention(x[None], x[None], x[None], is_causal=True)[0]
     + F.scaled_dot_product_attention(x, x, x, attn_mask=(x @ x.T).detach() > 0, scale=0.5)
-    + F.scaled_dot_product_attention(x, x, x, attn_mask=gu.zeros(3, 3)),
+    + F.scaled_dot_product_attention(x, x, x, attn_mask=on(x, np.zeros((3, 3), dtype=np.float32))),
 }
 
 

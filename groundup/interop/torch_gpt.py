@@ -179,12 +179,13 @@ class TorchGPT(nn.Module):
         x = self.wte(idx)                                             # (B, T, C)
         rope = None
         if self.c["pos_encoding"] == "learned":
-            x = x + self.wpe(torch.arange(pos0, pos0 + T))
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))
         elif self.c["pos_encoding"] == "sinusoidal":
             x = x + self.sinusoid[pos0:pos0 + T]
         elif self.c["pos_encoding"] == "rotary":
-            if self.rope is None or self.rope[0].shape[0] < pos0 + T:
-                self.rope = rotary_tables(max(pos0 + T, self.c["block_size"]), self.c["n_embd"] // self.c["n_head"])
+            if self.rope is None or self.rope[0].shape[0] < pos0 + T or self.rope[0].device != idx.device:
+                tables = rotary_tables(max(pos0 + T, self.c["block_size"]), self.c["n_embd"] // self.c["n_head"])
+                self.rope = (tables[0].to(idx.device), tables[1].to(idx.device))     # on the model's device
             rope = (self.rope[0][pos0:pos0 + T], self.rope[1][pos0:pos0 + T])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -216,7 +217,7 @@ class TorchGPT(nn.Module):
                 logits = self(idx[:, -T_max:], caches)
             probs = F.softmax(logits[:, -1, :].double() / temperature, dim=-1)
             cdf = torch.cumsum(probs, dim=-1)
-            u = torch.from_numpy(rng.random(idx.shape[0])) * cdf[:, -1]
+            u = torch.from_numpy(rng.random(idx.shape[0])).to(cdf.device) * cdf[:, -1]
             nxt = (cdf <= u[:, None]).sum(dim=-1).clamp(max=probs.shape[-1] - 1)
             idx = torch.cat([idx, nxt[:, None]], dim=1)
         return idx

@@ -311,6 +311,7 @@ class LSTMScan(Function):
         use_tanh = _TANH_IS_FAST and xp is np
         scale = xp.asarray(_LSTM_TANH_SCALE if use_tanh else _LSTM_EXP_SCALE, dtype=xi.dtype).reshape(4, 1, 1)
         table = x_gates = None
+        clip = {"mode": "clip"} if xp is np else {}                    # CuPy's take has no mode= (rows checked)
         if idx is None:
             x_gates = _gate_major(xi, 4)                               # (T, 4, N, H) view, gates i, f, g, o
         else:
@@ -343,7 +344,7 @@ class LSTMScan(Function):
                     else:
                         pre *= scale
                 else:
-                    xp.take(table, idx[t], axis=1, out=pre, mode="clip")   # (4, V, H) -> (4, N, H), rows checked
+                    xp.take(table, idx[t], axis=1, out=pre, **clip)    # (4, V, H) -> (4, N, H), rows checked
                     pre += hw_gates                                    # scaled already
                 if use_tanh:
                     sig = pre[:3]                                      # (3, N, H) view

@@ -299,6 +299,9 @@ def _arg_reduce(x: Tensor, dim: int | None, keepdim: bool, mode: str) -> Tensor:
     if dim is None:
         flat = xp.asarray(getattr(x.data, mode)(), dtype=backend.int64)
         return constant(flat.reshape((1,) * x.ndim) if keepdim else flat, x)
+    if x.ndim == 0:                                 # torch (and NumPy) take dim 0 / -1 of a 0-d tensor; CuPy not
+        wrap_dim(dim, 0, mode)
+        return constant(xp.zeros((), dtype=backend.int64), x)
     return constant(getattr(xp, mode)(x.data, axis=dim, keepdims=keepdim).astype(backend.int64), x)
 
 

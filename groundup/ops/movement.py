@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from groundup.backend import array_module, to_device
 from groundup.function import Function, unbroadcast, wrap_dim
 
@@ -117,6 +119,17 @@ def _is_basic(index: Any) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
+def _on_device_of(x: Any, index: Any) -> Any:
+    """``index`` with its NumPy arrays moved to the GPU when ``x`` lives there (CuPy's add.at and
+    where need the index on the device; its getitem would copy it there anyway)."""
+    xp = array_module(x)
+    if xp is np:
+        return index
+    if isinstance(index, tuple):
+        return tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index)
+    return xp.asarray(index) if isinstance(index, np.ndarray) else index
+
+
 def _distinct_rows(index: Any, rows: int, xp: Any) -> bool:
     """True when ``index`` is one boolean mask, or one integer array whose entries name distinct rows
     of an axis of ``rows`` (negative ones counted from the end): then x[index] never repeats an element
@@ -140,6 +153,7 @@ class GetItem(Function):
     """x[index] for ints, slices, None, Ellipsis, integer arrays and boolean masks."""
 
     def forward(self, x, index: Any = None):
+        index = _on_device_of(x, index)
         self.index, self.in_shape, self.dtype = index, x.shape, x.dtype
         try:
             return x[index]
@@ -172,13 +186,14 @@ class Gather(Function):
             raise IndexError(f"gather: index {bad} is out of range for dim {d} of size {x.shape[d]}")
         # NOTE: torch takes index's own shape (no broadcasting): the input is cut to it outside dim
         window = tuple(slice(None) if k == d else slice(0, i) for k, i in enumerate(index.shape))
+        index = _on_device_of(x, index)
         self.index, self.dim, self.in_shape = index, d, x.shape
         return xp.take_along_axis(x[window], index, axis=d)
 
     def backward(self, gz):
         xp = array_module(gz)
         grad = xp.zeros(self.in_shape, dtype=gz.dtype)
-        idx = [xp.indices(self.index.shape, sparse=True)[i] for i in range(gz.ndim)]
+        idx = list(xp.ix_(*[xp.arange(n) for n in self.index.shape]))         # open grids (CuPy: no sparse=)
         idx[self.dim] = self.index
         xp.add.at(grad, tuple(idx), gz)
         return grad
