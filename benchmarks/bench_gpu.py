@@ -10,7 +10,9 @@ path; no ``torch.compile``), and ``torch_explicit`` the same with attention writ
 forward, backward, gradient clipping at 1.0 and an AdamW update, in float32 on both sides (TF32 off
 on both: neither CuPy nor PyTorch uses it for float32 matmuls by default). After warm-up the
 contenders take turns of 3 steps, the first untimed; every timed step ends with a device
-synchronize, so a step's time is the GPU's work plus the host's launch overhead. Peak memory:
+synchronize, so a step's time is the GPU's work plus the host's launch overhead. Then a few more
+steps each with a synchronize after the forward, the backward and the update say where the time
+goes. Peak memory:
 PyTorch's ``max_memory_allocated`` and the bytes CuPy's memory pool holds after the run.
 """
 
@@ -32,7 +34,22 @@ if str(HERE) not in sys.path:
 
 PRESETS = {"baby": dict(batch_size=12, iters=30), "small": dict(batch_size=64, iters=20)}
 TURN = 3
+PROFILE_STEPS = 5
 VOCAB = 65
+
+
+def _marker(synchronize: Any, parts: dict[str, list[float]] | None) -> Any:
+    """``mark(name)``: with ``parts``, wait for the GPU and record the time since the last mark."""
+    last = [time.perf_counter()]
+
+    def mark(name: str) -> None:
+        if parts is not None:
+            synchronize()
+            now = time.perf_counter()
+            parts.setdefault(name, []).append(now - last[0])
+            last[0] = now
+
+    return mark
 
 
 def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any]:
@@ -61,14 +78,18 @@ def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any
                               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                              lr=tcfg["lr"], betas=tcfg["betas"])
 
-        def step(x: Any, y: Any) -> tuple[float, float]:
+        def step(x: Any, y: Any, parts: dict[str, list[float]] | None = None) -> tuple[float, Any]:
+            mark = _marker(cp.cuda.Device().synchronize, parts)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = model.loss(x, y)
+            mark("forward")
             loss.backward()
+            mark("backward")
             clip_grad_norm_(params, tcfg["grad_clip"])
             opt.step()
             cp.cuda.Device().synchronize()
+            mark("clip + AdamW")
             return time.perf_counter() - t0, loss
 
         return step
@@ -82,14 +103,18 @@ def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any
                                  {"params": [p for p in ref.parameters() if p.ndim < 2], "weight_decay": 0.0}],
                                 lr=tcfg["lr"], betas=tcfg["betas"], fused=True)
 
-        def step(x: Any, y: Any) -> tuple[float, float]:
+        def step(x: Any, y: Any, parts: dict[str, list[float]] | None = None) -> tuple[float, Any]:
+            mark = _marker(torch.cuda.synchronize, parts)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = ref.loss(x, y)
+            mark("forward")
             loss.backward()
+            mark("backward")
             torch.nn.utils.clip_grad_norm_(ref.parameters(), tcfg["grad_clip"])
             opt.step()
             torch.cuda.synchronize()
+            mark("clip + AdamW")
             return time.perf_counter() - t0, loss
 
         return step
@@ -143,13 +168,19 @@ def bench(preset: str, iters: int | None = None, batch_size: int | None = None, 
             for j in range(take):
                 times[name].append(built[name](*batch(name, warmup + done + j))[0])
         done, turn = done + take, turn + 1
+    sections: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    for i in range(PROFILE_STEPS):              # then where a step's time goes: a synchronize after each part
+        for name in names:
+            built[name](*batch(name, warmup + i % iters), sections[name])
     result: dict[str, Any] = {"preset": preset, "batch_size": B, "block_size": T, "tokens_per_step": B * T,
                               "iters": iters, "first_loss": first_loss, "contenders": {}}
     for name in names:
         ms = np.asarray(times[name]) * 1e3
         result["contenders"][name] = {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()),
                                       "max_ms": float(ms.max()),
-                                      "tokens_per_s": B * T / (float(np.median(ms)) / 1e3)}
+                                      "tokens_per_s": B * T / (float(np.median(ms)) / 1e3),
+                                      "sections_median_ms": {k: float(np.median(v) * 1e3)
+                                                             for k, v in sections[name].items()}}
     if "torch" in names:
         best = result["contenders"]["torch"]["tokens_per_s"]
         for name in names:
@@ -177,6 +208,9 @@ def format_table(result: dict[str, Any]) -> str:
     for name, c in result["contenders"].items():
         lines.append(f"{name:16s} {c['median_ms']:10.2f} {c['min_ms']:8.2f} {c['max_ms']:8.2f} "
                      f"{c['tokens_per_s']:10.0f} {c.get('ratio_vs_torch', float('nan')):8.2f}x")
+    lines.append("sections (ms, a synchronize after each): " + "; ".join(
+        f"{name} " + ", ".join(f"{k} {v:.2f}" for k, v in c["sections_median_ms"].items())
+        for name, c in result["contenders"].items()))
     lines.append("first loss (same weights, same batch): "
                  + ", ".join(f"{k} {v:.6f}" for k, v in result["first_loss"].items()))
     lines.append(f"peak memory: torch {result['torch_peak_mb']:.0f} MiB allocated, CuPy pool "
