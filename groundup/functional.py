@@ -210,8 +210,9 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return input
     if p == 1.0:
         return input * 0.0
-    mask = kernels.dropout_mask(random.generator(), tuple(input.shape), p, input.dtype)
-    return input * Tensor._make(backend.to_device(mask, input.device), False, None)
+    xp = backend.array_module(input.data)
+    mask = kernels.dropout_mask(random.generator(), tuple(input.shape), p, input.dtype, xp)   # on input's device
+    return input * Tensor._make(mask, False, None)
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
