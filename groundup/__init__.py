@@ -46,6 +46,28 @@ from groundup.ops.methods import (
     softmax,
     where,
 )
+from groundup.ops.ordering import (
+    amin,
+    argsort,
+    cumprod,
+    cumsum,
+    diff,
+    flip,
+    index_select,
+    movedim,
+    narrow,
+    nonzero,
+    norm,
+    outer,
+    prod,
+    roll,
+    sort,
+    swapaxes,
+    topk,
+    unbind,
+)
+from groundup.ops.ordering import movedim as moveaxis
+from groundup.ops.ordering import swapaxes as swapdims
 from groundup.random import get_rng_state, manual_seed, set_rng_state
 from groundup.tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 
@@ -92,4 +114,6 @@ __all__ = [
     "full_like", "randn_like", "rand_like", "empty", "eye", "cat", "stack", "one_hot", "where", "maximum",
     "minimum", "clamp", "matmul", "softmax", "argmax", "argmin", "logsumexp", "exp", "log", "tanh",
     "sigmoid", "sqrt", "tril", "triu", "functional", "nn", "optim", "cuda_is_available",
+    "cumsum", "cumprod", "prod", "diff", "norm", "sort", "argsort", "topk", "amin", "nonzero", "flip", "roll",
+    "narrow", "index_select", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "outer",
 ]

@@ -10,7 +10,8 @@ Names and semantics follow PyTorch (``dim``, ``keepdim``, ``requires_grad``, ``.
 This file holds the engine only: grad mode (``no_grad``), the ``Tensor`` class (its array, its
 node in the graph, ``backward``), the checks ``backward`` makes, and the topological sort. The
 ops, by torch's names, are methods that ``Tensor`` inherits from ``TensorMethods``
-(``groundup/ops/methods.py``); READING.md gives the reading order.
+(``groundup/ops/methods.py``) and ``OrderingMethods`` (``groundup/ops/ordering.py``: sort, cumsum,
+flip, ...); READING.md gives the reading order.
 
 References: micrograd (github.com/karpathy/micrograd), tinygrad, the PyTorch autograd docs.
 """
@@ -29,6 +30,7 @@ from groundup import backend
 from groundup.backend import array_module, as_dtype, device_of, to_device, to_numpy
 from groundup.function import bump_storage_version, storage_version
 from groundup.ops.methods import TensorMethods
+from groundup.ops.ordering import OrderingMethods
 
 _state = threading.local()
 
@@ -72,11 +74,12 @@ def _infer_dtype(data: Any) -> np.dtype:
     raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
 
 
-class Tensor(TensorMethods):
+class Tensor(TensorMethods, OrderingMethods):
     """An array with an optional gradient. See ``groundup.tensor`` (the function) to make one.
 
     The ops (``x * y``, ``x.sum()``, ``x.reshape(...)``) are methods of ``TensorMethods``
-    (``groundup/ops/methods.py``); this class holds the array, the graph and ``backward``.
+    (``groundup/ops/methods.py``) and ``OrderingMethods`` (``groundup/ops/ordering.py``); this class
+    holds the array, the graph and ``backward``.
     """
 
     __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_retain_grad", "__weakref__")

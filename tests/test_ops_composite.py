@@ -232,6 +232,29 @@ def with_ties(rng: np.random.Generator) -> list[np.ndarray]:
     return [x, y]
 
 
+def with_zeros(rng: np.random.Generator) -> list[np.ndarray]:
+    """Rows with one zero, two zeros and none: where the gradient of a product is not out / x."""
+    x = rng.standard_normal((3, 5))
+    x[0, 2] = x[1, 0] = x[1, 3] = 0.0
+    return [x]
+
+
+def running_product(x: Tensor) -> Tensor:
+    """cumprod along the last dim of a 2-D x as a chain of multiplies (exact gradients at zeros)."""
+    columns = [x[:, 0]]
+    for k in range(1, x.shape[1]):
+        columns.append(columns[-1] * x[:, k])                           # (N,)
+    return stack(columns).mT                                            # (N, K)
+
+
+def product(x: Tensor) -> Tensor:
+    """The product of a 1-D x as a chain of multiplies."""
+    total = x[0]
+    for k in range(1, x.shape[0]):
+        total = total * x[k]
+    return total
+
+
 MASK = np.array([[True, False, False, True], [False, True, False, False], [True, True, False, False]])
 GATHER_INDEX = np.array([[0, 3], [2, 2], [1, 0]])                       # a repeated index accumulates
 TOKENS = np.array([[1, 0, 4], [4, 2, 1]])
@@ -288,6 +311,16 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
                   lambda x: x * const(np.tril(np.ones((3, 4)))))),
     ("Triu", Case("ops.movement.Triangle", normal(3, 4), lambda x: x.triu(1),
                   lambda x: x * const(np.triu(np.ones((3, 4)), 1)))),
+    # --- convenience ops in cumulative.py
+    ("Cumsum", Case("ops.cumulative.Cumsum", normal(3, 4), lambda x: x.cumsum(-1),
+                    lambda x: x @ const(np.triu(np.ones((4, 4)))))),
+    ("Cumsum-dim0", Case("ops.cumulative.Cumsum", normal(3, 2, 2), lambda x: x.cumsum(0),
+                         lambda x: (const(np.tril(np.ones((3, 3)))) @ x.reshape(3, 4)).reshape(3, 2, 2))),
+    ("Cumprod", Case("ops.cumulative.Cumprod", normal(3, 4), lambda x: x.cumprod(1), running_product)),
+    ("Cumprod-zeros", Case("ops.cumulative.Cumprod", with_zeros, lambda x: x.cumprod(-1), running_product)),
+    ("Prod", Case("ops.cumulative.Prod", normal(2, 3), lambda x: x.prod(), lambda x: product(x.reshape(6)))),
+    ("Prod-zeros", Case("ops.cumulative.Prod", with_zeros, lambda x: x.prod(1, keepdim=True),
+                        lambda x: stack([product(x[i]) for i in range(3)]).reshape(3, 1))),
     # --- fused ops
     ("Softmax", Case("ops.fused.Softmax", normal(3, 5), lambda x: x.softmax(dim=-1), softmax)),
     ("LogSoftmax", Case("ops.fused.LogSoftmax", normal(3, 5), lambda x: x.log_softmax(dim=0),

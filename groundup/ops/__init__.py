@@ -15,8 +15,9 @@ non-primitive op gives the same values and gradients as its composite through pr
 
 Where the code is: ``function.py`` (the Function base, ``unbroadcast``), then
 ``ops/elementwise.py``, ``ops/reduce.py``, ``ops/movement.py``, ``ops/linalg.py`` (primitives and
-convenience ops), ``ops/fused.py``, ``ops/conv.py``, ``ops/attention.py``; ``ops/methods.py`` makes
-them Tensor methods with torch's names. READING.md gives the reading order.
+convenience ops), ``ops/cumulative.py`` (convenience ops), ``ops/fused.py``,
+``ops/conv.py``, ``ops/attention.py``; ``ops/methods.py`` and ``ops/ordering.py`` make them Tensor
+methods with torch's names. READING.md gives the reading order.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ CONVENIENCE: dict[str, str] = {
     "ops.movement.Cat": "n inputs in one node (the composite places each with a 0/1 matmul and adds)",
     "ops.movement.Gather": "torch's gather in one node (GetItem with index grids)",
     "ops.movement.Triangle": "tril / triu without a mask array saved (the composite multiplies by one)",
+    "ops.cumulative.Cumsum": "one O(n) pass each way; the composite is x @ triu(ones(n, n)), an n x n matmul",
+    "ops.cumulative.Cumprod": "one node for n chained multiplies, with torch's gradient at zeros (sum(g * out) / x "
+                              "would be nan there)",
+    "ops.cumulative.Prod": "one node for n chained multiplies, with torch's gradient at zeros (out / x is nan there)",
 }
 
 FUSED: dict[str, str] = {
