@@ -35,6 +35,7 @@ from groundup.creation import (
     zeros,
     zeros_like,
 )
+from groundup.ops.einsum import einsum
 from groundup.ops.methods import (
     argmax,
     argmin,
@@ -115,5 +116,5 @@ __all__ = [
     "minimum", "clamp", "matmul", "softmax", "argmax", "argmin", "logsumexp", "exp", "log", "tanh",
     "sigmoid", "sqrt", "tril", "triu", "functional", "nn", "optim", "cuda_is_available",
     "cumsum", "cumprod", "prod", "diff", "norm", "sort", "argsort", "topk", "amin", "nonzero", "flip", "roll",
-    "narrow", "index_select", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "outer",
+    "narrow", "index_select", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "outer", "einsum",
 ]

@@ -311,7 +311,7 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
                   lambda x: x * const(np.tril(np.ones((3, 4)))))),
     ("Triu", Case("ops.movement.Triangle", normal(3, 4), lambda x: x.triu(1),
                   lambda x: x * const(np.triu(np.ones((3, 4)), 1)))),
-    # --- convenience ops in cumulative.py
+    # --- convenience ops in cumulative.py and einsum.py
     ("Cumsum", Case("ops.cumulative.Cumsum", normal(3, 4), lambda x: x.cumsum(-1),
                     lambda x: x @ const(np.triu(np.ones((4, 4)))))),
     ("Cumsum-dim0", Case("ops.cumulative.Cumsum", normal(3, 2, 2), lambda x: x.cumsum(0),
@@ -321,6 +321,19 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
     ("Prod", Case("ops.cumulative.Prod", normal(2, 3), lambda x: x.prod(), lambda x: product(x.reshape(6)))),
     ("Prod-zeros", Case("ops.cumulative.Prod", with_zeros, lambda x: x.prod(1, keepdim=True),
                         lambda x: stack([product(x[i]) for i in range(3)]).reshape(3, 1))),
+    ("Einsum-bmm", Case("ops.einsum.Einsum", normals((2, 3, 4), (2, 4, 5)),
+                        lambda a, b: gu.einsum("bij,bjk->bik", a, b),
+                        lambda a, b: (a.reshape(2, 3, 4, 1) * b.reshape(2, 1, 4, 5)).sum(dim=2))),
+    ("Einsum-diagonal", Case("ops.einsum.Einsum", normal(4, 4), lambda x: gu.einsum("ii->i", x),
+                             lambda x: x[np.arange(4), np.arange(4)])),
+    ("Einsum-summed-out", Case("ops.einsum.Einsum", normals((3, 4), (4,)), lambda a, b: gu.einsum("ij,k->j", a, b),
+                               lambda a, b: a.sum(dim=0) * b.sum())),
+    ("Einsum-ellipsis-broadcast", Case(
+        "ops.einsum.Einsum", normals((2, 1, 3, 4), (5, 4, 1)), lambda a, b: gu.einsum("...ij,...jk->...ik", a, b),
+        lambda a, b: (a.reshape(2, 1, 3, 4, 1) * b.reshape(1, 5, 1, 4, 1)).sum(dim=3))),
+    ("Einsum-three", Case(                                             # a trace of a product: every index summed
+        "ops.einsum.Einsum", normals((2, 3), (3, 4), (4, 2)), lambda a, b, c: gu.einsum("ij,jk,ki", a, b, c),
+        lambda a, b, c: (a.reshape(2, 3, 1) * b.reshape(1, 3, 4) * c.permute(1, 0).reshape(2, 1, 4)).sum())),
     # --- fused ops
     ("Softmax", Case("ops.fused.Softmax", normal(3, 5), lambda x: x.softmax(dim=-1), softmax)),
     ("LogSoftmax", Case("ops.fused.LogSoftmax", normal(3, 5), lambda x: x.log_softmax(dim=0),

@@ -15,7 +15,7 @@ non-primitive op gives the same values and gradients as its composite through pr
 
 Where the code is: ``function.py`` (the Function base, ``unbroadcast``), then
 ``ops/elementwise.py``, ``ops/reduce.py``, ``ops/movement.py``, ``ops/linalg.py`` (primitives and
-convenience ops), ``ops/cumulative.py`` (convenience ops), ``ops/fused.py``,
+convenience ops), ``ops/cumulative.py`` and ``ops/einsum.py`` (convenience ops), ``ops/fused.py``,
 ``ops/conv.py``, ``ops/attention.py``; ``ops/methods.py`` and ``ops/ordering.py`` make them Tensor
 methods with torch's names. READING.md gives the reading order.
 """
@@ -68,6 +68,8 @@ CONVENIENCE: dict[str, str] = {
     "ops.cumulative.Cumprod": "one node for n chained multiplies, with torch's gradient at zeros (sum(g * out) / x "
                               "would be nan there)",
     "ops.cumulative.Prod": "one node for n chained multiplies, with torch's gradient at zeros (out / x is nan there)",
+    "ops.einsum.Einsum": "any contraction in one node, forward and backward by einsum (NumPy picks a BLAS order); "
+                         "the composite is permute, reshape, broadcast multiply and sum",
 }
 
 FUSED: dict[str, str] = {
