@@ -3,8 +3,8 @@
 Each operand is named by a subscript, one letter per dim; a letter in two places means the same
 index, a letter missing from the output is summed over, and ``...`` stands for the dims no letter
 names (they broadcast, right-aligned, as in torch). Without ``->`` the output is the ellipsis dims
-then the letters used once, in alphabetical order. A dim of size 1 broadcasts against the same
-letter's larger size in another operand, as in torch.
+then the letters used once, in alphabetical order (upper case first, as torch). A dim of size 1
+broadcasts against the same letter's larger size in another operand, as in torch.
 
 The backward is einsum again: the gradient of operand k contracts the output gradient with the
 other operands onto k's letters ("ij,jk->ik" gives "ik,jk->ij" for the first operand). Two cases
@@ -79,8 +79,7 @@ def parse_equation(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[s
     ellipsis = "".join(spare[:n_ellipsis])
     terms = [t.replace("...", ellipsis[n_ellipsis - covered:]) for t, (_, covered) in zip(terms, split)]
     if not arrow:
-        once = sorted((c for c in set("".join(l for l, _ in split)) if "".join(terms).count(c) == 1),
-                      key=string.ascii_letters.index)
+        once = sorted(c for c in set("".join(l for l, _ in split)) if "".join(terms).count(c) == 1)  # A-Z first
         output = ellipsis + "".join(once)
     else:
         named = output.replace("...", "")
