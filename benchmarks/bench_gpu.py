@@ -52,6 +52,29 @@ def _marker(synchronize: Any, parts: dict[str, list[float]] | None) -> Any:
     return mark
 
 
+def _timed_step(loss_of: Any, params: list, clip: Any, opt: Any, synchronize: Any, grad_clip: float) -> Any:
+    """One contender's training step (either framework): forward, backward, clip, update, synchronize.
+
+    ``step(x, y)`` returns (seconds, loss); ``step(x, y, parts)`` also waits for the GPU after each part
+    and appends each part's time to ``parts``.
+    """
+    def step(x: Any, y: Any, parts: dict[str, list[float]] | None = None) -> tuple[float, Any]:
+        mark = _marker(synchronize, parts)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(x, y)
+        mark("forward")
+        loss.backward()
+        mark("backward")
+        clip(params, grad_clip)
+        opt.step()
+        synchronize()
+        mark("clip + AdamW")
+        return time.perf_counter() - t0, loss
+
+    return step
+
+
 def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any]:
     """Step functions of each contender on the GPU, from the same initial weights."""
     import cupy as cp
@@ -77,22 +100,7 @@ def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any
         opt = gu.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
                              lr=tcfg["lr"], betas=tcfg["betas"])
-
-        def step(x: Any, y: Any, parts: dict[str, list[float]] | None = None) -> tuple[float, Any]:
-            mark = _marker(cp.cuda.Device().synchronize, parts)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = model.loss(x, y)
-            mark("forward")
-            loss.backward()
-            mark("backward")
-            clip_grad_norm_(params, tcfg["grad_clip"])
-            opt.step()
-            cp.cuda.Device().synchronize()
-            mark("clip + AdamW")
-            return time.perf_counter() - t0, loss
-
-        return step
+        return _timed_step(model.loss, params, clip_grad_norm_, opt, cp.cuda.Device().synchronize, tcfg["grad_clip"])
 
     def torch_step(sdpa: bool) -> Any:
         ref = TorchGPT(cfg, sdpa=sdpa)
@@ -102,22 +110,8 @@ def build(preset: str, batch_size: int, names: tuple[str, ...]) -> dict[str, Any
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                                  {"params": [p for p in ref.parameters() if p.ndim < 2], "weight_decay": 0.0}],
                                 lr=tcfg["lr"], betas=tcfg["betas"], fused=True)
-
-        def step(x: Any, y: Any, parts: dict[str, list[float]] | None = None) -> tuple[float, Any]:
-            mark = _marker(torch.cuda.synchronize, parts)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = ref.loss(x, y)
-            mark("forward")
-            loss.backward()
-            mark("backward")
-            torch.nn.utils.clip_grad_norm_(ref.parameters(), tcfg["grad_clip"])
-            opt.step()
-            torch.cuda.synchronize()
-            mark("clip + AdamW")
-            return time.perf_counter() - t0, loss
-
-        return step
+        return _timed_step(ref.loss, list(ref.parameters()), torch.nn.utils.clip_grad_norm_, opt,
+                           torch.cuda.synchronize, tcfg["grad_clip"])
 
     if "groundup" in names:
         steps["groundup"] = groundup_step(base.to("cuda"))
