@@ -69,6 +69,41 @@ from groundup.ops.ordering import (
 )
 from groundup.ops.ordering import movedim as moveaxis
 from groundup.ops.ordering import swapaxes as swapdims
+from groundup.ops.pointwise_methods import (
+    acos,
+    addcdiv,
+    addcmul,
+    asin,
+    atan,
+    atan2,
+    ceil,
+    cos,
+    cosh,
+    erf,
+    expm1,
+    floor,
+    floor_divide,
+    fmod,
+    frac,
+    hypot,
+    isfinite,
+    isinf,
+    isnan,
+    lerp,
+    log1p,
+    logaddexp,
+    reciprocal,
+    remainder,
+    sign,
+    sin,
+    sinh,
+    square,
+    tan,
+    trunc,
+)
+from groundup.ops.pointwise_methods import all_ as all  # noqa: F401 - torch's name, not in __all__
+from groundup.ops.pointwise_methods import any_ as any  # noqa: F401 - torch's name, not in __all__
+from groundup.ops.pointwise_methods import round_ as round  # noqa: F401 - torch's name, not in __all__
 from groundup.random import get_rng_state, manual_seed, set_rng_state
 from groundup.tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 
@@ -117,4 +152,9 @@ __all__ = [
     "sigmoid", "sqrt", "tril", "triu", "functional", "nn", "optim", "cuda_is_available",
     "cumsum", "cumprod", "prod", "diff", "norm", "sort", "argsort", "topk", "amin", "nonzero", "flip", "roll",
     "narrow", "index_select", "unbind", "movedim", "moveaxis", "swapaxes", "swapdims", "outer", "einsum",
+    # pointwise ops (ops/pointwise_methods.py); gu.any, gu.all and gu.round exist too, but are left out
+    # of __all__ so that ``from groundup import *`` does not shadow Python's builtins
+    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "log1p", "expm1", "erf", "sign", "square",
+    "reciprocal", "floor", "ceil", "trunc", "frac", "isnan", "isinf", "isfinite", "atan2", "hypot", "logaddexp",
+    "lerp", "addcmul", "addcdiv", "floor_divide", "remainder", "fmod",
 ]

@@ -31,6 +31,7 @@ from groundup.backend import array_module, as_dtype, device_of, to_device, to_nu
 from groundup.function import bump_storage_version, storage_version
 from groundup.ops.methods import TensorMethods
 from groundup.ops.ordering import OrderingMethods
+from groundup.ops.pointwise_methods import PointwiseMethods
 
 _state = threading.local()
 
@@ -74,12 +75,13 @@ def _infer_dtype(data: Any) -> np.dtype:
     raise TypeError(f"tensor: cannot make a tensor from data of dtype {arr.dtype}")
 
 
-class Tensor(TensorMethods, OrderingMethods):
+class Tensor(TensorMethods, OrderingMethods, PointwiseMethods):
     """An array with an optional gradient. See ``groundup.tensor`` (the function) to make one.
 
     The ops (``x * y``, ``x.sum()``, ``x.reshape(...)``) are methods of ``TensorMethods``
-    (``groundup/ops/methods.py``) and ``OrderingMethods`` (``groundup/ops/ordering.py``); this class
-    holds the array, the graph and ``backward``.
+    (``groundup/ops/methods.py``), ``OrderingMethods`` (``x.sort()``, ``x.cumsum(0)``:
+    ``groundup/ops/ordering.py``) and ``PointwiseMethods`` (``x.sin()``, ``x // y``:
+    ``groundup/ops/pointwise_methods.py``); this class holds the array, the graph and ``backward``.
     """
 
     __slots__ = ("_data", "grad", "requires_grad", "_ctx", "_retain_grad", "__weakref__")

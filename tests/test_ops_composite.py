@@ -100,6 +100,39 @@ def erf(x: Tensor, terms: int = 60) -> Tensor:
     return total
 
 
+def power_series(x: Tensor, coefficients: dict[int, float]) -> Tensor:
+    """sum_k c_k x^k, each power one PowScalar (x ** 0 is 1 with the gradient 0)."""
+    total = None
+    for k, c in coefficients.items():
+        term = x**k * c
+        total = term if total is None else total + term
+    return total
+
+
+def sin_series(x: Tensor) -> Tensor:
+    """Taylor series; exact to ~1e-16 for |x| < 2.5 with 25 terms."""
+    return power_series(x, {2 * n + 1: (-1) ** n / math.factorial(2 * n + 1) for n in range(25)})
+
+
+def cos_series(x: Tensor) -> Tensor:
+    return power_series(x, {2 * n: (-1) ** n / math.factorial(2 * n) for n in range(25)})
+
+
+def asin_series(x: Tensor) -> Tensor:
+    """sum C(2n, n) x^(2n+1) / (4^n (2n+1)); exact to ~1e-16 for |x| < 0.5 with 40 terms."""
+    return power_series(x, {2 * n + 1: math.comb(2 * n, n) / (4**n * (2 * n + 1)) for n in range(40)})
+
+
+def atan_series(x: Tensor) -> Tensor:
+    """sum (-1)^n x^(2n+1) / (2n+1); exact to ~1e-16 for |x| < 0.5 with 40 terms."""
+    return power_series(x, {2 * n + 1: (-1) ** n / (2 * n + 1) for n in range(40)})
+
+
+def step(x: Tensor, values: np.ndarray) -> Tensor:
+    """A piecewise-constant op: its values as a constant, and a zero gradient (x * 0)."""
+    return x * 0.0 + const(values)
+
+
 def stack(parts: list[Tensor]) -> Tensor:
     """Stack on a new first dim as a sum of one-hot placements (Mul with a constant, then Add)."""
     total = None
@@ -293,6 +326,35 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
     ("MaskedFill", Case("ops.elementwise.MaskedFill", normal(3, 4), lambda x: x.masked_fill(gu.tensor(MASK), 3.0),
                         lambda x: gu.where(MASK, 3.0, x))),
     ("Clone", Case("ops.elementwise.Clone", normal(3, 4), lambda x: x.clone(), lambda x: x * 1.0)),
+    # --- pointwise maths in pointwise.py: series, exps and logs through primitives
+    ("Sin", Case("ops.pointwise.Sin", lambda rng: [rng.uniform(-2, 2, (3, 4))], lambda x: x.sin(), sin_series)),
+    ("Cos", Case("ops.pointwise.Cos", lambda rng: [rng.uniform(-2, 2, (3, 4))], lambda x: x.cos(), cos_series)),
+    ("Tan", Case("ops.pointwise.Tan", lambda rng: [rng.uniform(-1.2, 1.2, (3, 4))], lambda x: x.tan(),
+                 lambda x: sin_series(x) * cos_series(x) ** -1)),
+    ("Asin", Case("ops.pointwise.Asin", lambda rng: [rng.uniform(-0.45, 0.45, (3, 4))], lambda x: x.asin(),
+                  asin_series)),
+    ("Acos", Case("ops.pointwise.Acos", lambda rng: [rng.uniform(-0.45, 0.45, (3, 4))], lambda x: x.acos(),
+                  lambda x: neg(asin_series(x)) + math.pi / 2)),
+    ("Atan", Case("ops.pointwise.Atan", lambda rng: [rng.uniform(-0.45, 0.45, (3, 4))], lambda x: x.atan(),
+                  atan_series)),
+    ("Atan2", Case("ops.pointwise.Atan2", lambda rng: [rng.uniform(-0.8, 0.8, (3, 1)), rng.uniform(2, 3, (1, 4))],
+                   gu.atan2, lambda y, x: atan_series(y * x**-1))),
+    ("Sinh", Case("ops.pointwise.Sinh", normal(3, 4), lambda x: x.sinh(), lambda x: sub(x.exp(), neg(x).exp()) * 0.5)),
+    ("Cosh", Case("ops.pointwise.Cosh", normal(3, 4), lambda x: x.cosh(), lambda x: (x.exp() + neg(x).exp()) * 0.5)),
+    ("Log1p", Case("ops.pointwise.Log1p", lambda rng: [rng.uniform(-0.5, 2, (3, 4))], lambda x: x.log1p(),
+                   lambda x: (x + 1.0).log())),
+    ("Expm1", Case("ops.pointwise.Expm1", normal(3, 4), lambda x: x.expm1(), lambda x: x.exp() + -1.0)),
+    ("Erf", Case("ops.pointwise.Erf", lambda rng: [rng.uniform(-2, 2, (3, 4))], lambda x: x.erf(), erf)),
+    ("Floor", Case("ops.pointwise.PiecewiseConstant", lambda rng: [rng.normal(0, 3, (3, 4))], lambda x: x.floor(),
+                   lambda x: step(x, np.floor(x.data)))),
+    ("Round", Case("ops.pointwise.PiecewiseConstant", lambda rng: [rng.normal(0, 3, (3, 4))],
+                   lambda x: x.round(decimals=1), lambda x: step(x, np.round(x.data, 1)))),
+    ("Sign", Case("ops.pointwise.PiecewiseConstant", normal(3, 4), lambda x: x.sign(),
+                  lambda x: step(x, np.sign(x.data)))),
+    ("Remainder", Case("ops.pointwise.Remainder", lambda rng: [rng.normal(0, 4, (3, 1)), rng.uniform(0.5, 2, (1, 4))],
+                       lambda x, y: x % y, lambda x, y: sub(x, const(np.floor(x.data / y.data)) * y))),
+    ("Fmod", Case("ops.pointwise.Remainder", lambda rng: [rng.normal(0, 4, (3, 1)), rng.uniform(-2, -0.5, (1, 4))],
+                  gu.fmod, lambda x, y: sub(x, const(np.trunc(x.data / y.data)) * y))),
     # --- convenience ops in reduce.py
     ("Mean", Case("ops.reduce.Mean", normal(3, 4, 2), lambda x: x.mean(dim=(0, 2)), lambda x: mean(x, (0, 2)))),
     ("Var", Case("ops.reduce.Var", normal(3, 5), lambda x: x.var(dim=1),
@@ -392,7 +454,7 @@ CASES: dict[str, Case] = {case_id: case for case_id, case in [
                       lambda xi, h, c, w, b: resolve("nn.scans.LSTMScan").apply(xi, h, c, w, b), lstm_steps)),
 ]}
 
-# Fused ops whose composite is a whole model, checked in the model's own tests.
+# Fused ops whose composite is a whole model, checked in the model's own tests; ops with no gradient to compare.
 ELSEWHERE: dict[str, str] = {
     "models.gpt_fast.TransformerStack": "tests/test_gpt_twins.py: FastGPT's fused stack against the readable "
                                         "GPT (engine ops) in float64, values and gradients",
@@ -401,6 +463,8 @@ ELSEWHERE: dict[str, str] = {
     "ops.packed_attention.PackedAttention": "tests/test_ops_packed_attention.py: against the split, "
                                             "ScaledDotProductAttention and merge through Tensor ops, finite "
                                             "differences in float64 and torch",
+    "ops.pointwise.FloorDivide": "tests/test_ops_pointwise.py: its values against torch and (x / y).floor(); "
+                                 "its backward raises, as torch's, so there is no gradient to compare",
 }
 
 

@@ -15,9 +15,11 @@ non-primitive op gives the same values and gradients as its composite through pr
 
 Where the code is: ``function.py`` (the Function base, ``unbroadcast``), then
 ``ops/elementwise.py``, ``ops/reduce.py``, ``ops/movement.py``, ``ops/linalg.py`` (primitives and
-convenience ops), ``ops/cumulative.py`` and ``ops/einsum.py`` (convenience ops), ``ops/fused.py``,
-``ops/conv.py``, ``ops/attention.py``; ``ops/methods.py`` and ``ops/ordering.py`` make them Tensor
-methods with torch's names. READING.md gives the reading order.
+convenience ops), ``ops/cumulative.py`` and ``ops/einsum.py`` (convenience ops),
+``ops/pointwise.py`` (trigonometry, erf, rounding, remainders), ``ops/fused.py``,
+``ops/conv.py``, ``ops/attention.py``; ``ops/methods.py``, ``ops/ordering.py`` and
+``ops/pointwise_methods.py`` make them Tensor methods with torch's names. READING.md gives the
+reading order.
 """
 
 from __future__ import annotations
@@ -70,6 +72,24 @@ CONVENIENCE: dict[str, str] = {
     "ops.cumulative.Prod": "one node for n chained multiplies, with torch's gradient at zeros (out / x is nan there)",
     "ops.einsum.Einsum": "any contraction in one node, forward and backward by einsum (NumPy picks a BLAS order); "
                          "the composite is permute, reshape, broadcast multiply and sum",
+    # pointwise maths (ops/pointwise.py): exact where a primitive composite is a series or loses digits
+    "ops.pointwise.Sin": "sin in one node; the composite through primitives is a Taylor series",
+    "ops.pointwise.Cos": "cos in one node; the composite through primitives is a Taylor series",
+    "ops.pointwise.Tan": "one node for sin / cos (each a series through primitives), saving only its output",
+    "ops.pointwise.Asin": "asin in one node; the composite through primitives is a series slow near +-1",
+    "ops.pointwise.Acos": "pi / 2 - asin in one node; the composite through primitives is a series",
+    "ops.pointwise.Atan": "atan in one node; the composite through primitives is a series (|x| < 1 only)",
+    "ops.pointwise.Atan2": "the quadrant-aware angle in one node; the composite is an atan series plus wheres",
+    "ops.pointwise.Sinh": "exact near 0, where the composite (e^x - e^-x) / 2 cancels away every digit",
+    "ops.pointwise.Cosh": "one node for (e^x + e^-x) / 2, with no e^-x temporary",
+    "ops.pointwise.Log1p": "exact for tiny |x|, where log(1 + x) rounds 1 + x to 1",
+    "ops.pointwise.Expm1": "exact for tiny |x|, where e^x - 1 cancels; saves its output",
+    "ops.pointwise.Erf": "erf by backend.erf (SciPy / CuPy); the composite through primitives is a series",
+    "ops.pointwise.PiecewiseConstant": "floor / ceil / round / trunc / sign with torch's zero gradient (the "
+                                       "composite: x * 0 plus a constant)",
+    "ops.pointwise.Remainder": "remainder / fmod by xp's exact kernels, with torch's gradients (1, -floor or "
+                               "-trunc of x / y); the composite x - y q can round to y or below 0",
+    "ops.pointwise.FloorDivide": "floor(x / y) by xp's floor_divide in one node whose backward refuses, as torch's",
 }
 
 FUSED: dict[str, str] = {
