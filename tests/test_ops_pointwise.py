@@ -153,6 +153,21 @@ def test_reflected_operators_match_torch_values() -> None:
     assert_matches_torch([x], lambda t: 7 % (t * 3), grad=False)
 
 
+def test_hypot_and_logaddexp_at_the_extremes_match_torch() -> None:
+    """hypot does not overflow where its squares would; logaddexp of equal infinities is that infinity."""
+    big = np.array([3e30, -1e38, 0.0, 2.0, np.inf])
+    other = np.array([4e30, 1e37, 0.0, -1e-30, 1.0])
+    inf = np.inf
+    for dtype in ("float32", "float64"):
+        same(gu.hypot(gu.tensor(big.astype(dtype)), gu.tensor(other.astype(dtype))),
+             torch.hypot(torch.tensor(big.astype(dtype)), torch.tensor(other.astype(dtype))))
+        a, b = np.array([-inf, inf, -inf, 1.0, -inf]), np.array([-inf, inf, 2.0, inf, 0.5])
+        same(gu.logaddexp(gu.tensor(a.astype(dtype)), gu.tensor(b.astype(dtype))),
+             torch.logaddexp(torch.tensor(a.astype(dtype)), torch.tensor(b.astype(dtype))))
+    assert_matches_torch([np.array([3e30, -1e30]), np.array([4e30, 2e29])], torch.hypot, gu.hypot,
+                         dtypes=("float32",))
+
+
 def test_zero_dim_operands_broadcast() -> None:
     assert_matches_torch([(), (2, 3)], torch.atan2, gu.atan2)
     assert_matches_torch([(2, 3), ()], torch.logaddexp, gu.logaddexp)
@@ -282,6 +297,7 @@ GRAD = {   # name: (fn, inputs: shapes or arrays)
     "hypot": (lambda a, b: a.hypot(b), lambda: [*BROADCAST]),
     "logaddexp": (lambda a, b: gu.logaddexp(a, b), lambda: [*BROADCAST]),
     "logaddexp_tie": (lambda a, b: a.logaddexp(b), lambda: [np.array([0.5, -1.0]), np.array([0.5, 2.0])]),
+    "logaddexp_inf": (lambda a, b: a.logaddexp(b), lambda: [np.array([-np.inf, 0.3]), np.array([0.5, -np.inf])]),
     "lerp": (lambda a, b, w: a.lerp(b, w), lambda: [(3, 1), (1, 4), (3, 4)]),
     "lerp_scalar": (lambda a, b: gu.lerp(a, b, 0.7), lambda: [*BROADCAST]),
     "addcmul": (lambda a, b, c: a.addcmul(b, c, value=0.5), lambda: [(4,), (3, 1), (1, 4)]),

@@ -20,7 +20,7 @@ import numpy as np
 from groundup import backend
 from groundup.function import wrap_dim
 from groundup.ops import pointwise as P
-from groundup.ops.methods import Operand, _promote, _unary, as_tensor_like, div, maximum, pow
+from groundup.ops.methods import Operand, _promote, _unary, as_tensor_like, div, maximum, pow, where
 from groundup.ops.shaping import TensorBase, constant, is_tensor
 
 if TYPE_CHECKING:
@@ -159,20 +159,31 @@ def atan2(input: Operand, other: Operand) -> Tensor:
 
 
 def hypot(input: Operand, other: Operand) -> Tensor:
-    """sqrt(input^2 + other^2). NOTE: the squares overflow past ~1e154 (float64) or ~1e19 (float32),
-    where torch's hypot does not; the gradient at (0, 0) is nan, as torch's."""
+    """sqrt(input^2 + other^2), scaled by a constant s = max(|input|, |other|) so that the squares cannot
+    overflow: s * sqrt((input / s)^2 + (other / s)^2). With s a constant the gradient is exact,
+    input / hypot; at (0, 0) it is nan, as torch's."""
     a, b = _pair("hypot", input, other)
     _require_float("hypot", a, b)
-    return (square(a) + square(b)).sqrt()
+    xp = backend.array_module(a.data)
+    scale = xp.maximum(xp.abs(a.data), xp.abs(b.data))
+    scale = xp.where((scale == 0) | ~xp.isfinite(scale), xp.ones((), dtype=scale.dtype), scale)
+    inverse = constant(1 / scale, a)
+    return (square(a * inverse) + square(b * inverse)).sqrt() * constant(scale, a)
 
 
 def logaddexp(input: Operand, other: Operand) -> Tensor:
     """log(e^a + e^b), stably: max(a, b) + log1p(e^-|a - b|). The gradient is sigmoid(a - b) for a
-    (the tie rule of maximum and abs's 0 at 0 give 1/2 each at a == b, the true value).
-    TODO(inf): both a and b = -inf gives nan (torch: -inf), from -inf - -inf."""
+    (the tie rule of maximum and abs's 0 at 0 give 1/2 each at a == b, the true value)."""
     a, b = _pair("logaddexp", input, other)
     _require_float("logaddexp", a, b)
-    return maximum(a, b) + log1p((-(a - b).abs()).exp())
+    xp = backend.array_module(a.data)
+    apart = a, b
+    if bool(xp.isinf(a.data).any()) and bool(xp.isinf(b.data).any()):
+        # NOTE: a == b == +-inf would make a - b = nan; where they are equal, |a - b| is 0 and so is its
+        # gradient (abs's rule at 0), so compare zeros there instead (torch gives +-inf too)
+        same = a.data == b.data
+        apart = where(same, 0.0, a), where(same, 0.0, b)
+    return maximum(a, b) + log1p((-(apart[0] - apart[1]).abs()).exp())
 
 
 def lerp(input: Tensor, end: Operand, weight: Operand) -> Tensor:
