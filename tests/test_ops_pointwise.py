@@ -155,8 +155,8 @@ def test_reflected_operators_match_torch_values() -> None:
 
 def test_hypot_and_logaddexp_at_the_extremes_match_torch() -> None:
     """hypot does not overflow where its squares would; logaddexp of equal infinities is that infinity."""
-    big = np.array([3e30, -1e38, 0.0, 2.0, np.inf])
-    other = np.array([4e30, 1e37, 0.0, -1e-30, 1.0])
+    big = np.array([3e30, -1e38, 0.0, 2.0, np.inf, 3e-40])
+    other = np.array([4e30, 1e37, 0.0, -1e-30, 1.0, 4e-40])
     inf = np.inf
     for dtype in ("float32", "float64"):
         same(gu.hypot(gu.tensor(big.astype(dtype)), gu.tensor(other.astype(dtype))),

@@ -167,8 +167,8 @@ def hypot(input: Operand, other: Operand) -> Tensor:
     xp = backend.array_module(a.data)
     scale = xp.maximum(xp.abs(a.data), xp.abs(b.data))
     scale = xp.where((scale == 0) | ~xp.isfinite(scale), xp.ones((), dtype=scale.dtype), scale)
-    inverse = constant(1 / scale, a)
-    return (square(a * inverse) + square(b * inverse)).sqrt() * constant(scale, a)
+    scale = constant(scale, a)                                  # |a / scale| <= 1: no overflow, even for subnormals
+    return (square(a / scale) + square(b / scale)).sqrt() * scale
 
 
 def logaddexp(input: Operand, other: Operand) -> Tensor:
@@ -200,8 +200,8 @@ def lerp(input: Tensor, end: Operand, weight: Operand) -> Tensor:
 
 def addcmul(input: Tensor, tensor1: Operand, tensor2: Operand, *, value: float = 1) -> Tensor:
     """input + value * tensor1 * tensor2 (all broadcast)."""
-    product = _pair("addcmul", tensor1, tensor2)
-    term = product[0] * product[1]
+    left, right = _pair("addcmul", tensor1, tensor2)
+    term = left * right
     _pair("addcmul", _tensor("addcmul", input), term)
     return input + (term if value == 1 else term * value)
 
